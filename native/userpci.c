@@ -1,0 +1,815 @@
+/*
+ * userpci native layer: thin wrappers over the system calls a user-space PCI driver needs.
+ * No policy lives here: arguments are checked only as far as needed to call the kernel safely,
+ * and every failure becomes a JS Error with code/errno/syscall like Node's own fs errors.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <node_api.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define MAX_ARGS 8
+#define MAX_FDS 32 /* per message: vfio-user peers advertise far fewer */
+
+/* ---- errors ---------------------------------------------------------------------------- */
+
+static napi_value throw_errno(napi_env env, int err, const char *syscall) {
+  const char *name = strerrorname_np(err);
+  char message[256];
+  snprintf(message, sizeof message, "%s: %s, %s", name ? name : "EUNKNOWN", strerror(err), syscall);
+  napi_value code, msg, error, errno_value, syscall_value;
+  napi_create_string_utf8(env, name ? name : "EUNKNOWN", NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg);
+  napi_create_error(env, code, msg, &error);
+  napi_create_int32(env, -err, &errno_value); /* negative, like libuv and Node's fs errors */
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_value);
+  napi_set_named_property(env, error, "errno", errno_value);
+  napi_set_named_property(env, error, "syscall", syscall_value);
+  napi_throw(env, error);
+  return NULL;
+}
+
+static napi_value throw_type(napi_env env, const char *message) {
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", message);
+  return NULL;
+}
+
+#define GET_ARGS(n)                                                                   \
+  size_t argc = (n);                                                                  \
+  napi_value argv[MAX_ARGS];                                                          \
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL; \
+  if (argc < (size_t)(n)) return throw_type(env, "missing arguments");
+
+static int get_i32(napi_env env, napi_value v, int32_t *out) {
+  return napi_get_value_int32(env, v, out) == napi_ok;
+}
+
+/* Numbers up to 2^53 carry offsets and lengths; anything else is refused, never truncated. */
+static int get_u64(napi_env env, napi_value v, uint64_t *out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok) return 0;
+  if (!(d >= 0) || d > 9007199254740991.0 || d != (double)(uint64_t)d) return 0;
+  *out = (uint64_t)d;
+  return 1;
+}
+
+static napi_value make_i32(napi_env env, int32_t v) {
+  napi_value r;
+  napi_create_int32(env, v, &r);
+  return r;
+}
+
+static napi_value make_num(napi_env env, double v) {
+  napi_value r;
+  napi_create_double(env, v, &r);
+  return r;
+}
+
+static napi_value make_undefined(napi_env env) {
+  napi_value r;
+  napi_get_undefined(env, &r);
+  return r;
+}
+
+/* Bytes of a TypedArray, DataView, Buffer or ArrayBuffer. */
+static int get_bytes(napi_env env, napi_value v, void **data, size_t *length) {
+  bool is;
+  if (napi_is_typedarray(env, v, &is) == napi_ok && is) {
+    napi_typedarray_type type;
+    size_t count, offset;
+    napi_value ab;
+    if (napi_get_typedarray_info(env, v, &type, &count, data, &ab, &offset) != napi_ok) return 0;
+    size_t unit = 1;
+    switch (type) {
+      case napi_int16_array: case napi_uint16_array: unit = 2; break;
+      case napi_int32_array: case napi_uint32_array: case napi_float32_array: unit = 4; break;
+      case napi_float64_array: case napi_bigint64_array: case napi_biguint64_array: unit = 8; break;
+      default: unit = 1;
+    }
+    *length = count * unit;
+    return 1;
+  }
+  if (napi_is_dataview(env, v, &is) == napi_ok && is) {
+    napi_value ab;
+    size_t offset;
+    return napi_get_dataview_info(env, v, length, data, &ab, &offset) == napi_ok;
+  }
+  if (napi_is_arraybuffer(env, v, &is) == napi_ok && is) {
+    return napi_get_arraybuffer_info(env, v, data, length) == napi_ok;
+  }
+  return 0;
+}
+
+/* ---- files and ioctl ------------------------------------------------------------------- */
+
+/* open(path, flags) -> fd; O_CLOEXEC always, so fds never leak into children. */
+static napi_value n_open(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  char path[4096];
+  size_t len;
+  int32_t flags;
+  if (napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len) != napi_ok) return throw_type(env, "path must be a string");
+  if (!get_i32(env, argv[1], &flags)) return throw_type(env, "flags must be an integer");
+  int fd = open(path, flags | O_CLOEXEC);
+  if (fd < 0) return throw_errno(env, errno, "open");
+  return make_i32(env, fd);
+}
+
+static napi_value n_close(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int32_t fd;
+  if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
+  if (close(fd) < 0 && errno != EINTR) return throw_errno(env, errno, "close");
+  return make_undefined(env);
+}
+
+/*
+ * ioctl(fd, request, arg): arg is a buffer (its address is passed: the caller encoded the
+ * struct), a number (passed by value), or a string (passed as a NUL-terminated pointer, as
+ * VFIO_GROUP_GET_DEVICE_FD wants). Returns the ioctl's non-negative result.
+ */
+static napi_value n_ioctl(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int32_t fd;
+  uint32_t request;
+  if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
+  if (napi_get_value_uint32(env, argv[1], &request) != napi_ok) return throw_type(env, "request must be a number");
+  int ret;
+  napi_valuetype t = napi_undefined;
+  if (argc > 2) napi_typeof(env, argv[2], &t);
+  if (t == napi_undefined) {
+    ret = ioctl(fd, request, 0UL);
+  } else if (t == napi_number) {
+    uint64_t value;
+    if (!get_u64(env, argv[2], &value)) return throw_type(env, "ioctl argument must be a non-negative integer");
+    ret = ioctl(fd, request, (unsigned long)value);
+  } else if (t == napi_string) {
+    char text[256];
+    size_t len;
+    napi_get_value_string_utf8(env, argv[2], text, sizeof text, &len);
+    ret = ioctl(fd, request, text);
+  } else {
+    void *data;
+    size_t len;
+    if (!get_bytes(env, argv[2], &data, &len)) return throw_type(env, "ioctl argument must be a buffer, number or string");
+    ret = ioctl(fd, request, data);
+  }
+  if (ret < 0) return throw_errno(env, errno, "ioctl");
+  return make_i32(env, ret);
+}
+
+/* pread(fd, view, offset) -> bytes read. Offsets up to 2^53: VFIO region offsets are index<<40. */
+static napi_value n_pread(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  int32_t fd;
+  void *data;
+  size_t len;
+  uint64_t offset;
+  if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
+  if (!get_bytes(env, argv[1], &data, &len)) return throw_type(env, "buffer must be an ArrayBuffer view");
+  if (!get_u64(env, argv[2], &offset)) return throw_type(env, "offset must be a non-negative integer");
+  ssize_t n = pread(fd, data, len, (off_t)offset);
+  if (n < 0) return throw_errno(env, errno, "pread");
+  return make_num(env, (double)n);
+}
+
+static napi_value n_pwrite(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  int32_t fd;
+  void *data;
+  size_t len;
+  uint64_t offset;
+  if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
+  if (!get_bytes(env, argv[1], &data, &len)) return throw_type(env, "buffer must be an ArrayBuffer view");
+  if (!get_u64(env, argv[2], &offset)) return throw_type(env, "offset must be a non-negative integer");
+  ssize_t n = pwrite(fd, data, len, (off_t)offset);
+  if (n < 0) return throw_errno(env, errno, "pwrite");
+  return make_num(env, (double)n);
+}
+
+/* read(fd, view) / write(fd, view) for sockets and pipes: -1 when it would block. */
+static napi_value n_read(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int32_t fd;
+  void *data;
+  size_t len;
+  if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
+  if (!get_bytes(env, argv[1], &data, &len)) return throw_type(env, "buffer must be an ArrayBuffer view");
+  ssize_t n = read(fd, data, len);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_i32(env, -1);
+    return throw_errno(env, errno, "read");
+  }
+  return make_num(env, (double)n);
+}
+
+static napi_value n_write(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int32_t fd;
+  void *data;
+  size_t len;
+  if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
+  if (!get_bytes(env, argv[1], &data, &len)) return throw_type(env, "buffer must be an ArrayBuffer view");
+  ssize_t n = write(fd, data, len);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_i32(env, -1);
+    return throw_errno(env, errno, "write");
+  }
+  return make_num(env, (double)n);
+}
+
+static napi_value n_ftruncate(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int32_t fd;
+  uint64_t size;
+  if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
+  if (!get_u64(env, argv[1], &size)) return throw_type(env, "size must be a non-negative integer");
+  if (ftruncate(fd, (off_t)size) < 0) return throw_errno(env, errno, "ftruncate");
+  return make_undefined(env);
+}
+
+static napi_value n_memfd_create(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  char name[250];
+  size_t len;
+  uint32_t flags;
+  if (napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len) != napi_ok) return throw_type(env, "name must be a string");
+  if (napi_get_value_uint32(env, argv[1], &flags) != napi_ok) return throw_type(env, "flags must be a number");
+  int fd = memfd_create(name, flags | MFD_CLOEXEC);
+  if (fd < 0) return throw_errno(env, errno, "memfd_create");
+  return make_i32(env, fd);
+}
+
+/* ---- memory mappings ------------------------------------------------------------------- */
+
+/*
+ * Every live mapping is recorded so that munmap can find it, detach the ArrayBuffer first
+ * (every JS view then reads as length 0 instead of faulting) and so that a mapping whose
+ * ArrayBuffer is garbage-collected without munmap is still released exactly once.
+ */
+typedef struct mapping {
+  void *addr;
+  size_t length;
+  int unmapped;
+  struct mapping *next;
+} mapping;
+
+static mapping *mappings = NULL;
+
+static void forget_mapping(mapping *m) {
+  for (mapping **p = &mappings; *p; p = &(*p)->next) {
+    if (*p == m) {
+      *p = m->next;
+      return;
+    }
+  }
+}
+
+static void finalize_mapping(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)data;
+  mapping *m = hint;
+  if (!m->unmapped) munmap(m->addr, m->length);
+  forget_mapping(m);
+  free(m);
+}
+
+/* mmap(length, prot, flags, fd, offset) -> ArrayBuffer over the new mapping. */
+static napi_value n_mmap(napi_env env, napi_callback_info info) {
+  GET_ARGS(5);
+  uint64_t length, offset;
+  int32_t prot, flags, fd;
+  if (!get_u64(env, argv[0], &length) || length == 0) return throw_type(env, "length must be a positive integer");
+  if (!get_i32(env, argv[1], &prot) || !get_i32(env, argv[2], &flags) || !get_i32(env, argv[3], &fd))
+    return throw_type(env, "prot, flags and fd must be integers");
+  if (!get_u64(env, argv[4], &offset)) return throw_type(env, "offset must be a non-negative integer");
+  mapping *m = calloc(1, sizeof *m);
+  if (!m) return throw_errno(env, ENOMEM, "mmap");
+  void *addr = mmap(NULL, length, prot, flags, fd, (off_t)offset);
+  if (addr == MAP_FAILED) {
+    int err = errno;
+    free(m);
+    return throw_errno(env, err, "mmap");
+  }
+  m->addr = addr;
+  m->length = length;
+  napi_value ab;
+  if (napi_create_external_arraybuffer(env, addr, length, finalize_mapping, m, &ab) != napi_ok) {
+    munmap(addr, length);
+    free(m);
+    return throw_errno(env, ENOMEM, "napi_create_external_arraybuffer");
+  }
+  m->next = mappings;
+  mappings = m;
+  return ab;
+}
+
+static mapping *find_mapping(void *addr) {
+  for (mapping *m = mappings; m; m = m->next)
+    if (m->addr == addr && !m->unmapped) return m;
+  return NULL;
+}
+
+/* munmap(arrayBuffer): detach every view, then unmap. Unmapping twice is EINVAL, never a fault. */
+static napi_value n_munmap(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  void *data;
+  size_t len;
+  bool is;
+  if (napi_is_arraybuffer(env, argv[0], &is) != napi_ok || !is) return throw_type(env, "argument must be an ArrayBuffer from mmap");
+  napi_get_arraybuffer_info(env, argv[0], &data, &len);
+  mapping *m = data ? find_mapping(data) : NULL;
+  if (!m || m->length != len) return throw_errno(env, EINVAL, "munmap");
+  if (napi_detach_arraybuffer(env, argv[0]) != napi_ok) return throw_errno(env, EINVAL, "napi_detach_arraybuffer");
+  m->unmapped = 1;
+  if (munmap(m->addr, m->length) < 0) return throw_errno(env, errno, "munmap");
+  return make_undefined(env);
+}
+
+/* Range of a view or ArrayBuffer with optional [offset, length) inside it. */
+static int get_range(napi_env env, size_t argc, napi_value *argv, void **start, size_t *length) {
+  void *data;
+  size_t len;
+  if (!get_bytes(env, argv[0], &data, &len)) return 0;
+  uint64_t offset = 0, count = len;
+  if (argc > 1 && !get_u64(env, argv[1], &offset)) return 0;
+  if (argc > 2 && !get_u64(env, argv[2], &count)) return 0;
+  if (offset > len || count > len - offset) return 0;
+  *start = (char *)data + offset;
+  *length = count;
+  return 1;
+}
+
+/* madvise(view, advice) over whole pages covering the view. */
+static napi_value n_madvise(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  void *start;
+  size_t length;
+  int32_t advice;
+  if (!get_range(env, 1, argv, &start, &length)) return throw_type(env, "first argument must be a buffer");
+  if (!get_i32(env, argv[1], &advice)) return throw_type(env, "advice must be an integer");
+  uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  uintptr_t begin = (uintptr_t)start & ~(page - 1);
+  uintptr_t end = ((uintptr_t)start + length + page - 1) & ~(page - 1);
+  if (madvise((void *)begin, end - begin, advice) < 0) return throw_errno(env, errno, "madvise");
+  return make_undefined(env);
+}
+
+static napi_value n_mlock(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  void *start;
+  size_t length;
+  if (!get_range(env, 1, argv, &start, &length)) return throw_type(env, "argument must be a buffer");
+  if (mlock(start, length) < 0) return throw_errno(env, errno, "mlock");
+  return make_undefined(env);
+}
+
+static napi_value n_munlock(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  void *start;
+  size_t length;
+  if (!get_range(env, 1, argv, &start, &length)) return throw_type(env, "argument must be a buffer");
+  if (munlock(start, length) < 0) return throw_errno(env, errno, "munlock");
+  return make_undefined(env);
+}
+
+/* addressOf(view) -> the process virtual address of its first byte (for VFIO_IOMMU_MAP_DMA). */
+static napi_value n_address_of(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  void *data;
+  size_t len;
+  if (!get_bytes(env, argv[0], &data, &len)) return throw_type(env, "argument must be a buffer");
+  return make_num(env, (double)(uintptr_t)data);
+}
+
+/* getrlimit(resource) -> [soft, hard]; RLIM_INFINITY as -1. */
+static napi_value n_getrlimit(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int32_t resource;
+  if (!get_i32(env, argv[0], &resource)) return throw_type(env, "resource must be an integer");
+  struct rlimit rl;
+  if (getrlimit(resource, &rl) < 0) return throw_errno(env, errno, "getrlimit");
+  napi_value arr;
+  napi_create_array_with_length(env, 2, &arr);
+  napi_set_element(env, arr, 0, make_num(env, rl.rlim_cur == RLIM_INFINITY ? -1 : (double)rl.rlim_cur));
+  napi_set_element(env, arr, 1, make_num(env, rl.rlim_max == RLIM_INFINITY ? -1 : (double)rl.rlim_max));
+  return arr;
+}
+
+/* ---- eventfd --------------------------------------------------------------------------- */
+
+static napi_value n_eventfd(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  uint32_t initval;
+  int32_t flags;
+  if (napi_get_value_uint32(env, argv[0], &initval) != napi_ok || !get_i32(env, argv[1], &flags))
+    return throw_type(env, "initval and flags must be integers");
+  int fd = eventfd(initval, flags | EFD_CLOEXEC);
+  if (fd < 0) return throw_errno(env, errno, "eventfd");
+  return make_i32(env, fd);
+}
+
+/* eventfdRead(fd) -> the counter (0 when nothing was signalled: the fd must be non-blocking). */
+static napi_value n_eventfd_read(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int32_t fd;
+  if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
+  uint64_t value;
+  ssize_t n = read(fd, &value, sizeof value);
+  if (n < 0) {
+    if (errno == EAGAIN) return make_num(env, 0);
+    return throw_errno(env, errno, "read");
+  }
+  return make_num(env, (double)value);
+}
+
+static napi_value n_eventfd_write(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int32_t fd;
+  uint64_t value;
+  if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
+  if (!get_u64(env, argv[1], &value) || value == 0) return throw_type(env, "value must be a positive integer");
+  if (write(fd, &value, sizeof value) < 0) return throw_errno(env, errno, "write");
+  return make_undefined(env);
+}
+
+/* ---- poll watchers on the event loop ---------------------------------------------------- */
+
+/*
+ * A uv_poll_t on the Node event loop watching an fd. In eventfd mode the counter is read here
+ * and handed to the callback, so an interrupt costs one JS call and no extra syscall from JS.
+ * Otherwise the callback gets the ready events and does its own I/O (sockets).
+ */
+typedef struct watcher {
+  uv_poll_t poll;
+  napi_env env;
+  napi_ref callback;
+  napi_async_context context;
+  int fd;
+  int eventfd_mode;
+  int events;
+  int closed;
+} watcher;
+
+static void watcher_closed(uv_handle_t *handle) {
+  free(handle->data);
+}
+
+/* Stop watching and drop the callback; the uv handle itself is closed by the finalizer. */
+static void watcher_stop(watcher *w) {
+  if (w->closed) return;
+  w->closed = 1;
+  uv_poll_stop(&w->poll);
+  uv_unref((uv_handle_t *)&w->poll);
+  napi_delete_reference(w->env, w->callback);
+  napi_async_destroy(w->env, w->context);
+}
+
+static void on_poll(uv_poll_t *handle, int status, int events) {
+  watcher *w = handle->data;
+  if (w->closed) return;
+  napi_env env = w->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value argv[2];
+  if (w->eventfd_mode && status == 0) {
+    uint64_t value = 0;
+    ssize_t n = read(w->fd, &value, sizeof value);
+    if (n < 0) {
+      if (errno == EAGAIN) {
+        napi_close_handle_scope(env, scope);
+        return; /* another reader took it */
+      }
+      status = -errno;
+    }
+    argv[0] = make_i32(env, status);
+    argv[1] = make_num(env, (double)value);
+  } else {
+    argv[0] = make_i32(env, status);
+    argv[1] = make_i32(env, events);
+  }
+  napi_value cb, global, result;
+  napi_get_reference_value(env, w->callback, &cb);
+  napi_get_global(env, &global);
+  /* make_callback drains microtasks afterwards, so promises settled in cb run promptly. */
+  napi_status s = napi_make_callback(env, w->context, global, cb, 2, argv, &result);
+  if (s == napi_pending_exception) {
+    napi_value exception;
+    napi_get_and_clear_last_exception(env, &exception);
+    napi_fatal_exception(env, exception);
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void finalize_watcher(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  watcher *w = data;
+  /* The JS handle is gone, so nothing can stop the watcher later: stop it and free it now. */
+  watcher_stop(w);
+  uv_close((uv_handle_t *)&w->poll, watcher_closed);
+}
+
+/* watch(fd, events, eventfdMode, callback) -> external handle. events: 1 readable, 2 writable. */
+static napi_value n_watch(napi_env env, napi_callback_info info) {
+  GET_ARGS(4);
+  int32_t fd, events;
+  bool eventfd_mode;
+  if (!get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &events)) return throw_type(env, "fd and events must be integers");
+  if (napi_get_value_bool(env, argv[2], &eventfd_mode) != napi_ok) return throw_type(env, "eventfdMode must be a boolean");
+  napi_valuetype t;
+  napi_typeof(env, argv[3], &t);
+  if (t != napi_function) return throw_type(env, "callback must be a function");
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return throw_errno(env, EINVAL, "napi_get_uv_event_loop");
+  watcher *w = calloc(1, sizeof *w);
+  if (!w) return throw_errno(env, ENOMEM, "uv_poll_init");
+  w->env = env;
+  w->fd = fd;
+  w->eventfd_mode = eventfd_mode;
+  w->events = events;
+  int r = uv_poll_init(loop, &w->poll, fd);
+  if (r < 0) {
+    free(w);
+    return throw_errno(env, -r, "uv_poll_init");
+  }
+  w->poll.data = w;
+  r = uv_poll_start(&w->poll, events, on_poll);
+  if (r < 0) {
+    uv_close((uv_handle_t *)&w->poll, watcher_closed);
+    return throw_errno(env, -r, "uv_poll_start");
+  }
+  napi_create_reference(env, argv[3], 1, &w->callback);
+  napi_value resource_name;
+  napi_create_string_utf8(env, "userpci:watch", NAPI_AUTO_LENGTH, &resource_name);
+  napi_async_init(env, NULL, resource_name, &w->context);
+  napi_value handle;
+  napi_create_external(env, w, finalize_watcher, NULL, &handle);
+  return handle;
+}
+
+static watcher *get_watcher(napi_env env, napi_value v) {
+  watcher *w = NULL;
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t != napi_external) return NULL;
+  napi_get_value_external(env, v, (void **)&w);
+  return w;
+}
+
+/* watchStop(handle): idempotent. The fd is the caller's to close afterwards. */
+static napi_value n_watch_stop(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  watcher *w = get_watcher(env, argv[0]);
+  if (!w) return throw_type(env, "not a watcher handle");
+  watcher_stop(w);
+  return make_undefined(env);
+}
+
+/* watchRef(handle, keepAlive): whether this watcher keeps the process running. */
+static napi_value n_watch_ref(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  watcher *w = get_watcher(env, argv[0]);
+  bool ref;
+  if (!w) return throw_type(env, "not a watcher handle");
+  if (napi_get_value_bool(env, argv[1], &ref) != napi_ok) return throw_type(env, "keepAlive must be a boolean");
+  if (w->closed) return make_undefined(env);
+  if (ref) uv_ref((uv_handle_t *)&w->poll);
+  else uv_unref((uv_handle_t *)&w->poll);
+  return make_undefined(env);
+}
+
+/* ---- UNIX sockets with file descriptors (Node's net drops SCM_RIGHTS) -------------------- */
+
+static int fill_sockaddr(napi_env env, napi_value v, struct sockaddr_un *addr) {
+  size_t len;
+  memset(addr, 0, sizeof *addr);
+  addr->sun_family = AF_UNIX;
+  if (napi_get_value_string_utf8(env, v, addr->sun_path, sizeof addr->sun_path, &len) != napi_ok) return 0;
+  return len > 0 && len < sizeof addr->sun_path - 1;
+}
+
+/* unixListen(path, backlog) -> non-blocking listening fd. */
+static napi_value n_unix_listen(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  struct sockaddr_un addr;
+  int32_t backlog;
+  if (!fill_sockaddr(env, argv[0], &addr)) return throw_type(env, "path must be a non-empty string shorter than 107 bytes");
+  if (!get_i32(env, argv[1], &backlog)) return throw_type(env, "backlog must be an integer");
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, errno, "socket");
+  if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+    int err = errno;
+    close(fd);
+    return throw_errno(env, err, "bind");
+  }
+  if (listen(fd, backlog) < 0) {
+    int err = errno;
+    close(fd);
+    return throw_errno(env, err, "listen");
+  }
+  return make_i32(env, fd);
+}
+
+/* unixAccept(fd) -> non-blocking connection fd, or -1 when none is pending. */
+static napi_value n_unix_accept(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int32_t fd;
+  if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
+  int conn = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (conn < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_i32(env, -1);
+    return throw_errno(env, errno, "accept4");
+  }
+  return make_i32(env, conn);
+}
+
+/* unixConnect(path) -> connected non-blocking fd (connect on a UNIX socket completes at once). */
+static napi_value n_unix_connect(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  struct sockaddr_un addr;
+  if (!fill_sockaddr(env, argv[0], &addr)) return throw_type(env, "path must be a non-empty string shorter than 107 bytes");
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, errno, "socket");
+  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+    int err = errno;
+    close(fd);
+    return throw_errno(env, err, "connect");
+  }
+  int flags = fcntl(fd, F_GETFL);
+  fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  return make_i32(env, fd);
+}
+
+/* socketpair() -> [fd, fd], both non-blocking (for in-process tests and twin sockets). */
+static napi_value n_socketpair(napi_env env, napi_callback_info info) {
+  (void)info;
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0) return throw_errno(env, errno, "socketpair");
+  napi_value arr;
+  napi_create_array_with_length(env, 2, &arr);
+  napi_set_element(env, arr, 0, make_i32(env, sv[0]));
+  napi_set_element(env, arr, 1, make_i32(env, sv[1]));
+  return arr;
+}
+
+/*
+ * sendmsg(fd, buffers[], fds[]) -> bytes sent, or -1 when the socket would block. The fds ride
+ * with the first byte, which is what vfio-user peers expect (they collect them with the header).
+ */
+static napi_value n_sendmsg(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  int32_t fd;
+  if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
+  uint32_t nbuf = 0, nfds = 0;
+  bool is;
+  if (napi_is_array(env, argv[1], &is) != napi_ok || !is) return throw_type(env, "buffers must be an array");
+  if (napi_is_array(env, argv[2], &is) != napi_ok || !is) return throw_type(env, "fds must be an array");
+  napi_get_array_length(env, argv[1], &nbuf);
+  napi_get_array_length(env, argv[2], &nfds);
+  if (nbuf > 16 || nfds > MAX_FDS) return throw_errno(env, EINVAL, "sendmsg");
+  struct iovec iov[16];
+  for (uint32_t i = 0; i < nbuf; i++) {
+    napi_value el;
+    napi_get_element(env, argv[1], i, &el);
+    if (!get_bytes(env, el, &iov[i].iov_base, &iov[i].iov_len)) return throw_type(env, "buffers must hold ArrayBuffer views");
+  }
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+    struct cmsghdr align;
+  } control;
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = iov;
+  msg.msg_iovlen = nbuf;
+  if (nfds > 0) {
+    memset(&control, 0, sizeof control);
+    msg.msg_control = control.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    int *out = (int *)CMSG_DATA(cmsg);
+    for (uint32_t i = 0; i < nfds; i++) {
+      napi_value el;
+      int32_t v;
+      napi_get_element(env, argv[2], i, &el);
+      if (!get_i32(env, el, &v)) return throw_type(env, "fds must be integers");
+      out[i] = v;
+    }
+  }
+  ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_i32(env, -1);
+    return throw_errno(env, errno, "sendmsg");
+  }
+  return make_num(env, (double)n);
+}
+
+/*
+ * recvmsg(fd, view, maxFds) -> { bytes, fds } (bytes -1 when it would block, 0 at end of
+ * stream). File descriptors beyond maxFds, or truncated by the kernel, are closed here so none
+ * leak; `truncated` says it happened so the caller can treat the message as malformed.
+ */
+static napi_value n_recvmsg(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  int32_t fd, max_fds;
+  void *data;
+  size_t len;
+  if (!get_i32(env, argv[0], &fd) || !get_i32(env, argv[2], &max_fds)) return throw_type(env, "fd and maxFds must be integers");
+  if (!get_bytes(env, argv[1], &data, &len)) return throw_type(env, "buffer must be an ArrayBuffer view");
+  struct iovec iov = {data, len};
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+    struct cmsghdr align;
+  } control;
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.buf;
+  msg.msg_controllen = sizeof control.buf;
+  ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  napi_value result, fds;
+  napi_create_object(env, &result);
+  napi_create_array(env, &fds);
+  if (n < 0) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return throw_errno(env, errno, "recvmsg");
+    n = -1;
+  }
+  uint32_t count = 0;
+  bool truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
+  if (n >= 0) {
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+      int *in = (int *)CMSG_DATA(c);
+      for (int i = 0; i < k; i++) {
+        if ((int32_t)count < max_fds) {
+          napi_set_element(env, fds, count++, make_i32(env, in[i]));
+        } else {
+          close(in[i]);
+          truncated = true;
+        }
+      }
+    }
+  }
+  napi_value truncated_value;
+  napi_get_boolean(env, truncated, &truncated_value);
+  napi_set_named_property(env, result, "bytes", make_num(env, (double)n));
+  napi_set_named_property(env, result, "fds", fds);
+  napi_set_named_property(env, result, "truncated", truncated_value);
+  return result;
+}
+
+/* ---- module ---------------------------------------------------------------------------- */
+
+static napi_value constants(napi_env env) {
+  napi_value obj;
+  napi_create_object(env, &obj);
+#define C(name) napi_set_named_property(env, obj, #name, make_num(env, (double)(name)))
+  C(O_RDONLY); C(O_WRONLY); C(O_RDWR); C(O_NONBLOCK); C(O_SYNC);
+  C(PROT_NONE); C(PROT_READ); C(PROT_WRITE);
+  C(MAP_SHARED); C(MAP_PRIVATE); C(MAP_ANONYMOUS); C(MAP_HUGETLB); C(MAP_POPULATE); C(MAP_LOCKED); C(MAP_NORESERVE);
+  C(MADV_DONTFORK); C(MADV_DOFORK); C(MADV_HUGEPAGE); C(MADV_DONTDUMP);
+  C(MFD_ALLOW_SEALING); C(MFD_HUGETLB);
+  C(EFD_NONBLOCK); C(EFD_SEMAPHORE);
+  C(RLIMIT_MEMLOCK); C(RLIMIT_NOFILE);
+  napi_set_named_property(env, obj, "PAGE_SIZE", make_num(env, (double)sysconf(_SC_PAGESIZE)));
+#undef C
+  return obj;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+#define F(js, c) {js, NULL, c, NULL, NULL, NULL, napi_enumerable, NULL}
+    F("open", n_open), F("close", n_close), F("ioctl", n_ioctl),
+    F("pread", n_pread), F("pwrite", n_pwrite), F("read", n_read), F("write", n_write),
+    F("ftruncate", n_ftruncate), F("memfdCreate", n_memfd_create),
+    F("mmap", n_mmap), F("munmap", n_munmap), F("madvise", n_madvise), F("mlock", n_mlock),
+    F("munlock", n_munlock), F("addressOf", n_address_of), F("getrlimit", n_getrlimit),
+    F("eventfd", n_eventfd), F("eventfdRead", n_eventfd_read), F("eventfdWrite", n_eventfd_write),
+    F("watch", n_watch), F("watchStop", n_watch_stop), F("watchRef", n_watch_ref),
+    F("unixListen", n_unix_listen), F("unixAccept", n_unix_accept), F("unixConnect", n_unix_connect),
+    F("socketpair", n_socketpair), F("sendmsg", n_sendmsg), F("recvmsg", n_recvmsg),
+#undef F
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  napi_set_named_property(env, exports, "constants", constants(env));
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

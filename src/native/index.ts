@@ -1,0 +1,94 @@
+/**
+ * Typed access to the C addon (native/userpci.c). Syscalls only: every function maps to one
+ * system call, and every failure throws an Error with `code`, `errno` and `syscall`.
+ */
+import * as path from 'node:path';
+
+export type Bytes = ArrayBufferView | ArrayBuffer;
+
+export interface RecvResult {
+  /** Bytes received; 0 at end of stream, -1 when the call would block. */
+  bytes: number;
+  /** File descriptors that arrived with the message (SCM_RIGHTS). */
+  fds: number[];
+  /** True when descriptors were dropped (over maxFds, or cut by the kernel): treat as malformed. */
+  truncated: boolean;
+}
+
+/** Opaque handle of a libuv poll watcher. */
+export type WatchHandle = { readonly __watchHandle: unique symbol };
+
+export interface NativeConstants {
+  O_RDONLY: number; O_WRONLY: number; O_RDWR: number; O_NONBLOCK: number; O_SYNC: number;
+  PROT_NONE: number; PROT_READ: number; PROT_WRITE: number;
+  MAP_SHARED: number; MAP_PRIVATE: number; MAP_ANONYMOUS: number; MAP_HUGETLB: number;
+  MAP_POPULATE: number; MAP_LOCKED: number; MAP_NORESERVE: number;
+  MADV_DONTFORK: number; MADV_DOFORK: number; MADV_HUGEPAGE: number; MADV_DONTDUMP: number;
+  MFD_ALLOW_SEALING: number; MFD_HUGETLB: number;
+  EFD_NONBLOCK: number; EFD_SEMAPHORE: number;
+  RLIMIT_MEMLOCK: number; RLIMIT_NOFILE: number;
+  PAGE_SIZE: number;
+}
+
+export interface NativeAddon {
+  open(path: string, flags: number): number;
+  close(fd: number): void;
+  /** arg: a buffer (its address is passed), a number (by value) or a string (NUL-terminated). */
+  ioctl(fd: number, request: number, arg?: Bytes | number | string): number;
+  pread(fd: number, buffer: Bytes, offset: number): number;
+  pwrite(fd: number, buffer: Bytes, offset: number): number;
+  /** -1 when the fd is non-blocking and nothing is ready. */
+  read(fd: number, buffer: Bytes): number;
+  write(fd: number, buffer: Bytes): number;
+  ftruncate(fd: number, size: number): void;
+  memfdCreate(name: string, flags: number): number;
+  /** An ArrayBuffer over the new mapping; release it with munmap (views detach first). */
+  mmap(length: number, prot: number, flags: number, fd: number, offset: number): ArrayBuffer;
+  munmap(buffer: ArrayBuffer): void;
+  madvise(buffer: Bytes, advice: number): void;
+  mlock(buffer: Bytes): void;
+  munlock(buffer: Bytes): void;
+  /** Virtual address of the first byte of the view (below 2^47 on x86-64, so a safe number). */
+  addressOf(buffer: Bytes): number;
+  /** [soft, hard]; -1 means unlimited. */
+  getrlimit(resource: number): [number, number];
+  eventfd(initval: number, flags: number): number;
+  /** The counter, 0 if nothing was signalled (fd must be non-blocking). */
+  eventfdRead(fd: number): number;
+  eventfdWrite(fd: number, value: number): void;
+  /**
+   * Watch fd on the event loop. events: 1 readable, 2 writable. In eventfd mode the counter is
+   * read in C and passed as `value`; otherwise `value` is the ready event mask.
+   */
+  watch(fd: number, events: number, eventfdMode: boolean, callback: (status: number, value: number) => void): WatchHandle;
+  watchStop(handle: WatchHandle): void;
+  watchRef(handle: WatchHandle, keepAlive: boolean): void;
+  unixListen(path: string, backlog: number): number;
+  /** -1 when no connection is pending. */
+  unixAccept(fd: number): number;
+  unixConnect(path: string): number;
+  socketpair(): [number, number];
+  /** -1 when the socket would block. */
+  sendmsg(fd: number, buffers: Bytes[], fds: number[]): number;
+  recvmsg(fd: number, buffer: Bytes, maxFds: number): RecvResult;
+  constants: NativeConstants;
+}
+
+function load(): NativeAddon {
+  // dist/src/native/index.js -> <package root>/build/Release/userpci_native.node
+  const root = path.resolve(__dirname, '..', '..', '..');
+  const file = path.join(root, 'build', 'Release', 'userpci_native.node');
+  try {
+    return require(file) as NativeAddon;
+  } catch (err) {
+    const e = new Error(
+      `userpci: cannot load the native addon at ${file}; run \`npm ci\` (or \`npx node-gyp rebuild\`) to build it`,
+      { cause: err },
+    ) as Error & { code: string };
+    e.code = 'ENOENT';
+    throw e;
+  }
+}
+
+export const native: NativeAddon = load();
+export const constants: NativeConstants = native.constants;

@@ -19,7 +19,7 @@ test('mmap gives memory that Atomics can use, munmap detaches every view', () =>
 
 test('failures carry code, errno and syscall like Node fs errors', () => {
   assert.throws(() => native.open('/nonexistent/userpci', constants.O_RDONLY),
-    (e: any) => e instanceof Error && e.code === 'ENOENT' && e.errno === -2 && e.syscall === 'open');
+    (e: any) => e.code === 'ENOENT' && e.errno === -2 && e.syscall === 'open' && e instanceof Error);
   assert.throws(() => native.ioctl(-1, 0x3b64), (e: any) => e.code === 'EBADF' && e.syscall === 'ioctl');
   assert.throws(() => native.mmap(0, RW, ANON, -1, 0), TypeError);
   assert.throws(() => native.pread(0, new Uint8Array(1), -1), TypeError);

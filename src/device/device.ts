@@ -1,0 +1,167 @@
+/**
+ * The facade a driver author uses. It sits on a Backend (kernel VFIO or vfio-user) and gives:
+ * register access on BARs and config space, coherent DMA buffers and streaming maps under the
+ * device's DMA mask, reset, and a teardown that stops the device's DMA before releasing memory.
+ */
+import { DeviceGoneError, InvalidArgumentError, wrapSystemError } from '../errors';
+import type { Backend } from './backend';
+import { Region } from './region';
+import { DmaSpace, type DmaAllocOptions, type DmaBuffer, type DmaDirection, type DmaMapping } from '../dma/dma-space';
+
+/** Region indices shared by VFIO and vfio-user for PCI devices. */
+export const BAR_COUNT = 6;
+export const ROM_REGION_INDEX = 6;
+export const CONFIG_REGION_INDEX = 7;
+
+const PCI_COMMAND = 0x04;
+const PCI_COMMAND_IO = 0x1;
+const PCI_COMMAND_MEMORY = 0x2;
+const PCI_COMMAND_MASTER = 0x4;
+
+export interface OpenOptions {
+  /**
+   * The device's DMA mask: every IOVA handed out lies at or below it. A number or bigint of the
+   * form 2^n - 1 with 12 <= n <= 64; default all 64 bits (in practice the IOMMU's aperture).
+   */
+  dmaMask?: number | bigint;
+}
+
+/** Parse and check a DMA mask; returns the highest usable IOVA as a number. */
+export function dmaLimitFromMask(mask: number | bigint | undefined): number {
+  if (mask === undefined) return Number.MAX_SAFE_INTEGER;
+  let m: bigint;
+  if (typeof mask === 'bigint') m = mask;
+  else if (typeof mask === 'number' && Number.isSafeInteger(mask)) m = BigInt(mask);
+  else throw new InvalidArgumentError(`dmaMask must be an integer (a bigint above 2^53), got ${String(mask)}`);
+  const bits = m.toString(2).length;
+  if (m <= 0n || (m & (m + 1n)) !== 0n || bits < 12 || bits > 64) {
+    throw new InvalidArgumentError(`dmaMask must be 2^n - 1 with 12 <= n <= 64 (e.g. 0xfffffff for 28 bits), got 0x${m.toString(16)}`);
+  }
+  return m > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(m);
+}
+
+export class PciDevice implements AsyncDisposable, Disposable {
+  readonly config: Region;
+  readonly dma: DmaSpace;
+  private readonly bars: (Region | undefined)[] = [];
+  private closedReason: string | undefined;
+
+  constructor(
+    readonly backend: Backend,
+    options: OpenOptions = {},
+  ) {
+    const limit = dmaLimitFromMask(options.dmaMask);
+    this.config = new Region(backend, backend.regionInfo(CONFIG_REGION_INDEX), `${backend.name} config space`);
+    this.dma = new DmaSpace(backend, limit);
+  }
+
+  /** The PCI address (kernel VFIO) or the socket path (vfio-user). */
+  get name(): string {
+    return this.backend.name;
+  }
+
+  get kind(): 'vfio' | 'vfio-user' {
+    return this.backend.kind;
+  }
+
+  get closed(): boolean {
+    return this.closedReason !== undefined;
+  }
+
+  /** Highest IOVA this device can be given (its DMA mask, inclusive). */
+  get dmaLimit(): number {
+    return this.dma.limit;
+  }
+
+  get vendorId(): number {
+    return this.config.read16(0x00);
+  }
+
+  get deviceId(): number {
+    return this.config.read16(0x02);
+  }
+
+  /** Turn on memory (and I/O) decoding and bus mastering, as a kernel driver's probe would. */
+  enable(): void {
+    let cmd = this.config.read16(PCI_COMMAND) | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
+    for (let i = 0; i < BAR_COUNT; i++) {
+      const low = this.config.read32(0x10 + 4 * i);
+      if (low & 1) cmd |= PCI_COMMAND_IO;
+    }
+    this.config.write16(PCI_COMMAND, cmd);
+  }
+
+  /** Stop the device from mastering the bus: no DMA after this returns. */
+  disableBusMaster(): void {
+    this.config.write16(PCI_COMMAND, this.config.read16(PCI_COMMAND) & ~PCI_COMMAND_MASTER);
+  }
+
+  /** Register access on BAR n (lazily mapped; cached). */
+  bar(n: number): Region {
+    this.checkOpen();
+    if (!Number.isInteger(n) || n < 0 || n >= BAR_COUNT) throw new InvalidArgumentError(`BAR index must be 0..5, got ${n}`);
+    let region = this.bars[n];
+    if (!region) {
+      const info = this.backend.regionInfo(n);
+      if (info.size === 0) throw new InvalidArgumentError(`${this.name} has no BAR ${n}`);
+      region = new Region(this.backend, info, `${this.name} BAR${n}`);
+      this.bars[n] = region;
+    }
+    return region;
+  }
+
+  /** Coherent DMA memory at an IOVA below the DMA mask. */
+  allocDma(size: number, options?: DmaAllocOptions): DmaBuffer {
+    this.checkOpen();
+    return this.dma.allocate(size, options);
+  }
+
+  /** Streaming map of memory the caller already has; the IOMMU enforces the direction. */
+  mapDma(memory: ArrayBuffer | ArrayBufferView, direction: DmaDirection): DmaMapping {
+    this.checkOpen();
+    return this.dma.map(memory, direction);
+  }
+
+  /**
+   * Function-level (or the backend's) reset. DMA mappings stay valid: the IOMMU keeps them.
+   * The device's own state (registers, bus mastering, interrupt set-up) is back at power-on
+   * values, so bus mastering is turned on again here; interrupts must be enabled again.
+   */
+  reset(): void {
+    this.checkOpen();
+    if (!this.backend.deviceInfo().canReset) throw new InvalidArgumentError(`${this.name} offers no reset`);
+    try {
+      this.backend.reset();
+    } catch (err) {
+      throw wrapSystemError(err, `resetting ${this.name}`);
+    }
+    this.enable();
+  }
+
+  /** Stop DMA, release every mapping and locked page, unmap the regions, give the device back. */
+  close(): void {
+    if (this.closedReason) return;
+    this.closedReason = `${this.name} is closed`;
+    try {
+      this.disableBusMaster();
+    } catch {
+      // A device already gone cannot master the bus either.
+    }
+    this.dma.releaseAll(this.closedReason);
+    for (const bar of this.bars) bar?.revoke(this.closedReason);
+    this.config.revoke(this.closedReason);
+    this.backend.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
+
+  private checkOpen(): void {
+    if (this.closedReason) throw new DeviceGoneError(this.closedReason);
+  }
+}

@@ -1,0 +1,36 @@
+/**
+ * openDevice: one entry point for both backends. A PCI address opens the device through the
+ * kernel's VFIO; anything that looks like a path opens a vfio-user socket. The driver above
+ * gets the same PciDevice either way.
+ */
+import { InvalidArgumentError } from '../errors';
+import { isValidPciAddress } from '../pci/address';
+import { VfioBackend } from '../backends/vfio/vfio-backend';
+import type { Backend } from './backend';
+import { PciDevice, dmaLimitFromMask, type OpenOptions } from './device';
+
+export function isSocketTarget(target: string): boolean {
+  return target.includes('/') || target.endsWith('.sock');
+}
+
+export async function openDevice(target: string, options: OpenOptions = {}): Promise<PciDevice> {
+  if (typeof target !== 'string' || target.length === 0) throw new InvalidArgumentError('openDevice needs a PCI address (0000:00:03.0) or a vfio-user socket path');
+  dmaLimitFromMask(options.dmaMask); // reject a bad mask before touching the device
+  let backend: Backend;
+  if (isValidPciAddress(target)) backend = VfioBackend.open(target);
+  else if (isSocketTarget(target)) backend = await openVfioUserBackend(target);
+  else throw new InvalidArgumentError(`"${target}" is neither a PCI address (expected DDDD:BB:DD.F, e.g. 0000:00:03.0) nor a socket path`);
+  try {
+    const device = new PciDevice(backend, options);
+    device.enable();
+    return device;
+  } catch (err) {
+    backend.close();
+    throw err;
+  }
+}
+
+async function openVfioUserBackend(socketPath: string): Promise<Backend> {
+  const { connectVfioUser } = await import('../backends/vfio-user/client.js');
+  return connectVfioUser(socketPath);
+}

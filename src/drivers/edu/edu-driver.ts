@@ -1,0 +1,132 @@
+/**
+ * Reference driver for QEMU's edu device: identification, liveness, factorial and its DMA
+ * engine, all polled here. It runs unchanged on kernel VFIO and on the vfio-user model.
+ */
+import { InvalidArgumentError, UserpciError } from '../../errors';
+import type { PciDevice } from '../../device/device';
+import type { Region } from '../../device/region';
+import type { DmaBuffer } from '../../dma/dma-space';
+import * as R from './registers';
+
+export interface EduIdentity {
+  id: number;
+  major: number;
+  minor: number;
+}
+
+export interface PollOptions {
+  /** Give up after this many milliseconds (default 5000). */
+  timeoutMs?: number;
+}
+
+export class EduDriver {
+  readonly regs: Region;
+  /** Staging memory for copyToDevice/copyFromDevice; allocated on first use. */
+  private staging: DmaBuffer | undefined;
+
+  constructor(readonly device: PciDevice) {
+    if (device.vendorId !== R.EDU_VENDOR_ID || device.deviceId !== R.EDU_DEVICE_ID) {
+      throw new UserpciError('ENODEV', `${device.name} is not an edu device (ids ${hex(device.vendorId, 4)}:${hex(device.deviceId, 4)})`);
+    }
+    device.enable();
+    this.regs = device.bar(0);
+    const identity = this.identify();
+    if ((identity.id & 0xff) !== 0xed) throw new UserpciError('EIO', `${device.name}: unexpected edu ID register ${hex(identity.id, 8)}`);
+  }
+
+  identify(): EduIdentity {
+    const id = this.regs.read32(R.REG_ID);
+    return { id, major: id >>> 24, minor: (id >>> 16) & 0xff };
+  }
+
+  /** The device inverts what we write: proves it decodes full-width writes and reads. */
+  checkLiveness(value = 0x5a5aa5a5): boolean {
+    this.regs.write32(R.REG_LIVENESS, value >>> 0);
+    return this.regs.read32(R.REG_LIVENESS) === (~value >>> 0);
+  }
+
+  /** n! modulo 2^32, polled. */
+  async factorial(n: number, options: PollOptions = {}): Promise<number> {
+    if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new InvalidArgumentError(`factorial input must be a 32-bit unsigned integer, got ${n}`);
+    this.regs.write32(R.REG_FACTORIAL, n);
+    await this.pollUntilClear(R.REG_STATUS, R.STATUS_COMPUTING, options, 'factorial');
+    return this.regs.read32(R.REG_FACTORIAL);
+  }
+
+  /**
+   * Start the device's DMA engine. `ramIova` is an IOVA the device may use; `deviceOffset` an
+   * offset into the device's 4 KiB buffer. Resolves when the engine reports completion.
+   */
+  async dma(direction: 'to-device' | 'from-device', ramIova: number, deviceOffset: number, length: number, options: PollOptions & { irq?: boolean } = {}): Promise<void> {
+    this.startDma(direction, ramIova, deviceOffset, length, options.irq ?? false);
+    await this.pollUntilClear(R.REG_DMA_CMD, R.DMA_CMD_START, options, 'DMA');
+  }
+
+  /** Program and start a DMA without waiting (for interrupt-driven completion). */
+  startDma(direction: 'to-device' | 'from-device', ramIova: number, deviceOffset: number, length: number, raiseIrq: boolean): void {
+    if (!Number.isInteger(length) || length <= 0 || !Number.isInteger(deviceOffset) || deviceOffset < 0 || deviceOffset + length > R.DMA_BUFFER_SIZE) {
+      throw new InvalidArgumentError(`edu DMA must stay inside its ${R.DMA_BUFFER_SIZE}-byte buffer (offset ${deviceOffset}, length ${length})`);
+    }
+    if (!Number.isSafeInteger(ramIova) || ramIova < 0) throw new InvalidArgumentError(`bad IOVA ${ramIova}`);
+    if (this.regs.read32(R.REG_DMA_CMD) & R.DMA_CMD_START) throw new UserpciError('EBUSY', `${this.device.name}: a DMA is already running`);
+    const deviceAddress = R.DMA_BUFFER_ADDRESS + deviceOffset;
+    const toRam = direction === 'from-device';
+    this.regs.write64(R.REG_DMA_SRC, toRam ? deviceAddress : ramIova);
+    this.regs.write64(R.REG_DMA_DST, toRam ? ramIova : deviceAddress);
+    this.regs.write64(R.REG_DMA_COUNT, length);
+    this.regs.write32(R.REG_DMA_CMD, R.DMA_CMD_START | (toRam ? R.DMA_CMD_TO_RAM : 0) | (raiseIrq ? R.DMA_CMD_IRQ : 0));
+  }
+
+  /** Copy bytes into the device's buffer through a coherent DMA buffer. */
+  async copyToDevice(bytes: Uint8Array, deviceOffset = 0, options: PollOptions = {}): Promise<void> {
+    const staging = this.stagingBuffer();
+    new Uint8Array(staging.buffer).set(bytes);
+    await this.dma('to-device', staging.iova, deviceOffset, bytes.length, options);
+  }
+
+  /** Copy bytes out of the device's buffer through a coherent DMA buffer. */
+  async copyFromDevice(deviceOffset: number, length: number, options: PollOptions = {}): Promise<Uint8Array> {
+    const staging = this.stagingBuffer();
+    await this.dma('from-device', staging.iova, deviceOffset, length, options);
+    return new Uint8Array(staging.buffer, 0, length).slice();
+  }
+
+  /** Raise an interrupt with the given status bits (the device's self-test). */
+  raiseInterrupt(bits: number): void {
+    this.regs.write32(R.REG_IRQ_RAISE, bits >>> 0);
+  }
+
+  /** Read and acknowledge the interrupt status: the device lowers its line when it reaches 0. */
+  acknowledgeInterrupt(): number {
+    const status = this.regs.read32(R.REG_IRQ_STATUS);
+    if (status !== 0) this.regs.write32(R.REG_IRQ_ACK, status);
+    return status;
+  }
+
+  /** Free the driver's own DMA memory (the device itself stays open). */
+  release(): void {
+    if (this.staging && !this.staging.freed && !this.device.closed) this.staging.free();
+    this.staging = undefined;
+  }
+
+  private stagingBuffer(): DmaBuffer {
+    if (!this.staging || this.staging.freed) this.staging = this.device.allocDma(R.DMA_BUFFER_SIZE);
+    return this.staging;
+  }
+
+  /** Busy-poll briefly (most operations finish in microseconds), then yield to the event loop. */
+  private async pollUntilClear(offset: number, bit: number, options: PollOptions, what: string): Promise<void> {
+    const deadline = Date.now() + (options.timeoutMs ?? 5000);
+    for (let spins = 0; ; spins++) {
+      if ((this.regs.read32(offset) & bit) === 0) return;
+      if (spins >= 64) {
+        if (Date.now() > deadline) throw new UserpciError('ETIMEDOUT', `${this.device.name}: edu ${what} did not complete in ${options.timeoutMs ?? 5000} ms`);
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
+    }
+  }
+}
+
+function hex(value: number, digits: number): string {
+  return `0x${value.toString(16).padStart(digits, '0')}`;
+}

@@ -1,0 +1,11 @@
+/** userpci: PCI device drivers in user space, in TypeScript. The public API. */
+export * from './errors';
+export { openDevice } from './device/open';
+export { PciDevice, dmaLimitFromMask, type OpenOptions, CONFIG_REGION_INDEX, ROM_REGION_INDEX, BAR_COUNT } from './device/device';
+export { Region } from './device/region';
+export type { Backend } from './device/backend';
+export { DmaBuffer, DmaMapping, type DmaDirection, type DmaSegment, type DmaAllocOptions } from './dma/dma-space';
+export { IovaAllocator } from './dma/iova-allocator';
+export { bindToVfio, unbindFromVfio, boundDriver, iommuGroupOf, groupBlockers } from './pci/bind';
+export { parsePciAddress, formatPciAddress } from './pci/address';
+export { EduDriver } from './drivers/edu/edu-driver';

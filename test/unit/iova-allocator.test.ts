@@ -1,0 +1,59 @@
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { IovaAllocator } from '../../src/dma/iova-allocator';
+import { dmaLimitFromMask } from '../../src/device/device';
+
+const MSI_SPLIT = [
+  { start: 0, end: 0xfedfffff },
+  { start: 0xfef00000, end: 2 ** 39 - 1 },
+];
+
+test('allocations stay inside the usable ranges, skip the MSI window and never hand out 0', () => {
+  const a = new IovaAllocator(MSI_SPLIT);
+  const first = a.allocate(4096);
+  assert.equal(first, 4096);
+  const big = a.allocate(0xfee00000 - 0x2000); // fills the rest of the low range exactly
+  assert.equal(big + 0xfee00000 - 0x2000 - 1, 0xfedfffff);
+  const next = a.allocate(4096);
+  assert.ok(next >= 0xfef00000, `0x${next.toString(16)} is above the MSI window`);
+});
+
+test('the per-call limit (a DMA mask) is honoured, and exhaustion is a clear ENOMEM', () => {
+  const a = new IovaAllocator(MSI_SPLIT);
+  const limit = dmaLimitFromMask(0xfffffff);
+  const got: number[] = [];
+  for (let i = 0; i < 100; i++) got.push(a.allocate(1 << 20, 4096, limit));
+  for (const iova of got) assert.ok(iova + (1 << 20) - 1 <= limit);
+  assert.throws(() => a.allocate(256 << 20, 4096, limit), (e: any) => e.code === 'ENOMEM' && /0xfffffff/.test(e.message));
+  // A device without the narrow mask still gets the space that reaches above it.
+  assert.ok(a.allocate(256 << 20) + (256 << 20) - 1 > limit);
+});
+
+test('freed space is merged and reused', () => {
+  const a = new IovaAllocator([{ start: 0, end: 0x10fff }]); // 16 usable pages (page 0 excluded)
+  const pages = Array.from({ length: 16 }, () => a.allocate(4096));
+  assert.throws(() => a.allocate(4096), (e: any) => e.code === 'ENOMEM');
+  for (const p of pages) a.release(p);
+  assert.equal(a.available, 16 * 4096);
+  assert.equal(a.allocate(16 * 4096), 0x1000, 'fragments merged back into one span');
+  assert.throws(() => a.release(0x5000), (e: any) => e.code === 'EINVAL');
+});
+
+test('alignment and size validation', () => {
+  const a = new IovaAllocator(MSI_SPLIT);
+  a.allocate(4096);
+  const huge = a.allocate(2 << 20, 2 << 20);
+  assert.equal(huge % (2 << 20), 0);
+  for (const bad of [0, -1, 1.5, NaN, 2 ** 60]) assert.throws(() => a.allocate(bad), (e: any) => e.code === 'EINVAL' || e.code === 'ENOMEM');
+  assert.throws(() => a.allocate(4096, 3 * 4096), (e: any) => e.code === 'EINVAL');
+});
+
+test('DMA masks: 2^n-1 accepted, anything else EINVAL', () => {
+  assert.equal(dmaLimitFromMask(undefined), Number.MAX_SAFE_INTEGER);
+  assert.equal(dmaLimitFromMask(0xffffffff), 0xffffffff);
+  assert.equal(dmaLimitFromMask((1n << 64n) - 1n), Number.MAX_SAFE_INTEGER);
+  assert.equal(dmaLimitFromMask((1n << 40n) - 1n), 2 ** 40 - 1);
+  for (const bad of [0, -1, 0x1000, 0xff, 0xfff0, 1.5, (1n << 65n) - 1n, Number.MAX_VALUE]) {
+    assert.throws(() => dmaLimitFromMask(bad as number | bigint), (e: any) => e.code === 'EINVAL', String(bad));
+  }
+});

@@ -46,8 +46,9 @@ static napi_value throw_type(napi_env env, const char *message) {
   return NULL;
 }
 
+/* Capacity is always MAX_ARGS: N-API copies only that many and fills the rest with undefined. */
 #define GET_ARGS(n)                                                                   \
-  size_t argc = (n);                                                                  \
+  size_t argc = MAX_ARGS;                                                             \
   napi_value argv[MAX_ARGS];                                                          \
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL; \
   if (argc < (size_t)(n)) return throw_type(env, "missing arguments");

@@ -64,8 +64,8 @@ export class EduDriver {
 
   /** Program and start a DMA without waiting (for interrupt-driven completion). */
   startDma(direction: 'to-device' | 'from-device', ramIova: number, deviceOffset: number, length: number, raiseIrq: boolean): void {
-    if (!Number.isInteger(length) || length <= 0 || !Number.isInteger(deviceOffset) || deviceOffset < 0 || deviceOffset + length > R.DMA_BUFFER_SIZE) {
-      throw new InvalidArgumentError(`edu DMA must stay inside its ${R.DMA_BUFFER_SIZE}-byte buffer (offset ${deviceOffset}, length ${length})`);
+    if (!Number.isInteger(length) || length <= 0 || !Number.isInteger(deviceOffset) || deviceOffset < 0 || deviceOffset + length > R.DMA_BUFFER_USABLE) {
+      throw new InvalidArgumentError(`edu DMA must stay inside the first ${R.DMA_BUFFER_USABLE} bytes of its buffer (offset ${deviceOffset}, length ${length})`);
     }
     if (!Number.isSafeInteger(ramIova) || ramIova < 0) throw new InvalidArgumentError(`bad IOVA ${ramIova}`);
     if (this.regs.read32(R.REG_DMA_CMD) & R.DMA_CMD_START) throw new UserpciError('EBUSY', `${this.device.name}: a DMA is already running`);

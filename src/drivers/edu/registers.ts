@@ -28,5 +28,12 @@ export const IRQ_DMA = 0x100;
 /** The device-side DMA buffer lives at this bus address inside the device. */
 export const DMA_BUFFER_ADDRESS = 0x40000;
 export const DMA_BUFFER_SIZE = 4096;
+/**
+ * How much of that buffer a transfer may use. QEMU's edu up to at least 7.2 checks the range with
+ * an exclusive end compared by `<`, so a transfer that ends exactly at the buffer's end is
+ * refused with hw_error(), which aborts the whole VM. Staying one byte short works on every
+ * version and on our model.
+ */
+export const DMA_BUFFER_USABLE = DMA_BUFFER_SIZE - 1;
 /** The edu device's default DMA mask: 28 bits. */
 export const EDU_DEFAULT_DMA_MASK = 0xfffffff;

@@ -1,0 +1,48 @@
+// The guest test table: every boot `npm run test:guest` makes, one after another.
+//
+//   node dist/scripts/guest/run-suites.js            all runs
+//   node dist/scripts/guest/run-suites.js edu ...    only the named runs
+//   node dist/scripts/guest/run-suites.js --list
+//
+// A boot costs about 7 s under TCG: add test files to an existing run with the same devices
+// rather than adding runs. Tests are compiled files under dist/.
+
+import type { GuestRun } from './index';
+import { installSignalHandlers, runSuites } from './suites';
+
+const MIN = 60_000;
+
+export const SUITES: GuestRun[] = [
+  {
+    // Everything that needs only QEMU's edu device shares this boot.
+    name: 'edu',
+    qemuDevices: ['-device', 'edu'],
+    tests: ['dist/test/guest/smoke.test.js'],
+    timeoutMs: 10 * MIN,
+  },
+];
+
+async function main(argv: string[]): Promise<number> {
+  if (argv.includes('--list')) {
+    for (const s of SUITES) console.log(`${s.name}\t${s.qemuDevices.join(' ')}\t${s.tests.join(' ')}`);
+    return 0;
+  }
+  const unknown = argv.filter((a) => !SUITES.some((s) => s.name === a));
+  if (unknown.length > 0) {
+    console.error(`unknown guest run(s): ${unknown.join(', ')}; known: ${SUITES.map((s) => s.name).join(', ')}`);
+    return 2;
+  }
+  const runs = argv.length > 0 ? SUITES.filter((s) => argv.includes(s.name)) : SUITES;
+  return (await runSuites(runs)) ? 0 : 1;
+}
+
+if (require.main === module) {
+  installSignalHandlers();
+  main(process.argv.slice(2)).then(
+    (code) => (process.exitCode = code),
+    (e: Error) => {
+      console.error(e.stack ?? e.message);
+      process.exitCode = 1;
+    },
+  );
+}

@@ -1,0 +1,155 @@
+/**
+ * The client's DMA maps as the server sees them. Memory the client shared by fd is mmapped here
+ * and accessed directly; memory without fd is reached with DMA_READ/DMA_WRITE messages (the
+ * `remote` callbacks). Every access is checked against the map's permissions first, because
+ * touching a read-only mapping would kill the server with SIGSEGV.
+ */
+import { native, constants } from '../native/index';
+import { UserpciError } from '../errors';
+import { DmaFlags, Errno } from '../backends/vfio-user/protocol';
+import { closeFds } from '../backends/vfio-user/transport';
+
+export interface DmaMapping {
+  iova: number;
+  size: number;
+  readable: boolean;
+  writable: boolean;
+  /** The server's mapping of the client's fd; undefined for message-based access. */
+  memory: Uint8Array | undefined;
+  buffer: ArrayBuffer | undefined;
+}
+
+export interface RemoteDma {
+  read(iova: number, length: number): Promise<Uint8Array>;
+  write(iova: number, data: Uint8Array): Promise<void>;
+}
+
+export class DmaSpace {
+  /** Sorted by iova; never overlapping. */
+  private maps: DmaMapping[] = [];
+
+  constructor(private readonly maxMaps = 65535) {}
+
+  get count(): number {
+    return this.maps.length;
+  }
+
+  /**
+   * Add a map. Returns 0 or an errno. `fd` (if any) is consumed either way: mmapped and closed,
+   * since the mapping keeps the memory alive and the spec wants passed fds released.
+   */
+  map(iova: number, size: number, flags: number, fd: number | undefined, offset: number): number {
+    try {
+      if (size <= 0 || iova + size > Number.MAX_SAFE_INTEGER || (flags & ~(DmaFlags.READ | DmaFlags.WRITE)) !== 0) return Errno.EINVAL;
+      if (this.maps.length >= this.maxMaps) return Errno.ENOSPC;
+      if (this.maps.some((m) => iova < m.iova + m.size && m.iova < iova + size)) return Errno.EEXIST;
+      const mapping: DmaMapping = {
+        iova,
+        size,
+        readable: (flags & DmaFlags.READ) !== 0,
+        writable: (flags & DmaFlags.WRITE) !== 0,
+        memory: undefined,
+        buffer: undefined,
+      };
+      if (fd !== undefined) {
+        if (!this.fdCovers(fd, offset, size)) return Errno.EINVAL;
+        const prot = (mapping.readable ? constants.PROT_READ : 0) | (mapping.writable ? constants.PROT_WRITE : 0);
+        try {
+          mapping.buffer = native.mmap(size, prot || constants.PROT_READ, constants.MAP_SHARED, fd, offset);
+          mapping.memory = new Uint8Array(mapping.buffer);
+        } catch {
+          // Not mappable (a socket, a read-only fd, odd offset): fall back to messages.
+          mapping.buffer = undefined;
+        }
+      }
+      this.maps.push(mapping);
+      this.maps.sort((a, b) => a.iova - b.iova);
+      return 0;
+    } finally {
+      if (fd !== undefined) closeFds([fd]);
+    }
+  }
+
+  /**
+   * A file shorter than the map would raise SIGBUS on access past its end: refuse such a map.
+   * (A client that shrinks the file later can still do that; trust ends there, as in the spec.)
+   */
+  private fdCovers(fd: number, offset: number, size: number): boolean {
+    try {
+      return native.pread(fd, new Uint8Array(1), offset + size - 1) === 1;
+    } catch {
+      return true; // not a regular file (pread unsupported): mmap decides
+    }
+  }
+
+  /** Remove the map that matches exactly. Returns 0 or an errno. */
+  unmap(iova: number, size: number): number {
+    const i = this.maps.findIndex((m) => m.iova === iova && m.size === size);
+    if (i < 0) return Errno.ENOENT;
+    this.release(this.maps[i]!);
+    this.maps.splice(i, 1);
+    return 0;
+  }
+
+  clear(): void {
+    for (const m of this.maps) this.release(m);
+    this.maps = [];
+  }
+
+  private release(m: DmaMapping): void {
+    if (m.buffer) native.munmap(m.buffer);
+    m.buffer = undefined;
+    m.memory = undefined;
+  }
+
+  /** The maps covering [iova, iova+length) in order, or undefined if any byte is unmapped. */
+  private cover(iova: number, length: number): { mapping: DmaMapping; start: number; length: number }[] | undefined {
+    if (!Number.isSafeInteger(iova) || !Number.isSafeInteger(length) || iova < 0 || length < 0) return undefined;
+    const out = [];
+    let at = iova;
+    const end = iova + length;
+    while (at < end) {
+      const m = this.maps.find((x) => x.iova <= at && at < x.iova + x.size);
+      if (!m) return undefined;
+      const n = Math.min(end, m.iova + m.size) - at;
+      out.push({ mapping: m, start: at, length: n });
+      at += n;
+    }
+    return out;
+  }
+
+  async read(iova: number, length: number, remote: RemoteDma): Promise<Uint8Array> {
+    const parts = this.cover(iova, length);
+    if (!parts) throw fault(`DMA read of ${length} bytes at 0x${iova.toString(16)} is outside the client's maps`);
+    const out = new Uint8Array(length);
+    let filled = 0;
+    for (const p of parts) {
+      if (!p.mapping.readable) throw fault(`DMA read at 0x${p.start.toString(16)}: the client did not allow the device to read there`, 'EPERM');
+      const data = p.mapping.memory
+        ? p.mapping.memory.subarray(p.start - p.mapping.iova, p.start - p.mapping.iova + p.length)
+        : await remote.read(p.start, p.length);
+      out.set(data, filled);
+      filled += p.length;
+    }
+    return out;
+  }
+
+  async write(iova: number, data: Uint8Array, remote: RemoteDma): Promise<void> {
+    const parts = this.cover(iova, data.length);
+    if (!parts) throw fault(`DMA write of ${data.length} bytes at 0x${iova.toString(16)} is outside the client's maps`);
+    for (const p of parts) {
+      if (!p.mapping.writable) throw fault(`DMA write at 0x${p.start.toString(16)}: the client did not allow the device to write there`, 'EPERM');
+    }
+    let taken = 0;
+    for (const p of parts) {
+      const chunk = data.subarray(taken, taken + p.length);
+      if (p.mapping.memory) p.mapping.memory.set(chunk, p.start - p.mapping.iova);
+      else await remote.write(p.start, chunk);
+      taken += p.length;
+    }
+  }
+}
+
+function fault(message: string, code = 'EFAULT'): UserpciError {
+  return new UserpciError(code, message);
+}

@@ -1,0 +1,29 @@
+/**
+ * Device models by name, so a server can be started from a CLI argument or inside a worker
+ * thread, where only plain data crosses over.
+ */
+import { InvalidArgumentError } from '../../errors';
+import type { DeviceModel } from '../device-model';
+import { EduModel } from './edu';
+
+export type ModelOptions = Record<string, unknown>;
+
+const factories: Record<string, (options: ModelOptions) => DeviceModel> = {
+  edu: (options) => {
+    const dmaMask = options.dmaMask;
+    return new EduModel({
+      dmaMask: typeof dmaMask === 'string' ? BigInt(dmaMask) : (dmaMask as bigint | number | undefined),
+      dmaDelayMs: options.dmaDelayMs as number | undefined,
+    });
+  },
+};
+
+export function modelNames(): string[] {
+  return Object.keys(factories);
+}
+
+export function createModel(name: string, options: ModelOptions = {}): DeviceModel {
+  const factory = factories[name];
+  if (!factory) throw new InvalidArgumentError(`unknown device model "${name}"; known: ${modelNames().join(', ')}`);
+  return factory(options);
+}

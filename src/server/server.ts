@@ -1,0 +1,185 @@
+/**
+ * serveVfioUser: serve a device model on an AF_UNIX socket, one client at a time. While a client
+ * is connected, later ones wait in the listen backlog; when it leaves (cleanly or not) its DMA
+ * maps and eventfds are dropped, the device keeps its state, and the next client is accepted.
+ * Event-driven throughout: the listening socket and connections are watched on the event loop.
+ */
+import * as fs from 'node:fs';
+import { native, type WatchHandle } from '../native/index';
+import { InvalidArgumentError, UserpciError, wrapSystemError } from '../errors';
+import { DeviceHost } from './device-host';
+import { Session } from './session';
+import type { DeviceModel } from './device-model';
+
+export interface ServeOptions {
+  /** Listen on this path (a stale socket file there is replaced). */
+  socketPath?: string;
+  /** Serve this already-connected socket (e.g. one end of a socketpair, or --fd); no listening. */
+  connectedFd?: number;
+  /** max_data_xfer_size we advertise (default 1 MiB). */
+  maxDataXferSize?: number;
+  /** max_msg_fds we advertise (default 16). */
+  maxMsgFds?: number;
+  /** Offer twin-socket mode (default true). */
+  twinSocket?: boolean;
+  log?: (message: string) => void;
+  onClientConnected?: () => void;
+  onClientDisconnected?: (reason: Error) => void;
+}
+
+export class VfioUserServer {
+  readonly host: DeviceHost;
+  private listenFd = -1;
+  private listenWatch: WatchHandle | undefined;
+  private session: Session | undefined;
+  private closed = false;
+  private served = 0;
+  private readonly idleWaiters: (() => void)[] = [];
+
+  constructor(
+    readonly model: DeviceModel,
+    private readonly options: ServeOptions,
+  ) {
+    this.host = new DeviceHost(model, { log: options.log });
+  }
+
+  get socketPath(): string | undefined {
+    return this.options.socketPath;
+  }
+
+  get clientConnected(): boolean {
+    return this.session !== undefined;
+  }
+
+  /** Clients served so far (connected at least once). */
+  get clientsServed(): number {
+    return this.served;
+  }
+
+  /** @internal started by serveVfioUser */
+  start(): void {
+    if (this.options.connectedFd !== undefined) {
+      this.startSession(this.options.connectedFd);
+      return;
+    }
+    const path = this.options.socketPath!;
+    removeStaleSocket(path);
+    try {
+      this.listenFd = native.unixListen(path, 4);
+    } catch (err) {
+      throw wrapSystemError(err, `listening on ${path}`);
+    }
+    this.resumeListening();
+  }
+
+  /** Resolves when no client is connected (immediately if none is). */
+  whenIdle(): Promise<void> {
+    if (!this.session) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Ask the connected client to let go (its REQ irq eventfd); true if it had one. */
+  requestRelease(): boolean {
+    return this.host.interrupts.requestRelease();
+  }
+
+  /** Stop serving: the client is disconnected, the socket file removed, the model disposed. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.pauseListening();
+    if (this.listenFd >= 0) {
+      native.close(this.listenFd);
+      this.listenFd = -1;
+      if (this.options.socketPath) fs.rmSync(this.options.socketPath, { force: true });
+    }
+    this.session?.close();
+    this.host.dispose();
+  }
+
+  private resumeListening(): void {
+    if (this.closed || this.listenFd < 0 || this.listenWatch) return;
+    this.listenWatch = native.watch(this.listenFd, 1, false, () => this.acceptNext());
+    // A client may already be waiting in the backlog.
+    setImmediate(() => this.acceptNext());
+  }
+
+  private pauseListening(): void {
+    if (this.listenWatch) native.watchStop(this.listenWatch);
+    this.listenWatch = undefined;
+  }
+
+  private acceptNext(): void {
+    if (this.closed || this.session || this.listenFd < 0) return;
+    let fd: number;
+    try {
+      fd = native.unixAccept(this.listenFd);
+    } catch (err) {
+      this.options.log?.(`accept failed: ${(err as Error).message}`);
+      return;
+    }
+    if (fd < 0) return;
+    this.pauseListening();
+    this.startSession(fd);
+  }
+
+  private startSession(fd: number): void {
+    this.served++;
+    this.options.log?.(`client ${this.served} connected`);
+    this.session = new Session(
+      this.host,
+      fd,
+      {
+        maxDataXferSize: this.options.maxDataXferSize ?? 1 << 20,
+        maxMsgFds: this.options.maxMsgFds ?? 16,
+        twinSocket: this.options.twinSocket ?? true,
+        log: this.options.log ?? (() => {}),
+      },
+      (reason) => this.sessionEnded(reason),
+    );
+    this.options.onClientConnected?.();
+  }
+
+  private sessionEnded(reason: Error): void {
+    this.session = undefined;
+    this.options.log?.(`client disconnected: ${reason.message}`);
+    this.options.onClientDisconnected?.(reason);
+    for (const resolve of this.idleWaiters.splice(0)) resolve();
+    if (this.options.connectedFd !== undefined) {
+      void this.close();
+      return;
+    }
+    this.resumeListening();
+  }
+}
+
+/** Start serving `model`; resolves once the socket is listening. */
+export async function serveVfioUser(model: DeviceModel, options: ServeOptions): Promise<VfioUserServer> {
+  if ((options.socketPath === undefined) === (options.connectedFd === undefined)) {
+    throw new InvalidArgumentError('serveVfioUser needs exactly one of socketPath and connectedFd');
+  }
+  const server = new VfioUserServer(model, options);
+  server.start();
+  return server;
+}
+
+function removeStaleSocket(path: string): void {
+  let stat: fs.Stats;
+  try {
+    stat = fs.lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!stat.isSocket()) throw new UserpciError('EEXIST', `${path} exists and is not a socket; refusing to replace it`);
+  let live = -1;
+  try {
+    live = native.unixConnect(path);
+  } catch {
+    // nobody listens there: a leftover from a server that died
+  }
+  if (live >= 0) {
+    native.close(live);
+    throw new UserpciError('EADDRINUSE', `another server is listening on ${path}`);
+  }
+  fs.rmSync(path, { force: true });
+}

@@ -1,0 +1,272 @@
+/**
+ * One client connection to the server: version negotiation, then each command decoded,
+ * checked and answered. Anything malformed gets an error reply with an errno; anything that
+ * breaks framing closes the connection. Never a throw out of here, never an unbounded allocation
+ * (message sizes are capped by the reader before the body is allocated).
+ */
+import { native } from '../native/index';
+import {
+  Command,
+  DEFAULT_CAPABILITIES,
+  DEVICE_INFO_SIZE,
+  Errno,
+  IRQ_INFO_SIZE,
+  PROTOCOL_MAJOR,
+  PROTOCOL_MINOR,
+  ProtocolError,
+  REGION_INFO_SIZE,
+  Vfio,
+  decodeDeviceInfo,
+  decodeDmaAccess,
+  decodeDmaMap,
+  decodeDmaUnmap,
+  decodeIrqInfo,
+  decodeRegionAccess,
+  decodeRegionInfoRequest,
+  decodeSetIrqs,
+  decodeVersion,
+  encodeDeviceInfo,
+  encodeDmaAccess,
+  encodeIrqInfo,
+  encodeRegionAccess,
+  encodeRegionInfoReply,
+  encodeVersion,
+  type Capabilities,
+} from '../backends/vfio-user/protocol';
+import { Channel, type ReplyData } from '../backends/vfio-user/channel';
+import { ConnectionClosedError, closeFds, type IncomingMessage } from '../backends/vfio-user/transport';
+import type { RemoteDma } from './dma';
+import type { DeviceHost } from './device-host';
+
+export interface SessionOptions {
+  /** Largest data count we accept in one READ/WRITE (advertised as max_data_xfer_size). */
+  maxDataXferSize: number;
+  /** Fds we accept in one message (advertised as max_msg_fds). */
+  maxMsgFds: number;
+  /** Offer twin-socket mode to clients that support it. */
+  twinSocket: boolean;
+  log: (message: string) => void;
+}
+
+/** Most fds the native layer passes in one message. */
+const NATIVE_MAX_FDS = 32;
+
+export class Session {
+  private readonly channel: Channel;
+  private twin: Channel | undefined;
+  private peer: Capabilities | undefined;
+  private ended = false;
+
+  constructor(
+    private readonly host: DeviceHost,
+    fd: number,
+    private readonly options: SessionOptions,
+    private readonly onEnd: (reason: Error) => void,
+  ) {
+    this.channel = new Channel({
+      fd,
+      limits: { maxMessageSize: readerLimit(options.maxDataXferSize), maxFds: options.maxMsgFds },
+      onCommand: (m) => this.handle(m),
+      onClose: (reason) => this.end(reason),
+      keepAlive: true,
+      label: 'vfio-user client',
+    });
+    this.channel.watch();
+  }
+
+  close(): void {
+    this.channel.close(new ConnectionClosedError('server closed the connection', 'ENODEV'));
+  }
+
+  private end(reason: Error): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.twin?.close(reason);
+    this.host.clientDetached();
+    this.onEnd(reason);
+  }
+
+  // ---- server -> client DMA ------------------------------------------------------------------
+
+  private readonly remote: RemoteDma = {
+    read: async (iova, length) => {
+      const out = new Uint8Array(length);
+      const max = this.peer?.maxDataXferSize ?? DEFAULT_CAPABILITIES.maxDataXferSize;
+      for (let done = 0; done < length; ) {
+        const count = Math.min(max, length - done);
+        const reply = await this.commandChannel().request(Command.DMA_READ, [encodeDmaAccess({ address: iova + done, count })]);
+        closeFds(reply.fds);
+        const m = decodeDmaAccess(reply.payload, true);
+        if (m.address !== iova + done || m.count !== count) throw new ProtocolError('DMA_READ reply does not match its request');
+        out.set(m.data!, done);
+        done += count;
+      }
+      return out;
+    },
+    write: async (iova, data) => {
+      const max = this.peer?.maxDataXferSize ?? DEFAULT_CAPABILITIES.maxDataXferSize;
+      for (let done = 0; done < data.length; ) {
+        const count = Math.min(max, data.length - done);
+        const reply = await this.commandChannel().request(Command.DMA_WRITE, [
+          encodeDmaAccess({ address: iova + done, count }),
+          data.subarray(done, done + count),
+        ]);
+        closeFds(reply.fds);
+        const m = decodeDmaAccess(reply.payload, false, true);
+        if (m.address !== iova + done || m.count !== count) throw new ProtocolError('DMA_WRITE reply does not match its request');
+        done += count;
+      }
+    },
+  };
+
+  private commandChannel(): Channel {
+    return this.twin ?? this.channel;
+  }
+
+  // ---- client -> server commands -------------------------------------------------------------
+
+  private handle(message: IncomingMessage): ReplyData {
+    const { header, payload, fds } = message;
+    if (header.command !== Command.VERSION && !this.peer) {
+      throw new ProtocolError('the first command must be VERSION', Errno.EINVAL);
+    }
+    const noFds = () => {
+      if (fds.length) throw new ProtocolError(`${fds.length} unexpected file descriptors`, Errno.EINVAL);
+    };
+    switch (header.command) {
+      case Command.VERSION:
+        return this.negotiate(payload, fds);
+      case Command.DMA_MAP: {
+        if (fds.length > 1) throw new ProtocolError('DMA_MAP takes at most one fd', Errno.EINVAL);
+        const m = decodeDmaMap(payload);
+        const error = this.host.dmaSpace.map(m.address, m.size, m.flags, fds[0], m.offset);
+        return error ? { error } : {};
+      }
+      case Command.DMA_UNMAP: {
+        noFds();
+        const m = decodeDmaUnmap(payload);
+        if (m.flags !== 0) return { error: Errno.ENOTSUP }; // dirty-page bitmaps: no migration support
+        const error = this.host.dmaSpace.unmap(m.address, m.size);
+        return error ? { error } : { payload: [payload.subarray(0, 24)] };
+      }
+      case Command.DEVICE_GET_INFO: {
+        noFds();
+        const m = decodeDeviceInfo(payload);
+        if (m.argsz < DEVICE_INFO_SIZE) return { error: Errno.EINVAL };
+        return {
+          payload: [encodeDeviceInfo({ argsz: DEVICE_INFO_SIZE, flags: Vfio.DEVICE_FLAGS_PCI | Vfio.DEVICE_FLAGS_RESET, numRegions: Vfio.PCI_NUM_REGIONS, numIrqs: Vfio.PCI_NUM_IRQS })],
+        };
+      }
+      case Command.DEVICE_GET_REGION_INFO: {
+        noFds();
+        const m = decodeRegionInfoRequest(payload);
+        if (m.argsz < REGION_INFO_SIZE) return { error: Errno.EINVAL };
+        const info = this.host.regionInfo(m.index);
+        if (!info) return { error: Errno.EINVAL };
+        const { bytes, complete } = encodeRegionInfoReply(
+          { flags: info.flags, index: info.index, size: info.size, offset: info.offset, sparseAreas: info.sparseAreas },
+          m.argsz,
+        );
+        // The fd comes only with the complete reply, as libvfio-user does.
+        return { payload: [bytes], fds: complete && info.fd !== undefined ? [info.fd] : [] };
+      }
+      case Command.DEVICE_GET_IRQ_INFO: {
+        noFds();
+        const m = decodeIrqInfo(payload);
+        if (m.argsz < IRQ_INFO_SIZE) return { error: Errno.EINVAL };
+        const info = this.host.interrupts.irqInfo(m.index);
+        if (!info) return { error: Errno.EINVAL };
+        return { payload: [encodeIrqInfo({ argsz: IRQ_INFO_SIZE, flags: info.flags, index: m.index, count: info.count })] };
+      }
+      case Command.DEVICE_SET_IRQS: {
+        const m = decodeSetIrqs(payload);
+        const error = this.host.interrupts.setIrqs(m, fds);
+        if (error) closeFds(fds);
+        return error ? { error } : {};
+      }
+      case Command.REGION_READ: {
+        noFds();
+        const m = decodeRegionAccess(payload, false);
+        if (m.count > this.options.maxDataXferSize) return { error: Errno.E2BIG };
+        const data = new Uint8Array(m.count);
+        this.host.regionRead(m.region, m.offset, data);
+        return { payload: [encodeRegionAccess(m), data] };
+      }
+      case Command.REGION_WRITE: {
+        noFds();
+        const m = decodeRegionAccess(payload, true);
+        this.host.regionWrite(m.region, m.offset, m.data!);
+        return { payload: [encodeRegionAccess(m)] };
+      }
+      case Command.DEVICE_RESET:
+        noFds();
+        this.host.reset();
+        return {};
+      case Command.DMA_READ:
+      case Command.DMA_WRITE:
+        throw new ProtocolError('DMA_READ/DMA_WRITE go from server to client', Errno.EINVAL);
+      case Command.DEVICE_GET_REGION_IO_FDS:
+      case Command.REGION_WRITE_MULTI:
+      case Command.DEVICE_FEATURE:
+      case Command.MIG_DATA_READ:
+      case Command.MIG_DATA_WRITE:
+        throw new ProtocolError('not supported by this server', Errno.ENOTSUP);
+      default:
+        throw new ProtocolError(`unknown command ${header.command}`, Errno.ENOSYS);
+    }
+  }
+
+  private negotiate(payload: Uint8Array, fds: number[]): ReplyData {
+    if (this.peer) throw new ProtocolError('VERSION was already negotiated', Errno.EINVAL);
+    if (fds.length) throw new ProtocolError('VERSION carries no fds', Errno.EINVAL);
+    const proposal = decodeVersion(payload);
+    if (proposal.major !== PROTOCOL_MAJOR) {
+      // The spec: a server that cannot speak the proposed major closes the connection.
+      throw new ProtocolError(`client speaks major version ${proposal.major}; this server speaks ${PROTOCOL_MAJOR}`, Errno.ENOTSUP, true);
+    }
+    this.peer = {
+      ...proposal.capabilities,
+      maxMsgFds: Math.min(proposal.capabilities.maxMsgFds, NATIVE_MAX_FDS),
+    };
+    const replyFds: number[] = [];
+    let twinSocket: { supported: boolean; fdIndex?: number } | undefined;
+    if (proposal.capabilities.twinSocket?.supported) {
+      twinSocket = { supported: false };
+      if (this.options.twinSocket && this.peer.maxMsgFds >= 1) {
+        const [serverEnd, clientEnd] = native.socketpair();
+        this.twin = new Channel({
+          fd: serverEnd,
+          limits: { maxMessageSize: readerLimit(this.options.maxDataXferSize), maxFds: 0 },
+          onCommand: () => {
+            throw new ProtocolError('the twin socket carries only server commands and their replies', Errno.EINVAL);
+          },
+          onClose: (reason) => this.channel.close(reason),
+          keepAlive: true,
+          label: 'vfio-user client (twin socket)',
+        });
+        this.twin.watch();
+        replyFds.push(clientEnd);
+        twinSocket = { supported: true, fdIndex: 0 };
+      }
+    }
+    this.host.clientAttached(this.remote);
+    const reply = encodeVersion({
+      major: PROTOCOL_MAJOR,
+      minor: Math.min(proposal.minor, PROTOCOL_MINOR),
+      capabilities: {
+        maxMsgFds: this.options.maxMsgFds,
+        maxDataXferSize: this.options.maxDataXferSize,
+        maxDmaMaps: 65535,
+        pgsizes: 4096,
+        ...(twinSocket ? { twinSocket } : {}),
+      },
+    });
+    this.options.log(`client negotiated 0.${Math.min(proposal.minor, PROTOCOL_MINOR)}${this.twin ? ' with twin socket' : ''}`);
+    return { payload: [reply], fds: replyFds, closeFdsAfterSend: true };
+  }
+}
+
+/** Largest message we read: a full data transfer plus its headers (and room for VERSION JSON). */
+export function readerLimit(maxDataXferSize: number): number {
+  return Math.max(maxDataXferSize, 64 * 1024) + 64;
+}

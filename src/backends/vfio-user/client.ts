@@ -78,7 +78,9 @@ const MAX_REGION_INFO_ARGSZ = 64 * 1024;
 interface ClientDmaMapping {
   iova: number;
   size: number;
+  /** The caller's bytes inside the map (a streaming map's page padding is not theirs to serve). */
   bytes: Uint8Array;
+  bytesIova: number;
   deviceReads: boolean;
   deviceWrites: boolean;
 }
@@ -331,16 +333,18 @@ export class VfioUserClient implements Backend {
     if (!Number.isSafeInteger(iova) || !Number.isSafeInteger(size) || iova < 0 || size <= 0 || iova + size > Number.MAX_SAFE_INTEGER) {
       throw new InvalidArgumentError(`${this.name}: DMA map [${iova}, +${size}) is not a valid range`);
     }
-    const memory = request.memory;
-    const bytes = memory instanceof ArrayBuffer ? new Uint8Array(memory) : new Uint8Array(memory.buffer, memory.byteOffset, memory.byteLength);
-    if (bytes.byteLength < size) throw new InvalidArgumentError(`${this.name}: DMA map of ${size} bytes over ${bytes.byteLength} bytes of memory`);
+    const bytes = request.memory;
+    const bytesIova = request.memoryIova;
+    if (!(bytes instanceof Uint8Array) || !Number.isSafeInteger(bytesIova) || bytesIova < iova || bytesIova + bytes.byteLength > iova + size) {
+      throw new InvalidArgumentError(`${this.name}: DMA map memory must lie inside [0x${iova.toString(16)}, +${size})`);
+    }
     if (this.dmaMaps.some((m) => iova < m.iova + m.size && m.iova < iova + size)) {
       throw new UserpciError('EEXIST', `${this.name}: DMA map [0x${iova.toString(16)}, +${size}) overlaps an existing map`);
     }
     const flags = (request.deviceReads ? DmaFlags.READ : 0) | (request.deviceWrites ? DmaFlags.WRITE : 0);
     const withFd = request.fd !== undefined && request.fd >= 0;
     this.call(Command.DMA_MAP, [encodeDmaMap({ flags, offset: withFd ? request.fdOffset ?? 0 : 0, address: iova, size })], withFd ? [request.fd!] : []);
-    this.dmaMaps.push({ iova, size, bytes: bytes.subarray(0, size), deviceReads: request.deviceReads, deviceWrites: request.deviceWrites });
+    this.dmaMaps.push({ iova, size, bytes, bytesIova, deviceReads: request.deviceReads, deviceWrites: request.deviceWrites });
   }
 
   dmaUnmap(iova: number, size: number): void {
@@ -440,8 +444,10 @@ export class VfioUserClient implements Backend {
       const m = this.dmaMaps.find((x) => x.iova <= at && at < x.iova + x.size);
       if (!m) return Errno.EFAULT;
       if (direction === 'read' ? !m.deviceReads : !m.deviceWrites) return Errno.EPERM;
-      const n = Math.min(data.length - done, m.iova + m.size - at);
-      const inMap = at - m.iova;
+      // Only the caller's own bytes are served; the rest of the map's pages are not ours to expose.
+      const inMap = at - m.bytesIova;
+      if (inMap < 0 || inMap >= m.bytes.length) return Errno.EFAULT;
+      const n = Math.min(data.length - done, m.bytes.length - inMap);
       if (direction === 'read') data.set(m.bytes.subarray(inMap, inMap + n), done);
       else m.bytes.set(data.subarray(done, done + n), inMap);
       done += n;

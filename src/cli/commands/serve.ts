@@ -1,0 +1,89 @@
+/**
+ * `userpci serve MODEL --socket PATH`: serve a device model over vfio-user until SIGINT/SIGTERM.
+ * Also accepts the vfio-user backend-program conventions (--socket-path=PATH, --fd=N).
+ */
+import { parseArgs } from 'node:util';
+import { UsageError } from '../format.js';
+import type { CliCommand } from '../main.js';
+import { createModel, modelNames } from '../../server/models/index.js';
+import { serveVfioUser } from '../../server/server.js';
+
+const USAGE = `userpci serve MODEL --socket PATH [options]
+
+Serve an emulated PCI device over the vfio-user protocol, one client at a time, until SIGINT or
+SIGTERM. A client that disconnects leaves the device's state as it was; the next one is served.
+Drivers reach it with openDevice(PATH).
+
+MODEL: ${modelNames().join(', ')}
+
+Options:
+  --socket PATH, --socket-path PATH   UNIX socket to listen on (a stale one is replaced)
+  --fd N                              serve this already-connected socket instead, then exit
+  --dma-mask MASK                     edu: DMA address mask (default 0xfffffff, 28 bits)
+  --dma-delay-ms MS                   edu: delay before a DMA runs (QEMU uses 100; default 0)
+  --no-twin-socket                    do not offer twin-socket mode
+  --max-data-xfer-size BYTES          largest transfer per message we accept (default 1048576)
+  --verbose                           log connections and device messages to stderr`;
+
+function parseNumber(text: string | undefined, name: string): number | undefined {
+  if (text === undefined) return undefined;
+  const value = Number(text);
+  if (!Number.isSafeInteger(value) || value < 0) throw new UsageError(`${name} must be a non-negative integer, got "${text}"`);
+  return value;
+}
+
+export const serveCommand: CliCommand = {
+  name: 'serve',
+  summary: 'serve an emulated device (edu) over vfio-user on a UNIX socket',
+  usage: USAGE,
+  async run(args: string[]): Promise<number> {
+    const { values, positionals } = parseArgs({
+      args,
+      options: {
+        socket: { type: 'string' },
+        'socket-path': { type: 'string' },
+        fd: { type: 'string' },
+        'dma-mask': { type: 'string' },
+        'dma-delay-ms': { type: 'string' },
+        'no-twin-socket': { type: 'boolean', default: false },
+        'max-data-xfer-size': { type: 'string' },
+        verbose: { type: 'boolean', default: false },
+      },
+      allowPositionals: true,
+      strict: true,
+    });
+    if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? 'missing MODEL' : `unexpected argument "${positionals[1]}"`);
+    const socketPath = values.socket ?? values['socket-path'];
+    const fd = parseNumber(values.fd, '--fd');
+    if ((socketPath === undefined) === (fd === undefined)) throw new UsageError('give exactly one of --socket PATH and --fd N');
+    let dmaMask: bigint | undefined;
+    if (values['dma-mask'] !== undefined) {
+      try {
+        dmaMask = BigInt(values['dma-mask']);
+      } catch {
+        throw new UsageError(`--dma-mask must be a number such as 0xffffffff, got "${values['dma-mask']}"`);
+      }
+    }
+    const model = createModel(positionals[0]!, { dmaMask, dmaDelayMs: parseNumber(values['dma-delay-ms'], '--dma-delay-ms') });
+    const log = values.verbose ? (message: string) => process.stderr.write(`userpci serve: ${message}\n`) : undefined;
+    const server = await serveVfioUser(model, {
+      ...(socketPath !== undefined ? { socketPath } : { connectedFd: fd! }),
+      twinSocket: !values['no-twin-socket'],
+      maxDataXferSize: parseNumber(values['max-data-xfer-size'], '--max-data-xfer-size'),
+      log,
+    });
+    if (socketPath !== undefined) process.stderr.write(`userpci serve: ${model.name} listening on ${socketPath}\n`);
+    await new Promise<void>((resolve) => {
+      const stop = () => resolve();
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+      if (fd !== undefined) void server.whenIdle().then(() => server.clientsServed > 0 && resolve());
+    });
+    // Ask a connected client to let go first (its request notifier), then close.
+    server.requestRelease();
+    await server.close();
+    return 0;
+  },
+};
+
+export default serveCommand;

@@ -369,15 +369,24 @@ export class VfioUserClient implements Backend {
       this.disableIrqs(index);
       return;
     }
-    // Runs of real fds go as eventfd data (at most max_msg_fds per message); runs of -1 go as
-    // eventfd data with no fds, which the spec defines as de-assigning those vectors.
+    const flags = Vfio.IRQ_SET_DATA_EVENTFD | Vfio.IRQ_SET_ACTION_TRIGGER;
     const maxFds = Math.max(1, Math.min(this.server.maxMsgFds, OUR_MAX_FDS));
+    if (fds.every((fd) => fd >= 0) && fds.length <= maxFds) {
+      this.call(Command.DEVICE_SET_IRQS, [encodeSetIrqs({ flags, index, start, count: fds.length })], fds);
+      return;
+    }
+    // More than one message is needed. First the whole block as eventfd data without fds (the
+    // spec's de-assign), which sizes the block at once as one VFIO ioctl would (NORESIZE);
+    // then each run of real fds, at most max_msg_fds per message.
+    this.call(Command.DEVICE_SET_IRQS, [encodeSetIrqs({ flags, index, start, count: fds.length })]);
     for (let i = 0; i < fds.length; ) {
-      const assign = fds[i]! >= 0;
+      if (fds[i]! < 0) {
+        i++;
+        continue;
+      }
       let j = i;
-      while (j < fds.length && (fds[j]! >= 0) === assign && (!assign || j - i < maxFds)) j++;
-      const flags = Vfio.IRQ_SET_DATA_EVENTFD | Vfio.IRQ_SET_ACTION_TRIGGER;
-      this.call(Command.DEVICE_SET_IRQS, [encodeSetIrqs({ flags, index, start: start + i, count: j - i })], assign ? fds.slice(i, j) : []);
+      while (j < fds.length && fds[j]! >= 0 && j - i < maxFds) j++;
+      this.call(Command.DEVICE_SET_IRQS, [encodeSetIrqs({ flags, index, start: start + i, count: j - i })], fds.slice(i, j));
       i = j;
     }
   }

@@ -150,7 +150,7 @@ export class MessageWriter {
       try {
         n = native.sendmsg(this.fd, parts.slice(0, 16), m.sent === 0 ? m.fds : []);
       } catch (err) {
-        throw new ConnectionClosedError(`vfio-user socket write failed: ${(err as Error).message}`, 'EPIPE');
+        throw new ConnectionClosedError(`vfio-user peer is gone (write failed: ${(err as Error).message})`, 'ECONNRESET');
       }
       if (n < 0) return false;
       if (m.sent === 0 && m.closeFdsAfterSend) closeFds(m.fds);

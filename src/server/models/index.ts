@@ -5,6 +5,7 @@
 import { InvalidArgumentError } from '../../errors';
 import type { DeviceModel } from '../device-model';
 import { EduModel } from './edu';
+import { TestDeviceModel } from './testdev';
 
 export type ModelOptions = Record<string, unknown>;
 
@@ -16,6 +17,7 @@ const factories: Record<string, (options: ModelOptions) => DeviceModel> = {
       dmaDelayMs: options.dmaDelayMs as number | undefined,
     });
   },
+  testdev: () => new TestDeviceModel(),
 };
 
 export function modelNames(): string[] {

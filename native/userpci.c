@@ -461,26 +461,33 @@ typedef struct watcher {
   int fd;
   int eventfd_mode;
   int events;
-  int closed;
+  int stopped;   /* callback dropped, uv handle closing or closed */
+  int uv_closed; /* libuv's close callback ran */
+  int finalized; /* the JS handle was collected */
 } watcher;
 
+/* The struct lives until both libuv and the JS handle are done with it. */
 static void watcher_closed(uv_handle_t *handle) {
-  free(handle->data);
+  watcher *w = handle->data;
+  w->uv_closed = 1;
+  if (w->finalized) free(w);
 }
 
-/* Stop watching and drop the callback; the uv handle itself is closed by the finalizer. */
+/*
+ * Stop watching at once, including closing the uv handle: closing it later (say at GC) would
+ * make libuv drop the epoll registration of whatever fd now carries the same number.
+ */
 static void watcher_stop(watcher *w) {
-  if (w->closed) return;
-  w->closed = 1;
-  uv_poll_stop(&w->poll);
-  uv_unref((uv_handle_t *)&w->poll);
+  if (w->stopped) return;
+  w->stopped = 1;
   napi_delete_reference(w->env, w->callback);
   napi_async_destroy(w->env, w->context);
+  uv_close((uv_handle_t *)&w->poll, watcher_closed);
 }
 
 static void on_poll(uv_poll_t *handle, int status, int events) {
   watcher *w = handle->data;
-  if (w->closed) return;
+  if (w->stopped) return;
   napi_env env = w->env;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
@@ -518,9 +525,13 @@ static void finalize_watcher(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
   watcher *w = data;
-  /* The JS handle is gone, so nothing can stop the watcher later: stop it and free it now. */
-  watcher_stop(w);
-  uv_close((uv_handle_t *)&w->poll, watcher_closed);
+  w->finalized = 1;
+  if (!w->stopped) {
+    /* Nothing can stop it from JS any more: stop it now. */
+    watcher_stop(w);
+    return; /* freed by watcher_closed */
+  }
+  if (w->uv_closed) free(w);
 }
 
 /* watch(fd, events, eventfdMode, callback) -> external handle. events: 1 readable, 2 writable. */
@@ -549,6 +560,7 @@ static napi_value n_watch(napi_env env, napi_callback_info info) {
   w->poll.data = w;
   r = uv_poll_start(&w->poll, events, on_poll);
   if (r < 0) {
+    w->finalized = 1; /* no JS handle will exist */
     uv_close((uv_handle_t *)&w->poll, watcher_closed);
     return throw_errno(env, -r, "uv_poll_start");
   }
@@ -586,7 +598,7 @@ static napi_value n_watch_ref(napi_env env, napi_callback_info info) {
   bool ref;
   if (!w) return throw_type(env, "not a watcher handle");
   if (napi_get_value_bool(env, argv[1], &ref) != napi_ok) return throw_type(env, "keepAlive must be a boolean");
-  if (w->closed) return make_undefined(env);
+  if (w->stopped) return make_undefined(env);
   if (ref) uv_ref((uv_handle_t *)&w->poll);
   else uv_unref((uv_handle_t *)&w->poll);
   return make_undefined(env);

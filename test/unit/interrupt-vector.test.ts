@@ -78,3 +78,23 @@ test('a pending wait keeps the process alive; an idle armed vector does not', ()
   assert.equal(waiting.status, 0, waiting.stderr);
   assert.match(waiting.stdout, /got 1/);
 });
+
+test('a closed vector collected later does not steal the events of a new one on the same fd number', async () => {
+  const v8 = await import('node:v8');
+  const vm = await import('node:vm');
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc') as () => void;
+  let old: InterruptVector | undefined = new InterruptVector('intx', 0);
+  const reusedFd = old.fd;
+  old.close();
+  old = undefined;
+  const fresh = new InterruptVector('msi', 0);
+  assert.equal(fresh.fd, reusedFd, 'the kernel reused the fd number');
+  for (let i = 0; i < 3; i++) {
+    gc();
+    await tick();
+  }
+  native.eventfdWrite(fresh.fd, 1);
+  assert.equal(await fresh.wait({ timeoutMs: 1000 }), 1);
+  fresh.close();
+});

@@ -6,7 +6,10 @@
 import { DeviceGoneError, InvalidArgumentError, wrapSystemError } from '../errors';
 import type { Backend } from './backend';
 import { Region } from './region';
+import { EventEmitter } from 'node:events';
 import { DmaSpace, type DmaAllocOptions, type DmaBuffer, type DmaDirection, type DmaMapping } from '../dma/dma-space';
+import { DeviceInterrupts, type InterruptMode } from '../irq/device-interrupts';
+import type { InterruptVector } from '../irq/interrupt-vector';
 
 /** Region indices shared by VFIO and vfio-user for PCI devices. */
 export const BAR_COUNT = 6;
@@ -40,19 +43,34 @@ export function dmaLimitFromMask(mask: number | bigint | undefined): number {
   return m > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(m);
 }
 
-export class PciDevice implements AsyncDisposable, Disposable {
+/**
+ * Events: 'removed' (the kernel asked for the device back, e.g. hot-unplug: the handle is already
+ * released when listeners run), 'device-error' (VFIO's error notification, e.g. AER).
+ */
+export class PciDevice extends EventEmitter implements AsyncDisposable, Disposable {
   readonly config: Region;
   readonly dma: DmaSpace;
+  readonly interrupts: DeviceInterrupts;
   private readonly bars: (Region | undefined)[] = [];
   private closedReason: string | undefined;
+  private removed = false;
 
   constructor(
     readonly backend: Backend,
     options: OpenOptions = {},
   ) {
+    super();
     const limit = dmaLimitFromMask(options.dmaMask);
     this.config = new Region(backend, backend.regionInfo(CONFIG_REGION_INDEX), `${backend.name} config space`);
     this.dma = new DmaSpace(backend, limit);
+    this.interrupts = new DeviceInterrupts(backend);
+    this.interrupts.notifier('req')?.on('interrupt', () => this.revoke());
+    this.interrupts.notifier('err')?.on('interrupt', (count: number) => this.emit('device-error', count));
+  }
+
+  /** True once the device was taken away (hot-unplug or sysfs remove). */
+  get wasRemoved(): boolean {
+    return this.removed;
   }
 
   /** The PCI address (kernel VFIO) or the socket path (vfio-user). */
@@ -96,6 +114,17 @@ export class PciDevice implements AsyncDisposable, Disposable {
     this.config.write16(PCI_COMMAND, this.config.read16(PCI_COMMAND) & ~PCI_COMMAND_MASTER);
   }
 
+  /** Arm `count` vectors of INTx, MSI or MSI-X (one mode at a time). */
+  enableInterrupts(mode: InterruptMode, count = 1): readonly InterruptVector[] {
+    this.checkOpen();
+    return this.interrupts.enable(mode, count);
+  }
+
+  disableInterrupts(): void {
+    this.checkOpen();
+    this.interrupts.disable();
+  }
+
   /** Register access on BAR n (lazily mapped; cached). */
   bar(n: number): Region {
     this.checkOpen();
@@ -123,9 +152,10 @@ export class PciDevice implements AsyncDisposable, Disposable {
   }
 
   /**
-   * Function-level (or the backend's) reset. DMA mappings stay valid: the IOMMU keeps them.
-   * The device's own state (registers, bus mastering, interrupt set-up) is back at power-on
-   * values, so bus mastering is turned on again here; interrupts must be enabled again.
+   * Function-level (or the backend's) reset. Kept: every DMA mapping (they live in the IOMMU,
+   * not the device) and the interrupt set-up (VFIO keeps the eventfds routed and restores the
+   * MSI/MSI-X configuration around the reset). Lost: the device's own registers; bus mastering
+   * and decoding are turned on again here. Work in flight is gone: drivers re-initialise.
    */
   reset(): void {
     this.checkOpen();
@@ -140,16 +170,33 @@ export class PciDevice implements AsyncDisposable, Disposable {
 
   /** Stop DMA, release every mapping and locked page, unmap the regions, give the device back. */
   close(): void {
+    this.release(`${this.name} is closed`);
+  }
+
+  /**
+   * The kernel wants the device back: fail every wait, detach every view over its regions (so
+   * no JS access can fault), release it so the removal can finish, then tell listeners.
+   */
+  private revoke(): void {
     if (this.closedReason) return;
-    this.closedReason = `${this.name} is closed`;
+    this.removed = true;
+    this.release(`${this.name} was removed`);
+    this.emit('removed');
+  }
+
+  private release(reason: string): void {
+    if (this.closedReason) return;
+    this.closedReason = reason;
+    const gone = new DeviceGoneError(reason);
     try {
       this.disableBusMaster();
     } catch {
       // A device already gone cannot master the bus either.
     }
-    this.dma.releaseAll(this.closedReason);
-    for (const bar of this.bars) bar?.revoke(this.closedReason);
-    this.config.revoke(this.closedReason);
+    this.interrupts.closeAll(gone, true);
+    this.dma.releaseAll(reason);
+    for (const bar of this.bars) bar?.revoke(reason);
+    this.config.revoke(reason);
     this.backend.close();
   }
 

@@ -6,6 +6,7 @@ import { InvalidArgumentError, UserpciError } from '../../errors';
 import type { PciDevice } from '../../device/device';
 import type { Region } from '../../device/region';
 import type { DmaBuffer } from '../../dma/dma-space';
+import type { InterruptVector } from '../../irq/interrupt-vector';
 import * as R from './registers';
 
 export interface EduIdentity {
@@ -23,6 +24,8 @@ export class EduDriver {
   readonly regs: Region;
   /** Staging memory for copyToDevice/copyFromDevice; allocated on first use. */
   private staging: DmaBuffer | undefined;
+  /** Set by useInterrupts: completions are then awaited on it instead of polled. */
+  private vector: InterruptVector | undefined;
 
   constructor(readonly device: PciDevice) {
     if (device.vendorId !== R.EDU_VENDOR_ID || device.deviceId !== R.EDU_DEVICE_ID) {
@@ -45,11 +48,32 @@ export class EduDriver {
     return this.regs.read32(R.REG_LIVENESS) === (~value >>> 0);
   }
 
-  /** n! modulo 2^32, polled. */
+  /**
+   * Take completions by interrupt from now on (INTx or MSI), or go back to polling with
+   * undefined. Returns the vector, whose events the caller may watch too.
+   */
+  useInterrupts(mode: 'intx' | 'msi' | undefined): InterruptVector | undefined {
+    if (mode === undefined) {
+      this.device.disableInterrupts();
+      this.vector = undefined;
+      this.regs.write32(R.REG_STATUS, 0);
+      return undefined;
+    }
+    this.vector = this.device.enableInterrupts(mode, 1)[0];
+    return this.vector;
+  }
+
+  /** n! modulo 2^32: polled, or by interrupt after useInterrupts(). */
   async factorial(n: number, options: PollOptions = {}): Promise<number> {
     if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new InvalidArgumentError(`factorial input must be a 32-bit unsigned integer, got ${n}`);
-    this.regs.write32(R.REG_FACTORIAL, n);
-    await this.pollUntilClear(R.REG_STATUS, R.STATUS_COMPUTING, options, 'factorial');
+    if (this.vector) {
+      this.regs.write32(R.REG_STATUS, R.STATUS_IRQ_ON_FACTORIAL);
+      this.regs.write32(R.REG_FACTORIAL, n);
+      await this.awaitInterrupt(R.IRQ_FACTORIAL, options, 'factorial');
+    } else {
+      this.regs.write32(R.REG_FACTORIAL, n);
+      await this.pollUntilClear(R.REG_STATUS, R.STATUS_COMPUTING, options, 'factorial');
+    }
     return this.regs.read32(R.REG_FACTORIAL);
   }
 
@@ -57,9 +81,11 @@ export class EduDriver {
    * Start the device's DMA engine. `ramIova` is an IOVA the device may use; `deviceOffset` an
    * offset into the device's 4 KiB buffer. Resolves when the engine reports completion.
    */
-  async dma(direction: 'to-device' | 'from-device', ramIova: number, deviceOffset: number, length: number, options: PollOptions & { irq?: boolean } = {}): Promise<void> {
-    this.startDma(direction, ramIova, deviceOffset, length, options.irq ?? false);
-    await this.pollUntilClear(R.REG_DMA_CMD, R.DMA_CMD_START, options, 'DMA');
+  async dma(direction: 'to-device' | 'from-device', ramIova: number, deviceOffset: number, length: number, options: PollOptions = {}): Promise<void> {
+    const byInterrupt = this.vector !== undefined;
+    this.startDma(direction, ramIova, deviceOffset, length, byInterrupt);
+    if (byInterrupt) await this.awaitInterrupt(R.IRQ_DMA, options, 'DMA');
+    else await this.pollUntilClear(R.REG_DMA_CMD, R.DMA_CMD_START, options, 'DMA');
   }
 
   /** Program and start a DMA without waiting (for interrupt-driven completion). */
@@ -112,6 +138,29 @@ export class EduDriver {
   private stagingBuffer(): DmaBuffer {
     if (!this.staging || this.staging.freed) this.staging = this.device.allocDma(R.DMA_BUFFER_SIZE);
     return this.staging;
+  }
+
+  /**
+   * Wait until the device reports `bit` in its interrupt status. Every status seen is
+   * acknowledged before the line is unmasked (INTx would fire again at once otherwise).
+   */
+  private async awaitInterrupt(bit: number, options: PollOptions, what: string): Promise<void> {
+    const vector = this.vector!;
+    const timeoutMs = options.timeoutMs ?? 5000;
+    for (;;) {
+      const status = this.acknowledgeInterrupt();
+      if (status !== 0) vector.unmask();
+      if (status & bit) return;
+      try {
+        await vector.wait({ timeoutMs });
+      } catch (err) {
+        if ((err as { code?: string }).code === 'ETIMEDOUT') {
+          const late = this.regs.read32(R.REG_IRQ_STATUS);
+          throw new UserpciError('ETIMEDOUT', `${this.device.name}: no edu ${what} interrupt in ${timeoutMs} ms (interrupt status now 0x${late.toString(16)}, ${vector.total} interrupts seen)`);
+        }
+        throw err;
+      }
+    }
   }
 
   /** Busy-poll briefly (most operations finish in microseconds), then yield to the event loop. */

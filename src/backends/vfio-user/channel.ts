@@ -154,7 +154,7 @@ export class Channel {
     const deadline = performance.now() + timeoutMs;
     let idle = 0;
     for (;;) {
-      const progressed = this.pumpAll();
+      const progressed = this.pumpAll(() => entry.reply !== undefined || entry.error !== undefined);
       if (entry.reply) return entry.reply;
       if (entry.error) throw entry.error;
       if (this.closed) throw this.closedReason!;
@@ -244,14 +244,17 @@ export class Channel {
     if (this.readWatch && !this.closed) native.watchRef(this.readWatch, this.keepAlive || this.asyncPending > 0);
   }
 
-  private pumpAll(): boolean {
-    let progressed = this.pump();
+  private pumpAll(done: () => boolean): boolean {
+    let progressed = this.pump(done);
     for (const c of this.companions) if (c.pump()) progressed = true;
     return progressed;
   }
 
-  /** Flush and drain what the socket has; true when anything moved. Never throws. */
-  pump(): boolean {
+  /**
+   * Flush and drain what the socket has (stopping early once `done` holds, so later messages
+   * wait for whoever expects them); true when anything moved. Never throws.
+   */
+  pump(done?: () => boolean): boolean {
     if (this.closed || this.pumping) return false;
     this.pumping = true;
     let progressed = false;
@@ -262,7 +265,7 @@ export class Channel {
         if (!message) break;
         progressed = true;
         this.dispatch(message);
-        if (this.closed) break;
+        if (this.closed || done?.()) break;
       }
     } catch (err) {
       this.fail(err as Error);
@@ -280,6 +283,13 @@ export class Channel {
       return;
     }
     let reply: ReplyData;
+    const type = header.flags & MessageFlags.TYPE_MASK;
+    if (type !== MessageFlags.TYPE_COMMAND) {
+      // Neither command nor reply: say so, whatever its other flags ask.
+      closeFds(message.fds);
+      this.sendReply(header, { error: Errno.EINVAL });
+      return;
+    }
     try {
       reply = this.onCommand(message);
     } catch (err) {

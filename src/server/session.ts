@@ -161,8 +161,12 @@ export class Session {
         noFds();
         const m = decodeRegionInfoRequest(payload);
         if (m.argsz < REGION_INFO_SIZE) return { error: Errno.EINVAL };
-        const info = this.host.regionInfo(m.index);
+        let info = this.host.regionInfo(m.index);
         if (!info) return { error: Errno.EINVAL };
+        if (info.fd !== undefined && this.peer!.maxMsgFds < 1) {
+          // A client that takes no fds cannot map anything: offer the region by messages only.
+          info = { ...info, fd: undefined, sparseAreas: undefined, flags: info.flags & ~Vfio.REGION_INFO_FLAG_MMAP };
+        }
         const { bytes, complete } = encodeRegionInfoReply(
           { flags: info.flags, index: info.index, size: info.size, offset: info.offset, sparseAreas: info.sparseAreas },
           m.argsz,

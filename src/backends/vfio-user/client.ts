@@ -69,6 +69,8 @@ export interface VfioUserClientOptions {
   twinSocket?: boolean;
   /** Name shown in messages (default: the socket path). */
   name?: string;
+  /** Called once when the connection to the server ends for any reason other than close(). */
+  onDisconnect?: (reason: Error) => void;
 }
 
 const OUR_MAX_FDS = 16;
@@ -115,6 +117,9 @@ export class VfioUserClient implements Backend {
       fd,
       limits: { maxMessageSize: messageLimit(this.maxDataXferSize), maxFds: OUR_MAX_FDS },
       onCommand: (m) => this.serveServerCommand(m),
+      onClose: (reason) => {
+        if (!this.closed) options.onDisconnect?.(reason);
+      },
       label: `vfio-user ${name}`,
     });
   }
@@ -342,7 +347,8 @@ export class VfioUserClient implements Backend {
       throw new UserpciError('EEXIST', `${this.name}: DMA map [0x${iova.toString(16)}, +${size}) overlaps an existing map`);
     }
     const flags = (request.deviceReads ? DmaFlags.READ : 0) | (request.deviceWrites ? DmaFlags.WRITE : 0);
-    const withFd = request.fd !== undefined && request.fd >= 0;
+    // A server that takes no fds gets the map without one and uses DMA_READ/DMA_WRITE.
+    const withFd = request.fd !== undefined && request.fd >= 0 && this.server.maxMsgFds >= 1;
     this.call(Command.DMA_MAP, [encodeDmaMap({ flags, offset: withFd ? request.fdOffset ?? 0 : 0, address: iova, size })], withFd ? [request.fd!] : []);
     this.dmaMaps.push({ iova, size, bytes, bytesIova, deviceReads: request.deviceReads, deviceWrites: request.deviceWrites });
   }

@@ -1,0 +1,154 @@
+/*
+ * Baseline for the VFIO and interrupt benchmarks: the same operations as bench/vfio/guest.ts,
+ * in C, on the same edu device through the same VFIO interfaces. Built statically on the host
+ * and run in the guest. Prints one JSON object.
+ *
+ *   edu-baseline regs  ADDRESS N      register read and write cost (ns per access)
+ *   edu-baseline dma   ADDRESS N      coherent buffer alloc+map+unmap+free per second
+ *   edu-baseline irq   ADDRESS N      MSI latency: raise register write to read() returning
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/vfio.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+static void die(const char *what) {
+  fprintf(stderr, "edu-baseline: %s: %s\n", what, strerror(errno));
+  exit(1);
+}
+
+static double now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+static int container, device;
+static volatile uint32_t *bar0;
+
+static void open_device(const char *address) {
+  char path[256], link[256];
+  snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/iommu_group", address);
+  ssize_t n = readlink(path, link, sizeof link - 1);
+  if (n < 0) die("iommu_group");
+  link[n] = 0;
+  const char *group_id = strrchr(link, '/') + 1;
+  container = open("/dev/vfio/vfio", O_RDWR);
+  if (container < 0) die("open container");
+  snprintf(path, sizeof path, "/dev/vfio/%s", group_id);
+  int group = open(path, O_RDWR);
+  if (group < 0) die("open group");
+  if (ioctl(group, VFIO_GROUP_SET_CONTAINER, &container)) die("set container");
+  if (ioctl(container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU)) die("set iommu");
+  device = ioctl(group, VFIO_GROUP_GET_DEVICE_FD, address);
+  if (device < 0) die("get device");
+  struct vfio_region_info reg = {.argsz = sizeof reg, .index = VFIO_PCI_BAR0_REGION_INDEX};
+  if (ioctl(device, VFIO_DEVICE_GET_REGION_INFO, &reg)) die("region info");
+  bar0 = mmap(NULL, reg.size, PROT_READ | PROT_WRITE, MAP_SHARED, device, reg.offset);
+  if (bar0 == MAP_FAILED) die("mmap bar0");
+  /* bus master + memory decode, as the TypeScript side does on open */
+  struct vfio_region_info cfg = {.argsz = sizeof cfg, .index = VFIO_PCI_CONFIG_REGION_INDEX};
+  if (ioctl(device, VFIO_DEVICE_GET_REGION_INFO, &cfg)) die("config info");
+  uint16_t cmd;
+  if (pread(device, &cmd, 2, cfg.offset + 4) != 2) die("read command");
+  cmd |= 0x6;
+  if (pwrite(device, &cmd, 2, cfg.offset + 4) != 2) die("write command");
+}
+
+static void bench_regs(long n) {
+  uint32_t sink = 0;
+  double t0 = now_ns();
+  for (long i = 0; i < n; i++) sink += bar0[0];
+  double t1 = now_ns();
+  for (long i = 0; i < n; i++) bar0[1] = (uint32_t)i; /* liveness register */
+  double t2 = now_ns();
+  if (sink == 42) puts("");
+  printf("{\"readNs\": %.2f, \"writeNs\": %.2f}\n", (t1 - t0) / n, (t2 - t1) / n);
+}
+
+/* The same steps DmaSpace.allocate + DmaBuffer.free take: memfd, map, lock, IOMMU map and back. */
+static void bench_dma(long n) {
+  uint64_t iova = 1 << 20;
+  double t0 = now_ns();
+  for (long i = 0; i < n; i++) {
+    int fd = memfd_create("edu-baseline", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, 4096)) die("memfd");
+    void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (p == MAP_FAILED) die("mmap");
+    madvise(p, 4096, MADV_DONTFORK);
+    if (mlock(p, 4096)) die("mlock");
+    struct vfio_iommu_type1_dma_map map = {.argsz = sizeof map, .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+                                           .vaddr = (uintptr_t)p, .iova = iova, .size = 4096};
+    if (ioctl(container, VFIO_IOMMU_MAP_DMA, &map)) die("map dma");
+    struct vfio_iommu_type1_dma_unmap unmap = {.argsz = sizeof unmap, .iova = iova, .size = 4096};
+    if (ioctl(container, VFIO_IOMMU_UNMAP_DMA, &unmap)) die("unmap dma");
+    munmap(p, 4096);
+    close(fd);
+  }
+  double t1 = now_ns();
+  /* Streaming map of memory the program already has. */
+  static char buffer[4096] __attribute__((aligned(4096)));
+  double t2 = now_ns();
+  for (long i = 0; i < n; i++) {
+    struct vfio_iommu_type1_dma_map map = {.argsz = sizeof map, .flags = VFIO_DMA_MAP_FLAG_READ,
+                                           .vaddr = (uintptr_t)buffer, .iova = iova, .size = 4096};
+    if (ioctl(container, VFIO_IOMMU_MAP_DMA, &map)) die("map dma");
+    struct vfio_iommu_type1_dma_unmap unmap = {.argsz = sizeof unmap, .iova = iova, .size = 4096};
+    if (ioctl(container, VFIO_IOMMU_UNMAP_DMA, &unmap)) die("unmap dma");
+  }
+  double t3 = now_ns();
+  printf("{\"coherentPerSec\": %.1f, \"streamingPerSec\": %.1f}\n", n / ((t1 - t0) / 1e9), n / ((t3 - t2) / 1e9));
+}
+
+static int cmp(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static void bench_irq(long n) {
+  int efd = eventfd(0, EFD_CLOEXEC);
+  if (efd < 0) die("eventfd");
+  char buf[sizeof(struct vfio_irq_set) + sizeof(int)];
+  struct vfio_irq_set *set = (struct vfio_irq_set *)buf;
+  set->argsz = sizeof buf;
+  set->flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+  set->index = VFIO_PCI_MSI_IRQ_INDEX;
+  set->start = 0;
+  set->count = 1;
+  memcpy(set->data, &efd, sizeof efd);
+  if (ioctl(device, VFIO_DEVICE_SET_IRQS, set)) die("set irqs");
+  double *lat = calloc(n, sizeof *lat);
+  for (long i = 0; i < n; i++) {
+    uint64_t count;
+    double t0 = now_ns();
+    bar0[0x60 / 4] = 1; /* raise */
+    if (read(efd, &count, sizeof count) != sizeof count) die("read eventfd");
+    lat[i] = now_ns() - t0;
+    bar0[0x64 / 4] = bar0[0x24 / 4]; /* acknowledge */
+  }
+  qsort(lat, n, sizeof *lat, cmp);
+  printf("{\"p50Us\": %.2f, \"p90Us\": %.2f, \"p99Us\": %.2f}\n", lat[n / 2] / 1e3, lat[n * 9 / 10] / 1e3, lat[n * 99 / 100] / 1e3);
+}
+
+int main(int argc, char **argv) {
+  if (argc != 4) {
+    fprintf(stderr, "usage: %s regs|dma|irq ADDRESS N\n", argv[0]);
+    return 2;
+  }
+  long n = atol(argv[3]);
+  open_device(argv[2]);
+  if (!strcmp(argv[1], "regs")) bench_regs(n);
+  else if (!strcmp(argv[1], "dma")) bench_dma(n);
+  else if (!strcmp(argv[1], "irq")) bench_irq(n);
+  else return 2;
+  return 0;
+}

@@ -17,6 +17,7 @@ export interface ServerThreadOptions {
   socketPath: string;
   twinSocket?: boolean;
   maxDataXferSize?: number;
+  maxMsgFds?: number;
   /** Print the server's log lines to stderr. */
   log?: boolean;
 }
@@ -40,6 +41,7 @@ export function startServerThread(options: ServerThreadOptions): Promise<ServerT
       socketPath: options.socketPath,
       twinSocket: options.twinSocket,
       maxDataXferSize: options.maxDataXferSize,
+      maxMsgFds: options.maxMsgFds,
       log: options.log ?? false,
     },
   });

@@ -14,6 +14,7 @@ interface WorkerConfig {
   socketPath: string;
   twinSocket?: boolean;
   maxDataXferSize?: number;
+  maxMsgFds?: number;
   log?: boolean;
 }
 
@@ -28,6 +29,7 @@ async function main(): Promise<void> {
       socketPath: config.socketPath,
       twinSocket: config.twinSocket,
       maxDataXferSize: config.maxDataXferSize,
+      maxMsgFds: config.maxMsgFds,
       log: config.log ? (m) => port.postMessage({ type: 'log', message: m }) : undefined,
       onClientConnected: () => port.postMessage({ type: 'connected' }),
       onClientDisconnected: (reason) => port.postMessage({ type: 'disconnected', reason: reason.message }),

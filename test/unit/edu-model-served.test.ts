@@ -196,6 +196,30 @@ for (const [label, getServer] of [
   });
 }
 
+test('the DMA example of edu.rst: 100 bytes to the buffer and back to addr+100', () => {
+  const c = connectVfioUser(server.socketPath);
+  const memory = new Uint8Array(4096);
+  try {
+    const addr = 0x400000;
+    c.dmaMap(mapRequest(addr, memory));
+    memory.set(Buffer.from('edu.rst example: '.repeat(6).slice(0, 100)));
+    write64(c, EduReg.DMA_SRC, addr);
+    write64(c, EduReg.DMA_DST, 0x40000);
+    write64(c, EduReg.DMA_COUNT, 100);
+    write64(c, EduReg.DMA_CMD, 1);
+    waitClear(c, EduReg.DMA_CMD, 1);
+    write64(c, EduReg.DMA_SRC, 0x40000);
+    write64(c, EduReg.DMA_DST, addr + 100);
+    write64(c, EduReg.DMA_COUNT, 100);
+    write64(c, EduReg.DMA_CMD, 3);
+    waitClear(c, EduReg.DMA_CMD, 1);
+    assert.deepEqual(memory.subarray(100, 200), memory.subarray(0, 100));
+    assert.ok(memory.subarray(200).every((b) => b === 0), 'nothing past the 100 bytes');
+  } finally {
+    c.close();
+  }
+});
+
 test('DMA completes while the client is idle on the event loop (server DMA_READ served by the watcher)', async () => {
   const c = connectVfioUser(serverNoTwin.socketPath);
   const plain = new Uint8Array(4096).fill(0x5a);

@@ -149,6 +149,29 @@ test('MSI with per-vector masking: two vectors, mask bits hold, pending bits del
   }
 });
 
+test('eventfds are split to the server\'s max_msg_fds (1 here), each vector still on its own fd', async () => {
+  const narrow = await startServerThread({ model: 'testdev', socketPath: path.join(os.tmpdir(), `userpci-testdev-narrow-${process.pid}.sock`), maxMsgFds: 1 });
+  const c = connectVfioUser(narrow.socketPath);
+  const fds = [0, 1, 2, 3].map(() => native.eventfd(0, constants.EFD_NONBLOCK));
+  try {
+    c.setIrqEventfds(Vfio.PCI_MSIX_IRQ_INDEX, 0, fds);
+    for (const v of [3, 1, 0, 2]) c.regionWrite(0, TestdevReg.NOTIFY, u32(v));
+    assert.deepEqual(fds.map((fd) => native.eventfdRead(fd)), [1, 1, 1, 1]);
+    // DMA maps still pass their one fd.
+    const memfd = native.memfdCreate('narrow', 0);
+    native.ftruncate(memfd, 4096);
+    const memory = new Uint8Array(native.mmap(4096, constants.PROT_READ | constants.PROT_WRITE, constants.MAP_SHARED, memfd, 0));
+    c.dmaMap({ iova: 0, size: 4096, vaddr: native.addressOf(memory), memory, memoryIova: 0, fd: memfd, fdOffset: 0, deviceReads: true, deviceWrites: true });
+    c.dmaUnmap(0, 4096);
+    native.munmap(memory.buffer as ArrayBuffer);
+    native.close(memfd);
+  } finally {
+    c.close();
+    fds.forEach((fd) => native.close(fd));
+    await narrow.stop();
+  }
+});
+
 function findCapability(c: VfioUserClient, id: number): number {
   const config = new Uint8Array(256);
   c.regionRead(Vfio.PCI_CONFIG_REGION_INDEX, 0, config);

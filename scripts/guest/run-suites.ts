@@ -21,6 +21,14 @@ export const SUITES: GuestRun[] = [
     tests: ['dist/test/guest/smoke.test.js', 'dist/test/guest/vfio-edu.test.js', 'dist/test/guest/irq-edu.test.js'],
     timeoutMs: 10 * MIN,
   },
+  {
+    // Binding: an edu and an e1000e share an IOMMU group behind a PCIe-to-PCI bridge; a second
+    // e1000e stands alone, bound to its kernel driver.
+    name: 'bind',
+    qemuDevices: ['-device', 'pcie-pci-bridge,id=br1', '-device', 'edu,bus=br1,addr=1', '-device', 'e1000e,bus=br1,addr=2', '-device', 'e1000e'],
+    tests: ['dist/test/guest/bind.test.js'],
+    timeoutMs: 5 * MIN,
+  },
 ];
 
 async function main(argv: string[]): Promise<number> {

@@ -5,9 +5,11 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidArgumentError, UserpciError } from '../errors.js';
+import { bindCommand, unbindCommand } from './commands/bind.js';
 import { configCommand } from './commands/config.js';
 import { infoCommand } from './commands/info.js';
 import { listCommand } from './commands/list.js';
+import { serveCommand } from './commands/serve.js';
 import { UsageError } from './format.js';
 
 export interface CliCommand {
@@ -26,7 +28,7 @@ export interface CliCommand {
 }
 
 /** The command table, in the order `--help` lists it. */
-export const COMMANDS: readonly CliCommand[] = [listCommand, infoCommand, configCommand];
+export const COMMANDS: readonly CliCommand[] = [listCommand, infoCommand, configCommand, bindCommand, unbindCommand, serveCommand];
 
 export function findCommand(name: string): CliCommand | undefined {
   return COMMANDS.find((command) => command.name === name);

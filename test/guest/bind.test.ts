@@ -1,0 +1,69 @@
+/**
+ * `userpci bind` / `unbind` against the guest kernel's real driver model. The guest has an edu
+ * and an e1000e behind one PCIe-to-PCI bridge (so they share an IOMMU group, the e1000e bound
+ * to its kernel driver) and a second e1000e on its own.
+ */
+import { test, before } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { requireGuest, findDevices } from './guest-env';
+import { boundDriver, iommuGroupOf } from '../../src/pci/bind';
+import { openDevice } from '../../src/device/open';
+
+const CLI = path.resolve(__dirname, '../../../bin/userpci.js');
+let eduBehindBridge: string;
+let nicInSameGroup: string;
+let nicAlone: string;
+
+function userpci(...args: string[]): { status: number | null; stdout: string; stderr: string } {
+  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
+}
+
+before(() => {
+  requireGuest();
+  [eduBehindBridge] = findDevices(0x1234, 0x11e8) as [string];
+  const nics = findDevices(0x8086, 0x10d3);
+  nicInSameGroup = nics.find((a) => iommuGroupOf(a) === iommuGroupOf(eduBehindBridge))!;
+  nicAlone = nics.find((a) => a !== nicInSameGroup)!;
+  assert.ok(eduBehindBridge && nicInSameGroup && nicAlone, `guest devices: ${nics.join(', ')}`);
+});
+
+test('bind refuses when the IOMMU group holds a device on a host driver, naming it', async () => {
+  assert.equal(boundDriver(nicInSameGroup), 'e1000e');
+  const r = userpci('bind', eduBehindBridge);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, new RegExp(`${nicInSameGroup.replace(/\./g, '\\.')} \\(e1000e\\)`));
+  assert.equal(boundDriver(eduBehindBridge), undefined, 'nothing changed');
+  await assert.rejects(openDevice(eduBehindBridge), (e: any) => e.code === 'EBUSY' && /bind it to vfio-pci/.test(e.message));
+});
+
+test('bind takes a device from its kernel driver; unbind gives it back', async () => {
+  assert.equal(boundDriver(nicAlone), 'e1000e');
+  const r = userpci('bind', nicAlone);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /bound to vfio-pci .*was e1000e/);
+  assert.equal(boundDriver(nicAlone), 'vfio-pci');
+  assert.equal(userpci('bind', nicAlone).status, 0, 'binding again is harmless');
+  {
+    await using nic = await openDevice(nicAlone);
+    assert.equal(nic.vendorId, 0x8086);
+    assert.equal(nic.deviceId, 0x10d3);
+    // e1000e STATUS register (BAR0 + 0x8): bit 1 is "link up" under QEMU; any read works.
+    assert.equal(typeof nic.bar(0).read32(0x8), 'number');
+    assert.ok(nic.interrupts.info('msix').count >= 3, 'e1000e offers MSI-X vectors');
+  }
+  const u = userpci('unbind', nicAlone, '--json');
+  assert.equal(u.status, 0, u.stderr);
+  assert.deepEqual(JSON.parse(u.stdout), { address: nicAlone, restoredDriver: 'e1000e' });
+  assert.equal(boundDriver(nicAlone), 'e1000e');
+});
+
+test('bind/unbind reject malformed and absent addresses with clear messages', () => {
+  const bad = userpci('bind', 'zz:00.0');
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /invalid PCI address/);
+  const absent = userpci('bind', '0000:7f:00.0');
+  assert.equal(absent.status, 1);
+  assert.match(absent.stderr, /no PCI device at 0000:7f:00.0/);
+});

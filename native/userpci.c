@@ -7,6 +7,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <node_api.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -253,6 +255,67 @@ static napi_value n_memfd_create(napi_env env, napi_callback_info info) {
   return make_i32(env, fd);
 }
 
+/* setNonBlocking(fd, on): O_NONBLOCK on or off (an inherited socket may come either way). */
+static napi_value n_set_nonblocking(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int32_t fd;
+  bool on;
+  if (!get_i32(env, argv[0], &fd) || napi_get_value_bool(env, argv[1], &on) != napi_ok) return throw_type(env, "fd must be an integer and on a boolean");
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0) return throw_errno(env, errno, "fcntl");
+  if (fcntl(fd, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK) < 0) return throw_errno(env, errno, "fcntl");
+  return make_undefined(env);
+}
+
+/*
+ * poll(fds, events, timeoutMs) -> revents per fd: blocks this thread. Only for code that must
+ * wait synchronously (a vfio-user request on a synchronous backend call); never on the main
+ * loop's own fds while it should run.
+ */
+static napi_value n_poll(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  bool is;
+  uint32_t n = 0;
+  int32_t events, timeout;
+  if (napi_is_array(env, argv[0], &is) != napi_ok || !is) return throw_type(env, "fds must be an array");
+  napi_get_array_length(env, argv[0], &n);
+  if (n == 0 || n > 16) return throw_errno(env, EINVAL, "poll");
+  if (!get_i32(env, argv[1], &events) || !get_i32(env, argv[2], &timeout)) return throw_type(env, "events and timeoutMs must be integers");
+  struct pollfd fds[16];
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value el;
+    int32_t fd;
+    napi_get_element(env, argv[0], i, &el);
+    if (!get_i32(env, el, &fd)) return throw_type(env, "fds must be integers");
+    fds[i].fd = fd;
+    fds[i].events = (short)events;
+    fds[i].revents = 0;
+  }
+  int r;
+  do {
+    r = poll(fds, n, timeout);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, errno, "poll");
+  napi_value out;
+  napi_create_array_with_length(env, n, &out);
+  for (uint32_t i = 0; i < n; i++) napi_set_element(env, out, i, make_i32(env, fds[i].revents));
+  return out;
+}
+
+/* fstat(fd) -> { size, mode } */
+static napi_value n_fstat(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int32_t fd;
+  if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
+  struct stat st;
+  if (fstat(fd, &st) < 0) return throw_errno(env, errno, "fstat");
+  napi_value out;
+  napi_create_object(env, &out);
+  napi_set_named_property(env, out, "size", make_num(env, (double)st.st_size));
+  napi_set_named_property(env, out, "mode", make_num(env, (double)st.st_mode));
+  return out;
+}
+
 /* ---- memory mappings ------------------------------------------------------------------- */
 
 /*
@@ -268,6 +331,8 @@ typedef struct mapping {
 } mapping;
 
 static mapping *mappings = NULL;
+/* Worker threads (a vfio-user server on its own thread) map and unmap too. */
+static pthread_mutex_t mappings_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void forget_mapping(mapping *m) {
   for (mapping **p = &mappings; *p; p = &(*p)->next) {
@@ -282,8 +347,10 @@ static void finalize_mapping(napi_env env, void *data, void *hint) {
   (void)env;
   (void)data;
   mapping *m = hint;
+  pthread_mutex_lock(&mappings_lock);
   if (!m->unmapped) munmap(m->addr, m->length);
   forget_mapping(m);
+  pthread_mutex_unlock(&mappings_lock);
   free(m);
 }
 
@@ -312,8 +379,10 @@ static napi_value n_mmap(napi_env env, napi_callback_info info) {
     free(m);
     return throw_errno(env, ENOMEM, "napi_create_external_arraybuffer");
   }
+  pthread_mutex_lock(&mappings_lock);
   m->next = mappings;
   mappings = m;
+  pthread_mutex_unlock(&mappings_lock);
   return ab;
 }
 
@@ -331,11 +400,21 @@ static napi_value n_munmap(napi_env env, napi_callback_info info) {
   bool is;
   if (napi_is_arraybuffer(env, argv[0], &is) != napi_ok || !is) return throw_type(env, "argument must be an ArrayBuffer from mmap");
   napi_get_arraybuffer_info(env, argv[0], &data, &len);
+  pthread_mutex_lock(&mappings_lock);
   mapping *m = data ? find_mapping(data) : NULL;
-  if (!m || m->length != len) return throw_errno(env, EINVAL, "munmap");
-  if (napi_detach_arraybuffer(env, argv[0]) != napi_ok) return throw_errno(env, EINVAL, "napi_detach_arraybuffer");
+  if (!m || m->length != len) {
+    pthread_mutex_unlock(&mappings_lock);
+    return throw_errno(env, EINVAL, "munmap");
+  }
+  if (napi_detach_arraybuffer(env, argv[0]) != napi_ok) {
+    pthread_mutex_unlock(&mappings_lock);
+    return throw_errno(env, EINVAL, "napi_detach_arraybuffer");
+  }
   m->unmapped = 1;
-  if (munmap(m->addr, m->length) < 0) return throw_errno(env, errno, "munmap");
+  int r = munmap(m->addr, m->length);
+  int err = errno;
+  pthread_mutex_unlock(&mappings_lock);
+  if (r < 0) return throw_errno(env, err, "munmap");
   return make_undefined(env);
 }
 
@@ -801,6 +880,7 @@ static napi_value constants(napi_env env) {
   C(MFD_ALLOW_SEALING); C(MFD_HUGETLB);
   C(EFD_NONBLOCK); C(EFD_SEMAPHORE);
   C(RLIMIT_MEMLOCK); C(RLIMIT_NOFILE);
+  C(POLLIN); C(POLLOUT); C(POLLERR); C(POLLHUP); C(POLLNVAL);
   napi_set_named_property(env, obj, "PAGE_SIZE", make_num(env, (double)sysconf(_SC_PAGESIZE)));
 #undef C
   return obj;
@@ -818,6 +898,7 @@ static napi_value init(napi_env env, napi_value exports) {
     F("watch", n_watch), F("watchStop", n_watch_stop), F("watchRef", n_watch_ref),
     F("unixListen", n_unix_listen), F("unixAccept", n_unix_accept), F("unixConnect", n_unix_connect),
     F("socketpair", n_socketpair), F("sendmsg", n_sendmsg), F("recvmsg", n_recvmsg),
+    F("setNonBlocking", n_set_nonblocking), F("poll", n_poll), F("fstat", n_fstat),
 #undef F
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

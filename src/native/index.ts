@@ -27,6 +27,7 @@ export interface NativeConstants {
   MFD_ALLOW_SEALING: number; MFD_HUGETLB: number;
   EFD_NONBLOCK: number; EFD_SEMAPHORE: number;
   RLIMIT_MEMLOCK: number; RLIMIT_NOFILE: number;
+  POLLIN: number; POLLOUT: number; POLLERR: number; POLLHUP: number; POLLNVAL: number;
   PAGE_SIZE: number;
 }
 
@@ -71,6 +72,10 @@ export interface NativeAddon {
   /** -1 when the socket would block. */
   sendmsg(fd: number, buffers: Bytes[], fds: number[]): number;
   recvmsg(fd: number, buffer: Bytes, maxFds: number): RecvResult;
+  setNonBlocking(fd: number, on: boolean): void;
+  /** Block this thread until one of fds is ready or timeoutMs passes (-1: forever); revents per fd. */
+  poll(fds: number[], events: number, timeoutMs: number): number[];
+  fstat(fd: number): { size: number; mode: number };
   constants: NativeConstants;
 }
 

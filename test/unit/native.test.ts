@@ -127,3 +127,22 @@ test('ioctl passes a numeric third argument by value', () => {
   native.close(a);
   native.close(b);
 });
+
+test('poll waits for readiness with a timeout; setNonBlocking and fstat', () => {
+  const [a, b] = native.socketpair();
+  const t0 = Date.now();
+  assert.deepEqual(native.poll([b], constants.POLLIN, 50), [0]);
+  assert.ok(Date.now() - t0 >= 45, 'waited for the timeout');
+  native.write(a, Buffer.from('x'));
+  assert.deepEqual(native.poll([a, b], constants.POLLIN, 1000), [0, constants.POLLIN]);
+  native.setNonBlocking(b, false);
+  const buf = Buffer.alloc(1);
+  assert.equal(native.read(b, buf), 1, 'blocking read returns the byte');
+  native.setNonBlocking(b, true);
+  assert.equal(native.read(b, buf), -1, 'non-blocking again');
+  const memfd = native.memfdCreate('stat', 0);
+  native.ftruncate(memfd, 12345);
+  assert.equal(native.fstat(memfd).size, 12345);
+  assert.throws(() => native.poll([], constants.POLLIN, 0), (e: any) => e.code === 'EINVAL');
+  for (const fd of [a, b, memfd]) native.close(fd);
+});

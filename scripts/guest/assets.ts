@@ -1,11 +1,12 @@
 // Builds the guest's kernel and initramfs from Debian packages and this machine's own binaries,
-// cached under <repo>/.cache/guest/assets-<key>, where the key hashes everything they are built
+// cached under ~/.cache/userpci/guest/assets-<key> (USERPCI_CACHE_DIR overrides), where the key hashes everything they are built
 // from (kernel package version, host binaries' identity, init script). A fresh machine rebuilds
 // from nothing; an unchanged one reuses the cache in well under a second.
 
 import { createHash } from 'node:crypto';
 import { createWriteStream, existsSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -58,8 +59,17 @@ function which(name: string): string | undefined {
   return undefined;
 }
 
+/** Per-checkout files: console logs, scratch images. */
 export function guestCacheDir(): string {
   return path.join(repoRoot(), '.cache', 'guest');
+}
+
+/**
+ * Kernel packages and built assets, shared by every checkout on the machine (CI clones afresh
+ * each run): keyed by their inputs, so a shared copy is never a stale one.
+ */
+export function assetCacheDir(): string {
+  return process.env.USERPCI_CACHE_DIR ?? path.join(os.homedir(), '.cache', 'userpci', 'guest');
 }
 
 interface KernelSource {
@@ -194,7 +204,7 @@ async function plan(debDir: string): Promise<Plan> {
 export async function ensureGuestAssets(opts: AssetOptions = {}): Promise<GuestAssets> {
   const log = opts.log ?? ((m: string) => process.stderr.write(`[guest-assets] ${m}\n`));
   const t0 = Date.now();
-  const cache = guestCacheDir();
+  const cache = assetCacheDir();
   const debDir = path.join(cache, 'debs');
   await fsp.mkdir(debDir, { recursive: true });
   const p = await plan(debDir);

@@ -3,7 +3,7 @@
  * register access on BARs and config space, coherent DMA buffers and streaming maps under the
  * device's DMA mask, reset, and a teardown that stops the device's DMA before releasing memory.
  */
-import { DeviceGoneError, InvalidArgumentError, wrapSystemError } from '../errors';
+import { DeviceGoneError, InvalidArgumentError, UserpciError, wrapSystemError } from '../errors';
 import type { Backend } from './backend';
 import { Region } from './region';
 import { EventEmitter } from 'node:events';
@@ -159,7 +159,7 @@ export class PciDevice extends EventEmitter implements AsyncDisposable, Disposab
    */
   reset(): void {
     this.checkOpen();
-    if (!this.backend.deviceInfo().canReset) throw new InvalidArgumentError(`${this.name} offers no reset`);
+    if (!this.backend.deviceInfo().canReset) throw new UserpciError('ENOTSUP', `${this.name} offers no reset (no FLR, PM or bus reset VFIO can use)`);
     try {
       this.backend.reset();
     } catch (err) {

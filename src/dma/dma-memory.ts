@@ -3,6 +3,8 @@
  * populated, locked, and kept out of forked children (MADV_DONTFORK: a child's copy-on-write
  * would otherwise leave the device writing into pages the parent no longer sees).
  */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import { native, constants } from '../native/index';
 import { UserpciError, wrapSystemError, isSystemError } from '../errors';
 import { alignUp } from './iova-allocator';
@@ -18,10 +20,37 @@ export interface DmaMemory {
   pageSize: number;
 }
 
+const CAP_IPC_LOCK = 14;
+
+function hasIpcLock(): boolean {
+  try {
+    const line = /^CapEff:\s*([0-9a-f]+)$/m.exec(fs.readFileSync('/proc/self/status', 'utf8'));
+    return line !== null && (BigInt(`0x${line[1]}`) & (1n << BigInt(CAP_IPC_LOCK))) !== 0n;
+  } catch {
+    return false;
+  }
+}
+
 function memlockHint(): string {
   const [soft] = native.getrlimit(constants.RLIMIT_MEMLOCK);
-  return soft < 0 ? 'RLIMIT_MEMLOCK is unlimited, so the system is out of memory'
-    : `RLIMIT_MEMLOCK is ${soft} bytes; raise it (ulimit -l) or run with CAP_IPC_LOCK`;
+  if (soft < 0) return 'RLIMIT_MEMLOCK is unlimited, so the system is out of memory';
+  if (hasIpcLock()) return `RLIMIT_MEMLOCK is ${soft} bytes but CAP_IPC_LOCK lifts it, so the system is out of memory`;
+  return `RLIMIT_MEMLOCK is ${soft} bytes; raise it (ulimit -l) or run with CAP_IPC_LOCK`;
+}
+
+/**
+ * Refuse what cannot be locked before trying: populating and locking more than the machine has
+ * would end in the OOM killer, not in an error.
+ */
+function checkLockable(size: number): void {
+  const available = os.freemem();
+  if (size > available) {
+    throw new UserpciError('ENOMEM', `cannot allocate ${size} bytes of locked DMA memory: only ${available} bytes are available (${memlockHint()})`);
+  }
+  const [soft] = native.getrlimit(constants.RLIMIT_MEMLOCK);
+  if (soft >= 0 && size > soft && !hasIpcLock()) {
+    throw new UserpciError('ENOMEM', `cannot allocate ${size} bytes of locked DMA memory: RLIMIT_MEMLOCK is ${soft} bytes; raise it (ulimit -l) or run with CAP_IPC_LOCK`);
+  }
 }
 
 function tryAllocate(size: number, huge: boolean): DmaMemory {
@@ -43,6 +72,7 @@ function tryAllocate(size: number, huge: boolean): DmaMemory {
 }
 
 export function allocateDmaMemory(size: number, hugePages: HugePagePolicy = 'auto'): DmaMemory {
+  checkLockable(size);
   const wantHuge = hugePages === 'always' || (hugePages === 'auto' && size >= HUGE_PAGE_SIZE);
   try {
     if (wantHuge) {

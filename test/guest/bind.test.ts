@@ -52,6 +52,13 @@ test('bind takes a device from its kernel driver; unbind gives it back', async (
     // e1000e STATUS register (BAR0 + 0x8): bit 1 is "link up" under QEMU; any read works.
     assert.equal(typeof nic.bar(0).read32(0x8), 'number');
     assert.ok(nic.interrupts.info('msix').count >= 3, 'e1000e offers MSI-X vectors');
+    // BAR2 is an I/O port BAR: VFIO offers no mmap, so the same calls go through pread/pwrite.
+    // e1000e's IOADDR (offset 0) selects a register, IODATA (offset 4) reads it.
+    const io = nic.bar(2);
+    assert.equal(io.mapped, false);
+    io.write32(0, 0x8);
+    assert.equal(io.read32(4), nic.bar(0).read32(0x8), 'STATUS through the I/O window equals STATUS through MMIO');
+    assert.throws(() => io.read32(io.size), (e: any) => e.code === 'ERANGE');
   }
   const u = userpci('unbind', nicAlone, '--json');
   assert.equal(u.status, 0, u.stderr);

@@ -9,3 +9,8 @@ export { IovaAllocator } from './dma/iova-allocator';
 export { bindToVfio, unbindFromVfio, boundDriver, iommuGroupOf, groupBlockers } from './pci/bind';
 export { parsePciAddress, formatPciAddress } from './pci/address';
 export { EduDriver } from './drivers/edu/edu-driver';
+export { InterruptVector, type WaitOptions } from './irq/interrupt-vector';
+export type { InterruptMode } from './irq/device-interrupts';
+export { connectVfioUser } from './backends/vfio-user/client';
+export * as server from './server/index';
+export { serveVfioUser, createModel } from './server/index';

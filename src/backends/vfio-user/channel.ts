@@ -5,15 +5,15 @@
  * Two ways to wait for a reply:
  * - `request` (async): the socket is watched on the event loop; any number may be in flight.
  * - `requestSync`: for the Backend interface, whose methods are synchronous like VFIO ioctls.
- *   It spins on the non-blocking socket with short Atomics.wait sleeps until its reply arrives,
- *   answering the peer's own commands (the server's DMA_READ/DMA_WRITE) in the meantime, because
- *   the server may need them answered before it can reply. A server in the same thread can never
- *   answer, so in-process servers run on a worker thread (see src/server/thread.ts).
+ *   It blocks this thread in poll(2) on the socket(s) until its reply arrives or the timeout
+ *   passes, answering the peer's own commands (the server's DMA_READ/DMA_WRITE) in the meantime,
+ *   because the server may need them answered before it can reply. A server in the same thread
+ *   can never answer, so in-process servers run on a worker thread (see src/server/thread.ts).
  *
  * Companion channels (twin-socket mode: the server's commands on a second socket) are pumped
  * during synchronous waits too.
  */
-import { native, type WatchHandle } from '../../native/index';
+import { native, constants, type WatchHandle } from '../../native/index';
 import { UserpciError } from '../../errors';
 import {
   Errno,
@@ -62,10 +62,15 @@ interface Pending {
   reject?: (e: Error) => void;
 }
 
-const SPINS_BEFORE_SLEEP = 64;
-const SLEEP_MS = 0.05;
 const MAX_ABANDONED = 256;
-const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+/**
+ * While some socket has queued output but another has none, the queued ones are polled for
+ * writability and readability and the others are looked at again after this long (poll(2) here
+ * takes one event mask for all fds).
+ */
+const MIXED_WAIT_SLICE_MS = 1;
+/** poll(2)'s timeout is an int. */
+const MAX_POLL_MS = 0x7fffffff;
 
 export class Channel {
   readonly fd: number;
@@ -80,8 +85,14 @@ export class Channel {
   private readonly abandoned = new Set<number>();
   private nextId = 1;
   private asyncPending = 0;
-  private readWatch: WatchHandle | undefined;
-  private writeWatch: WatchHandle | undefined;
+  /**
+   * One libuv watcher for the socket (libuv refuses a second one on the same fd): readable once
+   * watch() was called, writable too while output is queued.
+   */
+  private watcher: WatchHandle | undefined;
+  private watcherEvents = 0;
+  private watcherRef = false;
+  private reading = false;
   private closedReason: Error | undefined;
   private pumping = false;
   /** Other channels to pump while blocked in requestSync (twin socket). */
@@ -111,9 +122,9 @@ export class Channel {
 
   /** Start answering the peer and collecting replies on the event loop. */
   watch(): void {
-    if (this.readWatch || this.closed) return;
-    this.readWatch = native.watch(this.fd, 1, false, () => this.pump());
-    native.watchRef(this.readWatch, this.keepAlive);
+    if (this.reading || this.closed) return;
+    this.reading = true;
+    this.updateWatcher();
   }
 
   /** Send a command and wait for its reply on the event loop. */
@@ -124,7 +135,7 @@ export class Channel {
         id = this.allocateId();
         this.pending.set(id, { command, sync: false, resolve, reject });
         this.asyncPending++;
-        this.updateRef();
+        this.updateWatcher();
         this.sendCommand(id, command, payload, fds, 0);
       } catch (err) {
         reject(err as Error);
@@ -140,8 +151,15 @@ export class Channel {
     this.sendCommand(this.allocateId(), command, payload, fds, MessageFlags.NO_REPLY);
   }
 
-  /** Send a command and block (spinning on the socket) until its reply or the timeout. */
+  /**
+   * Send a command and block this thread until its reply or the timeout. The wait is poll(2) on
+   * the socket (and the companions'): the thread sleeps until the peer sends something, serves
+   * what arrives (the server's DMA_READ/DMA_WRITE), and goes back to sleep until its own reply is
+   * in. Must not be called from inside this channel's own command handler (it could never read
+   * its reply there).
+   */
   requestSync(command: number, payload: Uint8Array[] = [], fds: number[] = [], timeoutMs = 30_000): IncomingMessage {
+    if (this.pumping) throw new UserpciError('EDEADLK', `${this.label}: a synchronous ${commandName(command)} from inside a command handler could never read its reply`);
     const id = this.allocateId();
     const entry: Pending = { command, sync: true };
     this.pending.set(id, entry);
@@ -152,23 +170,42 @@ export class Channel {
       throw err;
     }
     const deadline = performance.now() + timeoutMs;
-    let idle = 0;
     for (;;) {
       const progressed = this.pumpAll(() => entry.reply !== undefined || entry.error !== undefined);
       if (entry.reply) return entry.reply;
       if (entry.error) throw entry.error;
       if (this.closed) throw this.closedReason!;
-      if (progressed) {
-        idle = 0;
-        continue;
-      }
-      if (performance.now() > deadline) {
+      if (progressed) continue;
+      const remaining = deadline - performance.now();
+      if (remaining <= 0) {
         this.pending.delete(id);
         this.abandoned.add(id);
         if (this.abandoned.size > MAX_ABANDONED) this.fail(new ConnectionClosedError(`${this.label}: peer stopped answering`, 'ECONNRESET'));
         throw new UserpciError('ETIMEDOUT', `vfio-user ${commandName(command)}: no reply within ${timeoutMs} ms`);
       }
-      if (++idle > SPINS_BEFORE_SLEEP) Atomics.wait(sleepCell, 0, 0, SLEEP_MS);
+      this.waitForPeer(remaining);
+    }
+  }
+
+  /**
+   * Sleep in poll(2) until one of our sockets can be read (or, when output is queued, written),
+   * or `maxMs` passes. Whatever woke us is dealt with by the caller's next pump.
+   */
+  private waitForPeer(maxMs: number): void {
+    const open = [this, ...this.companions].filter((c) => !c.closed);
+    const writing = open.filter((c) => c.writer.pending);
+    const timeout = Number.isFinite(maxMs) ? Math.min(MAX_POLL_MS, Math.max(1, Math.ceil(maxMs))) : -1;
+    try {
+      if (writing.length === 0) {
+        native.poll(open.map((c) => c.fd), constants.POLLIN, timeout);
+      } else {
+        // Readability of the others is checked again after a short slice.
+        const slice = writing.length === open.length ? timeout : Math.min(MIXED_WAIT_SLICE_MS, timeout < 0 ? MIXED_WAIT_SLICE_MS : timeout);
+        native.poll(writing.map((c) => c.fd), constants.POLLIN | constants.POLLOUT, slice);
+      }
+    } catch (err) {
+      // EBADF and the like: the socket is unusable, so the connection is over.
+      this.fail(new ConnectionClosedError(`${this.label}: waiting for the peer failed: ${(err as Error).message}`));
     }
   }
 
@@ -221,27 +258,51 @@ export class Channel {
       this.fail(err as Error);
       throw this.closedReason!;
     }
-    if (!done) this.watchWritable();
+    if (!done) this.updateWatcher();
   }
 
-  private watchWritable(): void {
-    if (this.writeWatch || this.closed) return;
-    this.writeWatch = native.watch(this.fd, 2, false, () => {
-      try {
-        if (this.writer.flush()) this.stopWritable();
-      } catch (err) {
-        this.fail(err as Error);
+  /**
+   * Make the watcher match what we wait for: readable once watch() was called, writable while
+   * output is queued (a new watcher when that changes). It keeps the loop alive for servers, for
+   * pending async requests, and while output is queued.
+   */
+  private updateWatcher(): void {
+    if (this.closed) return;
+    const events = (this.reading ? 1 : 0) | (this.writer.pending ? 2 : 0);
+    let fresh = false;
+    if (events !== this.watcherEvents) {
+      if (this.watcher) native.watchStop(this.watcher);
+      this.watcher = undefined;
+      this.watcherEvents = 0;
+      if (events !== 0) {
+        try {
+          this.watcher = native.watch(this.fd, events, false, (status, ready) => this.onReady(status, ready));
+        } catch (err) {
+          this.fail(err as Error);
+          return;
+        }
+        this.watcherEvents = events;
+        fresh = true;
       }
-    });
+    }
+    if (!this.watcher) return;
+    const ref = this.keepAlive || this.asyncPending > 0 || (events & 2) !== 0;
+    if (ref !== this.watcherRef || fresh) native.watchRef(this.watcher, ref);
+    this.watcherRef = ref;
   }
 
-  private stopWritable(): void {
-    if (this.writeWatch) native.watchStop(this.writeWatch);
-    this.writeWatch = undefined;
-  }
-
-  private updateRef(): void {
-    if (this.readWatch && !this.closed) native.watchRef(this.readWatch, this.keepAlive || this.asyncPending > 0);
+  private onReady(status: number, ready: number): void {
+    if (this.reading && (status < 0 || (ready & 1) !== 0)) {
+      this.pump(); // flushes queued output too
+      return;
+    }
+    try {
+      this.writer.flush();
+    } catch (err) {
+      this.fail(err as Error);
+      return;
+    }
+    this.updateWatcher();
   }
 
   private pumpAll(done: () => boolean): boolean {
@@ -259,7 +320,7 @@ export class Channel {
     this.pumping = true;
     let progressed = false;
     try {
-      if (this.writer.pending && this.writer.flush()) this.stopWritable();
+      if (this.writer.pending) this.writer.flush();
       for (;;) {
         const message = this.reader.poll();
         if (!message) break;
@@ -273,6 +334,7 @@ export class Channel {
     } finally {
       this.pumping = false;
     }
+    this.updateWatcher();
     return progressed;
   }
 
@@ -316,7 +378,7 @@ export class Channel {
     this.pending.delete(header.id);
     if (!entry.sync) {
       this.asyncPending--;
-      this.updateRef();
+      this.updateWatcher();
     }
     if (isError(header)) {
       closeFds(message.fds);
@@ -333,9 +395,9 @@ export class Channel {
     if (this.closedReason) return;
     const error = reason instanceof UserpciError ? reason : new ConnectionClosedError(`${this.label}: ${reason.message}`);
     this.closedReason = error;
-    if (this.readWatch) native.watchStop(this.readWatch);
-    this.readWatch = undefined;
-    this.stopWritable();
+    if (this.watcher) native.watchStop(this.watcher);
+    this.watcher = undefined;
+    this.watcherEvents = 0;
     this.writer.clear();
     this.reader.discard();
     for (const entry of this.pending.values()) {

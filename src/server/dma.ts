@@ -75,11 +75,14 @@ export class DmaSpace {
    * (A client that shrinks the file later can still do that; trust ends there, as in the spec.)
    */
   private fdCovers(fd: number, offset: number, size: number): boolean {
+    let st: { size: number; mode: number };
     try {
-      return native.pread(fd, new Uint8Array(1), offset + size - 1) === 1;
+      st = native.fstat(fd);
     } catch {
-      return true; // not a regular file (pread unsupported): mmap decides
+      return true; // cannot tell: mmap decides (and failing, the map falls back to messages)
     }
+    if ((st.mode & S_IFMT) !== S_IFREG) return true; // not a regular file (memfds are): mmap decides
+    return Number.isSafeInteger(offset) && offset >= 0 && offset + size <= st.size;
   }
 
   /** Remove the map that matches exactly. Returns 0 or an errno. */
@@ -149,6 +152,9 @@ export class DmaSpace {
     }
   }
 }
+
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
 
 function fault(message: string, code = 'EFAULT'): UserpciError {
   return new UserpciError(code, message);

@@ -59,6 +59,7 @@ export class VfioUserServer {
   /** @internal started by serveVfioUser */
   start(): void {
     if (this.options.connectedFd !== undefined) {
+      prepareConnectedFd(this.options.connectedFd);
       this.startSession(this.options.connectedFd);
       return;
     }
@@ -161,6 +162,30 @@ export async function serveVfioUser(model: DeviceModel, options: ServeOptions): 
   const server = new VfioUserServer(model, options);
   server.start();
   return server;
+}
+
+const S_IFMT = 0o170000;
+const S_IFSOCK = 0o140000;
+
+/**
+ * An inherited socket (`serve --fd N`, a socketpair end) may come blocking; the channel's reads
+ * and writes must never block the event loop, so make it non-blocking. Anything but an open
+ * socket is refused here, before a session is built on it.
+ */
+function prepareConnectedFd(fd: number): void {
+  if (!Number.isInteger(fd) || fd < 0) throw new InvalidArgumentError(`connectedFd must be a file descriptor, got ${fd}`);
+  let mode: number;
+  try {
+    mode = native.fstat(fd).mode;
+  } catch (err) {
+    throw wrapSystemError(err, `fd ${fd}`, { EBADF: 'not an open file descriptor' });
+  }
+  if ((mode & S_IFMT) !== S_IFSOCK) throw new InvalidArgumentError(`fd ${fd} is not a socket (a connected AF_UNIX stream socket is needed)`);
+  try {
+    native.setNonBlocking(fd, true);
+  } catch (err) {
+    throw wrapSystemError(err, `making fd ${fd} non-blocking`);
+  }
 }
 
 function removeStaleSocket(path: string): void {

@@ -26,7 +26,7 @@ export const SUITES: GuestRun[] = [
     // e1000e stands alone, bound to its kernel driver.
     name: 'bind',
     qemuDevices: ['-device', 'pcie-pci-bridge,id=br1', '-device', 'edu,bus=br1,addr=1', '-device', 'e1000e,bus=br1,addr=2', '-device', 'e1000e'],
-    tests: ['dist/test/guest/bind.test.js'],
+    tests: ['dist/test/guest/bind.test.js', 'dist/test/guest/msix-e1000e.test.js'],
     timeoutMs: 5 * MIN,
   },
 ];

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { InvalidArgumentError, UserpciError } from '../errors.js';
 import { bindCommand, unbindCommand } from './commands/bind.js';
 import { configCommand } from './commands/config.js';
+import { demoCommand } from './commands/demo.js';
 import { infoCommand } from './commands/info.js';
 import { listCommand } from './commands/list.js';
 import { serveCommand } from './commands/serve.js';
@@ -28,7 +29,7 @@ export interface CliCommand {
 }
 
 /** The command table, in the order `--help` lists it. */
-export const COMMANDS: readonly CliCommand[] = [listCommand, infoCommand, configCommand, bindCommand, unbindCommand, serveCommand];
+export const COMMANDS: readonly CliCommand[] = [listCommand, infoCommand, configCommand, bindCommand, unbindCommand, serveCommand, demoCommand];
 
 export function findCommand(name: string): CliCommand | undefined {
   return COMMANDS.find((command) => command.name === name);

@@ -3,7 +3,7 @@
  * server it starts itself, the JSON form, an already-running server (--socket), and failures:
  * no server, a device that is not an edu, and a server that dies in the middle of a DMA.
  */
-import { test } from 'node:test';
+import { test, after } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -12,6 +12,11 @@ import * as path from 'node:path';
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
 const ENTRY = path.join(REPO, 'bin', 'userpci.js');
+const tempDirs: string[] = [];
+after(() => {
+  for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true });
+});
+
 const STEPS = ['server', 'open', 'identify', 'liveness', 'factorial', 'dma-alloc', 'dma-to-device', 'dma-from-device', 'intx', 'msi', 'shutdown'];
 
 function demo(args: string[] = []) {
@@ -29,7 +34,9 @@ function isAlive(pid: number): boolean {
 
 /** `userpci serve MODEL --socket PATH ...` started by the test; resolves once it listens. */
 async function serve(model: string, extra: string[] = []): Promise<{ socket: string; child: ChildProcess; exited: Promise<number | null> }> {
-  const socket = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'userpci-demo-test-')), `${model}.sock`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userpci-demo-test-'));
+  tempDirs.push(dir);
+  const socket = path.join(dir, `${model}.sock`);
   const child = spawn(process.execPath, [ENTRY, 'serve', model, '--socket', socket, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   await new Promise<void>((resolve, reject) => {

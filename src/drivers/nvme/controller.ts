@@ -306,14 +306,14 @@ export class NvmeController implements QueueHost, AsyncDisposable {
   /** Create one I/O queue pair (a CQ, then its SQ). */
   async createQueuePair(options: QueuePairOptions = {}): Promise<NvmeQueue> {
     this.checkOpen();
+    const maxDepth = Math.min(this.capabilities.maxQueueEntries - 1, 65535);
+    const depth = options.depth ?? Math.min(64, maxDepth);
+    if (!Number.isInteger(depth) || depth < 1 || depth > maxDepth) throw new InvalidArgumentError(`queue depth must be 1..${maxDepth} (CAP.MQES), got ${String(options.depth)}`);
     let qid = 1;
     while (this.entries.has(qid)) qid++;
     if (qid > this.grantedQueuePairs) {
       throw new UserpciError('ENOSPC', `${this.name}: all ${this.grantedQueuePairs} I/O queue pairs the controller granted are in use`);
     }
-    const maxDepth = Math.min(this.capabilities.maxQueueEntries - 1, 65535);
-    const depth = options.depth ?? Math.min(64, maxDepth);
-    if (!Number.isInteger(depth) || depth < 1 || depth > maxDepth) throw new InvalidArgumentError(`queue depth must be 1..${maxDepth} (CAP.MQES), got ${String(options.depth)}`);
     let vector = -1;
     if (options.interrupts) vector = this.prepareVector(qid, options.vector);
     const queue = new NvmeQueue(this, qid, depth, options);

@@ -625,6 +625,17 @@ export class NvmeQueue {
           if (r.opcode === NVM_WRITE) this.copyIn(r.view, r.done, n, off);
         } else {
           dataIova = r.iova + r.done;
+          // Never more pages than maxTransfer / page: an unaligned start costs one extra
+          // command rather than one extra page (QEMU refuses commands of over 1024 pages).
+          const page = this.host.pageSize;
+          let limit = this.host.maxTransfer - (dataIova % page);
+          limit -= limit % r.blockSize;
+          if (limit < r.blockSize) limit = r.blockSize;
+          if (n > limit) {
+            n = limit;
+            cdw12 = ((n / r.blockSize - 1) | r.cdw12Flags) >>> 0;
+          }
+          dataLength = n;
         }
       }
     } else if (r.kind === KIND_DSM) {

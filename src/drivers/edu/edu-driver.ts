@@ -24,6 +24,8 @@ export class EduDriver {
   readonly regs: Region;
   /** Staging memory for copyToDevice/copyFromDevice; allocated on first use. */
   private staging: DmaBuffer | undefined;
+  /** One transfer at a time: the engine has a single set of registers. */
+  private dmaInFlight = false;
   /** Set by useInterrupts: completions are then awaited on it instead of polled. */
   private vector: InterruptVector | undefined;
 
@@ -67,10 +69,14 @@ export class EduDriver {
   async factorial(n: number, options: PollOptions = {}): Promise<number> {
     if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new InvalidArgumentError(`factorial input must be a 32-bit unsigned integer, got ${n}`);
     if (this.vector) {
+      // A completion bit left by an earlier user (or a polled run) must not end this wait early.
+      this.regs.write32(R.REG_IRQ_ACK, R.IRQ_FACTORIAL);
       this.regs.write32(R.REG_STATUS, R.STATUS_IRQ_ON_FACTORIAL);
       this.regs.write32(R.REG_FACTORIAL, n);
       await this.awaitInterrupt(R.IRQ_FACTORIAL, options, 'factorial');
     } else {
+      // The device keeps its status across opens: make sure it raises nothing nobody handles.
+      this.regs.write32(R.REG_STATUS, 0);
       this.regs.write32(R.REG_FACTORIAL, n);
       await this.pollUntilClear(R.REG_STATUS, R.STATUS_COMPUTING, options, 'factorial');
     }
@@ -82,10 +88,20 @@ export class EduDriver {
    * offset into the device's 4 KiB buffer. Resolves when the engine reports completion.
    */
   async dma(direction: 'to-device' | 'from-device', ramIova: number, deviceOffset: number, length: number, options: PollOptions = {}): Promise<void> {
-    const byInterrupt = this.vector !== undefined;
-    this.startDma(direction, ramIova, deviceOffset, length, byInterrupt);
-    if (byInterrupt) await this.awaitInterrupt(R.IRQ_DMA, options, 'DMA');
-    else await this.pollUntilClear(R.REG_DMA_CMD, R.DMA_CMD_START, options, 'DMA');
+    if (this.dmaInFlight) throw new UserpciError('EBUSY', `${this.device.name}: a DMA of this driver is already running`);
+    this.dmaInFlight = true;
+    try {
+      // A transfer started by the device's previous owner (a process killed mid-DMA) runs on to
+      // its end: wait for it rather than refuse, as a driver's probe would.
+      if (this.regs.read32(R.REG_DMA_CMD) & R.DMA_CMD_START) await this.pollUntilClear(R.REG_DMA_CMD, R.DMA_CMD_START, options, 'earlier DMA');
+      const byInterrupt = this.vector !== undefined;
+      if (byInterrupt) this.regs.write32(R.REG_IRQ_ACK, R.IRQ_DMA); // no stale completion bit
+      this.startDma(direction, ramIova, deviceOffset, length, byInterrupt);
+      if (byInterrupt) await this.awaitInterrupt(R.IRQ_DMA, options, 'DMA');
+      else await this.pollUntilClear(R.REG_DMA_CMD, R.DMA_CMD_START, options, 'DMA');
+    } finally {
+      this.dmaInFlight = false;
+    }
   }
 
   /** Program and start a DMA without waiting (for interrupt-driven completion). */

@@ -102,6 +102,9 @@ export class MessageReader {
     try {
       r = native.recvmsg(this.fd, into, Math.max(0, this.limits.maxFds - this.fds.length));
     } catch (err) {
+      // A reset is the peer vanishing, like end of stream: say so in the same words.
+      const code = (err as { code?: string }).code;
+      if (code === 'ECONNRESET' || code === 'EPIPE') throw new ConnectionClosedError(`vfio-user peer closed the connection (${code})`);
       throw new ConnectionClosedError(`vfio-user socket read failed: ${(err as Error).message}`);
     }
     for (const fd of r.fds) this.fds.push(fd);

@@ -21,6 +21,7 @@ export interface DmaMemory {
 }
 
 const CAP_IPC_LOCK = 14;
+const LARGE_ALLOCATION = 16 * 1024 * 1024;
 
 function hasIpcLock(): boolean {
   try {
@@ -43,7 +44,8 @@ function memlockHint(): string {
  * would end in the OOM killer, not in an error.
  */
 function checkLockable(size: number): void {
-  const available = os.freemem();
+  // Reading the free memory costs a /proc read: only sizes that could matter pay for it.
+  const available = size >= LARGE_ALLOCATION ? os.freemem() : Infinity;
   if (size > available) {
     throw new UserpciError('ENOMEM', `cannot allocate ${size} bytes of locked DMA memory: only ${available} bytes are available (${memlockHint()})`);
   }

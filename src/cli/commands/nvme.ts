@@ -1,0 +1,330 @@
+/**
+ * `userpci nvme identify|read|write|verify|export ADDRESS ...`: a quick look at an NVMe disk
+ * through the user-space driver, and the user-level block device (an NBD export the kernel can
+ * mount). ADDRESS is a PCI address of a function bound to vfio-pci (--bind binds it first) or a
+ * vfio-user socket path.
+ *
+ * Also runnable on its own (before it is in the command table): node dist/src/cli/commands/nvme.js ...
+ */
+import * as fs from 'node:fs';
+import { parseArgs } from 'node:util';
+import { isValidPciAddress } from '../../pci/address.js';
+import { bindToVfio, boundDriver, VFIO_DRIVER } from '../../pci/bind.js';
+import { UserpciError, InvalidArgumentError } from '../../errors.js';
+import { NvmeController } from '../../drivers/nvme/controller.js';
+import type { NvmeNamespace } from '../../drivers/nvme/namespace.js';
+import { planWrites, runWorkload } from '../../drivers/nvme/workload.js';
+import { NbdServer } from '../../server/nbd/server.js';
+import { NvmeBlockDevice } from '../../server/nbd/nvme-device.js';
+import { UsageError, formatSize, print, sysfsRoot, toJson } from '../format.js';
+import type { CliCommand } from '../main.js';
+
+const USAGE = `userpci nvme identify|read|write|verify|export ADDRESS [options]
+
+Drive an NVMe controller from user space (the device must be bound to vfio-pci; --bind does
+that first and leaves it bound: \`userpci unbind ADDRESS\` gives it back to the kernel).
+
+  identify ADDRESS [--json]
+      controller (model, serial, firmware, version, transfer size, queues, optional commands)
+      and every active namespace (size, block size, LBA formats)
+  read ADDRESS --lba N (--blocks N | --length BYTES) [--out FILE | --raw]
+      read blocks; a hex dump unless written to FILE or, with --raw, to stdout as is
+  write ADDRESS --lba N (--file FILE | --byte VALUE (--blocks N | --length BYTES)) [--fua] [--pad]
+      write a file (its length a multiple of the block size, or --pad with zeroes) or a
+      repeated byte
+  verify ADDRESS [--seed N] [--writes N] [--max-bytes BYTES] [--span BYTES] [--json]
+      random writes of random lengths at random offsets (crossing PRP-list and MDTS
+      boundaries; zero-copy and bounce paths), then read everything back and compare.
+      DESTROYS the data in the span. Exit 1 on a mismatch. The same seed writes the same bytes.
+  export ADDRESS (--socket PATH | --port N [--host ADDR]) [--name NAME] [--read-only]
+      serve the namespace over NBD (fixed newstyle) until SIGINT/SIGTERM, e.g. for
+      \`nbd-client -N NAME -u PATH /dev/nbd0\`; flushes and shuts the controller down on exit
+
+Common options:
+  --nsid N        namespace (default 1)
+  --depth N       I/O queue depth (default 64)
+  --bind          bind ADDRESS to vfio-pci first
+  --verbose       log NBD connections (export)
+
+Numbers take K, M, G suffixes (powers of 1024) and 0x prefixes.`;
+
+const OPTIONS = {
+  json: { type: 'boolean', default: false },
+  bind: { type: 'boolean', default: false },
+  nsid: { type: 'string' },
+  depth: { type: 'string' },
+  lba: { type: 'string' },
+  blocks: { type: 'string' },
+  length: { type: 'string' },
+  out: { type: 'string' },
+  raw: { type: 'boolean', default: false },
+  file: { type: 'string' },
+  byte: { type: 'string' },
+  fua: { type: 'boolean', default: false },
+  pad: { type: 'boolean', default: false },
+  seed: { type: 'string' },
+  writes: { type: 'string' },
+  'max-bytes': { type: 'string' },
+  span: { type: 'string' },
+  socket: { type: 'string' },
+  port: { type: 'string' },
+  host: { type: 'string' },
+  name: { type: 'string' },
+  'read-only': { type: 'boolean', default: false },
+  verbose: { type: 'boolean', default: false },
+} as const;
+
+type Values = ReturnType<typeof parse>['values'];
+
+function parse(args: string[]) {
+  return parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true });
+}
+
+/** "4096", "4K", "1M", "0x1000". */
+export function parseCount(text: string | undefined, name: string): number | undefined {
+  if (text === undefined) return undefined;
+  const m = /^(0x[0-9a-f]+|\d+)([kmgt]?)$/i.exec(text.trim());
+  if (!m) throw new UsageError(`${name} must be a non-negative integer (suffixes K, M, G), got "${text}"`);
+  const scale = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+  const value = Number(m[1]) * scale;
+  if (!Number.isSafeInteger(value)) throw new UsageError(`${name} is too large: ${text}`);
+  return value;
+}
+
+function need<T>(value: T | undefined, name: string): T {
+  if (value === undefined) throw new UsageError(`missing ${name}`);
+  return value;
+}
+
+async function openController(address: string, values: Values): Promise<NvmeController> {
+  if (isValidPciAddress(address)) {
+    if (!fs.existsSync(`${sysfsRoot()}/bus/pci/devices/${address}`)) throw new UserpciError('ENOENT', `no PCI device at ${address}`);
+    const driver = boundDriver(address, { sysfsRoot: sysfsRoot() });
+    if (driver !== VFIO_DRIVER) {
+      if (values.bind) bindToVfio(address, { sysfsRoot: sysfsRoot() });
+      else {
+        throw new UserpciError('EBUSY', `${address} is ${driver ? `bound to ${driver}` : 'not bound to any driver'}, not vfio-pci: run \`userpci bind ${address}\` first or add --bind`);
+      }
+    }
+  }
+  const depth = parseCount(values.depth, '--depth') ?? 64;
+  return NvmeController.open(address, { defaultQueue: { depth }, queuePairs: 4 });
+}
+
+async function withNamespace<T>(address: string, values: Values, fn: (ns: NvmeNamespace, ctrl: NvmeController) => Promise<T>): Promise<T> {
+  const ctrl = await openController(address, values);
+  try {
+    const ns = await ctrl.namespace(parseCount(values.nsid, '--nsid') ?? 1);
+    return await fn(ns, ctrl);
+  } finally {
+    await ctrl.close();
+  }
+}
+
+/** The byte length of a read/write: --blocks or --length, checked against the block size. */
+function lengthOf(values: Values, ns: NvmeNamespace): number {
+  const blocks = parseCount(values.blocks, '--blocks');
+  const length = parseCount(values.length, '--length');
+  if ((blocks === undefined) === (length === undefined)) throw new UsageError('give exactly one of --blocks N and --length BYTES');
+  const bytes = blocks !== undefined ? blocks * ns.blockSize : length!;
+  if (bytes <= 0 || bytes % ns.blockSize !== 0) throw new InvalidArgumentError(`length ${bytes} is not a positive multiple of the ${ns.blockSize}-byte block size`);
+  return bytes;
+}
+
+async function identify(address: string, values: Values): Promise<number> {
+  return withNamespaceList(address, values, async (ctrl, namespaces) => {
+    const id = ctrl.identity;
+    if (values.json) {
+      print(toJson({
+        address: ctrl.name,
+        controller: { ...id, maxTransferBytes: ctrl.maxTransfer, queuePairsGranted: ctrl.grantedQueuePairs, capabilities: ctrl.capabilities },
+        namespaces: namespaces.map((ns) => ({ ...ns.identity, sizeBytes: ns.size })),
+      }));
+      return 0;
+    }
+    const features = [id.supportsDatasetManagement && 'dataset management (trim)', id.supportsWriteZeroes && 'write zeroes', id.volatileWriteCache && 'volatile write cache'].filter(Boolean);
+    const lines = [
+      `${ctrl.name}: ${id.model}`,
+      `  serial ${id.serial}, firmware ${id.firmware}, NVMe ${id.version || ctrl.capabilities.version}, vendor ${id.vendorId.toString(16).padStart(4, '0')}`,
+      `  max transfer ${formatSize(ctrl.maxTransfer)}B (MDTS ${id.mdts}), ${ctrl.grantedQueuePairs} I/O queue pairs granted, queues up to ${ctrl.capabilities.maxQueueEntries} entries, doorbell stride ${ctrl.capabilities.doorbellStride}`,
+      `  optional: ${features.length ? features.join(', ') : 'none'}`,
+      `  namespaces: ${namespaces.length}`,
+    ];
+    for (const ns of namespaces) {
+      const formats = ns.lbaFormats.map((f) => `${f.index === ns.identity.formatIndex ? '*' : ''}${f.blockSize}${f.metadataSize ? `+${f.metadataSize}` : ''}`).join(' ');
+      lines.push(`  nsid ${ns.nsid}: ${ns.blocks} blocks of ${ns.blockSize} bytes (${formatSize(ns.size)}B); LBA formats ${formats}`);
+    }
+    print(lines.join('\n'));
+    return 0;
+  });
+}
+
+async function withNamespaceList<T>(address: string, values: Values, fn: (ctrl: NvmeController, ns: NvmeNamespace[]) => Promise<T>): Promise<T> {
+  const ctrl = await openController(address, values);
+  try {
+    const ids = await ctrl.namespaceIds();
+    const list: NvmeNamespace[] = [];
+    for (const nsid of ids) {
+      try {
+        list.push(await ctrl.namespace(nsid));
+      } catch {
+        // A namespace this driver cannot use is still not worth failing identify for.
+      }
+    }
+    return await fn(ctrl, list);
+  } finally {
+    await ctrl.close();
+  }
+}
+
+async function read(address: string, values: Values): Promise<number> {
+  const lba = need(parseCount(values.lba, '--lba'), '--lba N');
+  return withNamespace(address, values, async (ns) => {
+    const bytes = lengthOf(values, ns);
+    const data = Buffer.alloc(bytes);
+    await ns.read(lba, data);
+    if (values.out) fs.writeFileSync(values.out, data);
+    else if (values.raw) await new Promise<void>((r) => process.stdout.write(data, () => r()));
+    else print(hexdump(data, lba * ns.blockSize));
+    return 0;
+  });
+}
+
+async function write(address: string, values: Values): Promise<number> {
+  const lba = need(parseCount(values.lba, '--lba'), '--lba N');
+  if ((values.file === undefined) === (values.byte === undefined)) throw new UsageError('give exactly one of --file FILE and --byte VALUE');
+  return withNamespace(address, values, async (ns) => {
+    let data: Buffer;
+    if (values.file !== undefined) {
+      data = fs.readFileSync(values.file);
+      if (data.length === 0) throw new InvalidArgumentError(`${values.file} is empty`);
+      const rem = data.length % ns.blockSize;
+      if (rem !== 0) {
+        if (!values.pad) throw new InvalidArgumentError(`${values.file} is ${data.length} bytes, not a multiple of the ${ns.blockSize}-byte block size (add --pad to fill the last block with zeroes)`);
+        data = Buffer.concat([data, Buffer.alloc(ns.blockSize - rem)]);
+      }
+    } else {
+      const byte = parseCount(values.byte, '--byte')!;
+      if (byte > 255) throw new UsageError(`--byte must be 0..255, got ${values.byte}`);
+      data = Buffer.alloc(lengthOf(values, ns), byte);
+    }
+    await ns.write(lba, data, undefined, { fua: values.fua });
+    await ns.flush();
+    print(`wrote ${data.length} bytes (${data.length / ns.blockSize} blocks) at LBA ${lba}`);
+    return 0;
+  });
+}
+
+async function verify(address: string, values: Values): Promise<number> {
+  const seed = parseCount(values.seed, '--seed') ?? 1;
+  const count = parseCount(values.writes, '--writes') ?? 64;
+  return withNamespace(address, values, async (ns) => {
+    const span = parseCount(values.span, '--span');
+    const plan = planWrites({
+      seed, count, blocks: ns.blocks, blockSize: ns.blockSize,
+      maxBytes: parseCount(values['max-bytes'], '--max-bytes') ?? Math.min(2 << 20, ns.maxTransfer * 3),
+      spanBlocks: span === undefined ? undefined : Math.floor(span / ns.blockSize),
+    });
+    const r = await runWorkload(ns, plan, { concurrency: 4 });
+    if (values.json) print(toJson({ seed, ...r }));
+    else {
+      print(`${r.writes} writes, ${r.bytesWritten} bytes written, ${r.bytesVerified} bytes read back in ${r.ms} ms: ${r.mismatches.length === 0 ? 'all equal' : `${r.mismatches.length} blocks differ`}`);
+      for (const m of r.mismatches.slice(0, 10)) print(`  LBA ${m.lba}: first difference at byte ${m.firstBadByte}`);
+    }
+    return r.mismatches.length === 0 ? 0 : 1;
+  });
+}
+
+async function exportNbd(address: string, values: Values): Promise<number> {
+  const port = parseCount(values.port, '--port');
+  if ((values.socket === undefined) === (port === undefined)) throw new UsageError('give exactly one of --socket PATH and --port N');
+  if (port !== undefined && (port < 1 || port > 65535)) throw new UsageError(`--port must be 1..65535, got ${port}`);
+  const ctrl = await openController(address, values);
+  let server: NbdServer | undefined;
+  try {
+    const ns = await ctrl.namespace(parseCount(values.nsid, '--nsid') ?? 1);
+    const device = new NvmeBlockDevice(ns, { readOnly: values['read-only'] });
+    const name = values.name ?? '';
+    const log = values.verbose ? (m: string) => process.stderr.write(`${m}\n`) : undefined;
+    server = new NbdServer([{ name, description: `${ctrl.identity.model} ${ctrl.identity.serial} nsid ${ns.nsid}`, device }], { log });
+    const where = values.socket !== undefined ? values.socket : `${values.host ?? '127.0.0.1'}:${port}`;
+    await server.listen(values.socket !== undefined ? { path: values.socket } : { port: port!, host: values.host });
+    print(`nbd: serving ${ctrl.name} namespace ${ns.nsid} (${ns.size} bytes, ${ns.blockSize}-byte blocks${device.readOnly ? ', read-only' : ''}) as "${name}" on ${where}`);
+    const signal = await new Promise<string>((resolve) => {
+      const on = (s: string) => resolve(s);
+      process.once('SIGINT', on);
+      process.once('SIGTERM', on);
+    });
+    if (values.verbose) process.stderr.write(`nbd: ${signal}: stopping\n`);
+    await server.close();
+    await ns.flush().catch(() => undefined);
+    print(`nbd: stopped (${Object.entries(server.counts).map(([k, v]) => `${k} ${v}`).join(', ') || 'no requests'})`);
+    return 0;
+  } finally {
+    await server?.close().catch(() => undefined);
+    await ctrl.close();
+  }
+}
+
+/** hexdump -C style, with repeated lines folded into "*". */
+export function hexdump(data: Uint8Array, base = 0): string {
+  const out: string[] = [];
+  let previous = '';
+  let folded = false;
+  for (let off = 0; off < data.length; off += 16) {
+    const row = data.subarray(off, off + 16);
+    const hexPart = Array.from(row, (b) => b.toString(16).padStart(2, '0'));
+    const key = hexPart.join(' ');
+    if (key === previous && off + 16 < data.length) {
+      if (!folded) out.push('*');
+      folded = true;
+      continue;
+    }
+    previous = key;
+    folded = false;
+    const left = hexPart.slice(0, 8).join(' ').padEnd(23);
+    const right = hexPart.slice(8).join(' ').padEnd(23);
+    const ascii = Array.from(row, (b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : '.')).join('');
+    out.push(`${(base + off).toString(16).padStart(8, '0')}  ${left}  ${right}  |${ascii}|`);
+  }
+  out.push((base + data.length).toString(16).padStart(8, '0'));
+  return out.join('\n');
+}
+
+export const nvmeCommand: CliCommand = {
+  name: 'nvme',
+  summary: 'NVMe through the user-space driver: identify, read, write, verify, export over NBD',
+  usage: USAGE,
+  async run(args: string[]): Promise<number> {
+    const { values, positionals } = parse(args);
+    const [action, address, extra] = positionals;
+    if (action === undefined) throw new UsageError('missing identify|read|write|verify|export');
+    if (address === undefined) throw new UsageError('missing ADDRESS');
+    if (extra !== undefined) throw new UsageError(`unexpected argument "${extra}"`);
+    switch (action) {
+      case 'identify': return identify(address, values);
+      case 'read': return read(address, values);
+      case 'write': return write(address, values);
+      case 'verify': return verify(address, values);
+      case 'export': return exportNbd(address, values);
+      default: throw new UsageError(`unknown action "${action}" (identify, read, write, verify, export)`);
+    }
+  },
+};
+
+if (require.main === module) {
+  const args = process.argv.slice(2);
+  if (args.includes('--help') || args.includes('-h')) {
+    print(USAGE);
+  } else {
+    nvmeCommand.run(args).then(
+      (code) => (process.exitCode = code),
+      (err: Error) => {
+        const usage = err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS_');
+        process.stderr.write(`userpci nvme: ${err.message}\n${usage ? `usage: ${USAGE.split('\n')[0]}\n` : ''}`);
+        if (process.env['USERPCI_DEBUG'] && err.stack) process.stderr.write(`${err.stack}\n`);
+        process.exitCode = usage || err instanceof InvalidArgumentError ? 2 : 1;
+      },
+    );
+  }
+}

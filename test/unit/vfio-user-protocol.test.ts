@@ -159,7 +159,7 @@ test('GET_REGION_INFO decoding survives hostile capability chains', () => {
   assert.throws(() => decodeRegionInfoReply(outside), isProtocolError());
   const manyAreas = base.slice();
   new DataView(manyAreas.buffer).setUint32(40, 0xffffffff, true);
-  assert.throws(() => decodeRegionInfoReply(manyAreas), isProtocolError(Errno.E2BIG));
+  assert.throws(() => decodeRegionInfoReply(manyAreas), isProtocolError(), 'an area count beyond the reply is refused before any allocation');
   const pastEnd = base.slice();
   new DataView(pastEnd.buffer).setUint32(40, 3, true);
   assert.throws(() => decodeRegionInfoReply(pastEnd), isProtocolError());

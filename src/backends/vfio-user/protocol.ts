@@ -6,6 +6,7 @@
  * Decoders never trust the peer: a payload too short, a count that disagrees with the data, a
  * 64-bit number beyond 2^53 all throw a ProtocolError carrying the errno to answer with.
  */
+import { VFIO_STRUCTS, encodeRegionInfo as encodeVfioRegionInfo, decodeRegionInfo as decodeVfioRegionInfo } from '../../uapi/vfio';
 import { UserpciError } from '../../errors';
 
 export const PROTOCOL_MAJOR = 0;
@@ -409,51 +410,31 @@ export interface RegionInfoMessage {
   sparseAreas?: SparseMmapArea[];
 }
 
-export const REGION_INFO_SIZE = 32;
-const CAP_HEADER_SIZE = 8;
+export const REGION_INFO_SIZE = VFIO_STRUCTS.vfio_region_info.sizeof;
 /** A region with more sparse areas than this is not a real device: refuse it rather than allocate. */
 export const MAX_SPARSE_AREAS = 1024;
-const MAX_CAPS = 64;
 
 export function encodeRegionInfoRequest(index: number, argsz: number): Uint8Array {
-  const [bytes, v] = alloc(REGION_INFO_SIZE);
-  v.setUint32(0, argsz, true);
-  v.setUint32(8, index, true);
-  return bytes;
+  return encodeVfioRegionInfo({ index, argsz }).subarray(0, REGION_INFO_SIZE);
 }
 
 /** Bytes a full reply needs: the fixed part plus a sparse-mmap capability when there are areas. */
 export function regionInfoFullSize(sparseAreas: SparseMmapArea[] | undefined): number {
-  return REGION_INFO_SIZE + (sparseAreas ? CAP_HEADER_SIZE + 8 + 16 * sparseAreas.length : 0);
+  return encodeVfioRegionInfo({ index: 0, sparseMmapAreas: sparseAreas }).byteLength;
 }
 
 /**
- * Encode a region info reply for a client that allows `clientArgsz` bytes. When the capabilities
- * do not fit, the reply is the fixed part only with argsz naming the size needed, as VFIO does.
+ * Encode a region info reply for a client that allows `clientArgsz` bytes. vfio-user carries
+ * struct vfio_region_info as the kernel lays it out, so the uapi codec writes it. When the
+ * capabilities do not fit, the reply is the fixed part only with argsz naming the size needed,
+ * as VFIO does.
  */
 export function encodeRegionInfoReply(m: Omit<RegionInfoMessage, 'argsz' | 'capOffset'>, clientArgsz: number): { bytes: Uint8Array; complete: boolean } {
-  const full = regionInfoFullSize(m.sparseAreas);
-  const complete = clientArgsz >= full;
-  const [bytes, v] = alloc(complete ? full : REGION_INFO_SIZE);
-  const hasCaps = m.sparseAreas !== undefined;
-  v.setUint32(0, full, true);
-  v.setUint32(4, m.flags | (hasCaps ? Vfio.REGION_INFO_FLAG_CAPS : 0), true);
-  v.setUint32(8, m.index, true);
-  v.setUint32(12, hasCaps && complete ? REGION_INFO_SIZE : 0, true);
-  setU64(v, 16, m.size);
-  setU64(v, 24, m.offset);
-  if (hasCaps && complete) {
-    const at = REGION_INFO_SIZE;
-    v.setUint16(at, Vfio.REGION_INFO_CAP_SPARSE_MMAP, true);
-    v.setUint16(at + 2, 1, true);
-    v.setUint32(at + 4, 0, true); // last capability
-    v.setUint32(at + 8, m.sparseAreas!.length, true);
-    m.sparseAreas!.forEach((area, i) => {
-      setU64(v, at + 16 + 16 * i, area.offset);
-      setU64(v, at + 24 + 16 * i, area.size);
-    });
-  }
-  return { bytes, complete };
+  const full = encodeVfioRegionInfo({ index: m.index, flags: m.flags, size: m.size, offset: m.offset, sparseMmapAreas: m.sparseAreas });
+  if (clientArgsz >= full.byteLength) return { bytes: full, complete: true };
+  const bytes = full.slice(0, REGION_INFO_SIZE);
+  new DataView(bytes.buffer).setUint32(VFIO_STRUCTS.vfio_region_info.at.cap_offset, 0, true);
+  return { bytes, complete: false };
 }
 
 export function decodeRegionInfoRequest(payload: Uint8Array): { argsz: number; index: number } {
@@ -461,38 +442,27 @@ export function decodeRegionInfoRequest(payload: Uint8Array): { argsz: number; i
   return { argsz: v.getUint32(0, true), index: v.getUint32(8, true) };
 }
 
-/** Decode a reply; walks the capability chain defensively (bounds, loops, area counts). */
+/** Decode a reply; the uapi decoder walks the capability chain defensively (bounds, loops). */
 export function decodeRegionInfoReply(payload: Uint8Array): RegionInfoMessage {
-  const v = need(payload, REGION_INFO_SIZE, 'DEVICE_GET_REGION_INFO reply');
-  const info: RegionInfoMessage = {
-    argsz: v.getUint32(0, true),
-    flags: v.getUint32(4, true),
-    index: v.getUint32(8, true),
-    capOffset: v.getUint32(12, true),
-    size: getU64(v, 16),
-    offset: getU64(v, 24),
-  };
-  if ((info.flags & Vfio.REGION_INFO_FLAG_CAPS) === 0 || info.capOffset === 0) return info;
-  let at = info.capOffset;
-  const seen = new Set<number>();
-  for (let count = 0; at !== 0; count++) {
-    if (count >= MAX_CAPS || seen.has(at)) throw new ProtocolError('region info capability chain loops or is too long');
-    seen.add(at);
-    if (at < REGION_INFO_SIZE || at + CAP_HEADER_SIZE > payload.byteLength) throw new ProtocolError(`region info capability at ${at} is outside the reply`);
-    const id = v.getUint16(at, true);
-    const next = v.getUint32(at + 4, true);
-    if (id === Vfio.REGION_INFO_CAP_SPARSE_MMAP) {
-      if (at + 16 > payload.byteLength) throw new ProtocolError('sparse mmap capability is truncated');
-      const nr = v.getUint32(at + 8, true);
-      if (nr > MAX_SPARSE_AREAS) throw new ProtocolError(`sparse mmap capability claims ${nr} areas`, Errno.E2BIG);
-      if (at + 16 + 16 * nr > payload.byteLength) throw new ProtocolError('sparse mmap areas run past the reply');
-      const areas: SparseMmapArea[] = [];
-      for (let i = 0; i < nr; i++) areas.push({ offset: getU64(v, at + 16 + 16 * i), size: getU64(v, at + 24 + 16 * i) });
-      info.sparseAreas = areas;
-    }
-    at = next;
+  need(payload, REGION_INFO_SIZE, 'DEVICE_GET_REGION_INFO reply');
+  let info;
+  try {
+    info = decodeVfioRegionInfo(payload);
+  } catch (err) {
+    throw new ProtocolError(`region info reply: ${(err as Error).message}`);
   }
-  return info;
+  if (info.sparseMmapAreas && info.sparseMmapAreas.length > MAX_SPARSE_AREAS) {
+    throw new ProtocolError(`sparse mmap capability claims ${info.sparseMmapAreas.length} areas`, Errno.E2BIG);
+  }
+  return {
+    argsz: info.argsz,
+    flags: info.flags,
+    index: info.index,
+    capOffset: info.capOffset,
+    size: info.size,
+    offset: info.offset,
+    ...(info.sparseMmapAreas ? { sparseAreas: info.sparseMmapAreas } : {}),
+  };
 }
 
 // ---- DEVICE_GET_IRQ_INFO ---------------------------------------------------------------------

@@ -173,8 +173,8 @@ static napi_value n_ioctl(napi_env env, napi_callback_info info) {
   return make_i32(env, ret);
 }
 
-/* pread(fd, view, offset) -> bytes read. Offsets up to 2^53: VFIO region offsets are index<<40. */
-static napi_value n_pread(napi_env env, napi_callback_info info) {
+/* pread(fd, view, offset) / pwrite(...) -> bytes moved. Offsets up to 2^53: VFIO region offsets are index<<40. */
+static napi_value positioned_io(napi_env env, napi_callback_info info, int write) {
   GET_ARGS(3);
   int32_t fd;
   void *data;
@@ -183,54 +183,41 @@ static napi_value n_pread(napi_env env, napi_callback_info info) {
   if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
   if (!get_bytes(env, argv[1], &data, &len)) return throw_type(env, "buffer must be an ArrayBuffer view");
   if (!get_u64(env, argv[2], &offset)) return throw_type(env, "offset must be a non-negative integer");
-  ssize_t n = pread(fd, data, len, (off_t)offset);
-  if (n < 0) return throw_errno(env, errno, "pread");
+  ssize_t n = write ? pwrite(fd, data, len, (off_t)offset) : pread(fd, data, len, (off_t)offset);
+  if (n < 0) return throw_errno(env, errno, write ? "pwrite" : "pread");
   return make_num(env, (double)n);
+}
+
+static napi_value n_pread(napi_env env, napi_callback_info info) {
+  return positioned_io(env, info, 0);
 }
 
 static napi_value n_pwrite(napi_env env, napi_callback_info info) {
-  GET_ARGS(3);
-  int32_t fd;
-  void *data;
-  size_t len;
-  uint64_t offset;
-  if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
-  if (!get_bytes(env, argv[1], &data, &len)) return throw_type(env, "buffer must be an ArrayBuffer view");
-  if (!get_u64(env, argv[2], &offset)) return throw_type(env, "offset must be a non-negative integer");
-  ssize_t n = pwrite(fd, data, len, (off_t)offset);
-  if (n < 0) return throw_errno(env, errno, "pwrite");
-  return make_num(env, (double)n);
+  return positioned_io(env, info, 1);
 }
 
 /* read(fd, view) / write(fd, view) for sockets and pipes: -1 when it would block. */
-static napi_value n_read(napi_env env, napi_callback_info info) {
+static napi_value stream_io(napi_env env, napi_callback_info info, int write_mode) {
   GET_ARGS(2);
   int32_t fd;
   void *data;
   size_t len;
   if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
   if (!get_bytes(env, argv[1], &data, &len)) return throw_type(env, "buffer must be an ArrayBuffer view");
-  ssize_t n = read(fd, data, len);
+  ssize_t n = write_mode ? write(fd, data, len) : read(fd, data, len);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return make_i32(env, -1);
-    return throw_errno(env, errno, "read");
+    return throw_errno(env, errno, write_mode ? "write" : "read");
   }
   return make_num(env, (double)n);
 }
 
+static napi_value n_read(napi_env env, napi_callback_info info) {
+  return stream_io(env, info, 0);
+}
+
 static napi_value n_write(napi_env env, napi_callback_info info) {
-  GET_ARGS(2);
-  int32_t fd;
-  void *data;
-  size_t len;
-  if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
-  if (!get_bytes(env, argv[1], &data, &len)) return throw_type(env, "buffer must be an ArrayBuffer view");
-  ssize_t n = write(fd, data, len);
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_i32(env, -1);
-    return throw_errno(env, errno, "write");
-  }
-  return make_num(env, (double)n);
+  return stream_io(env, info, 1);
 }
 
 static napi_value n_ftruncate(napi_env env, napi_callback_info info) {
@@ -447,22 +434,21 @@ static napi_value n_madvise(napi_env env, napi_callback_info info) {
   return make_undefined(env);
 }
 
-static napi_value n_mlock(napi_env env, napi_callback_info info) {
+static napi_value lock_io(napi_env env, napi_callback_info info, int lock) {
   GET_ARGS(1);
   void *start;
   size_t length;
   if (!get_range(env, 1, argv, &start, &length)) return throw_type(env, "argument must be a buffer");
-  if (mlock(start, length) < 0) return throw_errno(env, errno, "mlock");
+  if ((lock ? mlock(start, length) : munlock(start, length)) < 0) return throw_errno(env, errno, lock ? "mlock" : "munlock");
   return make_undefined(env);
 }
 
+static napi_value n_mlock(napi_env env, napi_callback_info info) {
+  return lock_io(env, info, 1);
+}
+
 static napi_value n_munlock(napi_env env, napi_callback_info info) {
-  GET_ARGS(1);
-  void *start;
-  size_t length;
-  if (!get_range(env, 1, argv, &start, &length)) return throw_type(env, "argument must be a buffer");
-  if (munlock(start, length) < 0) return throw_errno(env, errno, "munlock");
-  return make_undefined(env);
+  return lock_io(env, info, 0);
 }
 
 /* addressOf(view) -> the process virtual address of its first byte (for VFIO_IOMMU_MAP_DMA). */

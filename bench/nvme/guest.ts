@@ -1,0 +1,227 @@
+/**
+ * Runs INSIDE the guest (bench/nvme/run.ts boots it): for each case, this driver (polled, one
+ * thread, the promise API, zero-copy DMA buffers) against the kernel's nvme driver (io_uring,
+ * O_DIRECT, the static C program), alternating on the same device, which is handed from
+ * vfio-pci to the kernel driver and back between the two.
+ *
+ *   node --expose-gc dist/bench/nvme/guest.js --baseline PATH [--seconds S] [--warmup S] [--profile] [--cases a,b]
+ *
+ * Prints a line per measurement and, last, `BENCH_JSON {...}` for the host runner.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as inspector from 'node:inspector';
+import { execFileSync } from 'node:child_process';
+import { bindToVfio, boundDriver, unbindFromVfio } from '../../src/pci/bind';
+import { NvmeController } from '../../src/drivers/nvme/controller';
+import type { NvmeNamespace } from '../../src/drivers/nvme/namespace';
+import type { NvmeQueue } from '../../src/drivers/nvme/queue';
+
+export interface BenchCase {
+  name: string;
+  /** QEMU serial of the device it runs on. */
+  serial: string;
+  mode: 'randread' | 'seqread';
+  bs: number;
+  qd: number;
+}
+
+export const CASES: BenchCase[] = [
+  { name: '4k-randread-qd1', serial: 'bench-512', mode: 'randread', bs: 4096, qd: 1 },
+  { name: '4k-randread-qd32', serial: 'bench-512', mode: 'randread', bs: 4096, qd: 32 },
+  { name: '128k-seqread-qd32', serial: 'bench-512', mode: 'seqread', bs: 128 * 1024, qd: 32 },
+  { name: '4k-randread-qd32-lba4096', serial: 'bench-4k', mode: 'randread', bs: 4096, qd: 32 },
+];
+
+export interface Measurement {
+  ios: number;
+  seconds: number;
+  iops: number;
+}
+
+export interface CaseResult {
+  name: string;
+  ours: Measurement;
+  baseline: Measurement;
+  ratio: number;
+  heapBefore: number;
+  heapAfter: number;
+  doorbellsPerIo: number;
+  emptyPolls: number;
+}
+
+const SYS = '/sys/bus/pci/devices';
+
+function arg(name: string, fallback?: string): string | undefined {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+}
+
+/** NVMe functions by QEMU serial, read while the kernel driver holds them. */
+function devicesBySerial(): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const addr of fs.readdirSync(SYS).sort()) {
+    try {
+      const c = fs.readdirSync(path.join(SYS, addr, 'nvme'))[0]!;
+      m.set(fs.readFileSync(path.join(SYS, addr, 'nvme', c, 'serial'), 'utf8').trim(), addr);
+    } catch {
+      // not an nvme function on the kernel driver
+    }
+  }
+  return m;
+}
+
+async function kernelDisk(addr: string): Promise<string> {
+  if (boundDriver(addr) === 'vfio-pci') unbindFromVfio(addr);
+  for (let i = 0; i < 400; i++) {
+    const dir = path.join(SYS, addr, 'nvme');
+    const c = fs.existsSync(dir) ? fs.readdirSync(dir)[0] : undefined;
+    if (c && fs.existsSync(`/dev/${c}n1`)) return `/dev/${c}n1`;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`${addr}: the kernel nvme driver did not attach a namespace`);
+}
+
+function gc(): void {
+  (globalThis as { gc?: () => void }).gc?.();
+}
+
+/** Keep `qd` reads in flight for warmup + seconds; count the ones that completed in the measured window. */
+async function runOurs(ns: NvmeNamespace, q: NvmeQueue, c: BenchCase, seconds: number, warmup: number): Promise<Measurement> {
+  const buf = ns.controller.allocBuffer(c.bs * c.qd, 'never');
+  const units = Math.floor(ns.size / c.bs);
+  const blocksPerUnit = c.bs / ns.blockSize;
+  const random = c.mode === 'randread';
+  let x = 0x2545f491;
+  let seq = 0;
+  let ios = 0;
+  let stop = false;
+  const worker = async (slot: number): Promise<void> => {
+    const iova = buf.iova + slot * c.bs;
+    while (!stop) {
+      let unit: number;
+      if (random) {
+        x ^= x << 13;
+        x ^= x >>> 17;
+        x ^= x << 5;
+        unit = (x >>> 0) % units;
+      } else {
+        unit = seq++ % units;
+      }
+      await ns.readIova(unit * blocksPerUnit, iova, c.bs, q);
+      ios++;
+    }
+  };
+  const workers = Array.from({ length: c.qd }, (_, i) => worker(i));
+  await new Promise((r) => setTimeout(r, warmup * 1000));
+  const start = performance.now();
+  const startIos = ios;
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  const elapsed = (performance.now() - start) / 1000;
+  const n = ios - startIos;
+  stop = true;
+  await Promise.all(workers);
+  buf.free();
+  return { ios: n, seconds: elapsed, iops: n / elapsed };
+}
+
+function runKernel(baseline: string, disk: string, c: BenchCase, seconds: number, warmup: number): Measurement {
+  const out = execFileSync(baseline, [disk, c.mode, String(c.bs), String(c.qd), String(seconds), String(warmup)], { encoding: 'utf8', timeout: (seconds + warmup + 60) * 1000 });
+  const j = JSON.parse(out.trim().split('\n').pop()!) as Measurement;
+  return { ios: j.ios, seconds: j.seconds, iops: j.iops };
+}
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  children?: number[];
+}
+
+/** Self time by function from a V8 CPU profile, top entries, as text lines. */
+function summarizeProfile(profile: { nodes: ProfileNode[]; samples: number[]; timeDeltas: number[] }, top = 18): string[] {
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const self = new Map<string, number>();
+  let total = 0;
+  for (let i = 0; i < profile.samples.length; i++) {
+    const n = byId.get(profile.samples[i]!)!;
+    const dt = profile.timeDeltas[i] ?? 0;
+    total += dt;
+    const f = n.callFrame;
+    const where = f.url ? `${path.basename(f.url)}:${f.lineNumber + 1}` : '';
+    const key = `${f.functionName || '(anonymous)'} ${where}`.trim();
+    self.set(key, (self.get(key) ?? 0) + dt);
+  }
+  return [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, top).map(([k, v]) => `${((100 * v) / total).toFixed(1).padStart(5)}%  ${k}`);
+}
+
+async function profiled<T>(fn: () => Promise<T>): Promise<{ value: T; lines: string[] }> {
+  const session = new inspector.Session();
+  session.connect();
+  const post = (method: string, params?: object) => new Promise<unknown>((resolve, reject) => session.post(method, params ?? {}, (err, res) => (err ? reject(err) : resolve(res))));
+  await post('Profiler.enable');
+  await post('Profiler.setSamplingInterval', { interval: 200 });
+  await post('Profiler.start');
+  const value = await fn();
+  const { profile } = (await post('Profiler.stop')) as { profile: { nodes: ProfileNode[]; samples: number[]; timeDeltas: number[] } };
+  session.disconnect();
+  return { value, lines: summarizeProfile(profile) };
+}
+
+async function main(): Promise<void> {
+  const baseline = arg('--baseline');
+  if (!baseline || !fs.existsSync(baseline)) throw new Error(`--baseline PATH of the static kernel-baseline program is required (got ${baseline})`);
+  const seconds = Number(arg('--seconds', '5'));
+  const warmup = Number(arg('--warmup', '1'));
+  const wanted = arg('--cases')?.split(',');
+  const profile = process.argv.includes('--profile');
+  const cases = CASES.filter((c) => !wanted || wanted.includes(c.name));
+  const devices = devicesBySerial();
+  const results: CaseResult[] = [];
+  const profiles: Record<string, string[]> = {};
+  for (const c of cases) {
+    const addr = devices.get(c.serial);
+    if (!addr) throw new Error(`no NVMe device with serial ${c.serial} (have ${[...devices.keys()].join(', ')})`);
+    // Ours.
+    bindToVfio(addr);
+    const ctrl = await NvmeController.open(addr, { defaultQueue: { depth: c.qd, pollSpinUs: 200 } });
+    const ns = await ctrl.namespace(1);
+    const q = ctrl.defaultQueue!;
+    await runOurs(ns, q, { ...c }, 0.3, 0.2); // JIT warm-up before the heap baseline
+    gc();
+    const heapBefore = process.memoryUsage().heapUsed;
+    const doorbells0 = q.doorbells;
+    const completed0 = q.completed;
+    const empty0 = q.emptyPolls;
+    let ours: Measurement;
+    if (profile && c.qd > 1 && !profiles[c.name]) {
+      const p = await profiled(() => runOurs(ns, q, c, seconds, warmup));
+      ours = p.value;
+      profiles[c.name] = p.lines;
+    } else {
+      ours = await runOurs(ns, q, c, seconds, warmup);
+    }
+    const doorbellsPerIo = (q.doorbells - doorbells0) / Math.max(1, q.completed - completed0);
+    const emptyPolls = q.emptyPolls - empty0;
+    gc();
+    const heapAfter = process.memoryUsage().heapUsed;
+    await ctrl.close();
+    console.log(`${c.name}: ours ${Math.round(ours.iops)} IOPS (${ours.ios} I/Os in ${ours.seconds.toFixed(2)} s; ${doorbellsPerIo.toFixed(2)} SQ doorbells per I/O; heap ${(heapBefore / 1048576).toFixed(2)} -> ${(heapAfter / 1048576).toFixed(2)} MiB)`);
+    // The kernel's driver on the same device.
+    const disk = await kernelDisk(addr);
+    const base = runKernel(baseline, disk, c, seconds, warmup);
+    console.log(`${c.name}: kernel ${Math.round(base.iops)} IOPS (${base.ios} I/Os in ${base.seconds.toFixed(2)} s, ${disk})`);
+    results.push({ name: c.name, ours, baseline: base, ratio: ours.iops / base.iops, heapBefore, heapAfter, doorbellsPerIo, emptyPolls });
+  }
+  for (const [name, lines] of Object.entries(profiles)) {
+    console.log(`profile of ours, ${name} (self time):`);
+    for (const l of lines) console.log(`  ${l}`);
+  }
+  console.log(`BENCH_JSON ${JSON.stringify({ node: process.version, cpus: (await import('node:os')).cpus().length, results, profiles })}`);
+}
+
+if (require.main === module) {
+  main().catch((e: Error) => {
+    console.error(e.stack ?? e.message);
+    process.exitCode = 1;
+  });
+}

@@ -83,6 +83,7 @@ export class NvmeController implements QueueHost, AsyncDisposable {
   readonly doorbellStride: number;
   /** Largest data transfer of one command, bytes. */
   maxTransfer: number;
+  readonly maxQueueEntries: number;
   identity!: ControllerIdentity;
   /** I/O queue pairs the controller granted. */
   grantedQueuePairs = 0;
@@ -147,6 +148,7 @@ export class NvmeController implements QueueHost, AsyncDisposable {
       throw new UserpciError('ENOTSUP', `${this.name} needs memory pages of at least ${this.capabilities.minPageSize} bytes; this driver uses 4096`);
     }
     this.pageSize = 4096;
+    this.maxQueueEntries = Math.min(this.capabilities.maxQueueEntries, 65536);
     this.doorbellStride = this.capabilities.doorbellStride;
     // Until Identify tells us MDTS, admin transfers are at most two pages (no PRP list).
     this.maxTransfer = 2 * this.pageSize;
@@ -192,8 +194,7 @@ export class NvmeController implements QueueHost, AsyncDisposable {
   }
 
   private async enableWithAdminQueue(): Promise<void> {
-    const depth = this.admin.depth;
-    this.regs.write32(R.REG_AQA, (depth << 16) | depth);
+    this.regs.write32(R.REG_AQA, ((this.admin.cqEntries - 1) << 16) | (this.admin.entries - 1));
     this.write64(R.REG_ASQ, this.admin.sqIova);
     this.write64(R.REG_ACQ, this.admin.cqIova);
     const cc = R.CC_EN | R.CC_CSS_NVM | R.ccMps(this.pageSize) | R.CC_AMS_RR | R.ccIosqes(R.SQE_LOG2) | R.ccIocqes(R.CQE_LOG2);
@@ -355,11 +356,10 @@ export class NvmeController implements QueueHost, AsyncDisposable {
 
   private async createQueueOnController(entry: QueueEntry): Promise<void> {
     const q = entry.queue;
-    const size = (q.entries - 1) << 16;
     const ien = entry.vector >= 0 ? R.CQ_IEN | (entry.vector << 16) : 0;
-    await this.adminCommand(R.ADMIN_CREATE_IO_CQ, 0, (size | q.qid) >>> 0, (R.CQ_PC | ien) >>> 0, 0, 0, 0, 0, q.cqIova, q.entries * R.CQE_SIZE);
+    await this.adminCommand(R.ADMIN_CREATE_IO_CQ, 0, (((q.cqEntries - 1) << 16) | q.qid) >>> 0, (R.CQ_PC | ien) >>> 0, 0, 0, 0, 0, q.cqIova, q.cqEntries * R.CQE_SIZE);
     try {
-      await this.adminCommand(R.ADMIN_CREATE_IO_SQ, 0, (size | q.qid) >>> 0, ((q.qid << 16) | R.SQ_PC) >>> 0, 0, 0, 0, 0, q.sqIova, q.entries * R.SQE_SIZE);
+      await this.adminCommand(R.ADMIN_CREATE_IO_SQ, 0, (((q.entries - 1) << 16) | q.qid) >>> 0, ((q.qid << 16) | R.SQ_PC) >>> 0, 0, 0, 0, 0, q.sqIova, q.entries * R.SQE_SIZE);
     } catch (err) {
       await this.adminCommand(R.ADMIN_DELETE_IO_CQ, 0, q.qid).catch(() => undefined);
       throw err;

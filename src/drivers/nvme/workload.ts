@@ -109,6 +109,7 @@ export interface VerifyResult {
  * every written range back and compare with what the plan says the final bytes are.
  */
 export async function runWorkload(ns: NvmeNamespace, plan: readonly PlannedWrite[], options: { concurrency?: number; queue?: NvmeQueue } = {}): Promise<VerifyResult> {
+  if (plan.length === 0) return { writes: 0, bytesWritten: 0, bytesVerified: 0, mismatches: [], ms: 0 };
   const t0 = Date.now();
   const bs = ns.blockSize;
   const maxLen = Math.max(...plan.map((w) => w.length + w.bufferOffset), bs);

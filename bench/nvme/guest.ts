@@ -49,6 +49,7 @@ export interface CaseResult {
   heapAfter: number;
   doorbellsPerIo: number;
   emptyPolls: number;
+  spinShare: number;
 }
 
 const SYS = '/sys/bus/pci/devices';
@@ -249,6 +250,7 @@ async function main(): Promise<void> {
     const doorbells0 = q.doorbells;
     const completed0 = q.completed;
     const empty0 = q.emptyPolls;
+    const spin0 = q.spinMs;
     let ours: Measurement;
     if (profile && c.qd > 1 && !profiles[c.name]) {
       const p = await profiled(() => runOurs(ns, q, c, seconds, warmup));
@@ -259,17 +261,19 @@ async function main(): Promise<void> {
     }
     const doorbellsPerIo = (q.doorbells - doorbells0) / Math.max(1, q.completed - completed0);
     const emptyPolls = q.emptyPolls - empty0;
+    // Waiting for the device: time spent spinning on an empty completion queue, over the run.
+    const spinShare = (q.spinMs - spin0) / ((seconds + warmup) * 1000);
     gc();
     const heapAfter = process.memoryUsage().heapUsed;
     const callbacks = await runOursCallbacks(ns, q, c, seconds, warmup);
     await ctrl.close();
-    console.log(`${c.name}: ours ${Math.round(ours.iops)} IOPS (promise API; ${ours.ios} I/Os in ${ours.seconds.toFixed(2)} s; ${doorbellsPerIo.toFixed(2)} SQ doorbells per I/O; heap ${(heapBefore / 1048576).toFixed(2)} -> ${(heapAfter / 1048576).toFixed(2)} MiB)`);
+    console.log(`${c.name}: ours ${Math.round(ours.iops)} IOPS (promise API; ${ours.ios} I/Os in ${ours.seconds.toFixed(2)} s; ${doorbellsPerIo.toFixed(2)} SQ doorbells per I/O; ${(100 * spinShare).toFixed(0)}% of the time waiting for the device; heap ${(heapBefore / 1048576).toFixed(2)} -> ${(heapAfter / 1048576).toFixed(2)} MiB)`);
     console.log(`${c.name}: ours ${Math.round(callbacks.iops)} IOPS (callback API, no allocation per I/O)`);
     // The kernel's driver on the same device.
     const disk = await kernelDisk(addr);
     const base = runKernel(baseline, disk, c, seconds, warmup);
     console.log(`${c.name}: kernel ${Math.round(base.iops)} IOPS (${base.ios} I/Os in ${base.seconds.toFixed(2)} s, ${disk})`);
-    results.push({ name: c.name, ours, oursCallbacks: callbacks, baseline: base, ratio: ours.iops / base.iops, heapBefore, heapAfter, doorbellsPerIo, emptyPolls });
+    results.push({ name: c.name, ours, oursCallbacks: callbacks, baseline: base, ratio: ours.iops / base.iops, heapBefore, heapAfter, doorbellsPerIo, emptyPolls, spinShare });
   }
   for (const [name, lines] of Object.entries(profiles)) {
     console.log(`profile of ours, ${name} (self time):`);

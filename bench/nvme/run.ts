@@ -85,11 +85,12 @@ async function main(): Promise<number> {
   const data = JSON.parse(jsonLine.slice('BENCH_JSON '.length)) as { node: string; cpus: number; results: CaseResult[] };
   console.log('');
   console.log(`NVMe 4 KiB/128 KiB reads, QEMU nvme on null-co, guest with ${data.cpus} vCPUs (TCG), node ${data.node}; ${seconds} s per measurement; ${Math.round((Date.now() - t0) / 1000)} s in all`);
-  console.log(`${'case'.padEnd(26)} ${'ours IOPS'.padStart(10)} ${'kernel IOPS'.padStart(12)} ${'ratio'.padStart(7)}   ${'callbacks'.padStart(9)} ${'ratio'.padStart(6)}   JS heap before -> after (promise run)`);
+  console.log(`${'case'.padEnd(26)} ${'ours IOPS'.padStart(10)} ${'kernel IOPS'.padStart(12)} ${'ratio'.padStart(7)}   ${'callbacks'.padStart(9)} ${'ratio'.padStart(6)}  ${'waiting'.padStart(7)}   JS heap before -> after (promise run)`);
   for (const r of data.results) {
-    console.log(`${r.name.padEnd(26)} ${Math.round(r.ours.iops).toString().padStart(10)} ${Math.round(r.baseline.iops).toString().padStart(12)} ${r.ratio.toFixed(2).padStart(7)}   ${Math.round(r.oursCallbacks.iops).toString().padStart(9)} ${(r.oursCallbacks.iops / r.baseline.iops).toFixed(2).padStart(6)}   ${(r.heapBefore / 1048576).toFixed(2)} -> ${(r.heapAfter / 1048576).toFixed(2)} MiB`);
+    console.log(`${r.name.padEnd(26)} ${Math.round(r.ours.iops).toString().padStart(10)} ${Math.round(r.baseline.iops).toString().padStart(12)} ${r.ratio.toFixed(2).padStart(7)}   ${Math.round(r.oursCallbacks.iops).toString().padStart(9)} ${(r.oursCallbacks.iops / r.baseline.iops).toFixed(2).padStart(6)}  ${`${(100 * r.spinShare).toFixed(0)}%`.padStart(7)}   ${(r.heapBefore / 1048576).toFixed(2)} -> ${(r.heapAfter / 1048576).toFixed(2)} MiB`);
   }
-  console.log('ours = the promise API (RESULT); callbacks = the same driver through its callback API.');
+  console.log('ours = the promise API (RESULT); callbacks = the same driver through its callback API;');
+  console.log('waiting = share of the promise run spent polling an empty completion queue (the device, not us, was the limit).');
   const result = {
     bench: 'nvme',
     cases: data.results.map((r) => ({ name: r.name, ours: Math.round(r.ours.iops), baseline: Math.round(r.baseline.iops), unit: 'IOPS', ratio: Number(r.ratio.toFixed(3)) })),

@@ -133,9 +133,9 @@ export class NvmeQueue {
   /** SQ entries (depth + 1). */
   readonly entries: number;
   /**
-   * CQ entries: room for twice the depth where the controller allows, so a polled queue can
-   * acknowledge completions (CQ head doorbell, an MMIO write) once per `depth` of them instead
-   * of once per pass without the CQ ever filling.
+   * CQ entries: room for twice the depth (at least a page) where the controller allows, so a
+   * polled queue can acknowledge completions (CQ head doorbell, an MMIO write) once per
+   * cqEntries - 1 - depth of them instead of once per pass, without the CQ ever filling.
    */
   readonly cqEntries: number;
   private readonly ackThreshold: number;
@@ -229,7 +229,8 @@ export class NvmeQueue {
     this.entries = depth + 1;
     // The admin CQ size field (AQA) has 12 bits.
     const cqLimit = qid === 0 ? Math.min(4096, host.maxQueueEntries) : host.maxQueueEntries;
-    this.cqEntries = Math.max(this.entries, Math.min(2 * depth + 1, cqLimit));
+    // At least a page of entries (256): even a depth-1 queue then acknowledges rarely.
+    this.cqEntries = Math.max(this.entries, Math.min(Math.max(2 * depth + 1, 4096 / CQE_SIZE), cqLimit));
     // Occupancy seen by the controller is at most unacked + outstanding (<= depth): stay below cqEntries - 1.
     this.ackThreshold = tuning.cqAckBatch === false ? 1 : Math.max(1, this.cqEntries - 1 - depth);
     this.sqMem = host.allocDma(this.entries * SQE_SIZE);

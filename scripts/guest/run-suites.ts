@@ -7,10 +7,17 @@
 // A boot costs about 7 s under TCG: add test files to an existing run with the same devices
 // rather than adding runs. Tests are compiled files under dist/.
 
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { guestCacheDir } from './assets';
 import type { GuestRun } from './index';
 import { installSignalHandlers, runSuites } from './suites';
 
 const MIN = 60_000;
+
+function scratch(name: string): string {
+  return path.join(guestCacheDir(), 'scratch', name);
+}
 
 export const SUITES: GuestRun[] = [
   {
@@ -28,6 +35,26 @@ export const SUITES: GuestRun[] = [
     qemuDevices: ['-device', 'pcie-pci-bridge,id=br1', '-device', 'edu,bus=br1,addr=1', '-device', 'e1000e,bus=br1,addr=2', '-device', 'e1000e'],
     tests: ['dist/test/guest/bind.test.js', 'dist/test/guest/msix-e1000e.test.js'],
     timeoutMs: 5 * MIN,
+  },
+  {
+    // QEMU's nvme: file-backed drives for the driver (512-byte LBAs, MDTS 7; 4096-byte LBAs,
+    // MDTS 10 for chained PRP lists) and one for the NBD export; fresh images each run.
+    name: 'nvme',
+    qemuDevices: [
+      '-drive', `file=${scratch('nvme-a.img')},if=none,id=nvmea,format=raw`, '-device', 'nvme,drive=nvmea,serial=userpci-a',
+      '-drive', `file=${scratch('nvme-b.img')},if=none,id=nvmeb,format=raw`, '-device', 'nvme,drive=nvmeb,serial=userpci-b,mdts=10,logical_block_size=4096,physical_block_size=4096',
+      '-drive', `file=${scratch('nvme-nbd.img')},if=none,id=nvmen,format=raw`, '-device', 'nvme,drive=nvmen,serial=userpci-nbd',
+    ],
+    tests: ['dist/test/guest/nvme.test.js', 'dist/test/guest/nvme-cli.test.js', 'dist/test/guest/nbd.test.js'],
+    timeoutMs: 8 * MIN,
+    setup: async () => {
+      await fsp.mkdir(path.dirname(scratch('x')), { recursive: true });
+      for (const [name, size] of [['nvme-a.img', 64 << 20], ['nvme-b.img', 32 << 20], ['nvme-nbd.img', 64 << 20]] as const) {
+        await fsp.rm(scratch(name), { force: true });
+        await fsp.writeFile(scratch(name), '');
+        await fsp.truncate(scratch(name), size);
+      }
+    },
   },
 ];
 

@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { NvmeSimulator } from '../../src/drivers/nvme/simulator';
+import { NvmeSimulator } from '../support/nvme-simulator';
 import { NvmeController } from '../../src/drivers/nvme/controller';
 import { NvmeBlockDevice } from '../../src/server/nbd/nvme-device';
 import { errnoFor } from '../../src/server/nbd/server';

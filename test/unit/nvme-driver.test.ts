@@ -6,7 +6,7 @@
  */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { NvmeSimulator, type SimulatorOptions } from '../../src/drivers/nvme/simulator';
+import { NvmeSimulator, type SimulatorOptions } from '../support/nvme-simulator';
 import { NvmeController, type NvmeControllerOptions } from '../../src/drivers/nvme/controller';
 import { NvmeStatusError, decodeStatus } from '../../src/drivers/nvme/errors';
 import * as R from '../../src/drivers/nvme/registers';

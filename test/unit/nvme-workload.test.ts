@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { planWrites, applyPlan, fillPattern, runWorkload } from '../../src/drivers/nvme/workload';
-import { NvmeSimulator } from '../../src/drivers/nvme/simulator';
+import { NvmeSimulator } from '../support/nvme-simulator';
 import { NvmeController } from '../../src/drivers/nvme/controller';
 
 test('plans are deterministic, inside the span, block multiples, dword-aligned buffer offsets', () => {

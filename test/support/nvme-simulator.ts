@@ -13,11 +13,11 @@
  * MDTS, LBA ranges, namespace ids; and it can inject faults (drop commands, fail them with a
  * status, raise CSTS.CFS).
  */
-import { native } from '../../native/index';
-import { InvalidArgumentError, RangeAccessError } from '../../errors';
-import type { Backend, BackendDeviceInfo, BackendDmaMapRequest, BackendIrqInfo, BackendRegionInfo, IommuAperture } from '../../device/backend';
-import { PciDevice } from '../../device/device';
-import * as R from './registers';
+import { native } from '../../src/native/index';
+import { InvalidArgumentError, RangeAccessError } from '../../src/errors';
+import type { Backend, BackendDeviceInfo, BackendDmaMapRequest, BackendIrqInfo, BackendRegionInfo, IommuAperture } from '../../src/device/backend';
+import { PciDevice } from '../../src/device/device';
+import * as R from '../../src/drivers/nvme/registers';
 
 export interface SimulatorOptions {
   /** Namespace 1: blocks and block size (512 or 4096); default 8192 blocks of 512 bytes. */

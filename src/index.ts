@@ -14,3 +14,5 @@ export type { InterruptMode } from './irq/device-interrupts';
 export { connectVfioUser } from './backends/vfio-user/client';
 export * as server from './server/index';
 export { serveVfioUser, createModel } from './server/index';
+export * as nvme from './drivers/nvme/index';
+export * as nbd from './server/nbd/index';

@@ -40,18 +40,16 @@ function memlockHint(): string {
 }
 
 /**
- * Refuse what cannot be locked before trying: populating and locking more than the machine has
- * would end in the OOM killer, not in an error.
+ * Refuse what cannot fit in memory before trying: populating and locking more than the machine
+ * has would end in the OOM killer, not in an error. (Going over RLIMIT_MEMLOCK needs no check of
+ * its own: mlock fails, and that failure is reported below with the limit named.) Reading the
+ * free memory costs a /proc read, so only sizes that could matter pay for it.
  */
-function checkLockable(size: number): void {
-  // Reading the free memory costs a /proc read: only sizes that could matter pay for it.
-  const available = size >= LARGE_ALLOCATION ? os.freemem() : Infinity;
+function checkFits(size: number): void {
+  if (size < LARGE_ALLOCATION) return;
+  const available = os.freemem();
   if (size > available) {
     throw new UserpciError('ENOMEM', `cannot allocate ${size} bytes of locked DMA memory: only ${available} bytes are available (${memlockHint()})`);
-  }
-  const [soft] = native.getrlimit(constants.RLIMIT_MEMLOCK);
-  if (soft >= 0 && size > soft && !hasIpcLock()) {
-    throw new UserpciError('ENOMEM', `cannot allocate ${size} bytes of locked DMA memory: RLIMIT_MEMLOCK is ${soft} bytes; raise it (ulimit -l) or run with CAP_IPC_LOCK`);
   }
 }
 
@@ -74,7 +72,7 @@ function tryAllocate(size: number, huge: boolean): DmaMemory {
 }
 
 export function allocateDmaMemory(size: number, hugePages: HugePagePolicy = 'auto'): DmaMemory {
-  checkLockable(size);
+  checkFits(size);
   const wantHuge = hugePages === 'always' || (hugePages === 'auto' && size >= HUGE_PAGE_SIZE);
   try {
     if (wantHuge) {

@@ -21,7 +21,9 @@ interface Case {
   ratio: number;
 }
 
-const ADDRESS = '0000:00:03.0';
+/** The guest's edu function, found by its ids (shell, run in the guest). */
+const FIND_EDU = 'EDU=$(for d in /sys/bus/pci/devices/*; do [ "$(cat $d/vendor)" = 0x1234 ] && [ "$(cat $d/device)" = 0x11e8 ] && basename $d; done | head -n 1)';
+const ADDRESS = '$EDU';
 
 function buildBaseline(): string {
   const out = path.join(repoRoot(), '.cache', 'bench', 'edu-baseline');
@@ -34,7 +36,7 @@ async function main(which: string): Promise<void> {
   if (which !== 'vfio' && which !== 'irq') throw new Error('usage: run.js vfio|irq');
   const baseline = buildBaseline();
   const ours = 'node dist/bench/vfio/guest.js';
-  const bind = `node -e "require('./dist/src/pci/bind.js').bindToVfio('${ADDRESS}')"`;
+  const bind = `${FIND_EDU}\n[ -n "$EDU" ] || { echo "no edu device in the guest"; exit 1; }\nnode -e "require('./dist/src/pci/bind.js').bindToVfio(process.argv[1])" "$EDU"`;
   // Alternate the two sides so neither gets a warmer machine.
   const steps = which === 'vfio'
     ? [['regs', 200000], ['dma', 2000]] as const

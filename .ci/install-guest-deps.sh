@@ -4,10 +4,11 @@
 #   busybox-static   the guest's userland, and depmod for the guest's module tree
 #   e2fsprogs        mkfs.ext4/e2fsck copied into the guest for filesystem tests
 #   cpio             handy for inspecting the initramfs (the harness writes it itself)
+#   nbd-client       copied into the guest: the NBD test attaches our export to /dev/nbd0
 # The kernel is not installed: the harness `apt-get download`s it, so the apt lists must be
 # present; they are refreshed when missing. Idempotent, and quick when all is in place.
 set -euo pipefail
-packages=(qemu-system-x86 busybox-static e2fsprogs cpio)
+packages=(qemu-system-x86 busybox-static e2fsprogs cpio nbd-client)
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 

@@ -84,6 +84,20 @@ async function kernelDisk(addr: string): Promise<string> {
   throw new Error(`${addr}: the kernel nvme driver did not attach a namespace`);
 }
 
+/** Which unit to read next: xorshift32 for random reads (no allocation), in order otherwise. */
+function unitSequence(random: boolean, units: number): () => number {
+  let x = 0x2545f491;
+  let seq = 0;
+  return random
+    ? () => {
+        x ^= x << 13;
+        x ^= x >>> 17;
+        x ^= x << 5;
+        return (x >>> 0) % units;
+      }
+    : () => seq++ % units;
+}
+
 function gc(): void {
   (globalThis as { gc?: () => void }).gc?.();
 }
@@ -95,24 +109,13 @@ async function runOurs(ns: NvmeNamespace, q: NvmeQueue, c: BenchCase, seconds: n
   const buf = ns.controller.allocBuffer(Math.max(2 << 20, c.bs * c.qd), 'auto');
   const units = Math.floor(ns.size / c.bs);
   const blocksPerUnit = c.bs / ns.blockSize;
-  const random = c.mode === 'randread';
-  let x = 0x2545f491;
-  let seq = 0;
+  const nextUnit = unitSequence(c.mode === 'randread', units);
   let ios = 0;
   let stop = false;
   const worker = async (slot: number): Promise<void> => {
     const iova = buf.iova + slot * c.bs;
     while (!stop) {
-      let unit: number;
-      if (random) {
-        x ^= x << 13;
-        x ^= x >>> 17;
-        x ^= x << 5;
-        unit = (x >>> 0) % units;
-      } else {
-        unit = seq++ % units;
-      }
-      await ns.readIova(unit * blocksPerUnit, iova, c.bs, q);
+      await ns.readIova(nextUnit() * blocksPerUnit, iova, c.bs, q);
       ios++;
     }
   };
@@ -134,23 +137,13 @@ function runOursCallbacks(ns: NvmeNamespace, q: NvmeQueue, c: BenchCase, seconds
   const buf = ns.controller.allocBuffer(Math.max(2 << 20, c.bs * c.qd), 'auto');
   const units = Math.floor(ns.size / c.bs);
   const blocksPerUnit = c.bs / ns.blockSize;
-  const random = c.mode === 'randread';
-  let x = 0x2545f491;
-  let seq = 0;
+  const nextUnit = unitSequence(c.mode === 'randread', units);
   let ios = 0;
   let inflight = 0;
   let stop = false;
   let failure: Error | null = null;
   const submit = (slot: number) => {
-    let unit: number;
-    if (random) {
-      x ^= x << 13;
-      x ^= x >>> 17;
-      x ^= x << 5;
-      unit = (x >>> 0) % units;
-    } else {
-      unit = seq++ % units;
-    }
+    const unit = nextUnit();
     inflight++;
     ns.submit(false, unit * blocksPerUnit, buf.iova + slot * c.bs, c.bs, q, callbacks[slot]!);
   };

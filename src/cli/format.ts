@@ -138,3 +138,14 @@ export function parseHex(text: string): number | undefined {
   const match = /^(?:0x)?([0-9a-f]{1,8})$/i.exec(text.trim());
   return match ? parseInt(match[1]!, 16) : undefined;
 }
+
+/** A non-negative count from the command line: "4096", "4K", "1M", "0x1000". */
+export function parseCount(text: string | undefined, name: string): number | undefined {
+  if (text === undefined) return undefined;
+  const m = /^(0x[0-9a-f]+|\d+)([kmgt]?)$/i.exec(text.trim());
+  if (!m) throw new UsageError(`${name} must be a non-negative integer (suffixes K, M, G), got "${text}"`);
+  const scale = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+  const value = Number(m[1]) * scale;
+  if (!Number.isSafeInteger(value)) throw new UsageError(`${name} is too large: ${text}`);
+  return value;
+}

@@ -66,8 +66,8 @@ export class DeviceInterrupts {
     if (this.activeMode && this.activeMode !== mode) this.disable();
     const index = IRQ_INDEX[mode];
     const keep = this.activeMode === mode ? this.vectors.slice(0, count) : [];
-    for (const v of this.vectors.slice(keep.length)) v.close();
     if (this.activeMode === mode) this.disableIndex(index); // a new count needs a fresh enable
+    for (const v of this.vectors.slice(keep.length)) v.close();
     const vectors = keep;
     for (let i = vectors.length; i < count; i++) {
       const unmask = mode === 'intx' ? () => this.backend.unmaskIrq(index, 0) : undefined;
@@ -124,12 +124,13 @@ export class DeviceInterrupts {
       try {
         this.disable(reason);
       } catch {
-        // The device may be gone already.
+        // The device may be gone already: disable() closed the vectors all the same.
       }
+    } else {
+      for (const v of this.vectors) v.close(reason);
+      this.vectors = [];
+      this.activeMode = undefined;
     }
-    for (const v of this.vectors) v.close(reason);
-    this.vectors = [];
-    this.activeMode = undefined;
     for (const [kind, v] of this.notifiers) {
       if (talkToDevice) ignore(() => this.disableIndex(IRQ_INDEX[kind]));
       v.close(reason);

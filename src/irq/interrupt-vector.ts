@@ -30,6 +30,8 @@ export class InterruptVector extends EventEmitter {
   private readonly watch: WatchHandle;
   private readonly waiters: Waiter[] = [];
   private keepAlive = false;
+  /** Whether the watcher currently keeps the event loop alive (it starts unref-ed). */
+  private referenced = false;
   private closedBy: Error | undefined;
 
   constructor(
@@ -60,6 +62,13 @@ export class InterruptVector extends EventEmitter {
       return Promise.resolve(n);
     }
     if (options.signal?.aborted) return Promise.reject(options.signal.reason ?? abortError());
+    if (options.timeoutMs === undefined && options.signal === undefined) {
+      // The common case (a driver awaiting its next completion): nothing to clean up.
+      return new Promise<number>((resolve, reject) => {
+        this.waiters.push({ resolve, reject, cleanup: noop });
+        this.updateRef();
+      });
+    }
     return new Promise<number>((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
       const onAbort = () => {
@@ -155,11 +164,17 @@ export class InterruptVector extends EventEmitter {
     if (this.listenerCount('interrupt') > 0) this.emit('interrupt', count);
   }
 
+  /** Tell libuv only when the answer changes: this runs on every wait and every interrupt. */
   private updateRef(): void {
     if (this.closedBy) return;
-    native.watchRef(this.watch, this.keepAlive || this.waiters.length > 0);
+    const want = this.keepAlive || this.waiters.length > 0;
+    if (want === this.referenced) return;
+    this.referenced = want;
+    native.watchRef(this.watch, want);
   }
 }
+
+function noop(): void {}
 
 function abortError(): Error {
   const e = new Error('the wait was aborted') as Error & { code: string };

@@ -16,7 +16,7 @@ import type { NvmeNamespace } from '../../drivers/nvme/namespace.js';
 import { planWrites, runWorkload } from '../../drivers/nvme/workload.js';
 import { NbdServer } from '../../server/nbd/server.js';
 import { NvmeBlockDevice } from '../../server/nbd/nvme-device.js';
-import { UsageError, formatSize, print, sysfsRoot, toJson } from '../format.js';
+import { UsageError, formatSize, parseCount, print, sysfsRoot, toJson } from '../format.js';
 import type { CliCommand } from '../main.js';
 
 const USAGE = `userpci nvme identify|read|write|verify|export ADDRESS [options]
@@ -78,17 +78,6 @@ type Values = ReturnType<typeof parse>['values'];
 
 function parse(args: string[]) {
   return parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true });
-}
-
-/** "4096", "4K", "1M", "0x1000". */
-export function parseCount(text: string | undefined, name: string): number | undefined {
-  if (text === undefined) return undefined;
-  const m = /^(0x[0-9a-f]+|\d+)([kmgt]?)$/i.exec(text.trim());
-  if (!m) throw new UsageError(`${name} must be a non-negative integer (suffixes K, M, G), got "${text}"`);
-  const scale = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
-  const value = Number(m[1]) * scale;
-  if (!Number.isSafeInteger(value)) throw new UsageError(`${name} is too large: ${text}`);
-  return value;
 }
 
 function need<T>(value: T | undefined, name: string): T {

@@ -3,7 +3,7 @@
  * Also accepts the vfio-user backend-program conventions (--socket-path=PATH, --fd=N).
  */
 import { parseArgs } from 'node:util';
-import { UsageError } from '../format.js';
+import { UsageError, parseCount } from '../format.js';
 import type { CliCommand } from '../main.js';
 import { createModel, modelNames } from '../../server/models/index.js';
 import { serveVfioUser } from '../../server/server.js';
@@ -24,13 +24,6 @@ Options:
   --no-twin-socket                    do not offer twin-socket mode
   --max-data-xfer-size BYTES          largest transfer per message we accept (default 1048576)
   --verbose                           log connections and device messages to stderr`;
-
-function parseNumber(text: string | undefined, name: string): number | undefined {
-  if (text === undefined) return undefined;
-  const value = Number(text);
-  if (!Number.isSafeInteger(value) || value < 0) throw new UsageError(`${name} must be a non-negative integer, got "${text}"`);
-  return value;
-}
 
 export const serveCommand: CliCommand = {
   name: 'serve',
@@ -54,7 +47,7 @@ export const serveCommand: CliCommand = {
     });
     if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? 'missing MODEL' : `unexpected argument "${positionals[1]}"`);
     const socketPath = values.socket ?? values['socket-path'];
-    const fd = parseNumber(values.fd, '--fd');
+    const fd = parseCount(values.fd, '--fd');
     if ((socketPath === undefined) === (fd === undefined)) throw new UsageError('give exactly one of --socket PATH and --fd N');
     let dmaMask: bigint | undefined;
     if (values['dma-mask'] !== undefined) {
@@ -64,12 +57,12 @@ export const serveCommand: CliCommand = {
         throw new UsageError(`--dma-mask must be a number such as 0xffffffff, got "${values['dma-mask']}"`);
       }
     }
-    const model = createModel(positionals[0]!, { dmaMask, dmaDelayMs: parseNumber(values['dma-delay-ms'], '--dma-delay-ms') });
+    const model = createModel(positionals[0]!, { dmaMask, dmaDelayMs: parseCount(values['dma-delay-ms'], '--dma-delay-ms') });
     const log = values.verbose ? (message: string) => process.stderr.write(`userpci serve: ${message}\n`) : undefined;
     const server = await serveVfioUser(model, {
       ...(socketPath !== undefined ? { socketPath } : { connectedFd: fd! }),
       twinSocket: !values['no-twin-socket'],
-      maxDataXferSize: parseNumber(values['max-data-xfer-size'], '--max-data-xfer-size'),
+      maxDataXferSize: parseCount(values['max-data-xfer-size'], '--max-data-xfer-size'),
       log,
     });
     if (socketPath !== undefined) process.stderr.write(`userpci serve: ${model.name} listening on ${socketPath}\n`);

@@ -31,6 +31,6 @@ export async function openDevice(target: string, options: OpenOptions = {}): Pro
 }
 
 async function openVfioUserBackend(socketPath: string): Promise<Backend> {
-  const { connectVfioUser } = await import('../backends/vfio-user/client.js');
+  const { connectVfioUser } = await import('../vfio-user/client/client.js');
   return connectVfioUser(socketPath);
 }

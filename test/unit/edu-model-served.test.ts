@@ -9,10 +9,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { native, constants } from '../../src/native/index';
-import { connectVfioUser, type VfioUserClient } from '../../src/backends/vfio-user/client';
-import { Vfio } from '../../src/backends/vfio-user/protocol';
-import { startServerThread, type ServerThread } from '../../src/server/thread';
-import { EduReg } from '../../src/server/models/edu';
+import { connectVfioUser, type VfioUserClient } from '../../src/vfio-user/client/client';
+import { Vfio } from '../../src/vfio-user/protocol/codec';
+import { startServerThread, type ServerThread } from '../../src/vfio-user/server/thread';
+import { EduReg } from '../../src/models/edu';
 
 const BAR0 = 0;
 const CONFIG = Vfio.PCI_CONFIG_REGION_INDEX;

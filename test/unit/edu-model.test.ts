@@ -5,8 +5,8 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { UserpciError } from '../../src/errors';
-import type { DeviceContext } from '../../src/server/device-model';
-import { EduModel, EduReg, EDU_DMA_START } from '../../src/server/models/edu';
+import type { DeviceContext } from '../../src/models/device-model';
+import { EduModel, EduReg, EDU_DMA_START } from '../../src/models/edu';
 
 class RecordingContext implements DeviceContext {
   msi = false;

@@ -7,11 +7,11 @@ import * as assert from 'node:assert/strict';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { native, constants } from '../../src/native/index';
-import { connectVfioUser, connectVfioUserFd, type VfioUserClient } from '../../src/backends/vfio-user/client';
-import { Command, MessageFlags, Vfio, encodeHeader, encodeVersion, encodeRegionAccess } from '../../src/backends/vfio-user/protocol';
-import { MessageReader } from '../../src/backends/vfio-user/transport';
-import { startServerThread, type ServerThread } from '../../src/server/thread';
-import { TestdevReg } from '../../src/server/models/testdev';
+import { connectVfioUser, connectVfioUserFd, type VfioUserClient } from '../../src/vfio-user/client/client';
+import { Command, MessageFlags, Vfio, encodeHeader, encodeVersion, encodeRegionAccess } from '../../src/vfio-user/protocol/codec';
+import { MessageReader } from '../../src/vfio-user/protocol/transport';
+import { startServerThread, type ServerThread } from '../../src/vfio-user/server/thread';
+import { TestdevReg } from '../../src/models/testdev';
 
 let server: ServerThread;
 

@@ -11,7 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { native, constants } from '../../src/native/index';
 import { UserpciError } from '../../src/errors';
-import { connectVfioUserFd } from '../../src/backends/vfio-user/client';
+import { connectVfioUserFd } from '../../src/vfio-user/client/client';
 import {
   Command,
   Errno,
@@ -24,10 +24,10 @@ import {
   encodeSetIrqs,
   encodeVersion,
   type MessageHeader,
-} from '../../src/backends/vfio-user/protocol';
-import { ConnectionClosedError, MessageReader, type IncomingMessage } from '../../src/backends/vfio-user/transport';
-import { serveVfioUser, type VfioUserServer } from '../../src/server/server';
-import { EduModel } from '../../src/server/models/edu';
+} from '../../src/vfio-user/protocol/codec';
+import { ConnectionClosedError, MessageReader, type IncomingMessage } from '../../src/vfio-user/protocol/transport';
+import { serveVfioUser, type VfioUserServer } from '../../src/vfio-user/server/server';
+import { EduModel } from '../../src/models/edu';
 
 function rng(seed: number): () => number {
   let s = seed >>> 0;

@@ -32,7 +32,7 @@ import {
   encodeVersion,
   getU64,
   smallestPageSize,
-} from '../../src/backends/vfio-user/protocol';
+} from '../../src/vfio-user/protocol/codec';
 
 const isProtocolError = (errno?: number) => (e: unknown) => e instanceof ProtocolError && (errno === undefined || e.errnoValue === errno);
 

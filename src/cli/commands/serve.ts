@@ -5,8 +5,8 @@
 import { parseArgs } from 'node:util';
 import { UsageError, parseCount } from '../format.js';
 import type { CliCommand } from '../main.js';
-import { createModel, modelNames } from '../../server/models/index.js';
-import { serveVfioUser } from '../../server/server.js';
+import { createModel, modelNames } from '../../models/index.js';
+import { serveVfioUser } from '../../vfio-user/server/server.js';
 
 const USAGE = `userpci serve MODEL --socket PATH [options]
 

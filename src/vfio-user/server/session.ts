@@ -4,7 +4,7 @@
  * breaks framing closes the connection. Never a throw out of here, never an unbounded allocation
  * (message sizes are capped by the reader before the body is allocated).
  */
-import { native } from '../native/index';
+import { native } from '../../native/index';
 import {
   Command,
   DEFAULT_CAPABILITIES,
@@ -32,9 +32,9 @@ import {
   encodeRegionInfoReply,
   encodeVersion,
   type Capabilities,
-} from '../backends/vfio-user/protocol';
-import { Channel, type ReplyData } from '../backends/vfio-user/channel';
-import { ConnectionClosedError, closeFds, type IncomingMessage } from '../backends/vfio-user/transport';
+} from '../protocol/codec';
+import { Channel, type ReplyData } from '../protocol/channel';
+import { ConnectionClosedError, closeFds, type IncomingMessage } from '../protocol/transport';
 import type { RemoteDma } from './dma';
 import type { DeviceHost } from './device-host';
 

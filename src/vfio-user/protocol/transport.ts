@@ -12,7 +12,7 @@
  */
 import { native } from '../../native/index';
 import { UserpciError } from '../../errors';
-import { Errno, HEADER_SIZE, ProtocolError, decodeHeader, encodeHeader, type MessageHeader } from './protocol';
+import { Errno, HEADER_SIZE, ProtocolError, decodeHeader, encodeHeader, type MessageHeader } from './codec';
 
 export interface IncomingMessage {
   header: MessageHeader;

@@ -2,8 +2,8 @@
  * Device models by name, so a server can be started from a CLI argument or inside a worker
  * thread, where only plain data crosses over.
  */
-import { InvalidArgumentError } from '../../errors';
-import type { DeviceModel } from '../device-model';
+import { InvalidArgumentError } from '../errors';
+import type { DeviceModel } from './device-model';
 import { EduModel } from './edu';
 import { TestDeviceModel } from './testdev';
 

@@ -10,9 +10,9 @@
  *   0x00c R  trapped-access counter
  * BAR2 (4 KiB, 64-bit): MSI-X table for 4 vectors at 0x000, PBA at 0x800.
  */
-import { native, constants } from '../../native/index';
-import { ConfigSpace, addMsiCapability, addMsixCapability } from '../config-space';
-import type { BarDefinition, DeviceContext, DeviceModel } from '../device-model';
+import { native, constants } from '../native/index';
+import { ConfigSpace, addMsiCapability, addMsixCapability } from './config-space';
+import type { BarDefinition, DeviceContext, DeviceModel } from './device-model';
 
 export const TESTDEV_BAR0_SIZE = 16 * 1024;
 export const TestdevReg = { NOTIFY: 0x0, INTX: 0x4, SCRATCH: 0x8, TRAPS: 0xc } as const;

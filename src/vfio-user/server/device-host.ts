@@ -3,11 +3,11 @@
  * interrupt routing, the client's DMA maps, and the routing of region accesses (config space,
  * MSI-X table, shared BAR memory, the model's register handlers). Sessions come and go on top.
  */
-import { UserpciError } from '../errors';
-import { Errno, ProtocolError, Vfio, type SparseMmapArea } from '../backends/vfio-user/protocol';
+import { UserpciError } from '../../errors';
+import { Errno, ProtocolError, Vfio, type SparseMmapArea } from '../protocol/codec';
 import { InterruptController } from './interrupts';
 import { DmaSpace, type RemoteDma } from './dma';
-import type { BarDefinition, DeviceContext, DeviceModel } from './device-model';
+import type { BarDefinition, DeviceContext, DeviceModel } from '../../models/device-model';
 
 const PAGE = 4096;
 

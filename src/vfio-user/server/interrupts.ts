@@ -6,9 +6,9 @@
  * Assigning eventfds enables the type in the emulated capability, as the host kernel would
  * program real hardware; a client writing the enable bits directly is honoured too.
  */
-import { native } from '../native/index';
-import { Errno, MAX_IRQ_VECTORS, Vfio, type SetIrqsMessage } from '../backends/vfio-user/protocol';
-import { closeFds } from '../backends/vfio-user/transport';
+import { native } from '../../native/index';
+import { Errno, MAX_IRQ_VECTORS, Vfio, type SetIrqsMessage } from '../protocol/codec';
+import { closeFds } from '../protocol/transport';
 import {
   Command,
   ConfigReg,
@@ -20,8 +20,8 @@ import {
   type ConfigSpace,
   type MsiLayout,
   type MsixLayout,
-} from './config-space';
-import type { DeviceIrq } from './device-model';
+} from '../../models/config-space';
+import type { DeviceIrq } from '../../models/device-model';
 
 const NONE = -1;
 const MSIX_ENTRY = 16;

@@ -5,8 +5,8 @@
  */
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { UserpciError } from '../errors';
-import type { ModelOptions } from './models/index';
+import { UserpciError } from '../../errors';
+import type { ModelOptions } from '../../models/index';
 
 export interface ServerThreadOptions {
   /** Registry name ('edu'), or any label when modelModule is given. */

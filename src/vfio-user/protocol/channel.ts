@@ -8,7 +8,7 @@
  *   It blocks this thread in poll(2) on the socket(s) until its reply arrives or the timeout
  *   passes, answering the peer's own commands (the server's DMA_READ/DMA_WRITE) in the meantime,
  *   because the server may need them answered before it can reply. A server in the same thread
- *   can never answer, so in-process servers run on a worker thread (see src/server/thread.ts).
+ *   can never answer, so in-process servers run on a worker thread (see src/vfio-user/server/thread.ts).
  *
  * Companion channels (twin-socket mode: the server's commands on a second socket) are pumped
  * during synchronous waits too.
@@ -24,7 +24,7 @@ import {
   isError,
   isReply,
   type MessageHeader,
-} from './protocol';
+} from './codec';
 import { ConnectionClosedError, MessageReader, MessageWriter, closeFds, type IncomingMessage, type ReaderLimits } from './transport';
 
 export interface ReplyData {

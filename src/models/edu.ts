@@ -9,8 +9,8 @@
  * Where QEMU would overrun its own buffer (a DMA range outside the 4 KiB buffer, which QEMU only
  * logs), this model logs and skips the copy instead.
  */
-import { ConfigSpace, addMsiCapability } from '../config-space';
-import type { BarDefinition, DeviceContext, DeviceModel } from '../device-model';
+import { ConfigSpace, addMsiCapability } from './config-space';
+import type { BarDefinition, DeviceContext, DeviceModel } from './device-model';
 
 export const EDU_VENDOR_ID = 0x1234;
 export const EDU_DEVICE_ID = 0x11e8;

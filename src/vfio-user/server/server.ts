@@ -5,11 +5,11 @@
  * Event-driven throughout: the listening socket and connections are watched on the event loop.
  */
 import * as fs from 'node:fs';
-import { native, type WatchHandle } from '../native/index';
-import { InvalidArgumentError, UserpciError, wrapSystemError } from '../errors';
+import { native, type WatchHandle } from '../../native/index';
+import { InvalidArgumentError, UserpciError, wrapSystemError } from '../../errors';
 import { DeviceHost } from './device-host';
 import { Session } from './session';
-import type { DeviceModel } from './device-model';
+import type { DeviceModel } from '../../models/device-model';
 
 export interface ServeOptions {
   /** Listen on this path (a stale socket file there is replaced). */

@@ -10,7 +10,7 @@
  */
 export { serveVfioUser, VfioUserServer, type ServeOptions } from './server';
 export { startServerThread, type ServerThread, type ServerThreadOptions } from './thread';
-export type { DeviceModel, DeviceContext, DeviceIrq, DeviceDma, BarDefinition, BarHandlers, SharedBarMemory, SharedArea } from './device-model';
+export type { DeviceModel, DeviceContext, DeviceIrq, DeviceDma, BarDefinition, BarHandlers, SharedBarMemory, SharedArea } from '../../models/device-model';
 export {
   ConfigSpace,
   ConfigReg,
@@ -24,7 +24,7 @@ export {
   type HeaderFields,
   type MsiLayout,
   type MsixLayout,
-} from './config-space';
-export { createModel, modelNames, type ModelOptions } from './models/index';
-export { EduModel, createEduModel, type EduOptions } from './models/edu';
-export { TestDeviceModel } from './models/testdev';
+} from '../../models/config-space';
+export { createModel, modelNames, type ModelOptions } from '../../models/index';
+export { EduModel, createEduModel, type EduOptions } from '../../models/edu';
+export { TestDeviceModel } from '../../models/testdev';

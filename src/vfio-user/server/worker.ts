@@ -3,7 +3,7 @@
  * and answers 'close' from the parent. Runs only inside a worker.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { createModel, type ModelOptions } from './models/index';
+import { createModel, type ModelOptions } from '../../models/index';
 import { serveVfioUser } from './server';
 
 interface WorkerConfig {
@@ -23,7 +23,7 @@ async function main(): Promise<void> {
   const port = parentPort!;
   try {
     const model = config.modelModule
-      ? (require(config.modelModule) as { createModel(o: ModelOptions): import('./device-model').DeviceModel }).createModel(config.modelOptions)
+      ? (require(config.modelModule) as { createModel(o: ModelOptions): import('../../models/device-model').DeviceModel }).createModel(config.modelOptions)
       : createModel(config.model, config.modelOptions);
     const server = await serveVfioUser(model, {
       socketPath: config.socketPath,

@@ -56,9 +56,9 @@ import {
   smallestPageSize,
   type Capabilities,
   type RegionInfoMessage,
-} from './protocol';
-import { Channel, type ReplyData } from './channel';
-import { ConnectionClosedError, closeFds, type IncomingMessage } from './transport';
+} from '../protocol/codec';
+import { Channel, type ReplyData } from '../protocol/channel';
+import { ConnectionClosedError, closeFds, type IncomingMessage } from '../protocol/transport';
 
 export interface VfioUserClientOptions {
   /** Per-request timeout in ms (default 30 s: a device reset may take long). */

@@ -4,10 +4,10 @@
  * `remote` callbacks). Every access is checked against the map's permissions first, because
  * touching a read-only mapping would kill the server with SIGSEGV.
  */
-import { native, constants } from '../native/index';
-import { UserpciError } from '../errors';
-import { DmaFlags, Errno } from '../backends/vfio-user/protocol';
-import { closeFds } from '../backends/vfio-user/transport';
+import { native, constants } from '../../native/index';
+import { UserpciError } from '../../errors';
+import { DmaFlags, Errno } from '../protocol/codec';
+import { closeFds } from '../protocol/transport';
 
 export interface DmaMapping {
   iova: number;

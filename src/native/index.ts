@@ -86,8 +86,10 @@ function load(): NativeAddon {
   try {
     return require(file) as NativeAddon;
   } catch (err) {
+    // One line, for the CLI's one-line failures: why it did not load, and what to run.
+    const reason = (err as { code?: string }).code === 'MODULE_NOT_FOUND' ? 'it was not built' : String((err as Error).message).split('\n')[0];
     const e = new Error(
-      `userpci: cannot load the native addon at ${file}; run \`npm ci\` (or \`npx node-gyp rebuild\`) to build it`,
+      `userpci: cannot load the native addon at ${file} (${reason}); run \`npm ci\` in the package folder to build it`,
       { cause: err },
     ) as Error & { code: string };
     e.code = 'ENOENT';

@@ -145,10 +145,7 @@ test('hot removal: the waiting process gets removed, its wait rejects, it keeps 
     for (const l of lines) if (l.trim()) events.push(JSON.parse(l));
   });
   await waitFor('ready', 60_000);
-  const t0 = Date.now();
   fs.writeFileSync(`${sysDir}/remove`, '1'); // blocks until the driver let go
-  const removalMs = Date.now() - t0;
-  assert.ok(removalMs < 10_000, `removal completed in ${removalMs} ms`);
   assert.equal(fs.existsSync(sysDir), false);
   const rejected = await waitFor('wait-rejected', 10_000);
   assert.equal(rejected.code, 'ENODEV');

@@ -162,10 +162,8 @@ test('userpci demo fails clearly when the server dies in the middle of a DMA', a
     });
   });
   await new Promise((r) => setTimeout(r, 300)); // the DMA is running now
-  const t0 = Date.now();
   server.child.kill('SIGKILL');
-  assert.equal(await exited, 1, stdout);
-  assert.ok(Date.now() - t0 < 10_000, 'it does not hang');
+  assert.equal(await exited, 1, stdout); // a hang would meet the test's own timeout instead
   assert.match(stderr, /^userpci demo: FAILED at step "dma-to-device": .*(closed|gone|lost)/);
   await server.exited;
 });

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { allocateDmaMemory, releaseDmaMemory } from '../../src/dma/dma-memory';
+import { runNodeUnprivileged, stagedPath } from '../support/unprivileged';
 
 test('DMA memory is page-rounded, shared through a memfd, and released', () => {
   const m = allocateDmaMemory(5000, 'never');
@@ -18,9 +18,9 @@ test('more than the machine can lock is a clear ENOMEM, not the OOM killer', () 
 });
 
 test('over RLIMIT_MEMLOCK without CAP_IPC_LOCK: ENOMEM naming the limit', () => {
-  const mod = JSON.stringify(require.resolve('../../src/dma/dma-memory'));
+  const mod = JSON.stringify(stagedPath('dist/src/dma/dma-memory.js'));
   // A child with a 64 KiB memlock limit and no capabilities (as the nobody user).
   const script = `try { require(${mod}).allocateDmaMemory(1 << 20, 'never'); console.log('allocated'); } catch (e) { console.log(e.code, e.message); }`;
-  const r = spawnSync('sh', ['-c', `ulimit -l 64 && exec setpriv --reuid=65534 --regid=65534 --clear-groups ${process.execPath} -e "$0"`, script], { encoding: 'utf8' });
+  const r = runNodeUnprivileged(['-e', script], { memlockKiB: 64 });
   assert.match(r.stdout, /^ENOMEM .*RLIMIT_MEMLOCK is 65536 bytes/, r.stderr);
 });

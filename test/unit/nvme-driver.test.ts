@@ -246,10 +246,7 @@ test('queue pairs: as many as granted, then ENOSPC; deleting one frees its id', 
 test('a command that never completes times out (ETIMEDOUT); the controller is reset and I/O goes on', async () => {
   await using t = await setup({}, { defaultQueue: { depth: 8, timeoutMs: 200 } });
   t.sim.dropNext(1);
-  const t0 = Date.now();
   await assert.rejects(t.ns.read(0, new Uint8Array(512)), { code: 'ETIMEDOUT', message: /Read \(CID \d+\) not completed within 200 ms/ });
-  const took = Date.now() - t0;
-  assert.ok(took >= 150 && took < 2000, `timed out after ${took} ms`);
   while (t.ctrl.resets === 0 || t.sim.disables === 0) await new Promise((r) => setTimeout(r, 10));
   await t.ns.write(3, pattern(512, 3));
   const back = new Uint8Array(512);

@@ -10,6 +10,7 @@ import { join, resolve } from 'node:path';
 import { describe, it } from 'node:test';
 import { COMMANDS, findCommand } from '../../src/cli/main.js';
 import { makeFakeSysfs } from '../fixtures/config/fake-sysfs.js';
+import { runNodeUnprivileged, stagedPath } from '../support/unprivileged.js';
 import { NIC_WITH_SRIOV_RESOURCE, conventionalDevice, malformed, nicWithSriov, rootPort } from '../fixtures/config/synthetic.js';
 
 const REPO = resolve(__dirname, '..', '..', '..');
@@ -305,15 +306,11 @@ describe('userpci config', () => {
 const realDevices = existsSync('/sys/bus/pci/devices') ? readdirSync('/sys/bus/pci/devices').sort() : [];
 
 describe('userpci without privileges (this machine)', { skip: realDevices.length === 0 ? 'no PCI bus here' : false }, () => {
-  // As root, drop to nobody with setpriv; otherwise the test already runs unprivileged.
+  // As root, drop to nobody (from a copy that user can read); otherwise already unprivileged.
   function unprivileged(args: string[]): SpawnSyncReturns<string> {
-    const asRoot = process.getuid?.() === 0;
-    if (asRoot && !existsSync('/usr/bin/setpriv')) assert.fail('setpriv (util-linux) is needed to test unprivileged use as root');
-    const command = asRoot ? '/usr/bin/setpriv' : process.execPath;
-    const prefix = asRoot ? ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath] : [];
     const environment = { ...process.env };
     delete environment['USERPCI_SYSFS_ROOT'];
-    return spawnSync(command, [...prefix, ENTRY, ...args], { encoding: 'utf8', env: environment });
+    return runNodeUnprivileged([stagedPath('bin/userpci.js'), ...args], { env: environment });
   }
   const address = realDevices[realDevices.length - 1]!;
 

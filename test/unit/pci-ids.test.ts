@@ -91,20 +91,17 @@ describe('pci.ids names', () => {
   });
 
   const systemPath = DEFAULT_PCI_IDS_PATHS.find((path) => existsSync(path));
-  it('reads the system pci.ids quickly, parsing only what is asked', { skip: systemPath ? false : 'no system pci.ids' }, async () => {
-    const started = performance.now();
+  it('reads the system pci.ids, parsing only the vendors asked for', async () => {
+    assert.ok(systemPath, `no pci.ids in ${DEFAULT_PCI_IDS_PATHS.join(', ')}: install Debian's pci.ids (CI does, with pciutils)`);
     const system = await loadPciIds();
-    const loadedAt = performance.now();
     assert.equal(system.source, systemPath);
     assert.equal(system.vendorName(0x8086), 'Intel Corporation');
     assert.equal(system.vendorName(0x1af4), 'Red Hat, Inc.');
     assert.equal(system.subclassName(0x02, 0x00), 'Ethernet controller');
     assert.equal(system.subclassName(0x06, 0x04), 'PCI bridge');
-    const firstLookups = performance.now() - loadedAt;
     for (let device = 0; device < 0x1000; device++) system.deviceName(0x8086, device);
-    const total = performance.now() - started;
-    // Generous bounds for slow CI machines; a full eager parse with regexes costs far more.
-    assert.ok(firstLookups < 100, `first lookups took ${firstLookups.toFixed(1)} ms`);
-    assert.ok(total < 500, `load and 4096 lookups took ${total.toFixed(1)} ms`);
+    // The file holds thousands of vendors; only the two looked up were parsed (how it stays
+    // cheap: speed itself is not a pass/fail matter).
+    assert.equal((system as unknown as { vendors: Map<number, unknown> }).vendors.size, 2);
   });
 });

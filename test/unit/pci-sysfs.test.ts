@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, it } from 'node:test';
@@ -15,6 +14,7 @@ import {
   writeConfigBytes,
 } from '../../src/pci/sysfs.js';
 import { makeFakeSysfs } from '../fixtures/config/fake-sysfs.js';
+import { runNodeUnprivileged, stagedPath } from '../support/unprivileged.js';
 import { NIC_WITH_SRIOV_RESOURCE, conventionalDevice, nicWithSriov, rootPort } from '../fixtures/config/synthetic.js';
 
 const REPO = resolve(__dirname, '..', '..', '..');
@@ -142,7 +142,7 @@ describe('sysfs enumeration (this machine)', { skip: realDevices.length === 0 ? 
   it('reports the 64-byte limit of unprivileged readers instead of failing or pretending', () => {
     // Run as an unprivileged user: as root through setpriv, otherwise as ourselves.
     const script = `
-      const sysfs = require(${JSON.stringify(join(REPO, 'dist', 'src', 'pci', 'sysfs.js'))});
+      const sysfs = require(${JSON.stringify(stagedPath('dist/src/pci/sysfs.js'))});
       (async () => {
         const address = ${JSON.stringify(realDevices.sort()[realDevices.length - 1])};
         const read = await sysfs.readConfigBytes(address);
@@ -153,13 +153,7 @@ describe('sysfs enumeration (this machine)', { skip: realDevices.length === 0 ? 
           inspectedRestricted: inspected.configRestricted, capabilities: inspected.config.capabilities.length }));
       })().catch((error) => { console.error(error); process.exit(1); });
     `;
-    const asRoot = process.getuid?.() === 0;
-    if (asRoot && !existsSync('/usr/bin/setpriv')) assert.fail('setpriv (util-linux) is needed to test unprivileged reads as root');
-    const command = asRoot ? '/usr/bin/setpriv' : process.execPath;
-    const args = asRoot
-      ? ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', script]
-      : ['-e', script];
-    const result = spawnSync(command, args, { encoding: 'utf8' });
+    const result = runNodeUnprivileged(['-e', script]);
     assert.equal(result.status, 0, result.stderr);
     const report = JSON.parse(result.stdout) as Record<string, unknown>;
     assert.equal(report['length'], 64);

@@ -221,9 +221,7 @@ test('a sync call whose reply is cut off by the peer closing fails with ECONNRES
 
 test('a server that never answers times out (ETIMEDOUT) instead of hanging', () => {
   const { client, peer } = scriptedClient({ timeoutMs: 100 });
-  const started = Date.now();
   assert.throws(() => client.regionRead(0, 0, new Uint8Array(4)), (e: any) => e.code === 'ETIMEDOUT');
-  assert.ok(Date.now() - started < 2000);
   // Its late reply is dropped, the next call still works.
   const late = new Uint8Array(20);
   late.set(encodeRegionAccess({ offset: 0, region: 0, count: 4 }));

@@ -163,9 +163,11 @@ export class EduDriver {
   private async awaitInterrupt(bit: number, options: PollOptions, what: string): Promise<void> {
     const vector = this.vector!;
     const timeoutMs = options.timeoutMs ?? 5000;
-    for (;;) {
+    for (let delivered = false; ; delivered = true) {
       const status = this.acknowledgeInterrupt();
-      if (status !== 0) vector.unmask();
+      // A delivered INTx leaves the line masked by VFIO even when its status was already taken
+      // (an earlier wait saw the bit first): unmask after every delivery, not only on a status.
+      if (status !== 0 || delivered) vector.unmask();
       if (status & bit) return;
       try {
         await vector.wait({ timeoutMs });

@@ -97,4 +97,10 @@ export interface Backend {
   unmaskIrq(index: number, vector: number): void;
   reset(): void;
   close(): void;
+  /**
+   * Register the one listener told when the backend loses its device by itself (a vfio-user
+   * server that died or broke the protocol). The facade then releases the device as for a
+   * hot-unplug. Kernel VFIO has no such path (its request notifier does that job).
+   */
+  onLost?(listener: (reason: Error) => void): void;
 }

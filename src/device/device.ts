@@ -44,8 +44,8 @@ export function dmaLimitFromMask(mask: number | bigint | undefined): number {
 }
 
 /**
- * Events: 'removed' (the kernel asked for the device back, e.g. hot-unplug: the handle is already
- * released when listeners run), 'device-error' (VFIO's error notification, e.g. AER).
+ * Events: 'removed' (the kernel asked for the device back, e.g. hot-unplug, or the vfio-user
+ * server went away: the handle is already released when listeners run), 'device-error' (VFIO's error notification, e.g. AER).
  */
 export class PciDevice extends EventEmitter implements AsyncDisposable, Disposable {
   readonly config: Region;
@@ -66,6 +66,7 @@ export class PciDevice extends EventEmitter implements AsyncDisposable, Disposab
     this.interrupts = new DeviceInterrupts(backend);
     this.interrupts.notifier('req')?.on('interrupt', () => this.revoke());
     this.interrupts.notifier('err')?.on('interrupt', (count: number) => this.emit('device-error', count));
+    backend.onLost?.(() => this.revoke());
   }
 
   /** True once the device was taken away (hot-unplug or sysfs remove). */
@@ -174,7 +175,7 @@ export class PciDevice extends EventEmitter implements AsyncDisposable, Disposab
   }
 
   /**
-   * The kernel wants the device back: fail every wait, detach every view over its regions (so
+   * The kernel wants the device back (or a vfio-user server went away): fail every wait, detach every view over its regions (so
    * no JS access can fault), release it so the removal can finish, then tell listeners.
    */
   private revoke(): void {

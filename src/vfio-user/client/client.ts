@@ -107,6 +107,9 @@ export class VfioUserClient implements Backend {
   private readonly mappedRegions = new Set<ArrayBuffer>();
   private dmaMaps: ClientDmaMapping[] = [];
   private closed = false;
+  /** Why the server is gone, once it is (not set by our own close()). */
+  private lostReason: DeviceGoneError | undefined;
+  private lostListener: ((reason: Error) => void) | undefined;
 
   /** @internal use connectVfioUser / connectVfioUserFd */
   constructor(fd: number, name: string, options: VfioUserClientOptions) {
@@ -118,7 +121,10 @@ export class VfioUserClient implements Backend {
       limits: { maxMessageSize: messageLimit(this.maxDataXferSize), maxFds: OUR_MAX_FDS },
       onCommand: (m) => this.serveServerCommand(m),
       onClose: (reason) => {
-        if (!this.closed) options.onDisconnect?.(reason);
+        if (this.closed) return;
+        this.lostReason = lostError(name, reason);
+        options.onDisconnect?.(reason);
+        this.notifyLost();
       },
       label: `vfio-user ${name}`,
     });
@@ -312,7 +318,9 @@ export class VfioUserClient implements Backend {
         }),
       );
     }
-    await Promise.all(parts);
+    await Promise.all(parts).catch((err) => {
+      throw this.asLost(err);
+    });
     return into.length;
   }
 
@@ -324,7 +332,9 @@ export class VfioUserClient implements Backend {
       const count = Math.min(max, from.length - done);
       parts.push(this.channel.request(Command.REGION_WRITE, [encodeRegionAccess({ offset: offset + done, region: index, count }), from.subarray(done, done + count)]));
     }
-    await Promise.all(parts);
+    await Promise.all(parts).catch((err) => {
+      throw this.asLost(err);
+    });
     return from.length;
   }
 
@@ -411,6 +421,25 @@ export class VfioUserClient implements Backend {
     this.call(Command.DEVICE_RESET);
   }
 
+  onLost(listener: (reason: Error) => void): void {
+    this.lostListener = listener;
+    if (this.lostReason) this.notifyLost();
+  }
+
+  /**
+   * Tell the listener on a later tick: the loss may be noticed inside a call of ours (a pump in
+   * requestSync), and the listener tears the device down through this backend.
+   */
+  private notifyLost(): void {
+    const listener = this.lostListener;
+    const reason = this.lostReason;
+    if (!listener || !reason) return;
+    this.lostListener = undefined;
+    process.nextTick(() => {
+      if (!this.closed) listener(reason);
+    });
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
@@ -476,14 +505,25 @@ export class VfioUserClient implements Backend {
   private ensureOpen(): void {
     if (this.closed) throw new DeviceGoneError(`${this.name}: backend is closed`);
     const reason = this.channel.closeReason;
-    if (reason) throw new DeviceGoneError(`${this.name}: server connection lost (${reason.message})`);
+    if (reason) throw this.lostReason ?? lostError(this.name, reason);
   }
 
   private call(command: number, payload: Uint8Array[] = [], fds: number[] = []): IncomingMessage {
     this.ensureOpen();
-    const reply = this.channel.requestSync(command, payload, fds, this.timeoutMs);
+    let reply: IncomingMessage;
+    try {
+      reply = this.channel.requestSync(command, payload, fds, this.timeoutMs);
+    } catch (err) {
+      throw this.asLost(err);
+    }
     if (command !== Command.DEVICE_GET_REGION_INFO) closeFds(reply.fds);
     return reply;
+  }
+
+  /** However the loss showed (end of stream, reset, a failed write), the caller sees ENODEV. */
+  private asLost(err: unknown): unknown {
+    if (err instanceof ConnectionClosedError) return this.lostReason ?? lostError(this.name, err);
+    return err;
   }
 
   private decode<T>(fn: () => T): T {
@@ -500,6 +540,12 @@ export class VfioUserClient implements Backend {
     this.channel.close(error);
     return error;
   }
+}
+
+/** The one error a lost server becomes, whatever the socket said (EOF, ECONNRESET, EPIPE). */
+function lostError(name: string, reason: Error): DeviceGoneError {
+  if (reason instanceof DeviceGoneError) return reason;
+  return new DeviceGoneError(`${name}: vfio-user server connection lost (${reason.message})`);
 }
 
 function checkIndex(index: number, what: string): void {

@@ -1,14 +1,46 @@
 /**
+ * Every `code` a UserpciError can carry: Linux's errno names (a failed system call passes its own
+ * through; userpci's own failures use the closest one), ENOTSUP as glibc spells EOPNOTSUPP, and
+ * EUNKNOWN for an errno the C library has no name for.
+ */
+export const ERROR_CODES = [
+  'E2BIG', 'EACCES', 'EADDRINUSE', 'EADDRNOTAVAIL', 'EADV', 'EAFNOSUPPORT', 'EAGAIN', 'EALREADY', 'EBADE',
+  'EBADF', 'EBADFD', 'EBADMSG', 'EBADR', 'EBADRQC', 'EBADSLT', 'EBFONT', 'EBUSY', 'ECANCELED', 'ECHILD',
+  'ECHRNG', 'ECOMM', 'ECONNABORTED', 'ECONNREFUSED', 'ECONNRESET', 'EDEADLK', 'EDEADLOCK', 'EDESTADDRREQ',
+  'EDOM', 'EDOTDOT', 'EDQUOT', 'EEXIST', 'EFAULT', 'EFBIG', 'EHOSTDOWN', 'EHOSTUNREACH', 'EHWPOISON',
+  'EIDRM', 'EILSEQ', 'EINPROGRESS', 'EINTR', 'EINVAL', 'EIO', 'EISCONN', 'EISDIR', 'EISNAM', 'EKEYEXPIRED',
+  'EKEYREJECTED', 'EKEYREVOKED', 'EL2HLT', 'EL2NSYNC', 'EL3HLT', 'EL3RST', 'ELIBACC', 'ELIBBAD', 'ELIBEXEC',
+  'ELIBMAX', 'ELIBSCN', 'ELNRNG', 'ELOOP', 'EMEDIUMTYPE', 'EMFILE', 'EMLINK', 'EMSGSIZE', 'EMULTIHOP',
+  'ENAMETOOLONG', 'ENAVAIL', 'ENETDOWN', 'ENETRESET', 'ENETUNREACH', 'ENFILE', 'ENOANO', 'ENOBUFS', 'ENOCSI',
+  'ENODATA', 'ENODEV', 'ENOENT', 'ENOEXEC', 'ENOKEY', 'ENOLCK', 'ENOLINK', 'ENOMEDIUM', 'ENOMEM', 'ENOMSG',
+  'ENONET', 'ENOPKG', 'ENOPROTOOPT', 'ENOSPC', 'ENOSR', 'ENOSTR', 'ENOSYS', 'ENOTBLK', 'ENOTCONN', 'ENOTDIR',
+  'ENOTEMPTY', 'ENOTNAM', 'ENOTRECOVERABLE', 'ENOTSOCK', 'ENOTSUP', 'ENOTTY', 'ENOTUNIQ', 'ENXIO',
+  'EOPNOTSUPP', 'EOVERFLOW', 'EOWNERDEAD', 'EPERM', 'EPFNOSUPPORT', 'EPIPE', 'EPROTO', 'EPROTONOSUPPORT',
+  'EPROTOTYPE', 'ERANGE', 'EREMCHG', 'EREMOTE', 'EREMOTEIO', 'ERESTART', 'ERFKILL', 'EROFS', 'ESHUTDOWN',
+  'ESOCKTNOSUPPORT', 'ESPIPE', 'ESRCH', 'ESRMNT', 'ESTALE', 'ESTRPIPE', 'ETIME', 'ETIMEDOUT', 'ETOOMANYREFS',
+  'ETXTBSY', 'EUCLEAN', 'EUNATCH', 'EUNKNOWN', 'EUSERS', 'EWOULDBLOCK', 'EXDEV', 'EXFULL',
+] as const;
+
+export type UserpciErrorCode = (typeof ERROR_CODES)[number];
+
+const KNOWN_CODES: ReadonlySet<string> = new Set(ERROR_CODES);
+
+/** `code` if it is an errno name, else EIO (a failure we cannot classify is an I/O error). */
+export function toErrorCode(code: string | undefined): UserpciErrorCode {
+  return code !== undefined && KNOWN_CODES.has(code) ? (code as UserpciErrorCode) : 'EIO';
+}
+
+/**
  * Every failure userpci reports is a UserpciError: a plain Error with the errno-style `code`
  * ("EBUSY", "EINVAL", ...) that the seed's interface promised, so callers can branch on it the
  * same way they branch on Node's own fs errors.
  */
 export class UserpciError extends Error {
-  readonly code: string;
+  readonly code: UserpciErrorCode;
   readonly errno: number | undefined;
   readonly syscall: string | undefined;
 
-  constructor(code: string, message: string, options?: { cause?: unknown; errno?: number; syscall?: string }) {
+  constructor(code: UserpciErrorCode, message: string, options?: { cause?: unknown; errno?: number; syscall?: string }) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'UserpciError';
     this.code = code;
@@ -69,7 +101,7 @@ export function wrapSystemError(err: unknown, doing: string, codeMessages?: Reco
   if (isSystemError(err)) {
     const hint = codeMessages?.[err.code];
     const message = `${doing}: ${err.code} (${err.syscall})${hint ? `: ${hint}` : ''}`;
-    return new UserpciError(err.code, message, { cause: err, errno: err.errno, syscall: err.syscall });
+    return new UserpciError(toErrorCode(err.code), message, { cause: err, errno: err.errno, syscall: err.syscall });
   }
   return new UserpciError('EIO', `${doing}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
 }

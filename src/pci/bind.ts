@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { UserpciError, InvalidArgumentError } from '../errors';
+import { UserpciError, InvalidArgumentError, toErrorCode } from '../errors';
 import { parsePciAddress, formatPciAddress } from './address';
 
 export const VFIO_DRIVER = 'vfio-pci';
@@ -64,7 +64,7 @@ function writeSysfs(file: string, value: string, doing: string): void {
     fs.writeFileSync(file, value);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    const code = e.code ?? 'EIO';
+    const code = toErrorCode(e.code);
     const hint = code === 'EACCES' || code === 'EPERM' ? ' (binding drivers needs root)' : '';
     throw new UserpciError(code, `${doing}: ${code} writing ${file}${hint}`, { cause: err });
   }

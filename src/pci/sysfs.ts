@@ -4,7 +4,7 @@
  */
 import { open, readFile, readdir, readlink, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { InvalidArgumentError, RangeAccessError, UserpciError, isSystemError } from '../errors.js';
+import { InvalidArgumentError, RangeAccessError, UserpciError, isSystemError, toErrorCode } from '../errors.js';
 import { PCI_CFG_SIZE_UNPRIVILEGED, PCI_REVISION_ID } from '../uapi/pci-regs.js';
 import { type PciAddress, comparePciAddresses, formatPciAddress, parsePciAddress, toPciAddress } from './address.js';
 import { type ConfigSpace, parseConfigSpace } from './config-space.js';
@@ -342,7 +342,7 @@ function wrapFsError(error: unknown, doing: string): UserpciError {
   if (error instanceof UserpciError) return error;
   if (isSystemError(error)) {
     const hint = hintFor(error.code);
-    return new UserpciError(error.code, `${doing}: ${error.code}${hint ? ` (${hint})` : ''}`, {
+    return new UserpciError(toErrorCode(error.code), `${doing}: ${error.code}${hint ? ` (${hint})` : ''}`, {
       cause: error,
       errno: error.errno,
       syscall: error.syscall,

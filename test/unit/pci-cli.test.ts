@@ -135,7 +135,7 @@ describe('userpci list', () => {
     );
   });
 
-  it('filters by vendor, device and class', () => {
+  it('filters by vendor, device, class and driver', () => {
     const addresses = (args: string[]) =>
       userpci(['list', ...args]).stdout.split('\n').filter(Boolean).map((line) => line.split(' ')[0]);
     assert.deepEqual(addresses(['--vendor', '8086']), ['0000:00:1c.0', '0000:01:00.0']);
@@ -144,6 +144,8 @@ describe('userpci list', () => {
     assert.deepEqual(addresses(['--class', '0604']), ['0000:00:1c.0']);
     assert.deepEqual(addresses(['--class', '060400']), ['0000:00:1c.0']);
     assert.deepEqual(addresses(['--class', '0601']), []);
+    assert.deepEqual(addresses(['--driver', 'vfio-pci']), ['0000:01:00.0']);
+    assert.deepEqual(addresses(['--driver', 'none']), ['0000:02:00.0', '0000:03:00.0']);
     assertCleanFailure(userpci(['list', '--class', '123']), 2, /--class expects 2, 4 or 6 hex digits/);
     assertCleanFailure(userpci(['list', '--vendor', 'intel']), 2, /--vendor expects a 4-digit hex ID/);
   });

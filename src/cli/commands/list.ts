@@ -1,9 +1,9 @@
 import { parseArgs } from 'node:util';
-import { listPciDevices } from '../../pci/sysfs.js';
+import { type PciDeviceFilter, findPciDevices, parseClassFilter } from '../../pci/find.js';
 import { UsageError, deviceSummary, formatDeviceLine, parseHex, pciIds, print, sysfsRoot, toJson } from '../format.js';
 import type { CliCommand } from '../main.js';
 
-const USAGE = `userpci list [--vendor VVVV] [--device DDDD] [--class CC[SS[PP]]] [--json]
+const USAGE = `userpci list [--vendor VVVV] [--device DDDD] [--class CC[SS[PP]]] [--driver NAME] [--json]
 
 One line per PCI function, like "lspci -nn -D":
   address, class name [code], vendor and device names [vendor:device] (rev xx)
@@ -13,6 +13,7 @@ Options (IDs in hex, with or without 0x):
   --device DDDD     only functions with this device ID
   --class CC        only this base class (02), base class and subclass (0200),
                     or full class code with programming interface (010802)
+  --driver NAME     only functions bound to this driver ("none": unbound ones)
   --json            print a JSON array instead (IDs as lowercase hex strings)`;
 
 export const listCommand: CliCommand = {
@@ -26,23 +27,20 @@ export const listCommand: CliCommand = {
         vendor: { type: 'string' },
         device: { type: 'string' },
         class: { type: 'string' },
+        driver: { type: 'string' },
         json: { type: 'boolean', default: false },
       },
       allowPositionals: true,
       strict: true,
     });
     if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
-    const vendor = values.vendor === undefined ? undefined : parseId(values.vendor, '--vendor', 4);
-    const device = values.device === undefined ? undefined : parseId(values.device, '--device', 4);
-    const classFilter = values.class === undefined ? undefined : parseClassFilter(values.class);
-
-    const [ids, devices] = await Promise.all([pciIds(), listPciDevices({ sysfsRoot: sysfsRoot() })]);
-    const selected = devices.filter(
-      (entry) =>
-        (vendor === undefined || entry.vendorId === vendor) &&
-        (device === undefined || entry.deviceId === device) &&
-        (classFilter === undefined || entry.classCode >> classFilter.shift === classFilter.value),
-    );
+    const filter: PciDeviceFilter = {
+      ...(values.vendor === undefined ? {} : { vendorId: parseId(values.vendor, '--vendor', 4) }),
+      ...(values.device === undefined ? {} : { deviceId: parseId(values.device, '--device', 4) }),
+      ...(values.class === undefined ? {} : { class: checkClass(values.class) }),
+      ...(values.driver === undefined ? {} : { driver: values.driver === 'none' ? null : values.driver }),
+    };
+    const [ids, selected] = await Promise.all([pciIds(), findPciDevices(filter, { sysfsRoot: sysfsRoot() })]);
     if (values.json) {
       print(toJson(selected.map((entry) => deviceSummary(ids, entry))));
     } else if (selected.length > 0) {
@@ -61,11 +59,11 @@ function parseId(text: string, option: string, digits: number): number {
 }
 
 /** 2, 4 or 6 hex digits select base class, base class + subclass, or the full 24-bit code. */
-function parseClassFilter(text: string): { value: number; shift: number } {
-  const digits = text.trim().replace(/^0x/i, '');
-  const value = parseHex(digits);
-  if (value === undefined || ![2, 4, 6].includes(digits.length)) {
+function checkClass(text: string): string {
+  try {
+    parseClassFilter(text);
+  } catch {
     throw new UsageError(`--class expects 2, 4 or 6 hex digits (02, 0200 or 020000), not "${text}"`);
   }
-  return { value, shift: 24 - digits.length * 4 };
+  return text;
 }

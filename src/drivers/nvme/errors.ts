@@ -3,7 +3,7 @@
  * holds the Status Code (bits 7:0), the Status Code Type (10:8), Command Retry Delay (12:11),
  * More (13) and Do Not Retry (14).
  */
-import { UserpciError } from '../../errors';
+import { UserpciError, type UserpciErrorCode } from '../../errors';
 
 const GENERIC: Record<number, string> = {
   0x00: 'Successful Completion',
@@ -152,7 +152,7 @@ export class NvmeStatusError extends UserpciError {
   }
 }
 
-function codeFor(d: DecodedStatus): string {
+function codeFor(d: DecodedStatus): UserpciErrorCode {
   if (d.sct === 0) {
     if (d.sc === 0x80 || d.sc === 0x81) return 'ERANGE';
     if (d.sc === 0x01 || d.sc === 0x02 || d.sc === 0x0b || d.sc === 0x13) return 'EINVAL';

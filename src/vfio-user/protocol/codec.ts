@@ -7,7 +7,7 @@
  * 64-bit number beyond 2^53 all throw a ProtocolError carrying the errno to answer with.
  */
 import { VFIO_STRUCTS, encodeRegionInfo as encodeVfioRegionInfo, decodeRegionInfo as decodeVfioRegionInfo } from '../../uapi/vfio';
-import { UserpciError } from '../../errors';
+import { UserpciError, toErrorCode } from '../../errors';
 
 export const PROTOCOL_MAJOR = 0;
 /** Highest minor we speak; a peer proposing less gets its own minor back (QEMU proposes 0). */
@@ -107,7 +107,7 @@ export class ProtocolError extends UserpciError {
   readonly fatal: boolean;
 
   constructor(message: string, errno: number = Errno.EINVAL, fatal = false) {
-    super(fatal ? 'EPROTO' : errnoName(errno), message);
+    super(fatal ? 'EPROTO' : toErrorCode(errnoName(errno)), message);
     this.name = 'ProtocolError';
     this.errnoValue = errno;
     this.fatal = fatal;
@@ -118,7 +118,7 @@ export class ProtocolError extends UserpciError {
 export class RemoteError extends UserpciError {
   constructor(command: number, errno: number) {
     const code = errno === 0 ? 'EIO' : errnoName(errno);
-    super(code.startsWith('errno') ? 'EIO' : code, `vfio-user ${commandName(command)} failed on the server: ${code}`, { errno });
+    super(toErrorCode(code), `vfio-user ${commandName(command)} failed on the server: ${code}`, { errno });
     this.name = 'RemoteError';
   }
 }

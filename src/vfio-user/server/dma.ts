@@ -5,7 +5,7 @@
  * touching a read-only mapping would kill the server with SIGSEGV.
  */
 import { native, constants } from '../../native/index';
-import { UserpciError } from '../../errors';
+import { UserpciError, type UserpciErrorCode } from '../../errors';
 import { DmaFlags, Errno } from '../protocol/codec';
 import { closeFds } from '../protocol/transport';
 
@@ -156,6 +156,6 @@ export class DmaSpace {
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 
-function fault(message: string, code = 'EFAULT'): UserpciError {
+function fault(message: string, code: UserpciErrorCode = 'EFAULT'): UserpciError {
   return new UserpciError(code, message);
 }

@@ -5,7 +5,7 @@
  */
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { UserpciError } from '../../errors';
+import { UserpciError, toErrorCode } from '../../errors';
 import type { ModelOptions } from '../../models/index';
 
 export interface ServerThreadOptions {
@@ -65,7 +65,7 @@ export function startServerThread(options: ServerThreadOptions): Promise<ServerT
           });
           break;
         case 'error':
-          reject(new UserpciError(m.code ?? 'EIO', `vfio-user server thread: ${m.message}`));
+          reject(new UserpciError(toErrorCode(m.code), `vfio-user server thread: ${m.message}`));
           void worker.terminate();
           break;
         case 'connected':

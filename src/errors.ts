@@ -31,9 +31,9 @@ export function toErrorCode(code: string | undefined): UserpciErrorCode {
 }
 
 /**
- * Every failure userpci reports is a UserpciError: a plain Error with the errno-style `code`
- * ("EBUSY", "EINVAL", ...) that the seed's interface promised, so callers can branch on it the
- * same way they branch on Node's own fs errors.
+ * Every failure userpci reports is a UserpciError: a plain Error with an errno-style `code`
+ * ("EBUSY", "EINVAL", ...), so callers can branch on it the same way they branch on Node's own
+ * fs errors.
  */
 export class UserpciError extends Error {
   readonly code: UserpciErrorCode;

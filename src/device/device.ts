@@ -47,7 +47,12 @@ export function dmaLimitFromMask(mask: number | bigint | undefined): number {
  * Events: 'removed' (the kernel asked for the device back, e.g. hot-unplug, or the vfio-user
  * server went away: the handle is already released when listeners run), 'device-error' (VFIO's error notification, e.g. AER).
  */
-export class PciDevice extends EventEmitter implements AsyncDisposable, Disposable {
+export interface PciDeviceEvents {
+  removed: [];
+  'device-error': [count: number];
+}
+
+export class PciDevice extends EventEmitter<PciDeviceEvents> implements AsyncDisposable, Disposable {
   readonly config: Region;
   readonly dma: DmaSpace;
   readonly interrupts: DeviceInterrupts;

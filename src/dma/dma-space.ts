@@ -3,6 +3,7 @@
  * caller already has, each at an IOVA the device can reach, each mapped in the IOMMU with the
  * direction asked for. It owns every mapping so that close() can take them all down.
  */
+import { inspect } from 'node:util';
 import { native, constants } from '../native/index';
 import { DeviceGoneError, InvalidArgumentError, UserpciError, wrapSystemError } from '../errors';
 import type { Backend } from '../device/backend';
@@ -21,9 +22,9 @@ export interface DmaAllocOptions {
   hugePages?: HugePagePolicy;
 }
 
-/** Memory both the process and the device see: the seed's usr_pci_get_consistent. */
-export class DmaBuffer {
-  /** @internal */
+/** Coherent DMA memory: the process sees it in `buffer`, the device at `iova`. */
+export class DmaBuffer implements Disposable {
+  /** Made by `device.allocDma()`. */
   constructor(
     private readonly space: DmaSpace,
     private memory: DmaMemory | undefined,
@@ -58,6 +59,16 @@ export class DmaBuffer {
     this.space.freeBuffer(this);
   }
 
+  /** `using buf = device.allocDma(n)`: freed at the end of the scope unless already freed. */
+  [Symbol.dispose](): void {
+    if (this.memory) this.free();
+  }
+
+  /** What a user needs to see: where the device sees it, how big, whether it is still there. */
+  [inspect.custom](): string {
+    return `DmaBuffer { iova: 0x${this.iova.toString(16)}, size: ${this.size}, freed: ${this.freed} }`;
+  }
+
   /** @internal */
   takeMemory(): DmaMemory {
     const m = this.memory!;
@@ -66,17 +77,17 @@ export class DmaBuffer {
   }
 }
 
-/** A streaming map of caller memory: the seed's usr_pci_mmap, and its scatter list. */
-export class DmaMapping {
+/** A streaming map of memory the caller already has, with its scatter list (`segments`). */
+export class DmaMapping implements Disposable {
   private active = true;
-  /** @internal */
+  /** Made by `device.mapDma()`. */
   constructor(
     private readonly space: DmaSpace,
     /** Holding the view keeps its memory from being collected while the device may use it. */
     readonly view: Uint8Array,
     readonly direction: DmaDirection,
     readonly segments: readonly DmaSegment[],
-    /** @internal page-aligned IOVA and size of the IOMMU mapping */
+    /** The IOMMU mapping: whole pages around `segments`. */
     readonly pageIova: number,
     readonly pageSize: number,
   ) {}
@@ -91,6 +102,16 @@ export class DmaMapping {
 
   unmap(): void {
     this.space.unmap(this);
+  }
+
+  /** `using map = device.mapDma(...)`: unmapped at the end of the scope unless already unmapped. */
+  [Symbol.dispose](): void {
+    if (this.active) this.unmap();
+  }
+
+  [inspect.custom](): string {
+    const segments = this.segments.map((s) => `{ iova: 0x${s.iova.toString(16)}, length: ${s.length} }`).join(', ');
+    return `DmaMapping { direction: '${this.direction}', segments: [ ${segments} ], mapped: ${this.active} }`;
   }
 
   /** @internal */

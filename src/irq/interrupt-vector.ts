@@ -21,7 +21,13 @@ interface Waiter {
   cleanup(): void;
 }
 
-export class InterruptVector extends EventEmitter {
+/** Events of an InterruptVector: 'interrupt' with the count taken, 'close' once it stops. */
+export interface InterruptVectorEvents {
+  interrupt: [count: number];
+  close: [];
+}
+
+export class InterruptVector extends EventEmitter<InterruptVectorEvents> implements Disposable {
   /** Interrupts seen since the vector was set up. */
   total = 0;
   /** Interrupts that arrived with no waiter; the next wait() takes them. */
@@ -146,6 +152,11 @@ export class InterruptVector extends EventEmitter {
       w.reject(reason);
     }
     this.emit('close');
+  }
+
+  /** `using vector = ...`: close() at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.close();
   }
 
   private onSignal(status: number, count: number): void {

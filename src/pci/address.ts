@@ -1,8 +1,8 @@
 import { InvalidArgumentError } from '../errors.js';
 
 /**
- * A PCI function's address. The domain (segment) is always part of it: the seed's
- * bus/slot/function triple was ambiguous on machines with several host bridges.
+ * A PCI function's address. The domain (segment) is always part of it: a bus/slot/function
+ * triple alone is ambiguous on machines with several host bridges.
  */
 export interface PciAddress {
   readonly domain: number; // 0..0xffffffff (VMD domains have five hex digits)

@@ -3,9 +3,12 @@
  * structures. Checked against a fake sysfs so results are exact.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
+import { inspect } from 'node:util';
+import { startServerThread, type ServerThread } from '../../src/vfio-user/server/thread.js';
 import * as userpci from '../../src/index.js';
 import { makeFakeSysfs } from '../fixtures/config/fake-sysfs.js';
 import { NIC_WITH_SRIOV_RESOURCE, conventionalDevice, nicWithSriov, rootPort } from '../fixtures/config/synthetic.js';
@@ -96,5 +99,71 @@ describe('errors from the root module', () => {
     const error = new userpci.RemoteError(0x2, 22);
     const code: userpci.UserpciErrorCode = error.code;
     assert.equal(code, 'EINVAL');
+  });
+});
+
+describe('resources a driver holds: using, inspect, typed events (edu over vfio-user)', () => {
+  let thread: ServerThread;
+  const directory = mkdtempSync(join(tmpdir(), 'userpci-api-'));
+  const socketPath = join(directory, 'edu.sock');
+  before(async () => {
+    thread = await startServerThread({ model: 'edu', socketPath });
+  });
+  after(async () => {
+    await thread.stop();
+    rmSync(directory, { recursive: true, force: true });
+  });
+
+  it('frees buffers, unmaps mappings and closes vectors at the end of a using scope', async () => {
+    await using device = await userpci.openDevice(socketPath, { dmaMask: 0xfffffff });
+    let kept: userpci.DmaBuffer;
+    let keptMap: userpci.DmaMapping;
+    let keptVector: userpci.InterruptVector;
+    {
+      using buffer = device.allocDma(4096);
+      using mapping = device.mapDma(new Uint8Array(100), 'from-device');
+      using vector = device.enableInterrupts('msi')[0]!;
+      kept = buffer;
+      keptMap = mapping;
+      keptVector = vector;
+      assert.equal(device.dma.liveBuffers, 1);
+      assert.equal(device.dma.liveMappings, 1);
+    }
+    assert.equal(kept.freed, true);
+    assert.equal(keptMap.mapped, false);
+    assert.equal(keptVector.closed, true);
+    assert.equal(device.dma.liveBuffers, 0);
+    assert.equal(device.dma.liveMappings, 0);
+    {
+      using early = device.allocDma(4096);
+      early.free(); // disposing what was already freed is not an error
+    }
+  });
+
+  it('inspects a DmaBuffer as its IOVA, size and state, not its internals', async () => {
+    await using device = await userpci.openDevice(socketPath, { dmaMask: 0xfffffff });
+    const buffer = device.allocDma(8192);
+    const shown = inspect(buffer);
+    assert.equal(shown, `DmaBuffer { iova: 0x${buffer.iova.toString(16)}, size: 8192, freed: false }`);
+    buffer.free();
+    assert.match(inspect(buffer), /freed: true/);
+    const mapping = device.mapDma(new Uint8Array(10), 'to-device');
+    assert.match(inspect(mapping), /^DmaMapping \{ direction: 'to-device', segments: \[ \{ iova: 0x[0-9a-f]+, length: 10 \} \], mapped: true \}$/);
+    mapping.unmap();
+  });
+
+  it('types the events of PciDevice and InterruptVector', async () => {
+    await using device = await userpci.openDevice(socketPath, { dmaMask: 0xfffffff });
+    const counts: number[] = [];
+    device.on('device-error', (count) => counts.push(count));
+    // @ts-expect-error 'removed' carries no arguments
+    device.on('removed', (reason: string) => reason);
+    const [vector] = device.enableInterrupts('msi');
+    const got = new Promise<number>((resolve) => vector!.once('interrupt', (count) => resolve(count)));
+    new userpci.EduDriver(device).raiseInterrupt(1);
+    const count: number = await got;
+    assert.ok(count >= 1);
+    device.emit('device-error', 2);
+    assert.deepEqual(counts, [2]);
   });
 });

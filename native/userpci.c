@@ -309,25 +309,82 @@ static napi_value n_fstat(napi_env env, napi_callback_info info) {
  * Every live mapping is recorded so that munmap can find it, detach the ArrayBuffer first
  * (every JS view then reads as length 0 instead of faulting) and so that a mapping whose
  * ArrayBuffer is garbage-collected without munmap is still released exactly once.
+ *
+ * The records live in a hash table keyed by address (chained, grown by doubling), so finding
+ * one for munmap and dropping one at finalization cost O(1) on average: a process that maps
+ * and drops hundreds of thousands of buffers must not pay a scan of every live one per buffer.
  */
 typedef struct mapping {
   void *addr;
   size_t length;
   int unmapped;
-  struct mapping *next;
+  struct mapping *next; /* hash chain */
 } mapping;
 
-static mapping *mappings = NULL;
+static mapping **mapping_buckets = NULL;
+static size_t mapping_bucket_count = 0; /* a power of two, or 0 before the first mapping */
+static size_t mapping_count = 0;
+/* Chain links followed by lookups, inserts and removals: what mappingStats() reports. */
+static uint64_t mapping_steps = 0;
 /* Worker threads (a vfio-user server on its own thread) map and unmap too. */
 static pthread_mutex_t mappings_lock = PTHREAD_MUTEX_INITIALIZER;
 
+static size_t mapping_bucket(const void *addr, size_t count) {
+  uint64_t h = ((uint64_t)(uintptr_t)addr >> 12) * 0x9E3779B97F4A7C15ull;
+  return (size_t)(h >> 32) & (count - 1);
+}
+
+/* Caller holds mappings_lock. When calloc fails the table keeps its size: still correct, only slower. */
+static void grow_mappings(void) {
+  size_t count = mapping_bucket_count ? mapping_bucket_count * 2 : 1024;
+  mapping **buckets = calloc(count, sizeof *buckets);
+  if (!buckets) return;
+  for (size_t i = 0; i < mapping_bucket_count; i++) {
+    for (mapping *m = mapping_buckets[i], *next; m; m = next) {
+      next = m->next;
+      size_t b = mapping_bucket(m->addr, count);
+      m->next = buckets[b];
+      buckets[b] = m;
+    }
+  }
+  free(mapping_buckets);
+  mapping_buckets = buckets;
+  mapping_bucket_count = count;
+}
+
+/* Caller holds mappings_lock. 0 when no table exists and none could be made. */
+static int remember_mapping(mapping *m) {
+  if (mapping_count >= mapping_bucket_count) grow_mappings();
+  if (mapping_bucket_count == 0) return 0;
+  size_t b = mapping_bucket(m->addr, mapping_bucket_count);
+  m->next = mapping_buckets[b];
+  mapping_buckets[b] = m;
+  mapping_count++;
+  mapping_steps++;
+  return 1;
+}
+
+/* Caller holds mappings_lock. */
 static void forget_mapping(mapping *m) {
-  for (mapping **p = &mappings; *p; p = &(*p)->next) {
+  if (mapping_bucket_count == 0) return;
+  for (mapping **p = &mapping_buckets[mapping_bucket(m->addr, mapping_bucket_count)]; *p; p = &(*p)->next) {
+    mapping_steps++;
     if (*p == m) {
       *p = m->next;
+      mapping_count--;
       return;
     }
   }
+}
+
+/* Caller holds mappings_lock. */
+static mapping *find_mapping(void *addr) {
+  if (mapping_bucket_count == 0) return NULL;
+  for (mapping *m = mapping_buckets[mapping_bucket(addr, mapping_bucket_count)]; m; m = m->next) {
+    mapping_steps++;
+    if (m->addr == addr && !m->unmapped) return m;
+  }
+  return NULL;
 }
 
 static void finalize_mapping(napi_env env, void *data, void *hint) {
@@ -339,6 +396,19 @@ static void finalize_mapping(napi_env env, void *data, void *hint) {
   forget_mapping(m);
   pthread_mutex_unlock(&mappings_lock);
   free(m);
+}
+
+/* mappingStats() -> { live, steps }: live records and chain links walked so far (for tests of the table's cost). */
+static napi_value n_mapping_stats(napi_env env, napi_callback_info info) {
+  (void)info;
+  pthread_mutex_lock(&mappings_lock);
+  double live = (double)mapping_count, steps = (double)mapping_steps;
+  pthread_mutex_unlock(&mappings_lock);
+  napi_value out;
+  napi_create_object(env, &out);
+  napi_set_named_property(env, out, "live", make_num(env, live));
+  napi_set_named_property(env, out, "steps", make_num(env, steps));
+  return out;
 }
 
 /* mmap(length, prot, flags, fd, offset) -> ArrayBuffer over the new mapping. */
@@ -367,16 +437,10 @@ static napi_value n_mmap(napi_env env, napi_callback_info info) {
     return throw_errno(env, ENOMEM, "napi_create_external_arraybuffer");
   }
   pthread_mutex_lock(&mappings_lock);
-  m->next = mappings;
-  mappings = m;
+  int remembered = remember_mapping(m);
   pthread_mutex_unlock(&mappings_lock);
+  if (!remembered) return throw_errno(env, ENOMEM, "mmap"); /* the ArrayBuffer's finalizer unmaps */
   return ab;
-}
-
-static mapping *find_mapping(void *addr) {
-  for (mapping *m = mappings; m; m = m->next)
-    if (m->addr == addr && !m->unmapped) return m;
-  return NULL;
 }
 
 /* munmap(arrayBuffer): detach every view, then unmap. Unmapping twice is EINVAL, never a fault. */
@@ -879,7 +943,7 @@ static napi_value init(napi_env env, napi_value exports) {
     F("pread", n_pread), F("pwrite", n_pwrite), F("read", n_read), F("write", n_write),
     F("ftruncate", n_ftruncate), F("memfdCreate", n_memfd_create),
     F("mmap", n_mmap), F("munmap", n_munmap), F("madvise", n_madvise), F("mlock", n_mlock),
-    F("munlock", n_munlock), F("addressOf", n_address_of), F("getrlimit", n_getrlimit),
+    F("munlock", n_munlock), F("addressOf", n_address_of), F("mappingStats", n_mapping_stats), F("getrlimit", n_getrlimit),
     F("eventfd", n_eventfd), F("eventfdRead", n_eventfd_read), F("eventfdWrite", n_eventfd_write),
     F("watch", n_watch), F("watchStop", n_watch_stop), F("watchRef", n_watch_ref),
     F("unixListen", n_unix_listen), F("unixAccept", n_unix_accept), F("unixConnect", n_unix_connect),

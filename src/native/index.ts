@@ -46,6 +46,8 @@ export interface NativeAddon {
   /** An ArrayBuffer over the new mapping; release it with munmap (views detach first). */
   mmap(length: number, prot: number, flags: number, fd: number, offset: number): ArrayBuffer;
   munmap(buffer: ArrayBuffer): void;
+  /** Live mapping records and the hash-chain links walked so far (lets tests count the table's work). */
+  mappingStats(): { live: number; steps: number };
   madvise(buffer: Bytes, advice: number): void;
   mlock(buffer: Bytes): void;
   munlock(buffer: Bytes): void;

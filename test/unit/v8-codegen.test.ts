@@ -6,6 +6,7 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 
 function optimizedCode(source: string): string {
   const r = spawnSync(process.execPath, ['--print-opt-code', '-e', source], { encoding: 'utf8', maxBuffer: 64 << 20 });
@@ -34,4 +35,67 @@ test('16-bit and 64-bit stores keep their width', () => {
   assert.ok(section, 'V8 optimized w()');
   assert.ok(/\bmovw \[[a-z0-9]+\+0x4\],/.test(section), '16-bit store is a movw');
   assert.ok(/REX\.W movq \[[a-z0-9]+\+0x8\],/.test(section), '64-bit store is a movq');
+});
+
+/** Optimized code of each named function (its own section of --print-opt-code output). */
+function sections(code: string, names: string[]): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const s of code.split('--- Raw source ---')) {
+    const m = /^name = (\S+)$/m.exec(s);
+    if (!m || !names.includes(m[1]!)) continue;
+    // Instruction lines only, past the prologue (its `testb [reg+..],0x1` checks the code object's deopt flag).
+    out.set(m[1]!, s.split('\n').filter((l) => /^0x[0-9a-f]+\s+[0-9a-f]+\s/.test(l) && parseInt(l.split(/\s+/)[1]!, 16) >= 0x10));
+  }
+  for (const n of names) assert.ok(out.has(n), `V8 optimized ${n}()`);
+  return out;
+}
+
+/** A memory operand of a typed-array element at this byte offset in the mapping. */
+const at = (offset: number) => String.raw`\[r\w+\+r\w+\*1\+0x${offset.toString(16)}\]`;
+
+test('a bare typed-array load feeding a bit test is narrowed (why Region does more than a plain load)', () => {
+  const code = optimizedCode(`
+    const u = new Uint32Array(new ArrayBuffer(64));
+    function bit() { return (u[1] & 1) !== 0; }
+    for (let i = 0; i < 200000; i++) bit();`);
+  const lines = sections(code, ['bit']).get('bit')!;
+  assert.ok(lines.some((l) => /\btestb \[/.test(l)), `V8 narrowed the 32-bit load to a one-byte test:\n${lines.join('\n')}`);
+});
+
+test('Region on a mapping: full-width loads even under bit tests, never merged; one store per write; write64(number) is one 8-byte store', () => {
+  const region = path.resolve(__dirname, '../../src/device/region.js');
+  const nativeIndex = path.resolve(__dirname, '../../src/native/index.js');
+  const code = optimizedCode(`
+    const { Region } = require(${JSON.stringify(region)});
+    const { native, constants } = require(${JSON.stringify(nativeIndex)});
+    const backend = {
+      mapRegion: (i, o, s) => native.mmap(s, constants.PROT_READ | constants.PROT_WRITE, constants.MAP_SHARED | constants.MAP_ANONYMOUS, -1, 0),
+      unmapRegion: (b) => native.munmap(b),
+    };
+    const r = new Region(backend, { index: 0, size: 0x4000, readable: true, writable: true, mappable: true, sparseAreas: undefined }, 'bar');
+    function pollBit() { return (r.read32(0x1c) & 1) !== 0; }
+    function pollHigh16() { return (r.read16(0x22) & 0x100) !== 0; }
+    function pollByte() { return (r.read8(0x25) & 0x80) !== 0; }
+    function twice() { return r.read32(0x34) + r.read32(0x34); }
+    function doorbell(a, b) { r.write32(0x1008, a); r.write32(0x1008, b); }
+    function w16(a) { r.write16(0x40a, a); }
+    function w8(a) { r.write8(0x40d, a); }
+    function w64(a) { r.write64(0x28, a); }
+    for (let i = 0; i < 200000; i++) {
+      pollBit(); pollHigh16(); pollByte(); twice(); doorbell(i, i + 1); w16(i & 0xffff); w8(i & 0xff); w64(i * 4096);
+    }`);
+  const s = sections(code, ['pollBit', 'pollHigh16', 'pollByte', 'twice', 'doorbell', 'w16', 'w8', 'w64']);
+  const has = (fn: string, re: RegExp) => s.get(fn)!.filter((l) => re.test(l)).length;
+  const show = (fn: string) => `\n${s.get(fn)!.join('\n')}`;
+  const memTest = /\b(test|cmp)[bwlq]? \[r\w+\+r\w+\*1/;
+  assert.equal(has('pollBit', new RegExp(`\\bmovl r\\w+,${at(0x1c)}`)), 1, `read32 under '& 1' is one movl load${show('pollBit')}`);
+  assert.equal(has('pollBit', memTest), 0, `no narrowed memory test${show('pollBit')}`);
+  assert.equal(has('pollHigh16', new RegExp(`\\bmovzxwl r\\w+,${at(0x22)}`)), 1, `read16 under '& 0x100' is one 16-bit load${show('pollHigh16')}`);
+  assert.equal(has('pollHigh16', memTest), 0, `no narrowed memory test${show('pollHigh16')}`);
+  assert.equal(has('pollByte', new RegExp(`\\bmovzxbl r\\w+,${at(0x25)}`)), 1, `read8 is one byte load${show('pollByte')}`);
+  assert.equal(has('twice', new RegExp(`\\bmovl r\\w+,${at(0x34)}`)), 2, `two reads of one register are two loads (not merged)${show('twice')}`);
+  assert.equal(has('doorbell', new RegExp(`\\bmovl ${at(0x1008)},`)), 2, `two doorbell writes are two movl${show('doorbell')}`);
+  assert.equal(has('w16', new RegExp(`\\bmovw ${at(0x40a)},`)), 1, `write16 is one movw${show('w16')}`);
+  assert.equal(has('w8', new RegExp(`\\bmovb ${at(0x40d)},`)), 1, `write8 is one movb${show('w8')}`);
+  assert.equal(has('w64', new RegExp(`\\b(vmovsd|movsd|REX\\.W movq) ${at(0x28)},`)), 1, `write64(number) is one 8-byte store${show('w64')}`);
 });

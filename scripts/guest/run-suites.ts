@@ -56,6 +56,18 @@ export const SUITES: GuestRun[] = [
       }
     },
   },
+  {
+    // virtio-net on one QEMU hub (no host networking): ours through vfio-pci, the kernel's
+    // virtio_net as the peer, and a NIC without iommu_platform=on the driver must refuse.
+    name: 'net',
+    qemuDevices: [
+      '-netdev', 'hubport,id=h0,hubid=0', '-device', 'virtio-net-pci,netdev=h0,disable-legacy=on,iommu_platform=on,mac=52:54:00:00:77:01',
+      '-netdev', 'hubport,id=h1,hubid=0', '-device', 'virtio-net-pci,netdev=h1,disable-legacy=on,iommu_platform=on,mac=52:54:00:00:77:02',
+      '-netdev', 'hubport,id=h2,hubid=1', '-device', 'virtio-net-pci,netdev=h2,disable-legacy=on,mac=52:54:00:00:77:03',
+    ],
+    tests: ['dist/test/guest/virtio-net.test.js'],
+    timeoutMs: 8 * MIN,
+  },
 ];
 
 async function main(argv: string[]): Promise<number> {

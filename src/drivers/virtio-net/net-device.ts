@@ -1,0 +1,440 @@
+/**
+ * A virtio-net driver in user space: bring-up over the virtio 1.x PCI transport, receive and
+ * transmit queue pairs over preallocated DMA slots, and two ways to move packets:
+ *
+ * - bursts (the fast path, like DPDK and ixy): rxBurst/txBurst move up to a batch of frames per
+ *   call between the rings and a reusable PacketBatch, polling, with no allocation per packet;
+ * - events (convenience): listen() raises 'frame' for each received frame (on an MSI-X
+ *   interrupt per receive queue, or polling without MSI-X), send() waits for ring space.
+ *
+ *   const net = await VirtioNet.open('0000:00:05.0');
+ *   console.log(net.macString, net.linkUp);
+ *   const batch = new PacketBatch(32);
+ *   batch.add(frame); net.txBurst(0, batch);
+ *   const n = net.rxBurst(0, batch);
+ *   await net.close();
+ *
+ * Events: 'frame' (frame: Buffer, queue: number) while listening, 'link' (up: boolean) on a
+ * configuration change, 'removed' when the device was unplugged (every later call: ENODEV).
+ */
+import { EventEmitter } from 'node:events';
+import { DeviceGoneError, InvalidArgumentError, UserpciError } from '../../errors';
+import { openDevice } from '../../device/open';
+import type { PciDevice } from '../../device/device';
+import type { DmaBuffer } from '../../dma/dma-space';
+import type { InterruptVector } from '../../irq/interrupt-vector';
+import { VirtioPciTransport } from '../virtio/transport';
+import type { SplitQueue } from '../virtio/split-queue';
+import * as V from '../virtio/constants';
+import * as N from './constants';
+import { PacketBatch } from './packet-batch';
+import { RxQueue, TxQueue, type QueueStats } from './queues';
+
+export interface VirtioNetOptions {
+  /** Receive/transmit queue pairs (needs MQ when above 1); default 1. */
+  queuePairs?: number;
+  /** Ring entries per queue, capped by the device; default 256. */
+  queueSize?: number;
+  /**
+   * Bytes per receive buffer (a multiple of 16). Default 2048: a whole frame per buffer. Smaller
+   * buffers (down to 64) need MRG_RXBUF; a frame then spans several.
+   */
+  rxBufferSize?: number;
+  /** Negotiate MRG_RXBUF when offered; default true. */
+  mergeableRxBuffers?: boolean;
+  /** Negotiate CSUM/GUEST_CSUM when offered, so checksum flags pass through; default true. */
+  checksumOffload?: boolean;
+  /** 'msix' (default when the device has enough vectors): an interrupt per receive queue and one for configuration changes; 'poll': none. */
+  interrupts?: 'msix' | 'poll';
+  /** DMA mask when opening by address; virtio addresses are 64-bit. */
+  dmaMask?: number | bigint;
+}
+
+export interface VirtioNetInfo {
+  address: string;
+  mac: string;
+  linkUp: boolean;
+  mtu: number;
+  maxFrameSize: number;
+  queuePairs: number;
+  maxQueuePairs: number;
+  queueSize: number;
+  rxBufferSize: number;
+  interrupts: 'msix' | 'poll';
+  offered: string[];
+  negotiated: string[];
+}
+
+const DEFAULT_QUEUE_SIZE = 256;
+const TX_SLOT = 2048;
+const CTRL_TIMEOUT_MS = 5000;
+
+export class VirtioNet extends EventEmitter implements AsyncDisposable {
+  readonly mac = new Uint8Array(6);
+  mtu = N.DEFAULT_MTU;
+  readonly offered: bigint;
+  readonly features: bigint;
+  readonly queuePairs: number;
+  readonly maxQueuePairs: number;
+  readonly interruptMode: 'msix' | 'poll';
+  readonly rxBufferSize: number;
+  private linkState = true;
+  private readonly rx: RxQueue[] = [];
+  private readonly tx: TxQueue[] = [];
+  private readonly slotMemory: DmaBuffer[] = [];
+  private vectors: readonly InterruptVector[] = [];
+  private closedReason: string | undefined;
+  private listening: { batch: PacketBatch; stop: () => void } | undefined;
+  private sendBatch = new PacketBatch(1, TX_SLOT);
+
+  /** Opens the NIC at a PCI address (or takes an open device) and brings it up. */
+  static async open(target: string | PciDevice, options: VirtioNetOptions = {}): Promise<VirtioNet> {
+    const owns = typeof target === 'string';
+    const device = owns ? await openDevice(target, { dmaMask: options.dmaMask }) : target;
+    let net: VirtioNet | undefined;
+    try {
+      const transport = new VirtioPciTransport(device);
+      if (transport.deviceType !== N.VIRTIO_NET_DEVICE_TYPE) {
+        throw new UserpciError('ENODEV', `${device.name} is a virtio device of type ${transport.deviceType}, not a network card (type 1)`);
+      }
+      // Quiesce first: a previous owner (the kernel's driver, or a process killed mid-burst) may
+      // have left queues running at addresses that mean nothing to us.
+      await transport.reset();
+      net = new VirtioNet(transport, owns, options);
+      net.start();
+      return net;
+    } catch (err) {
+      if (net) await net.abandon();
+      else if (!device.closed) {
+        try {
+          await new VirtioPciTransport(device).shutdown();
+        } catch {
+          // Not virtio, or gone: nothing to stop.
+        }
+      }
+      if (owns) device.close();
+      throw err;
+    }
+  }
+
+  private constructor(
+    readonly transport: VirtioPciTransport,
+    private readonly ownsDevice: boolean,
+    private readonly options: VirtioNetOptions,
+  ) {
+    super();
+    const t = transport;
+    this.offered = t.deviceFeatures();
+    const has = (bit: number) => V.hasFeature(this.offered, bit);
+    const pairs = options.queuePairs ?? 1;
+    this.maxQueuePairs = has(N.NET_F_MQ) ? t.readDeviceConfig((c) => c.u16(N.CFG_MAX_VIRTQUEUE_PAIRS)) : 1;
+    if (!Number.isInteger(pairs) || pairs < 1 || pairs > this.maxQueuePairs) {
+      throw new UserpciError(pairs > 1 && !has(N.NET_F_MQ) ? 'ENOTSUP' : 'EINVAL',
+        `${t.name} offers ${this.maxQueuePairs} queue pair(s)${has(N.NET_F_MQ) ? '' : ' (no MQ feature)'}; asked for ${String(options.queuePairs)}`);
+    }
+    this.queuePairs = pairs;
+    const mergeable = (options.mergeableRxBuffers ?? true) && has(N.NET_F_MRG_RXBUF);
+    this.rxBufferSize = options.rxBufferSize ?? 2048;
+    const minRx = mergeable ? 64 : 16 + N.ETH_HEADER + N.DEFAULT_MTU + 4;
+    if (!Number.isInteger(this.rxBufferSize) || this.rxBufferSize % 16 !== 0 || this.rxBufferSize < minRx || this.rxBufferSize > 65536) {
+      throw new InvalidArgumentError(`rxBufferSize must be a multiple of 16 from ${minRx} to 65536${mergeable ? '' : ' (no mergeable buffers negotiated)'}, got ${this.rxBufferSize}`);
+    }
+    let want = V.featureBit(N.NET_F_MAC) | V.featureBit(N.NET_F_STATUS) | V.featureBit(N.NET_F_MTU);
+    if (mergeable) want |= V.featureBit(N.NET_F_MRG_RXBUF);
+    if (options.checksumOffload ?? true) want |= V.featureBit(N.NET_F_CSUM) | V.featureBit(N.NET_F_GUEST_CSUM);
+    if (pairs > 1) want |= V.featureBit(N.NET_F_MQ) | V.featureBit(N.NET_F_CTRL_VQ);
+    // VERSION_1 (the modern interface) and ACCESS_PLATFORM (DMA through the IOMMU, so our IOVAs
+    // mean something to the device) are conditions, not wishes.
+    const required = V.featureBit(V.F_VERSION_1) | V.featureBit(V.F_ACCESS_PLATFORM);
+    this.features = t.negotiate(want, required, N.NET_FEATURE_NAMES);
+    const msix = t.device.interrupts.info('msix').count;
+    const need = 1 + pairs;
+    this.interruptMode = options.interrupts ?? (msix >= need ? 'msix' : 'poll');
+    if (this.interruptMode === 'msix' && msix < need) {
+      throw new UserpciError('ENOTSUP', `${t.name} offers ${msix} MSI-X vector(s); ${need} needed for ${pairs} queue pair(s) and configuration changes`);
+    }
+    t.device.on('removed', this.onRemoved);
+  }
+
+  private readonly onRemoved = (): void => {
+    this.closedReason = `${this.transport.name} was removed`;
+    this.stopListening();
+    this.emit('removed');
+  };
+
+  private has(bit: number): boolean {
+    return V.hasFeature(this.features, bit);
+  }
+
+  private start(): void {
+    const t = this.transport;
+    const device = t.device;
+    if (this.interruptMode === 'msix') {
+      this.vectors = device.enableInterrupts('msix', 1 + this.queuePairs);
+      t.setConfigVector(0);
+      this.vectors[0]!.on('interrupt', () => this.onConfigChange());
+    }
+    const size = this.options.queueSize ?? DEFAULT_QUEUE_SIZE;
+    if (!Number.isInteger(size) || size < 2 || size > V.MAX_QUEUE_SIZE) throw new InvalidArgumentError(`queueSize must be 2..${V.MAX_QUEUE_SIZE}, got ${size}`);
+    for (let p = 0; p < this.queuePairs; p++) {
+      const rxVq = t.setupQueue(2 * p, { size, msixVector: this.interruptMode === 'msix' ? 1 + p : V.NO_VECTOR });
+      this.rx.push(new RxQueue(rxVq, this.slots(rxVq, this.rxBufferSize), this.rxBufferSize, this.has(N.NET_F_MRG_RXBUF)));
+      const txVq = t.setupQueue(2 * p + 1, { size, msixVector: V.NO_VECTOR });
+      this.tx.push(new TxQueue(txVq, this.slots(txVq, TX_SLOT), TX_SLOT));
+    }
+    let ctrl: SplitQueue | undefined;
+    if (this.queuePairs > 1) ctrl = t.setupQueue(2 * this.maxQueuePairs, { size: 16 });
+    this.readConfig();
+    t.driverOk();
+    for (const q of this.rx) if (q.vq.kick()) q.stats.doorbells++;
+    if (ctrl) this.setQueuePairs(ctrl);
+  }
+
+  private slots(vq: SplitQueue, slotSize: number): DmaBuffer {
+    const m = this.transport.device.allocDma(vq.size * slotSize);
+    this.slotMemory.push(m);
+    return m;
+  }
+
+  private readConfig(): void {
+    const t = this.transport;
+    t.readDeviceConfig((c) => {
+      if (this.has(N.NET_F_MAC)) for (let i = 0; i < 6; i++) this.mac[i] = c.u8(N.CFG_MAC + i);
+      if (this.has(N.NET_F_STATUS)) this.linkState = (c.u16(N.CFG_STATUS) & N.STATUS_LINK_UP) !== 0;
+      if (this.has(N.NET_F_MTU)) this.mtu = c.u16(N.CFG_MTU);
+    });
+    if (!this.has(N.NET_F_MAC)) {
+      // No address from the device: a random locally administered unicast one, as Linux does.
+      for (let i = 0; i < 6; i++) this.mac[i] = Math.floor(Math.random() * 256);
+      this.mac[0] = (this.mac[0]! & 0xfe) | 0x02;
+    }
+  }
+
+  /** Tell a multiqueue device how many pairs we use (control queue: class MQ, VQ_PAIRS_SET). */
+  private setQueuePairs(ctrl: SplitQueue): void {
+    const mem = this.transport.device.allocDma(64);
+    this.slotMemory.push(mem);
+    const u8 = new Uint8Array(mem.buffer);
+    u8[0] = N.CTRL_CLASS_MQ;
+    u8[1] = N.CTRL_MQ_VQ_PAIRS_SET;
+    u8[2] = this.queuePairs & 0xff;
+    u8[3] = this.queuePairs >> 8;
+    u8[16] = 0xff;
+    ctrl.setDescriptor(0, mem.iova, 4, V.DESC_F_NEXT, 1);
+    ctrl.setDescriptor(1, mem.iova + 16, 1, V.DESC_F_WRITE);
+    ctrl.setInterrupts(false);
+    ctrl.push(0);
+    ctrl.publish();
+    ctrl.kick();
+    const deadline = Date.now() + CTRL_TIMEOUT_MS;
+    while (ctrl.usedCount() === 0) {
+      if (Date.now() > deadline) throw new UserpciError('ETIMEDOUT', `${this.transport.name} did not answer the control command setting ${this.queuePairs} queue pairs`);
+    }
+    ctrl.consume(1);
+    if (u8[16] !== N.CTRL_OK) throw new UserpciError('EIO', `${this.transport.name} refused ${this.queuePairs} queue pairs (ack ${u8[16]})`);
+  }
+
+  private onConfigChange(): void {
+    if (this.closedReason) return;
+    const before = this.linkState;
+    try {
+      this.readConfig();
+    } catch {
+      return;
+    }
+    if (this.linkState !== before) this.emit('link', this.linkState);
+  }
+
+  // ------------------------------------------------------------------ properties
+
+  get name(): string {
+    return this.transport.name;
+  }
+
+  get device(): PciDevice {
+    return this.transport.device;
+  }
+
+  get macString(): string {
+    return [...this.mac].map((b) => b.toString(16).padStart(2, '0')).join(':');
+  }
+
+  /** Link status as of the last configuration read (always up without the STATUS feature). */
+  get linkUp(): boolean {
+    return this.linkState;
+  }
+
+  /** Largest frame accepted for sending: the MTU plus the Ethernet header (no FCS). */
+  get maxFrameSize(): number {
+    return Math.min(this.mtu + N.ETH_HEADER, TX_SLOT - 16);
+  }
+
+  get closed(): boolean {
+    return this.closedReason !== undefined;
+  }
+
+  info(): VirtioNetInfo {
+    return {
+      address: this.name, mac: this.macString, linkUp: this.linkUp, mtu: this.mtu, maxFrameSize: this.maxFrameSize,
+      queuePairs: this.queuePairs, maxQueuePairs: this.maxQueuePairs, queueSize: this.rx[0]?.vq.size ?? 0,
+      rxBufferSize: this.rxBufferSize, interrupts: this.interruptMode,
+      offered: V.featureNames(this.offered, N.NET_FEATURE_NAMES), negotiated: V.featureNames(this.features, N.NET_FEATURE_NAMES),
+    };
+  }
+
+  stats(queue = 0): { rx: QueueStats; tx: QueueStats } {
+    this.checkQueue(queue);
+    return { rx: { ...this.rx[queue]!.stats }, tx: { ...this.tx[queue]!.stats } };
+  }
+
+  // ------------------------------------------------------------------ bursts
+
+  /** Receives up to batch.capacity frames into batch slots 0..n-1; returns n (0: nothing yet). */
+  rxBurst(queue: number, batch: PacketBatch): number {
+    this.checkQueue(queue);
+    if (this.listening && queue === 0) throw new UserpciError('EBUSY', `${this.name}: queue 0 is being read by listen()`);
+    return this.rx[queue]!.burst(batch);
+  }
+
+  /**
+   * Sends frames start..start+count-1 of the batch (default: all of it); returns how many the
+   * ring took (fewer when it is full: call again). Every frame is checked before any is sent:
+   * 14..maxFrameSize bytes (EMSGSIZE above, EINVAL below), checksum requests only with CSUM.
+   */
+  txBurst(queue: number, batch: PacketBatch, start = 0, count = batch.count - start): number {
+    this.checkQueue(queue);
+    if (!Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count < 0 || start + count > batch.count) {
+      throw new InvalidArgumentError(`packets ${start}..${start + count - 1} are not in the batch (count ${batch.count})`);
+    }
+    if (count === 0) throw new InvalidArgumentError(`${this.name}: an empty batch was given to send`);
+    const max = this.maxFrameSize;
+    const csum = this.has(N.NET_F_CSUM);
+    for (let i = start; i < start + count; i++) {
+      const len = batch.lengths[i]!;
+      if (len > max || len > batch.slotSize) throw new UserpciError('EMSGSIZE', `${this.name}: packet ${i} is ${len} bytes; the largest frame is ${max}`);
+      if (len < N.ETH_HEADER) throw new InvalidArgumentError(`${this.name}: packet ${i} is ${len} bytes, shorter than an Ethernet header`);
+      const f = batch.flags[i]!;
+      if (f !== 0 && (f !== N.HDR_F_NEEDS_CSUM || !csum || batch.csumStart[i]! + batch.csumOffset[i]! + 2 > len)) {
+        throw new InvalidArgumentError(`${this.name}: packet ${i} asks for checksum flags 0x${f.toString(16)}${csum ? ' with a checksum position outside it' : ' but the device took no CSUM offload'}`);
+      }
+    }
+    return this.tx[queue]!.burst(batch, start, count);
+  }
+
+  /** Free transmit slots on a queue (frames the device finished are taken back first). */
+  txSpace(queue = 0): number {
+    this.checkQueue(queue);
+    return this.tx[queue]!.space;
+  }
+
+  // ------------------------------------------------------------------ events
+
+  /** Sends one frame, waiting (without blocking the event loop) while the ring is full. */
+  async send(frame: Uint8Array, queue = 0): Promise<void> {
+    this.checkQueue(queue);
+    if (!(frame instanceof Uint8Array)) throw new InvalidArgumentError('send() takes a Uint8Array (or Buffer)');
+    if (frame.length > this.maxFrameSize) throw new UserpciError('EMSGSIZE', `${this.name}: a ${frame.length}-byte frame; the largest is ${this.maxFrameSize}`);
+    const batch = this.sendBatch;
+    batch.clear();
+    batch.add(frame);
+    while (this.txBurst(queue, batch) === 0) {
+      await new Promise((r) => setImmediate(r));
+      this.checkQueue(queue);
+    }
+  }
+
+  /**
+   * Emit 'frame' (a Buffer of its own, and the queue) for every frame received on queue 0, until
+   * stopListening(). Wakes on the queue's MSI-X interrupt, or polls without MSI-X.
+   */
+  listen(): void {
+    this.checkQueue(0);
+    if (this.listening) return;
+    const batch = new PacketBatch(64, 65536 - 16);
+    const q = this.rx[0]!;
+    const drain = () => {
+      if (this.closedReason) return 0;
+      let total = 0;
+      for (let n = q.burst(batch); n > 0; n = q.burst(batch)) {
+        total += n;
+        for (let i = 0; i < n; i++) this.emit('frame', Buffer.from(batch.data.subarray(batch.offset(i), batch.offset(i) + batch.lengths[i]!)), 0);
+        if (!this.listening) break;
+      }
+      return total;
+    };
+    let stop: () => void;
+    if (this.interruptMode === 'msix') {
+      const vector = this.vectors[1]!;
+      const onInterrupt = () => drain();
+      vector.on('interrupt', onInterrupt);
+      vector.ref();
+      q.setInterrupts(true);
+      stop = () => {
+        q.setInterrupts(false);
+        vector.off('interrupt', onInterrupt);
+        vector.unref();
+      };
+    } else {
+      let timer: NodeJS.Timeout | undefined;
+      const poll = () => {
+        timer = setTimeout(poll, drain() > 0 ? 0 : 1);
+      };
+      timer = setTimeout(poll, 0);
+      stop = () => clearTimeout(timer);
+    }
+    this.listening = { batch, stop };
+    // Frames that arrived before we listened raised no interrupt: take them now.
+    setImmediate(drain);
+  }
+
+  stopListening(): void {
+    const l = this.listening;
+    this.listening = undefined;
+    l?.stop();
+  }
+
+  // ------------------------------------------------------------------ teardown
+
+  /** Stops the device (reset: it lets go of every buffer), then frees our memory and, if we opened it, the device. */
+  async close(): Promise<void> {
+    if (this.closedReason && this.transport.device.closed) return;
+    this.closedReason ??= `${this.name} is closed`;
+    this.stopListening();
+    this.transport.device.off('removed', this.onRemoved);
+    await this.transport.shutdown();
+    this.freeSlots();
+    if (this.ownsDevice) this.transport.device.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  private async abandon(): Promise<void> {
+    this.closedReason ??= `${this.name} failed to start`;
+    this.stopListening();
+    this.transport.device.off('removed', this.onRemoved);
+    this.transport.fail();
+    await this.transport.shutdown();
+    this.freeSlots();
+  }
+
+  private freeSlots(): void {
+    if (this.interruptMode === 'msix' && !this.transport.device.closed) {
+      try {
+        this.transport.device.disableInterrupts();
+      } catch {
+        // Gone.
+      }
+    }
+    for (const m of this.slotMemory.splice(0)) if (!m.freed) m.free();
+  }
+
+  private checkQueue(queue: number): void {
+    if (this.closedReason) throw new DeviceGoneError(this.closedReason);
+    if (this.transport.device.closed) throw new DeviceGoneError(`${this.name} is closed`);
+    if (!(queue >= 0 && queue < this.queuePairs && Number.isInteger(queue))) {
+      throw new InvalidArgumentError(`${this.name} has queue pairs 0..${this.queuePairs - 1}, not ${String(queue)}`);
+    }
+  }
+}

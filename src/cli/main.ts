@@ -10,6 +10,7 @@ import { configCommand } from './commands/config.js';
 import { demoCommand } from './commands/demo.js';
 import { infoCommand } from './commands/info.js';
 import { listCommand } from './commands/list.js';
+import { netCommand } from './commands/net.js';
 import { nvmeCommand } from './commands/nvme.js';
 import { serveCommand } from './commands/serve.js';
 import { UsageError } from './format.js';
@@ -30,7 +31,7 @@ export interface CliCommand {
 }
 
 /** The command table, in the order `--help` lists it. */
-export const COMMANDS: readonly CliCommand[] = [listCommand, infoCommand, configCommand, bindCommand, unbindCommand, serveCommand, demoCommand, nvmeCommand];
+export const COMMANDS: readonly CliCommand[] = [listCommand, infoCommand, configCommand, bindCommand, unbindCommand, serveCommand, demoCommand, nvmeCommand, netCommand];
 
 export function findCommand(name: string): CliCommand | undefined {
   return COMMANDS.find((command) => command.name === name);

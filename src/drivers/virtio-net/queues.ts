@@ -19,12 +19,14 @@ export interface QueueStats {
   bytes: number;
   /** Receive: frames dropped because they did not fit the caller's batch slot. */
   dropped: number;
+  /** Receive: buffers the device returned (more than packets when frames were merged). */
+  buffers: number;
   /** Doorbells rung (notifications the device asked for). */
   doorbells: number;
 }
 
 function newStats(): QueueStats {
-  return { packets: 0, bytes: 0, dropped: 0, doorbells: 0 };
+  return { packets: 0, bytes: 0, dropped: 0, buffers: 0, doorbells: 0 };
 }
 
 export class RxQueue {
@@ -99,6 +101,7 @@ export class RxQueue {
     batch.count = n;
     if (k > 0) {
       vq.consume(k);
+      this.stats.buffers += k;
       vq.publish();
       if (vq.kick()) this.stats.doorbells++;
       this.stats.packets += n;

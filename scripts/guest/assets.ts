@@ -1,8 +1,11 @@
 // Builds the guest's kernel and initramfs from Debian packages and this machine's own binaries,
-// cached under ~/.cache/userpci/guest/assets-<key> (USERPCI_CACHE_DIR overrides), where the key hashes everything they are built
+// for one of two kernel lines (GuestKernel): Debian 12's default kernel, or the newest 6.12 package
+// the same archive carries (ublk needs 6.0+). Cached under ~/.cache/userpci/guest/assets-<key>
+// (6.12: assets-6.12-<key>; USERPCI_CACHE_DIR overrides), where the key hashes everything they are built
 // from (kernel package version, host binaries' identity, init script). A fresh machine rebuilds
 // from nothing; an unchanged one reuses the cache in well under a second.
 
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createWriteStream, existsSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
@@ -12,11 +15,11 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { cpioStream, CpioEntry } from './cpio';
-import { INCLUDED_MODULES, INIT_SCRIPT } from './init-script';
+import { INCLUDED_MODULES, INIT_SCRIPT, OPTIONAL_MODULES } from './init-script';
 import { repoRoot, run, runOk } from './util';
 
 /** Bump when the way assets are assembled changes in a way the inputs do not show. */
-const FORMAT = 3;
+const FORMAT = 4;
 
 export interface GuestAssets {
   /** Hash of the inputs; names the cache directory. */
@@ -28,13 +31,30 @@ export interface GuestAssets {
   kernelRelease: string;
   /** The Debian package the kernel came from, e.g. linux-image-6.1.0-56-amd64 6.1.192-2. */
   kernelPackage: string;
+  /** Which kernel line they boot. */
+  line: GuestKernel;
   /** Whether this call built them (false: served from the cache). */
   built: boolean;
   buildMs: number;
 }
 
+/**
+ * Which kernel the guest boots: 'default' is the one Debian 12's linux-image-amd64 depends on
+ * (6.1); '6.12' the newest linux-image-6.12.*+deb12-amd64 (through linux-image-6.12-amd64).
+ */
+export type GuestKernel = 'default' | '6.12';
+export const GUEST_KERNELS: readonly GuestKernel[] = ['default', '6.12'];
+
+/** Per line: the meta package naming the newest image, and how its image packages are named. */
+const KERNEL_LINES: Record<GuestKernel, { meta: string; image: RegExp; dirPrefix: string }> = {
+  default: { meta: 'linux-image-amd64', image: /^linux-image-6\.1\.\d/, dirPrefix: 'assets-' },
+  '6.12': { meta: 'linux-image-6.12-amd64', image: /^linux-image-6\.12\.\d/, dirPrefix: 'assets-6.12-' },
+};
+
 export interface AssetOptions {
   log?: (msg: string) => void;
+  /** Default 'default'. */
+  kernel?: GuestKernel;
   /** Rebuild even when a cached copy with the same key exists. */
   force?: boolean;
 }
@@ -79,16 +99,18 @@ interface KernelSource {
   deb?: string;
 }
 
-/** Which kernel package to use: the one linux-image-amd64 currently depends on. */
-async function resolveKernel(debDir: string): Promise<KernelSource> {
-  const override = process.env.USERPCI_GUEST_KERNEL_DEB;
+/** Which kernel package to use: the one the line's meta package currently depends on. */
+async function resolveKernel(debDir: string, line: GuestKernel): Promise<KernelSource> {
+  const { meta, image } = KERNEL_LINES[line];
+  // The override names a .deb of the default line (a 6.1 image at hand offline).
+  const override = line === 'default' ? process.env.USERPCI_GUEST_KERNEL_DEB : undefined;
   if (override) {
     const m = /^(linux-image-[^_]+)_([^_]+)_/.exec(path.basename(override));
     if (!m) throw new Error(`USERPCI_GUEST_KERNEL_DEB: cannot parse package name from ${override}`);
     return { pkg: m[1]!, version: decodeURIComponent(m[2]!), deb: path.resolve(override) };
   }
   try {
-    const deps = await runOk('apt-cache', ['depends', 'linux-image-amd64']);
+    const deps = await runOk('apt-cache', ['depends', meta]);
     const pkg = /Depends:\s*(linux-image-\d\S*-amd64)\b/.exec(deps)?.[1];
     if (pkg) {
       const show = await runOk('apt-cache', ['show', '--no-all-versions', pkg]);
@@ -98,13 +120,13 @@ async function resolveKernel(debDir: string): Promise<KernelSource> {
   } catch {
     // Fall through to whatever was downloaded before (offline machine, no apt lists).
   }
-  const cached = await cachedDebs(debDir);
+  const cached = (await cachedDebs(debDir)).filter((d) => image.test(d.pkg));
   if (cached.length > 0) {
     const newest = cached[cached.length - 1]!;
     return { pkg: newest.pkg, version: newest.version, deb: newest.file };
   }
   throw new Error(
-    'guest assets: cannot resolve the Debian kernel package (apt-cache depends linux-image-amd64 gave nothing; ' +
+    `guest assets: cannot resolve the Debian kernel package (apt-cache depends ${meta} gave nothing; ` + +
       'run .ci/install-guest-deps.sh, which runs apt-get update)',
   );
 }
@@ -120,7 +142,7 @@ async function cachedDebs(debDir: string): Promise<{ pkg: string; version: strin
   return out.sort((a, b) => a.mtime - b.mtime);
 }
 
-async function downloadKernel(src: KernelSource, debDir: string, log: (m: string) => void): Promise<string> {
+async function downloadKernel(src: KernelSource, debDir: string, line: GuestKernel, log: (m: string) => void): Promise<string> {
   if (src.deb) return src.deb;
   const have = (await cachedDebs(debDir)).find((d) => d.pkg === src.pkg && d.version === src.version);
   if (have) return have.file;
@@ -133,8 +155,10 @@ async function downloadKernel(src: KernelSource, debDir: string, log: (m: string
     if (files.length !== 1) throw new Error(`apt-get download left ${files.length} .deb files`);
     const dest = path.join(debDir, files[0]!);
     await fsp.rename(path.join(tmp, files[0]!), dest);
-    // Older kernels' packages are no longer needed.
-    for (const d of await cachedDebs(debDir)) if (d.file !== dest) await fsp.rm(d.file, { force: true });
+    // Older kernels of the same line are no longer needed (the other line's stay).
+    for (const d of await cachedDebs(debDir)) {
+      if (d.file !== dest && KERNEL_LINES[line].image.test(d.pkg)) await fsp.rm(d.file, { force: true });
+    }
     return dest;
   } finally {
     await fsp.rm(tmp, { recursive: true, force: true });
@@ -173,8 +197,8 @@ interface Plan {
   key: string;
 }
 
-async function plan(debDir: string): Promise<Plan> {
-  const kernel = await resolveKernel(debDir);
+async function plan(debDir: string, line: GuestKernel): Promise<Plan> {
+  const kernel = await resolveKernel(debDir, line);
   const busybox = which('busybox');
   if (!busybox) throw new Error('guest assets: busybox not found (apt-get install busybox-static)');
   const node = process.execPath;
@@ -195,6 +219,7 @@ async function plan(debDir: string): Promise<Plan> {
     nodeVersion: process.version,
     init: INIT_SCRIPT,
     modules: INCLUDED_MODULES,
+    optionalModules: OPTIONAL_MODULES,
   };
   const key = createHash('sha256').update(JSON.stringify(inputs)).digest('hex').slice(0, 16);
   return { kernel, busybox, node, tools, data, libs, key };
@@ -207,20 +232,22 @@ export async function ensureGuestAssets(opts: AssetOptions = {}): Promise<GuestA
   const cache = assetCacheDir();
   const debDir = path.join(cache, 'debs');
   await fsp.mkdir(debDir, { recursive: true });
-  const p = await plan(debDir);
-  const dir = path.join(cache, `assets-${p.key}`);
+  const line = opts.kernel ?? 'default';
+  const { dirPrefix } = KERNEL_LINES[line];
+  const p = await plan(debDir, line);
+  const dir = path.join(cache, `${dirPrefix}${p.key}`);
   const manifestPath = path.join(dir, 'manifest.json');
   if (!opts.force && existsSync(manifestPath)) {
     const m = JSON.parse(await fsp.readFile(manifestPath, 'utf8')) as { kernelRelease: string; kernelPackage: string };
     return {
       key: p.key, dir, kernel: path.join(dir, 'vmlinuz'), initramfs: path.join(dir, 'initramfs.cpio.gz'),
-      kernelRelease: m.kernelRelease, kernelPackage: m.kernelPackage, built: false, buildMs: Date.now() - t0,
+      kernelRelease: m.kernelRelease, kernelPackage: m.kernelPackage, line, built: false, buildMs: Date.now() - t0,
     };
   }
   log(`building guest assets ${p.key} (${p.kernel.pkg} ${p.kernel.version}, node ${process.version})`);
   const work = await fsp.mkdtemp(path.join(cache, 'build-'));
   try {
-    const deb = await downloadKernel(p.kernel, debDir, log);
+    const deb = await downloadKernel(p.kernel, debDir, line, log);
     const tDl = Date.now();
     const x = path.join(work, 'x');
     await runOk('dpkg-deb', ['-x', deb, x]);
@@ -230,7 +257,7 @@ export async function ensureGuestAssets(opts: AssetOptions = {}): Promise<GuestA
     const release = releases[0]!;
     const vmlinuz = path.join(x, 'boot', `vmlinuz-${release}`);
 
-    const modules = await moduleTree(p.busybox, x, modRoot, release, path.join(work, 'mods'));
+    const modules = await moduleTree(p.busybox, modRoot, release, path.join(work, 'mods'));
     const tX = Date.now();
 
     const out = `${dir}.tmp-${process.pid}`;
@@ -253,15 +280,17 @@ export async function ensureGuestAssets(opts: AssetOptions = {}): Promise<GuestA
       await fsp.rm(dir, { recursive: true, force: true });
       await fsp.rename(out, dir);
     }
-    // Superseded asset sets only take space.
+    // Superseded asset sets of the same line only take space.
     for (const name of await fsp.readdir(cache)) {
-      if (/^assets-[0-9a-f]+$/.test(name) && name !== `assets-${p.key}`) await fsp.rm(path.join(cache, name), { recursive: true, force: true });
+      if (name.startsWith(dirPrefix) && /^[0-9a-f]+$/.test(name.slice(dirPrefix.length)) && name !== `${dirPrefix}${p.key}`) {
+        await fsp.rm(path.join(cache, name), { recursive: true, force: true });
+      }
     }
     const buildMs = Date.now() - t0;
     log(`built in ${(buildMs / 1000).toFixed(1)} s (download ${tDl - t0} ms, extract+modules ${tX - tDl} ms, initramfs ${tZ - tX} ms)`);
     return {
       key: p.key, dir, kernel: path.join(dir, 'vmlinuz'), initramfs: path.join(dir, 'initramfs.cpio.gz'),
-      kernelRelease: release, kernelPackage: manifest.kernelPackage, built: true, buildMs,
+      kernelRelease: release, kernelPackage: manifest.kernelPackage, line, built: true, buildMs,
     };
   } finally {
     await fsp.rm(work, { recursive: true, force: true });
@@ -270,44 +299,67 @@ export async function ensureGuestAssets(opts: AssetOptions = {}): Promise<GuestA
 
 /**
  * Copies the wanted modules and their dependency closure into a small tree and runs depmod on
- * it there, so the guest's modprobe sees a consistent modules.dep. Busybox's depmod is used
- * because busybox is needed anyway and kmod often is not installed in containers.
+ * it there, so the guest's modprobe sees a consistent modules.dep. Dependencies come from each
+ * module's own `depends=` modinfo string, so only the wanted modules are read (6.12's modules
+ * ship as .ko.xz: a depmod over the whole tree decompresses thousands, ~2 min here). Modules are
+ * staged uncompressed, so the guest's busybox modprobe needs no decompressor. Modules built into
+ * the kernel (modules.builtin; e.g. 6.12's virtio_pci) are skipped; OPTIONAL_MODULES are taken
+ * when the kernel has them. Busybox's depmod is used because kmod is often not installed.
  */
-async function moduleTree(busybox: string, x: string, modRoot: string, release: string, stage: string): Promise<string> {
-  await runOk(busybox, ['depmod', '-b', x, release]);
+async function moduleTree(busybox: string, modRoot: string, release: string, stage: string): Promise<string> {
   const fullDir = path.join(modRoot, release);
-  const dep = await fsp.readFile(path.join(fullDir, 'modules.dep'), 'utf8');
-  const deps = new Map<string, string[]>();
-  const byName = new Map<string, string>();
   const norm = (n: string) => n.replace(/-/g, '_');
-  for (const line of dep.split('\n')) {
-    const m = /^([^:]+):\s*(.*)$/.exec(line);
-    if (!m) continue;
-    const mod = m[1]!;
-    deps.set(mod, m[2]!.split(/\s+/).filter(Boolean));
-    byName.set(norm(path.basename(mod).replace(/\.ko(\.\w+)?$/, '')), mod);
+  const modName = (file: string) => norm(path.basename(file).replace(/\.ko(\.\w+)?$/, ''));
+  const byName = new Map<string, string>();
+  for (const f of await walk(path.join(fullDir, 'kernel'))) {
+    if (!f.dir && /\.ko(\.xz|\.zst|\.gz)?$/.test(f.rel)) byName.set(modName(f.rel), path.posix.join('kernel', f.rel));
   }
-  const want = new Set<string>();
-  const visit = (mod: string) => {
-    if (want.has(mod)) return;
-    want.add(mod);
-    for (const d of deps.get(mod) ?? []) visit(d);
-  };
-  for (const name of INCLUDED_MODULES) {
-    const mod = byName.get(norm(name));
-    if (!mod) throw new Error(`kernel ${release} has no module ${name} (built in? then drop it from INCLUDED_MODULES)`);
-    visit(mod);
-  }
+  const builtinText = await fsp.readFile(path.join(fullDir, 'modules.builtin'), 'utf8').catch(() => '');
+  const builtin = new Set(builtinText.split('\n').filter(Boolean).map(modName));
   const stageDir = path.join(stage, 'lib', 'modules', release);
-  for (const mod of want) {
-    await fsp.mkdir(path.dirname(path.join(stageDir, mod)), { recursive: true });
-    await fsp.copyFile(path.join(fullDir, mod), path.join(stageDir, mod));
-  }
+  const staged = new Set<string>();
+  const stageModule = async (name: string, wantedBy: string): Promise<void> => {
+    if (staged.has(name) || builtin.has(name)) return;
+    const rel = byName.get(name);
+    if (!rel) throw new Error(`kernel ${release} has no module ${name} (wanted by ${wantedBy}), neither built in`);
+    staged.add(name);
+    const bytes = rel.endsWith('.ko.xz')
+      ? await decompressXz(busybox, path.join(fullDir, rel))
+      : rel.endsWith('.ko')
+        ? await fsp.readFile(path.join(fullDir, rel))
+        : undefined;
+    if (!bytes) throw new Error(`module ${rel}: unsupported compression`);
+    const dest = path.join(stageDir, rel.replace(/\.xz$/, ''));
+    await fsp.mkdir(path.dirname(dest), { recursive: true });
+    await fsp.writeFile(dest, bytes);
+    for (const dep of modinfoDepends(bytes)) await stageModule(norm(dep), name);
+  };
+  for (const name of INCLUDED_MODULES) await stageModule(norm(name), 'INCLUDED_MODULES');
+  for (const name of OPTIONAL_MODULES) if (byName.has(norm(name))) await stageModule(norm(name), 'OPTIONAL_MODULES');
   for (const f of ['modules.builtin', 'modules.builtin.modinfo', 'modules.order']) {
     if (existsSync(path.join(fullDir, f))) await fsp.copyFile(path.join(fullDir, f), path.join(stageDir, f));
   }
   await runOk(busybox, ['depmod', '-b', stage, release]);
   return stage;
+}
+
+function decompressXz(busybox: string, file: string): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    execFile(busybox, ['xz', '-dc', file], { encoding: 'buffer', maxBuffer: 256 << 20 }, (err, stdout) => {
+      if (err) reject(new Error(`busybox xz -dc ${file}: ${err.message}`));
+      else resolve(stdout);
+    });
+  });
+}
+
+/** The module names in a module's `depends=` modinfo string (NUL-separated strings in .modinfo). */
+export function modinfoDepends(ko: Buffer): string[] {
+  const key = Buffer.from('\0depends=');
+  const at = ko.indexOf(key);
+  if (at < 0) return [];
+  const start = at + key.length;
+  const end = ko.indexOf(0, start);
+  return ko.subarray(start, end < 0 ? ko.length : end).toString('latin1').split(',').filter(Boolean);
 }
 
 async function walk(root: string, rel = ''): Promise<{ rel: string; dir: boolean }[]> {

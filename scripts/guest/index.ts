@@ -7,11 +7,11 @@
 
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
-import { ensureGuestAssets, GuestAssets } from './assets';
+import { ensureGuestAssets, GuestAssets, GuestKernel } from './assets';
 import { bootGuest, BootResult } from './vm';
 import { repoRoot, shQuote } from './util';
 
-export { ensureGuestAssets, GuestAssets } from './assets';
+export { ensureGuestAssets, GuestAssets, GuestKernel, GUEST_KERNELS } from './assets';
 export { bootGuest, BootOptions, BootResult, scratchPath, killAllGuests, guestsAvailable } from './vm';
 
 /** One guest boot in the suites table. */
@@ -27,6 +27,8 @@ export interface GuestRun {
   setup?: () => Promise<void>;
   /** Extra environment for the tests in the guest. */
   env?: Record<string, string>;
+  /** Which kernel the guest boots; default 'default' (Debian 12's own). */
+  kernel?: GuestKernel;
   memoryMiB?: number;
   /** RLIMIT_MEMLOCK (KiB) for the tests; default: the guest kernel's default (8 MiB). */
   memlockKiB?: number | 'unlimited';
@@ -131,6 +133,8 @@ export interface InGuestOptions {
   /** Default 10 minutes. */
   timeoutMs?: number;
   env?: Record<string, string>;
+  /** Which kernel the guest boots (ignored when assets are given); default 'default'. */
+  kernel?: GuestKernel;
   memoryMiB?: number;
   memlockKiB?: number | 'unlimited';
   /** Console lines (the command's stderr, kernel messages); default: this process's stderr. */
@@ -168,7 +172,7 @@ export async function runInGuest(opts: InGuestOptions): Promise<InGuestResult> {
     memlockKiB: opts.memlockKiB,
     env: { NO_COLOR: '1', ...opts.env },
     onConsole: opts.onConsole ?? ((l) => process.stderr.write(l + '\n')),
-    assets: opts.assets ?? (await ensureGuestAssets()),
+    assets: opts.assets ?? (await ensureGuestAssets({ kernel: opts.kernel })),
   });
   if (r.failure || r.exitCode === null) throw new GuestRunError(r.failure ?? 'guest failed', r);
   return {

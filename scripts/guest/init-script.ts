@@ -9,6 +9,9 @@ export const INCLUDED_MODULES = [
   'ext4', 'crc32c_generic', 'crc32c-intel',
 ];
 
+/** Copied in (with their dependencies) when the kernel has them: ublk_drv exists from 6.0 on. */
+export const OPTIONAL_MODULES = ['ublk_drv'];
+
 /**
  * Modules loaded at boot, in order. Device drivers (nvme, e1000e, virtio_net) are loaded so the
  * devices under test start bound to a kernel driver, as on a real machine: tests must unbind.
@@ -40,8 +43,10 @@ mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t hugetlbfs hugetlbfs /dev/hugepages
 ip link set lo up 2>/dev/null
+# A module built into this kernel (6.12's virtio_pci) is listed in modules.builtin instead.
 for m in ${LOADED_MODULES.join(' ')}; do
-  modprobe "$m" || echo "userpci-guest: modprobe $m failed"
+  modprobe "$m" 2>/dev/null || grep -q "/$m.ko" "/lib/modules/$(uname -r)/modules.builtin" ||
+    echo "userpci-guest: modprobe $m failed"
 done
 halt_now() { sync; poweroff -f; sleep 5; }
 if ! mount -t 9p -o ${P9_OPTS} results /results; then

@@ -14,13 +14,14 @@
 //   --timeout SECONDS whole run, default 600
 //   --memory MIB      guest RAM, default 1536
 //   --memlock KIB     RLIMIT_MEMLOCK for the job (a number or 'unlimited'); default: kernel's
+//   --kernel K        the guest's kernel: default (Debian 12's, 6.1) or 6.12
 //   --rebuild         rebuild the assets even if cached
 
-import { ensureGuestAssets } from './assets';
+import { ensureGuestAssets, GuestKernel, GUEST_KERNELS } from './assets';
 import { runInGuest, GuestRunError } from './index';
 import { installSignalHandlers, runSuites } from './suites';
 
-const USAGE = 'usage: run.js [--device SPEC]... [--drive SPEC]... [--qemu ARGS] (--test FILE... | --command CMD | --assets) [--env K=V]... [--timeout S] [--memory MIB] [--memlock KIB|unlimited] [--rebuild]';
+const USAGE = 'usage: run.js [--device SPEC]... [--drive SPEC]... [--qemu ARGS] (--test FILE... | --command CMD | --assets) [--env K=V]... [--timeout S] [--memory MIB] [--memlock KIB|unlimited] [--kernel default|6.12] [--rebuild]';
 
 async function main(argv: string[]): Promise<number> {
   const qemu: string[] = [];
@@ -32,6 +33,7 @@ async function main(argv: string[]): Promise<number> {
   let memlock: number | 'unlimited' | undefined;
   let assetsOnly = false;
   let rebuild = false;
+  let kernel: GuestKernel = 'default';
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const val = () => {
@@ -61,12 +63,18 @@ async function main(argv: string[]): Promise<number> {
       }
       case '--assets': assetsOnly = true; break;
       case '--rebuild': rebuild = true; break;
+      case '--kernel': {
+        const k = val();
+        if (!(GUEST_KERNELS as readonly string[]).includes(k)) throw new Error(`--kernel wants one of ${GUEST_KERNELS.join(', ')}`);
+        kernel = k as GuestKernel;
+        break;
+      }
       case '-h': case '--help': console.log(USAGE); return 0;
       default: throw new Error(`unknown argument ${a}\n${USAGE}`);
     }
   }
   if (!Number.isFinite(timeoutS) || timeoutS <= 0) throw new Error('--timeout wants seconds');
-  const assets = await ensureGuestAssets({ force: rebuild });
+  const assets = await ensureGuestAssets({ force: rebuild, kernel });
   if (assetsOnly) {
     console.log(JSON.stringify(assets, null, 2));
     return 0;
@@ -86,7 +94,7 @@ async function main(argv: string[]): Promise<number> {
       throw e;
     }
   }
-  const ok = await runSuites([{ name: 'cli', qemuDevices: qemu, tests, timeoutMs: timeoutS * 1000, env, memoryMiB: memory, memlockKiB: memlock }], { assets });
+  const ok = await runSuites([{ name: 'cli', qemuDevices: qemu, tests, timeoutMs: timeoutS * 1000, env, memoryMiB: memory, memlockKiB: memlock, kernel }], { assets });
   return ok ? 0 : 1;
 }
 

@@ -1,6 +1,6 @@
 // Running a table of guest runs one after another, with a summary; shared by run-suites and run.
 
-import { ensureGuestAssets, GuestAssets } from './assets';
+import { ensureGuestAssets, GuestAssets, GuestKernel } from './assets';
 import { GuestRun, GuestTestResult, runGuestTests } from './index';
 import { fmtMs } from './util';
 import { guestsAvailable, killAllGuests } from './vm';
@@ -22,7 +22,10 @@ function describeCounts(r: GuestTestResult): string {
   return `${c.pass}/${c.tests} passed${c.fail ? `, ${c.fail} failed` : ''}${extra.length ? `, ${extra.join(', ')}` : ''}`;
 }
 
-/** Runs each guest run in turn; resolves true when all passed. Prints progress and a summary. */
+/**
+ * Runs each guest run in turn, on its own kernel (run.kernel); resolves true when all passed.
+ * Prints progress and a summary. opts.assets serves runs of its line.
+ */
 export async function runSuites(runs: GuestRun[], opts: { assets?: GuestAssets } = {}): Promise<boolean> {
   if (process.env.USERPCI_SKIP_GUEST === '1') {
     console.log('guest tests skipped (USERPCI_SKIP_GUEST=1)');
@@ -33,17 +36,26 @@ export async function runSuites(runs: GuestRun[], opts: { assets?: GuestAssets }
     return false;
   }
   const t0 = Date.now();
-  const assets = opts.assets ?? (await ensureGuestAssets());
-  console.log(
-    `guest assets ${assets.key}: ${assets.kernelPackage}, node ${process.version}` +
-      (assets.built ? ` (built in ${fmtMs(assets.buildMs)})` : ' (cached)'),
-  );
+  const byLine = new Map<GuestKernel, GuestAssets>();
+  if (opts.assets) byLine.set(opts.assets.line, opts.assets);
+  const assetsFor = async (line: GuestKernel): Promise<GuestAssets> => {
+    let assets = byLine.get(line);
+    if (!assets) {
+      assets = await ensureGuestAssets({ kernel: line });
+      byLine.set(line, assets);
+      console.log(
+        `guest assets ${assets.key}: ${assets.kernelPackage}, node ${process.version}` +
+          (assets.built ? ` (built in ${fmtMs(assets.buildMs)})` : ' (cached)'),
+      );
+    }
+    return assets;
+  };
   const results: GuestTestResult[] = [];
   for (const run of runs) {
-    console.log(`\n=== guest run "${run.name}": ${run.qemuDevices.join(' ') || '(no devices)'}; ${run.tests.join(' ')}`);
+    console.log(`\n=== guest run "${run.name}"${run.kernel && run.kernel !== 'default' ? ` (kernel ${run.kernel})` : ''}: ${run.qemuDevices.join(' ') || '(no devices)'}; ${run.tests.join(' ')}`);
     let r: GuestTestResult;
     try {
-      r = await runGuestTests(run, { assets });
+      r = await runGuestTests(run, { assets: await assetsFor(run.kernel ?? 'default') });
     } catch (e) {
       // A host-side error (setup, QEMU spawn) fails this run, not the whole table.
       r = {

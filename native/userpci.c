@@ -18,6 +18,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <uv.h>
@@ -917,6 +918,59 @@ static napi_value n_recvmsg(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* ---- io_uring (for ublk; kept apart from the rest) ----------------------------------------
+ * Only the three system calls: ring layout, SQE encoding, submission and completion policy all
+ * live in TypeScript (src/io-uring). The rings are mapped with mmap() above (offsets
+ * IORING_OFF_*); completions reach the event loop through an eventfd registered with the ring
+ * and watched by watch(), exactly like interrupts.
+ */
+
+/* ioUringSetup(entries, params) -> ring fd; params: a 120-byte struct io_uring_params, filled in. */
+static napi_value n_io_uring_setup(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  uint32_t entries;
+  void *params;
+  size_t len;
+  if (napi_get_value_uint32(env, argv[0], &entries) != napi_ok) return throw_type(env, "entries must be an integer");
+  if (!get_bytes(env, argv[1], &params, &len) || len < 120) return throw_type(env, "params must be 120 bytes (struct io_uring_params)");
+  long fd = syscall(__NR_io_uring_setup, entries, params);
+  if (fd < 0) return throw_errno(env, errno, "io_uring_setup");
+  /* The ring must not leak into children (the kernel offers no flag for it). */
+  fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+  return make_i32(env, (int32_t)fd);
+}
+
+/* ioUringEnter(fd, toSubmit, minComplete, flags) -> SQEs consumed. */
+static napi_value n_io_uring_enter(napi_env env, napi_callback_info info) {
+  GET_ARGS(4);
+  int32_t fd;
+  uint32_t to_submit, min_complete, flags;
+  if (!get_i32(env, argv[0], &fd) || napi_get_value_uint32(env, argv[1], &to_submit) != napi_ok ||
+      napi_get_value_uint32(env, argv[2], &min_complete) != napi_ok || napi_get_value_uint32(env, argv[3], &flags) != napi_ok)
+    return throw_type(env, "fd, toSubmit, minComplete and flags must be integers");
+  long r = syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, NULL, 0);
+  if (r < 0) return throw_errno(env, errno, "io_uring_enter");
+  return make_num(env, (double)r);
+}
+
+/* ioUringRegister(fd, opcode, arg | null, nrArgs) -> the call's result. */
+static napi_value n_io_uring_register(napi_env env, napi_callback_info info) {
+  GET_ARGS(4);
+  int32_t fd;
+  uint32_t opcode, nr_args;
+  void *arg = NULL;
+  size_t len;
+  if (!get_i32(env, argv[0], &fd) || napi_get_value_uint32(env, argv[1], &opcode) != napi_ok ||
+      napi_get_value_uint32(env, argv[3], &nr_args) != napi_ok)
+    return throw_type(env, "fd, opcode and nrArgs must be integers");
+  napi_valuetype t;
+  napi_typeof(env, argv[2], &t);
+  if (t != napi_null && t != napi_undefined && !get_bytes(env, argv[2], &arg, &len)) return throw_type(env, "arg must be a buffer or null");
+  long r = syscall(__NR_io_uring_register, fd, opcode, arg, nr_args);
+  if (r < 0) return throw_errno(env, errno, "io_uring_register");
+  return make_num(env, (double)r);
+}
+
 /* ---- module ---------------------------------------------------------------------------- */
 
 static napi_value constants(napi_env env) {
@@ -949,6 +1003,8 @@ static napi_value init(napi_env env, napi_value exports) {
     F("unixListen", n_unix_listen), F("unixAccept", n_unix_accept), F("unixConnect", n_unix_connect),
     F("socketpair", n_socketpair), F("sendmsg", n_sendmsg), F("recvmsg", n_recvmsg),
     F("setNonBlocking", n_set_nonblocking), F("poll", n_poll), F("fstat", n_fstat),
+    /* io_uring (ublk) */
+    F("ioUringSetup", n_io_uring_setup), F("ioUringEnter", n_io_uring_enter), F("ioUringRegister", n_io_uring_register),
 #undef F
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

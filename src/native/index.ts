@@ -78,6 +78,12 @@ export interface NativeAddon {
   /** Block this thread until one of fds is ready or timeoutMs passes (-1: forever); revents per fd. */
   poll(fds: number[], events: number, timeoutMs: number): number[];
   fstat(fd: number): { size: number; mode: number };
+  /** io_uring_setup(2): params is a 120-byte struct io_uring_params, filled in by the kernel. */
+  ioUringSetup(entries: number, params: Bytes): number;
+  /** io_uring_enter(2) without a signal mask: SQEs consumed. */
+  ioUringEnter(fd: number, toSubmit: number, minComplete: number, flags: number): number;
+  /** io_uring_register(2). */
+  ioUringRegister(fd: number, opcode: number, arg: Bytes | null, nrArgs: number): number;
   constants: NativeConstants;
 }
 

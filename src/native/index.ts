@@ -60,6 +60,13 @@ export interface NativeAddon {
   eventfdRead(fd: number): number;
   eventfdWrite(fd: number, value: number): void;
   /**
+   * Block this thread until one of the non-blocking eventfds is signalled (or timeoutMs passes;
+   * -1: forever), read each ready one into counts[i] (0 for the rest); how many had a count.
+   */
+  eventfdWait(fds: Int32Array, counts: Float64Array, timeoutMs: number): number;
+  /** A second fd for the same file (close-on-exec). */
+  dup(fd: number): number;
+  /**
    * Watch fd on the event loop. events: 1 readable, 2 writable. In eventfd mode the counter is
    * read in C and passed as `value`; otherwise `value` is the ready event mask.
    */

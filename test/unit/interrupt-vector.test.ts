@@ -5,6 +5,7 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 import { native } from '../../src/native/index';
 import { InterruptVector } from '../../src/irq/interrupt-vector';
 
@@ -97,4 +98,98 @@ test('a closed vector collected later does not steal the events of a new one on 
   native.eventfdWrite(fresh.fd, 1);
   assert.equal(await fresh.wait({ timeoutMs: 1000 }), 1);
   fresh.close();
+});
+
+test('polled delivery: nothing arrives on the event loop; poll() takes the count and delivers it there and then', async () => {
+  const v = new InterruptVector('msix', 0);
+  assert.equal(v.deliverPolled(), v);
+  assert.equal(v.delivery, 'polled');
+  const seen: number[] = [];
+  native.eventfdWrite(v.fd, 2);
+  await tick();
+  assert.equal(v.total, 0, 'no watcher took it');
+  assert.equal(v.poll(), 2);
+  assert.equal(v.pending, 2);
+  assert.equal(await v.wait(), 2);
+  v.on('interrupt', (n: number) => seen.push(n));
+  assert.equal(v.poll(), 0, 'nothing new');
+  native.eventfdWrite(v.fd, 1);
+  assert.equal(v.poll(), 1);
+  assert.deepEqual(seen, [1], 'the listener ran inside poll()');
+  assert.equal(v.total, 3);
+  await v.deliverOnEventLoop();
+  const w = v.wait({ timeoutMs: 5000 });
+  native.eventfdWrite(v.fd, 1);
+  assert.equal(await w, 1, 'back on the event loop');
+  v.close();
+  assert.equal(v.poll(), 0, 'a closed vector takes nothing');
+});
+
+const HANDLERS = path.resolve(__dirname, '../support/irq-thread-handler.js');
+
+/** Block this thread (no event-loop turn) until words[i] reaches `value`; false if it never does (hang guard). */
+function blockUntil(words: Int32Array, i: number, value: number): boolean {
+  for (let round = 0; round < 100; round++) {
+    const now = Atomics.load(words, i);
+    if (now >= value) return true;
+    Atomics.wait(words, i, now, 100);
+  }
+  return Atomics.load(words, i) >= value;
+}
+
+test('thread delivery: the handler runs on its own thread while the main thread is blocked', async () => {
+  const v = new InterruptVector('msix', 1);
+  const words = new SharedArrayBuffer(8);
+  const w = new Int32Array(words);
+  await v.deliverOnThread({ module: HANDLERS, data: { words } });
+  assert.equal(v.delivery, 'thread');
+  await assert.rejects(v.wait(), (e: any) => e.code === 'EBUSY');
+  native.eventfdWrite(v.fd, 3);
+  // The main thread blocks here: no event-loop turn runs until the handler has been called.
+  assert.ok(blockUntil(w, 1, 1), 'the handler ran while the main thread was blocked');
+  assert.equal(Atomics.load(w, 0), 3);
+  assert.equal(v.total, 3);
+  for (let i = 0; i < 50; i++) {
+    const counted = Atomics.load(w, 0);
+    native.eventfdWrite(v.fd, 1);
+    assert.ok(blockUntil(w, 0, counted + 1));
+  }
+  assert.equal(Atomics.load(w, 0), 53);
+  assert.equal(v.total, 53);
+  await v.deliverOnEventLoop();
+  assert.equal(v.delivery, 'event-loop');
+  const next = v.wait({ timeoutMs: 5000 });
+  native.eventfdWrite(v.fd, 1);
+  assert.equal(await next, 1, 'the event loop takes interrupts again');
+  assert.equal(Atomics.load(w, 0), 53, 'the ended thread took nothing more');
+  assert.equal(v.total, 54);
+  v.close();
+});
+
+test('thread delivery: handler errors are reported and the thread goes on; a bad handler module fails the switch', async () => {
+  const v = new InterruptVector('msix', 2);
+  const words = new SharedArrayBuffer(8);
+  const w = new Int32Array(words);
+  const errors: Error[] = [];
+  v.on('handler-error', (e: Error) => errors.push(e));
+  await v.deliverOnThread({ module: HANDLERS, export: 'failing', data: { words } });
+  for (let i = 0; i < 2; i++) {
+    native.eventfdWrite(v.fd, 1);
+    assert.ok(blockUntil(w, 1, i + 1));
+  }
+  for (let i = 0; i < 500 && errors.length < 2; i++) await tick();
+  assert.equal(errors.length, 2);
+  assert.match(errors[0]!.message, /handler failed on purpose/);
+  assert.equal(v.handlerErrors, 2);
+  v.close();
+  assert.equal(v.delivery, 'thread');
+  await assert.rejects(v.deliverOnThread({ module: HANDLERS }), (e: any) => e.code === 'ENODEV');
+
+  const u = new InterruptVector('msix', 3);
+  await assert.rejects(u.deliverOnThread({ module: HANDLERS, export: 'missing' }), (e: any) => e.code === 'EINVAL' && /missing/.test(e.message));
+  assert.equal(u.delivery, 'event-loop');
+  const next = u.wait({ timeoutMs: 5000 });
+  native.eventfdWrite(u.fd, 1);
+  assert.equal(await next, 1);
+  u.close();
 });

@@ -2,9 +2,15 @@
  * The TypeScript half of the VFIO and interrupt benchmarks, run in the guest beside
  * edu-baseline.c doing the same operations. Prints one JSON object, like the C program.
  *
- *   node dist/bench/vfio/guest.js regs|dma|irq ADDRESS N
+ *   node dist/bench/vfio/guest.js regs|dma|irq|irq-thread|irq-polled ADDRESS N
+ *
+ * irq: the handler on the event loop (default delivery); irq-thread: on the vector's dedicated
+ * thread blocked in the kernel on the eventfd; irq-polled: the main thread spinning on poll().
  */
+import * as path from 'node:path';
 import { openDevice } from '../../src/device/open';
+import type { InterruptVector } from '../../src/irq/interrupt-vector';
+import type { Region } from '../../src/device/region';
 
 async function main(): Promise<void> {
   const [mode, address, count] = process.argv.slice(2);
@@ -31,25 +37,71 @@ async function main(): Promise<void> {
     for (let i = 0; i < n; i++) device.mapDma(buffer, 'to-device').unmap();
     const t3 = process.hrtime(t2);
     console.log(JSON.stringify({ coherentPerSec: n / (ns(t1) / 1e9), streamingPerSec: n / (ns(t3) / 1e9) }));
-  } else if (mode === 'irq') {
+  } else if (mode === 'irq' || mode === 'irq-thread' || mode === 'irq-polled') {
     const [vector] = device.enableInterrupts('msi');
-    const v = vector!;
-    const lat = new Float64Array(n);
-    for (let i = -100; i < n; i++) {
-      const t0 = process.hrtime();
-      bar.write32(0x60, 1); // raise
-      await v.wait();
-      const dt = process.hrtime(t0);
-      if (i >= 0) lat[i] = ns(dt);
-      bar.write32(0x64, bar.read32(0x24)); // acknowledge
-    }
+    const lat = mode === 'irq' ? await latencyEventLoop(bar, vector!, n) : mode === 'irq-thread' ? await latencyThread(bar, vector!, n) : latencyPolled(bar, vector!, n);
     lat.sort();
     const pct = (p: number) => lat[Math.floor((n * p) / 100)]! / 1e3;
-    console.log(JSON.stringify({ p50Us: pct(50), p90Us: pct(90), p99Us: pct(99) }));
+    const prefix = mode === 'irq' ? '' : mode === 'irq-thread' ? 'thread' : 'polled';
+    const key = (k: string) => (prefix ? prefix + k[0]!.toUpperCase() + k.slice(1) : k);
+    console.log(JSON.stringify({ [key('p50Us')]: pct(50), [key('p90Us')]: pct(90), [key('p99Us')]: pct(99) }));
   } else {
     throw new Error(`unknown mode ${mode}`);
   }
   device.close();
+}
+
+const RAISE = 0x60;
+const ACK = 0x64;
+const STATUS = 0x24;
+
+/** Raise to the wait() promise settling on the event loop. */
+async function latencyEventLoop(bar: Region, v: InterruptVector, n: number): Promise<Float64Array> {
+  const lat = new Float64Array(n);
+  for (let i = -100; i < n; i++) {
+    const t0 = process.hrtime();
+    bar.write32(RAISE, 1);
+    await v.wait();
+    const dt = process.hrtime(t0);
+    if (i >= 0) lat[i] = ns(dt);
+    bar.write32(ACK, bar.read32(STATUS));
+  }
+  return lat;
+}
+
+/** Raise to the handler's first instruction on the vector's interrupt thread. */
+async function latencyThread(bar: Region, v: InterruptVector, n: number): Promise<Float64Array> {
+  const shared = new SharedArrayBuffer(16);
+  const time = new Float64Array(shared, 0, 1);
+  const flag = new Int32Array(shared, 8, 1);
+  await v.deliverOnThread({ module: path.join(__dirname, 'irq-thread-handler.js'), data: { shared } });
+  const lat = new Float64Array(n);
+  for (let i = -100; i < n; i++) {
+    Atomics.store(flag, 0, 0);
+    const t0 = ns(process.hrtime());
+    bar.write32(RAISE, 1);
+    for (let k = 0; k < 100 && Atomics.load(flag, 0) === 0; k++) Atomics.wait(flag, 0, 0, 100);
+    if (Atomics.load(flag, 0) === 0) throw new Error('the interrupt thread saw no interrupt within 10 s');
+    if (i >= 0) lat[i] = time[0]! - t0;
+    bar.write32(ACK, bar.read32(STATUS));
+  }
+  await v.deliverOnEventLoop();
+  return lat;
+}
+
+/** Raise to poll() seeing it, the main thread spinning on the eventfd. */
+function latencyPolled(bar: Region, v: InterruptVector, n: number): Float64Array {
+  v.deliverPolled();
+  const lat = new Float64Array(n);
+  for (let i = -100; i < n; i++) {
+    const t0 = process.hrtime();
+    bar.write32(RAISE, 1);
+    while (v.poll() === 0);
+    const dt = process.hrtime(t0);
+    if (i >= 0) lat[i] = ns(dt);
+    bar.write32(ACK, bar.read32(STATUS));
+  }
+  return lat;
 }
 
 function ns([s, n]: [number, number]): number {

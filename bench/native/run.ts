@@ -1,0 +1,357 @@
+/**
+ * `npm run bench:native`: the hot paths measured on this machine (no guest, no emulator), each
+ * beside C doing the same work in the same run (bench/native/baseline.c, built here with cc -O2).
+ * Last line:
+ *   RESULT {"bench": "native", "cases": [{name, ours, c, unit, target, ratio}]}
+ * `target` is what issue 12 asks of ours; ratio = target / ours (1.0 or more: target met).
+ * NVMe cases also carry bytes allocated per I/O and the share of wall time in GC.
+ *
+ * Cases: Region read/write 32/64 against C on the same memfd mapping; DMA streaming map+unmap
+ * (a backend whose map/unmap do nothing: the JS work only) against the same bookkeeping in C;
+ * interrupt latency from a C thread writing an eventfd to our handler (event loop, dedicated
+ * thread, polled) against C blocked in read(2) on an eventfd; the NVMe driver on an in-process
+ * instant device (bench/native/instant-nvme.ts) at QD1/32/256 with the callback, batch and
+ * promise APIs, against the same protocol in C.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
+import { native, constants } from '../../src/native/index';
+import { Region } from '../../src/device/region';
+import { DmaSpace } from '../../src/dma/dma-space';
+import type { Backend } from '../../src/device/backend';
+import { InterruptVector } from '../../src/irq/interrupt-vector';
+import { NvmeController } from '../../src/drivers/nvme/controller';
+import type { NvmeQueue } from '../../src/drivers/nvme/queue';
+import type { NvmeNamespace } from '../../src/drivers/nvme/namespace';
+import { InstantNvme } from './instant-nvme';
+
+v8.setFlagsFromString('--expose-gc');
+const gc = vm.runInNewContext('gc') as () => void;
+
+const REPO = path.resolve(__dirname, '../../..');
+/** SPDK's published per-I/O CPU cost on one core (the issue's fixed reference), ns. */
+const SPDK_NS = 72;
+
+interface Case {
+  name: string;
+  ours: number;
+  c: number | null;
+  unit: string;
+  target: number | null;
+  ratio: number | null;
+  bytesPerIo?: number;
+  gcShare?: number;
+}
+
+const cases: Case[] = [];
+/** Cases that could not run, and why (printed, and in the RESULT line). */
+const failures: string[] = [];
+function add(name: string, ours: number, c: number | null, unit: string, target: number | null, extra: Partial<Case> = {}): void {
+  cases.push({ name, ours, c, unit, target, ratio: target === null ? null : target / ours, ...extra });
+}
+
+function buildBaseline(): string {
+  const src = path.join(REPO, 'bench/native/baseline.c');
+  const out = path.join(REPO, '.cache/bench/native/baseline');
+  fs.mkdirSync(path.dirname(out), { recursive: true });
+  if (!fs.existsSync(out) || fs.statSync(out).mtimeMs < fs.statSync(src).mtimeMs) {
+    execFileSync('cc', ['-O2', '-Wall', '-pthread', '-o', out, src], { stdio: 'inherit' });
+  }
+  return out;
+}
+
+function runC(bin: string, args: string[], fds: number[] = []): Record<string, number> {
+  const out = execFileSync(bin, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit', ...fds] });
+  return JSON.parse(out.trim().split('\n').pop()!) as Record<string, number>;
+}
+
+/** Best (lowest) ns per iteration of `fn(n)` over a few rounds, after a warm-up. */
+function nsPer(fn: (n: number) => unknown, n: number, rounds = 5): number {
+  fn(Math.ceil(n / 10));
+  let best = Infinity;
+  for (let r = 0; r < rounds; r++) {
+    const t0 = performance.now();
+    fn(n);
+    best = Math.min(best, ((performance.now() - t0) * 1e6) / n);
+  }
+  return best;
+}
+
+// ------------------------------------------------------------------ registers
+
+function benchRegions(bin: string): void {
+  const memfd = native.memfdCreate('bench-bar', 0);
+  native.ftruncate(memfd, 0x4000);
+  const backend = {
+    mapRegion: (_i: number, o: number, s: number) => native.mmap(s, constants.PROT_READ | constants.PROT_WRITE, constants.MAP_SHARED, memfd, o),
+    unmapRegion: (b: ArrayBuffer) => native.munmap(b),
+  } as unknown as Backend;
+  const r = new Region(backend, { index: 0, size: 0x4000, readable: true, writable: true, mappable: true, sparseAreas: undefined }, 'bench BAR');
+  const N = 20_000_000;
+  const read32 = nsPer((n) => {
+    let s = 0;
+    for (let i = 0; i < n; i++) s = (s + r.read32(0x1c)) | 0;
+    return s;
+  }, N);
+  const write32 = nsPer((n) => {
+    for (let i = 0; i < n; i++) r.write32(0x1000, i);
+  }, N);
+  const read64 = nsPer((n) => {
+    let s = 0n;
+    for (let i = 0; i < n; i++) s += r.read64(0x28);
+    return s;
+  }, N / 20);
+  const write64 = nsPer((n) => {
+    for (let i = 0; i < n; i++) r.write64(0x28, i * 4096);
+  }, N);
+  const c = runC(bin, ['regs', String(N)], [memfd]);
+  native.close(memfd);
+  add('Region.read32 (memfd mapping)', read32, c.read32Ns!, 'ns', 3);
+  add('Region.write32 (memfd mapping)', write32, c.write32Ns!, 'ns', 2);
+  add('Region.read64 (bigint)', read64, c.read64Ns!, 'ns', null);
+  add('Region.write64 (number)', write64, c.write64Ns!, 'ns', null);
+}
+
+// ------------------------------------------------------------------ DMA
+
+function benchDma(bin: string): void {
+  const backend = {
+    name: 'bench',
+    iommuAperture: () => ({ domain: {}, ranges: [{ start: 0x100000, end: 2 ** 39 - 1 }], pageSize: 4096 }),
+    dmaMap: () => undefined,
+    dmaUnmap: () => undefined,
+  } as unknown as Backend;
+  const space = new DmaSpace(backend, 2 ** 39 - 1);
+  const buffer = new Uint8Array(10_000);
+  const ns = nsPer((n) => {
+    for (let i = 0; i < n; i++) space.map(buffer, 'to-device').unmap();
+  }, 1_000_000);
+  const c = runC(bin, ['dma', '1000000']);
+  add('DMA streaming map+unmap, JS work (no ioctl)', ns / 1000, c.mapUnmapNs! / 1000, 'us', 0.1);
+}
+
+// ------------------------------------------------------------------ interrupts
+
+/** Latency percentiles (ns) of `lat` after dropping the first 5% (warm-up). */
+function percentiles(lat: Float64Array): { p50: number; p99: number } {
+  const s = Float64Array.from(lat.subarray(Math.floor(lat.length / 20))).sort();
+  return { p50: s[Math.floor(s.length / 2)]!, p99: s[Math.floor((s.length * 99) / 100)]! };
+}
+
+async function benchIrq(bin: string): Promise<void> {
+  const N = 2000;
+  const c = runC(bin, ['irq', String(N)]);
+  for (const mode of ['event loop', 'thread', 'polled'] as const) {
+    const v = new InterruptVector('msi', 0);
+    const memfd = native.memfdCreate('bench-irq', 0);
+    native.ftruncate(memfd, constants.PAGE_SIZE);
+    const page = native.mmap(constants.PAGE_SIZE, constants.PROT_READ | constants.PROT_WRITE, constants.MAP_SHARED, memfd, 0);
+    const raisedAt = new Float64Array(page, 0, 1);
+    const ack = new Int32Array(page, 8, 2);
+    const shared = new SharedArrayBuffer(8 * N);
+    const lat = new Float64Array(shared);
+    let taken = 0;
+    const onInterrupt = () => {
+      const [s, ns] = process.hrtime();
+      lat[taken] = s * 1e9 + ns - raisedAt[0]!;
+      taken++;
+      Atomics.store(ack, 0, taken);
+    };
+    if (mode === 'thread') await v.deliverOnThread({ module: path.join(__dirname, 'irq-handler.js'), data: { memfd, latencies: shared } });
+    else v.on('interrupt', onInterrupt);
+    if (mode === 'polled') v.deliverPolled();
+    const raiser = spawn(bin, ['raise', String(N)], { stdio: ['ignore', 'ignore', 'inherit', v.fd, memfd] });
+    const exited = new Promise<number>((resolve) => raiser.once('exit', (code) => resolve(code ?? 1)));
+    if (mode === 'polled') {
+      // The main thread does nothing but poll (as a latency-bound driver would).
+      const deadline = performance.now() + 120_000; // hang guard only
+      while (taken < N && performance.now() < deadline) v.poll();
+    }
+    const code = await exited;
+    if (code !== 0) throw new Error(`the C raiser failed (${mode})`);
+    if (mode === 'thread') await v.deliverOnEventLoop();
+    v.close();
+    native.munmap(page);
+    native.close(memfd);
+    const p = percentiles(lat);
+    const name = mode === 'thread' ? 'dedicated thread' : mode;
+    // The issue: natively within 1.3x of C.
+    add(`interrupt latency p50, ${name} (C: read(2))`, p.p50 / 1000, c.p50Ns! / 1000, 'us', (1.3 * c.p50Ns!) / 1000);
+    add(`interrupt latency p99, ${name} (C: read(2))`, p.p99 / 1000, c.p99Ns! / 1000, 'us', null);
+  }
+}
+
+// ------------------------------------------------------------------ NVMe
+
+interface GcProfile {
+  statistics: { cost: number; beforeGC: { heapStatistics: { usedHeapSize: number } }; afterGC: { heapStatistics: { usedHeapSize: number } } }[];
+}
+
+/** Run `ios` I/Os through `drive`, measuring ns, bytes allocated and GC time per I/O. */
+async function measure(drive: (ios: number) => Promise<void> | void, ios: number): Promise<{ ns: number; bytes: number; gcShare: number }> {
+  await drive(Math.ceil(ios / 5)); // warm-up, JIT
+  let best = { ns: Infinity, bytes: Infinity, gcShare: 0 };
+  for (let round = 0; round < 3; round++) {
+    gc();
+    const profiler = new (v8 as unknown as { GCProfiler: new () => { start(): void; stop(): GcProfile } }).GCProfiler();
+    profiler.start();
+    const used0 = v8.getHeapStatistics().used_heap_size;
+    const t0 = performance.now();
+    await drive(ios);
+    const t1 = performance.now();
+    const used1 = v8.getHeapStatistics().used_heap_size;
+    const stats = profiler.stop();
+    let freed = 0;
+    let gcUs = 0;
+    for (const s of stats.statistics) {
+      freed += s.beforeGC.heapStatistics.usedHeapSize - s.afterGC.heapStatistics.usedHeapSize;
+      gcUs += s.cost;
+    }
+    const ns = ((t1 - t0) * 1e6) / ios;
+    // getHeapStatistics() itself allocates its result object (a few hundred bytes per window).
+    const bytes = Math.max(0, (used1 - used0 + freed) / ios);
+    if (ns < best.ns) best = { ns, bytes, gcShare: gcUs / 1000 / (t1 - t0) };
+  }
+  return best;
+}
+
+async function benchNvme(bin: string): Promise<void> {
+  for (const qd of [1, 32, 256]) {
+    // A fresh device and controller per depth, so a failure at one depth leaves the others alone.
+    const { device, nvme } = InstantNvme.open();
+    // Bring-up: the driver polls on its own; the device answers on the event loop meanwhile.
+    let up = true;
+    const tickDevice = () => {
+      nvme.run();
+      if (up) setImmediate(tickDevice);
+    };
+    tickDevice();
+    const ctrl = await NvmeController.open(device, { defaultQueue: false });
+    try {
+      const ns = await ctrl.namespace(1);
+      // The measured loops drive polling themselves (q.poll(), the public polled API), the device
+      // right before each poll: the driver's own poll scheduling stays off the measured path.
+      let q: NvmeQueue;
+      try {
+        q = await ctrl.createQueuePair({ depth: qd, pollSpinUs: 0, pollBurst: 0 });
+      } catch (err) {
+        failures.push(`NVMe QD${qd}: the driver could not create the queue: ${(err as Error).message}`);
+        continue;
+      }
+      up = false;
+      const buf = ctrl.allocBuffer(Math.max(2 << 20, 4096 * qd));
+      const units = Math.floor(ns.blocks / 8);
+      const c = runC(bin, ['nvme', String(qd), '2000000']);
+      const ios = qd === 1 ? 300_000 : 1_000_000;
+      for (const api of ['callback', 'batch', 'promise'] as const) {
+        const drive = api === 'promise' ? promiseDriver(ns, q, nvme, buf.iova, qd, units) : callbackDriver(ns, q, nvme, buf.iova, qd, units, api === 'batch');
+        const m = await measure(drive, ios);
+        const target = qd === 32 ? (api === 'promise' ? 150 : 90) : qd === 1 ? (api === 'promise' ? 571 / 2 : 429 / 2) : null;
+        add(`NVMe 4K read QD${qd}, ${api} API (driver + instant device)`, m.ns, c.nsPerIo!, 'ns/IO', target, { bytesPerIo: m.bytes, gcShare: m.gcShare });
+      }
+      buf.free();
+    } finally {
+      up = true;
+      tickDevice();
+      await ctrl.close().catch(() => undefined);
+      up = false;
+      if (!device.closed) device.close();
+    }
+  }
+}
+
+let lbaState = 0x2545f491;
+function nextUnit(units: number): number {
+  lbaState ^= lbaState << 13;
+  lbaState ^= lbaState >>> 17;
+  lbaState ^= lbaState << 5;
+  return (lbaState >>> 0) % units;
+}
+
+/** Callback API: each completion submits the next read of its slot (batch: resubmissions of one poll in one q.batch). */
+function callbackDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova: number, qd: number, units: number, batched: boolean): (ios: number) => void {
+  let done = 0;
+  let target = 0;
+  let failure: Error | null = null;
+  const again: number[] = [];
+  const submit = (slot: number) => ns.submit(false, nextUnit(units) * 8, iova + slot * 4096, 4096, q, callbacks[slot]!);
+  const callbacks = Array.from({ length: qd }, (_, slot) => (err: Error | null) => {
+    if (err) failure ??= err;
+    done++;
+    if (done + q.outstanding >= target) return;
+    if (batched) again.push(slot);
+    else submit(slot);
+  });
+  const resubmitAll = () => {
+    while (again.length > 0) submit(again.pop()!);
+  };
+  return (ios: number) => {
+    done = 0;
+    target = ios;
+    q.batch(() => {
+      for (let i = 0; i < Math.min(qd, ios); i++) submit(i);
+    });
+    while (done < ios) {
+      nvme.run();
+      q.poll();
+      if (batched && again.length > 0) q.batch(resubmitAll);
+      if (failure) throw failure;
+    }
+  };
+}
+
+/** Promise API: qd async workers awaiting each read; polling chained as microtasks. */
+function promiseDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova: number, qd: number, units: number): (ios: number) => Promise<void> {
+  return async (ios: number) => {
+    let issued = 0;
+    let done = 0;
+    const worker = async (slot: number) => {
+      while (issued < ios) {
+        issued++;
+        await ns.readIova(nextUnit(units) * 8, iova + slot * 4096, 4096, q);
+        done++;
+      }
+    };
+    const workers: Promise<void>[] = [];
+    for (let i = 0; i < Math.min(qd, ios); i++) workers.push(worker(i));
+    while (done < ios) {
+      nvme.run();
+      q.poll();
+      await null;
+    }
+    await Promise.all(workers);
+  };
+}
+
+// ------------------------------------------------------------------ main
+
+async function main(): Promise<void> {
+  const bin = buildBaseline();
+  const only = process.argv[2]?.split(',');
+  const want = (k: string) => !only || only.includes(k);
+  if (want('regs')) benchRegions(bin);
+  if (want('dma')) benchDma(bin);
+  if (want('irq')) await benchIrq(bin);
+  if (want('nvme')) await benchNvme(bin);
+  console.log(`\nbench:native on this host (${process.version}); C = the same work in C (cc -O2) in the same run`);
+  console.log(`${'case'.padEnd(62)} ${'ours'.padStart(10)} ${'C'.padStart(10)}  unit     target   ratio  B/IO  GC`);
+  for (const c of cases) {
+    const f = (v: number | null | undefined) => (v === null || v === undefined || Number.isNaN(v) ? '-' : v >= 100 ? v.toFixed(0) : v.toFixed(2));
+    console.log(`${c.name.padEnd(62)} ${f(c.ours).padStart(10)} ${f(c.c).padStart(10)}  ${c.unit.padEnd(7)} ${f(c.target).padStart(7)} ${(c.ratio === null ? '-' : c.ratio.toFixed(2)).padStart(7)}  ${c.bytesPerIo === undefined ? '' : c.bytesPerIo.toFixed(0).padStart(4)}  ${c.gcShare === undefined ? '' : `${(100 * c.gcShare).toFixed(1)}%`}`);
+  }
+  for (const f of failures) console.log(`NOT MEASURED: ${f}`);
+  console.log(`ratio = target / ours (1.0 or more: the issue's target is met); NVMe targets are the issue's (QD32 callback/batch ${90} ns = 1.25x SPDK's ${SPDK_NS} ns, promise 150 ns; QD1 half of the issue's first figures).`);
+  const r = (v: number | null | undefined) => (v === null || v === undefined || Number.isNaN(v) ? null : Math.round(v * 1000) / 1000);
+  console.log(`RESULT ${JSON.stringify({ bench: 'native', failures, cases: cases.map((c) => ({ name: c.name, ours: r(c.ours), c: r(c.c), unit: c.unit, target: r(c.target), ratio: r(c.ratio), ...(c.bytesPerIo !== undefined ? { bytesPerIo: r(c.bytesPerIo), gcShare: r(c.gcShare) } : {}) })) })}`);
+}
+
+main().then(
+  () => process.exit(0),
+  (err: Error) => {
+    console.error(err.stack ?? err.message);
+    process.exit(1);
+  },
+);

@@ -307,7 +307,6 @@ export class InterruptVector extends EventEmitter<InterruptVectorEvents> impleme
       w.cleanup();
       w.reject(reason);
     }
-    this.referenced = false;
   }
 
   private checkOpen(): void {

@@ -18,6 +18,7 @@ import {
   MessageFlags,
   Vfio,
   encodeDmaMap,
+  encodeDmaUnmap,
   encodeHeader,
   encodeRegionAccess,
   encodeRegionInfoReply,
@@ -96,7 +97,7 @@ class RawClient {
   }
 
   async negotiate(): Promise<void> {
-    this.send(message({ id: 1, command: Command.VERSION }, encodeVersion({ major: 0, minor: 0, capabilities: { maxMsgFds: 8 } })));
+    this.send(message({ id: 1, command: Command.VERSION }, encodeVersion({ major: 0, minor: 0, capabilities: { maxMsgFds: 8, maxDataXferSize: 4096 } })));
     const reply = await this.next();
     assert.notEqual(reply, 'closed');
   }
@@ -149,7 +150,8 @@ test('server: each malformed message gets an error reply or a clean disconnect',
     ['DMA_MAP with two fds', message({ command: Command.DMA_MAP }, encodeDmaMap({ flags: 3, offset: 0, address: 0, size: 4096 })), ['memfd', 'memfd'] as never, true, Errno.EINVAL],
     ['DMA_MAP larger than its file', message({ command: Command.DMA_MAP }, encodeDmaMap({ flags: 3, offset: 0, address: 0, size: 1 << 30 })), ['memfd'] as never, true, Errno.EINVAL],
     ['DMA_MAP with unknown flags', message({ command: Command.DMA_MAP }, encodeDmaMap({ flags: 0x80, offset: 0, address: 0, size: 4096 })), [], true, Errno.EINVAL],
-    ['DMA_UNMAP of nothing', message({ command: Command.DMA_UNMAP }, new Uint8Array(24)), [], true, Errno.ENOENT],
+    ['DMA_UNMAP of nothing', message({ command: Command.DMA_UNMAP }, encodeDmaUnmap({ address: 0, size: 4096 })), [], true, Errno.ENOENT],
+    ['DMA_UNMAP with argsz 0', message({ command: Command.DMA_UNMAP }, new Uint8Array(24)), [], true, Errno.EINVAL],
     ['SET_IRQS with two data flags', message({ command: Command.DEVICE_SET_IRQS }, encodeSetIrqs({ flags: 0x23, index: 0, start: 0, count: 1 })), [], true, Errno.EINVAL],
     ['SET_IRQS for 2^32-1 vectors', message({ command: Command.DEVICE_SET_IRQS }, encodeSetIrqs({ flags: 0x21, index: 1, start: 0, count: 0xffffffff })), [], true, Errno.EINVAL],
     ['SET_IRQS with fewer fds than count', message({ command: Command.DEVICE_SET_IRQS }, encodeSetIrqs({ flags: 0x24, index: 2, start: 0, count: 3 })), ['eventfd'] as never, true, Errno.EINVAL],

@@ -221,7 +221,9 @@ export class VfioUserClient implements Backend {
         closeFds(reply.fds);
         throw this.protocolFailure(err);
       }
-      if (m.argsz > argsz && (m.flags & Vfio.REGION_INFO_FLAG_CAPS) !== 0 && m.capOffset === 0) {
+      // The spec: a reply argsz above ours means "allocate more and ask again", whatever the flags
+      // say (a server may leave CAPS out when the chain did not fit).
+      if (m.argsz > argsz) {
         closeFds(reply.fds);
         if (m.argsz > MAX_REGION_INFO_ARGSZ) throw this.protocolFailure(new ProtocolError(`region ${index} info needs ${m.argsz} bytes`, Errno.E2BIG));
         argsz = m.argsz;

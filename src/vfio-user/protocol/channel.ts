@@ -51,6 +51,18 @@ export interface ChannelOptions {
   /** Keep the event loop alive while watching (servers: yes; clients: only while requests are pending). */
   keepAlive?: boolean;
   label?: string;
+  /**
+   * Backpressure: while more than this many bytes of our output wait for the peer to read them,
+   * stop reading its commands (a peer that pipelines requests and never reads the replies then
+   * fills its own socket, not our memory). Default: unbounded (a client's own requests are bounded
+   * by its callers).
+   */
+  maxQueuedBytes?: number;
+  /**
+   * Close the connection when the peer stops halfway through a message, or leaves our output
+   * unread, for this long (ms) without a byte of progress. Default: never.
+   */
+  stallTimeoutMs?: number;
 }
 
 interface Pending {
@@ -97,6 +109,10 @@ export class Channel {
   private pumping = false;
   /** Other channels to pump while blocked in requestSync (twin socket). */
   companions: Channel[] = [];
+  private readonly maxQueuedBytes: number;
+  private readonly stallTimeoutMs: number | undefined;
+  private stallTimer: NodeJS.Timeout | undefined;
+  private stallMark = -1;
 
   constructor(options: ChannelOptions) {
     this.fd = options.fd;
@@ -106,6 +122,46 @@ export class Channel {
     this.onCommand = options.onCommand;
     this.onClose = options.onClose;
     this.keepAlive = options.keepAlive ?? false;
+    this.maxQueuedBytes = options.maxQueuedBytes ?? Infinity;
+    this.stallTimeoutMs = options.stallTimeoutMs;
+  }
+
+  /** Bytes of our output the peer has not read yet. */
+  get queuedBytes(): number {
+    return this.writer.queuedBytes;
+  }
+
+  /** Reading the peer pauses while our output to it is over the bound. */
+  private get throttled(): boolean {
+    return this.writer.queuedBytes > this.maxQueuedBytes;
+  }
+
+  /**
+   * The stall watchdog: armed while the peer owes us the rest of a message or has our output
+   * unread; fires only if no byte moved either way for a whole period.
+   */
+  private watchStall(): void {
+    if (this.stallTimeoutMs === undefined || this.closed) return;
+    const owed = this.reader.midMessage || this.writer.pending;
+    if (!owed) {
+      if (this.stallTimer) clearTimeout(this.stallTimer);
+      this.stallTimer = undefined;
+      return;
+    }
+    if (this.stallTimer) return;
+    this.stallMark = this.reader.received + this.writer.sentBytes;
+    this.stallTimer = setTimeout(() => {
+      this.stallTimer = undefined;
+      if (this.closed) return;
+      const progress = this.reader.received + this.writer.sentBytes;
+      if (progress === this.stallMark && (this.reader.midMessage || this.writer.pending)) {
+        const what = this.reader.midMessage ? 'stopped in the middle of a message' : 'left our replies unread';
+        this.fail(new ConnectionClosedError(`${this.label}: peer ${what} for ${this.stallTimeoutMs} ms`, 'ETIMEDOUT'));
+        return;
+      }
+      this.watchStall();
+    }, this.stallTimeoutMs);
+    this.stallTimer.unref();
   }
 
   get closed(): boolean {
@@ -268,7 +324,8 @@ export class Channel {
    */
   private updateWatcher(): void {
     if (this.closed) return;
-    const events = (this.reading ? 1 : 0) | (this.writer.pending ? 2 : 0);
+    this.watchStall();
+    const events = (this.reading && !this.throttled ? 1 : 0) | (this.writer.pending ? 2 : 0);
     let fresh = false;
     if (events !== this.watcherEvents) {
       if (this.watcher) native.watchStop(this.watcher);
@@ -322,6 +379,7 @@ export class Channel {
     try {
       if (this.writer.pending) this.writer.flush();
       for (;;) {
+        if (this.throttled) break;
         const message = this.reader.poll();
         if (!message) break;
         progressed = true;
@@ -395,6 +453,8 @@ export class Channel {
     if (this.closedReason) return;
     const error = reason instanceof UserpciError ? reason : new ConnectionClosedError(`${this.label}: ${reason.message}`);
     this.closedReason = error;
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.stallTimer = undefined;
     if (this.watcher) native.watchStop(this.watcher);
     this.watcher = undefined;
     this.watcherEvents = 0;

@@ -84,6 +84,8 @@ export const Vfio = {
 } as const;
 
 export const DmaFlags = { READ: 1 << 0, WRITE: 1 << 1 } as const;
+/** DMA_UNMAP flags (linux/vfio.h values): a dirty bitmap (migration, unsupported here), or every map at once. */
+export const DmaUnmapFlags = { GET_DIRTY_BITMAP: 1 << 0, ALL: 1 << 1 } as const;
 
 /** Errno values sent in error replies (Linux numbering: the protocol carries host errnos). */
 export const Errno = {
@@ -229,6 +231,8 @@ export interface VersionMessage {
   major: number;
   minor: number;
   capabilities: Capabilities;
+  /** The capability names the sender actually wrote (the rest are defaults): a reply may name only these. */
+  named: Set<keyof Capabilities>;
 }
 
 /** Upper bound on the JSON we accept: real capability objects are a few hundred bytes. */
@@ -271,11 +275,12 @@ export function decodeVersion(payload: Uint8Array): VersionMessage {
   const major = v.getUint16(0, true);
   const minor = v.getUint16(2, true);
   const capabilities: Capabilities = { ...DEFAULT_CAPABILITIES };
+  const named = new Set<keyof Capabilities>();
   let data = payload.subarray(4);
-  // The JSON is NUL-terminated; be liberal about the terminator's presence and trailing NULs.
-  let end = data.indexOf(0);
-  if (end < 0) end = data.length;
-  data = data.subarray(0, end);
+  // The JSON is NUL-terminated (the spec counts the NUL in the data); trailing NULs are tolerated.
+  const end = data.indexOf(0);
+  if (end < 0 && data.length > 0) throw new ProtocolError('VERSION data lacks its terminating NUL');
+  data = data.subarray(0, Math.max(0, end));
   if (data.length > MAX_VERSION_JSON) throw new ProtocolError(`VERSION JSON of ${data.length} bytes is too large`, Errno.E2BIG);
   if (data.length > 0) {
     let parsed: unknown;
@@ -289,10 +294,15 @@ export function decodeVersion(payload: Uint8Array): VersionMessage {
     if (caps !== undefined) {
       if (typeof caps !== 'object' || caps === null || Array.isArray(caps)) throw new ProtocolError('VERSION capabilities must be an object');
       const c = caps as Record<string, unknown>;
+      if (c.max_msg_fds !== undefined) named.add('maxMsgFds');
       if (c.max_msg_fds !== undefined) capabilities.maxMsgFds = nonNegativeInteger(c.max_msg_fds, 'max_msg_fds', 0xffff);
+      if (c.max_data_xfer_size !== undefined) named.add('maxDataXferSize');
       if (c.max_data_xfer_size !== undefined) capabilities.maxDataXferSize = nonNegativeInteger(c.max_data_xfer_size, 'max_data_xfer_size', Number.MAX_SAFE_INTEGER);
+      if (c.max_dma_maps !== undefined) named.add('maxDmaMaps');
       if (c.max_dma_maps !== undefined) capabilities.maxDmaMaps = nonNegativeInteger(c.max_dma_maps, 'max_dma_maps', Number.MAX_SAFE_INTEGER);
+      if (c.pgsizes !== undefined) named.add('pgsizes');
       if (c.pgsizes !== undefined) capabilities.pgsizes = nonNegativeInteger(c.pgsizes, 'pgsizes', Number.MAX_SAFE_INTEGER);
+      if (c.twin_socket !== undefined) named.add('twinSocket');
       if (c.twin_socket !== undefined) {
         const t = c.twin_socket;
         if (typeof t !== 'object' || t === null || Array.isArray(t)) throw new ProtocolError('twin_socket must be an object');
@@ -301,11 +311,12 @@ export function decodeVersion(payload: Uint8Array): VersionMessage {
         if (ts.fd_index !== undefined) twin.fdIndex = nonNegativeInteger(ts.fd_index, 'twin_socket.fd_index', 0xffff);
         capabilities.twinSocket = twin;
       }
+      if (c.write_multiple !== undefined) named.add('writeMultiple');
       if (c.write_multiple !== undefined) capabilities.writeMultiple = c.write_multiple === true;
     }
   }
   if (capabilities.maxDataXferSize === 0) throw new ProtocolError('max_data_xfer_size of 0 allows no transfer at all');
-  return { major, minor, capabilities };
+  return { major, minor, capabilities, named };
 }
 
 /** The smallest page size a pgsizes bitmap allows (its lowest set bit). */
@@ -340,6 +351,7 @@ export function encodeDmaMap(m: DmaMapMessage): Uint8Array {
 
 export function decodeDmaMap(payload: Uint8Array): DmaMapMessage {
   const v = need(payload, DMA_MAP_SIZE, 'DMA_MAP');
+  if (v.getUint32(0, true) < DMA_MAP_SIZE) throw new ProtocolError(`DMA_MAP argsz ${v.getUint32(0, true)} is below ${DMA_MAP_SIZE}`);
   return { flags: v.getUint32(4, true), offset: getU64(v, 8), address: getU64(v, 16), size: getU64(v, 24) };
 }
 
@@ -363,6 +375,8 @@ export function encodeDmaUnmap(m: { flags?: number; address: number; size: numbe
 
 export function decodeDmaUnmap(payload: Uint8Array): DmaUnmapMessage {
   const v = need(payload, DMA_UNMAP_SIZE, 'DMA_UNMAP');
+  // argsz is the room for the reply, which echoes the 24-byte entry.
+  if (v.getUint32(0, true) < DMA_UNMAP_SIZE) throw new ProtocolError(`DMA_UNMAP argsz ${v.getUint32(0, true)} leaves no room for the ${DMA_UNMAP_SIZE}-byte reply`);
   return { argsz: v.getUint32(0, true), flags: v.getUint32(4, true), address: getU64(v, 8), size: getU64(v, 16) };
 }
 
@@ -519,13 +533,16 @@ export function encodeSetIrqs(m: SetIrqsMessage): Uint8Array {
 
 export function decodeSetIrqs(payload: Uint8Array): SetIrqsMessage {
   const v = need(payload, SET_IRQS_SIZE, 'DEVICE_SET_IRQS');
+  const argsz = v.getUint32(0, true);
+  // argsz is the size of the request including its data: never less than the fixed part, never more than was sent.
+  if (argsz < SET_IRQS_SIZE || argsz > payload.byteLength) throw new ProtocolError(`SET_IRQS argsz ${argsz} does not describe a ${payload.byteLength}-byte request`);
   const m: SetIrqsMessage = { flags: v.getUint32(4, true), index: v.getUint32(8, true), start: v.getUint32(12, true), count: v.getUint32(16, true) };
   const data = m.flags & (Vfio.IRQ_SET_DATA_NONE | Vfio.IRQ_SET_DATA_BOOL | Vfio.IRQ_SET_DATA_EVENTFD);
   const action = m.flags & (Vfio.IRQ_SET_ACTION_MASK | Vfio.IRQ_SET_ACTION_UNMASK | Vfio.IRQ_SET_ACTION_TRIGGER);
   if (popcount(data) !== 1 || popcount(action) !== 1) throw new ProtocolError(`SET_IRQS flags 0x${m.flags.toString(16)} must name one data type and one action`);
   if (m.count > MAX_IRQ_VECTORS || m.start > MAX_IRQ_VECTORS) throw new ProtocolError(`SET_IRQS range ${m.start}+${m.count} is beyond any device`);
   if (data === Vfio.IRQ_SET_DATA_BOOL) {
-    if (payload.byteLength < SET_IRQS_SIZE + m.count) throw new ProtocolError('SET_IRQS bool data is shorter than count');
+    if (argsz < SET_IRQS_SIZE + m.count) throw new ProtocolError('SET_IRQS bool data is shorter than count');
     m.bools = payload.slice(SET_IRQS_SIZE, SET_IRQS_SIZE + m.count);
   }
   return m;
@@ -605,4 +622,53 @@ export function decodeDmaAccess(payload: Uint8Array, withData: boolean, liberalC
     m.data = payload.subarray(DMA_ACCESS_SIZE);
   }
   return m;
+}
+
+// ---- REGION_WRITE_MULTI ----------------------------------------------------------------------
+
+export interface WriteMultiEntry {
+  offset: number;
+  region: number;
+  count: number;
+  data: Uint8Array;
+}
+
+/** Each entry: offset u64, region u32, count u32, 8 data bytes (count at most 8). */
+export const WRITE_MULTI_ENTRY_SIZE = 24;
+/** The spec's senders coalesce a socket's worth of small writes; more than this is not a real client. */
+export const MAX_WRITE_MULTI = 4096;
+
+export function encodeWriteMulti(entries: { offset: number; region: number; data: Uint8Array }[]): Uint8Array {
+  const [bytes, v] = alloc(8 + entries.length * WRITE_MULTI_ENTRY_SIZE);
+  setU64(v, 0, entries.length);
+  entries.forEach((e, i) => {
+    const at = 8 + i * WRITE_MULTI_ENTRY_SIZE;
+    if (e.data.length > 8) throw new ProtocolError('REGION_WRITE_MULTI entries carry at most 8 bytes');
+    setU64(v, at, e.offset);
+    v.setUint32(at + 8, e.region, true);
+    v.setUint32(at + 12, e.data.length, true);
+    bytes.set(e.data, at + 16);
+  });
+  return bytes;
+}
+
+export function decodeWriteMulti(payload: Uint8Array): WriteMultiEntry[] {
+  const v = need(payload, 8, 'REGION_WRITE_MULTI');
+  const n = getU64(v, 0);
+  if (n > MAX_WRITE_MULTI) throw new ProtocolError(`REGION_WRITE_MULTI of ${n} writes`, Errno.E2BIG);
+  if (payload.byteLength !== 8 + n * WRITE_MULTI_ENTRY_SIZE) throw new ProtocolError(`REGION_WRITE_MULTI of ${n} writes needs ${8 + n * WRITE_MULTI_ENTRY_SIZE} bytes, got ${payload.byteLength}`);
+  const out: WriteMultiEntry[] = [];
+  for (let i = 0; i < n; i++) {
+    const at = 8 + i * WRITE_MULTI_ENTRY_SIZE;
+    const count = v.getUint32(at + 12, true);
+    if (count > 8) throw new ProtocolError(`REGION_WRITE_MULTI entry ${i} has count ${count} (at most 8)`);
+    out.push({ offset: getU64(v, at), region: v.getUint32(at + 8, true), count, data: payload.subarray(at + 16, at + 16 + count) });
+  }
+  return out;
+}
+
+export function encodeWriteMultiReply(count: number): Uint8Array {
+  const [bytes, v] = alloc(8);
+  setU64(v, 0, count);
+  return bytes;
 }

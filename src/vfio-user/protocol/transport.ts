@@ -29,7 +29,7 @@ export interface ReaderLimits {
 
 /** The peer closed the connection or it broke. */
 export class ConnectionClosedError extends UserpciError {
-  constructor(message: string, code: 'ECONNRESET' | 'ENODEV' | 'EPIPE' = 'ECONNRESET') {
+  constructor(message: string, code: 'ECONNRESET' | 'ENODEV' | 'EPIPE' | 'ETIMEDOUT' = 'ECONNRESET') {
     super(code, message);
     this.name = 'ConnectionClosedError';
   }
@@ -52,11 +52,18 @@ export class MessageReader {
   private body: Uint8Array | undefined;
   private bodyFilled = 0;
   private fds: number[] = [];
+  /** Bytes received so far, ever: lets a watchdog tell a slow peer from a stalled one. */
+  received = 0;
 
   constructor(
     readonly fd: number,
     public limits: ReaderLimits,
   ) {}
+
+  /** True while a message has begun to arrive but is not whole yet. */
+  get midMessage(): boolean {
+    return this.header !== undefined || this.headerFilled > 0;
+  }
 
   /**
    * The next whole message, or undefined when the socket has nothing more for now. Throws
@@ -108,6 +115,7 @@ export class MessageReader {
       throw new ConnectionClosedError(`vfio-user socket read failed: ${(err as Error).message}`);
     }
     for (const fd of r.fds) this.fds.push(fd);
+    if (r.bytes > 0) this.received += r.bytes;
     if (r.truncated) {
       throw new ProtocolError(`message carried more than ${this.limits.maxFds} file descriptors`, Errno.EINVAL, true);
     }
@@ -128,6 +136,10 @@ interface QueuedMessage {
 
 export class MessageWriter {
   private queue: QueuedMessage[] = [];
+  /** Bytes queued and not yet on the wire. */
+  queuedBytes = 0;
+  /** Bytes sent so far, ever (a watchdog's progress mark). */
+  sentBytes = 0;
 
   constructor(readonly fd: number) {}
 
@@ -141,6 +153,7 @@ export class MessageWriter {
     for (const p of payload) size += p.byteLength;
     const head = encodeHeader({ ...header, size });
     this.queue.push({ parts: [head, ...payload.filter((p) => p.byteLength > 0)], fds, sent: 0, total: size, closeFdsAfterSend });
+    this.queuedBytes += size;
     return this.flush();
   }
 
@@ -158,6 +171,8 @@ export class MessageWriter {
       if (n < 0) return false;
       if (m.sent === 0 && m.closeFdsAfterSend) closeFds(m.fds);
       m.sent += n;
+      this.queuedBytes -= n;
+      this.sentBytes += n;
       if (m.sent >= m.total) this.queue.shift();
     }
     return true;
@@ -166,6 +181,7 @@ export class MessageWriter {
   clear(): void {
     for (const m of this.queue) if (m.sent === 0 && m.closeFdsAfterSend) closeFds(m.fds);
     this.queue = [];
+    this.queuedBytes = 0;
   }
 }
 

@@ -113,7 +113,7 @@ export class DeviceHost implements DeviceContext {
   }
 
   /** Bounds-check a region access; returns the region size. Throws ProtocolError(errno). */
-  private checkAccess(index: number, offset: number, length: number): number {
+  checkAccess(index: number, offset: number, length: number): number {
     const info = this.regionInfo(index);
     if (!info || info.size === 0) throw new ProtocolError(`region ${index} does not exist`, Errno.EINVAL);
     if (offset > info.size || length > info.size - offset) {

@@ -23,6 +23,12 @@ export interface ServeOptions {
   /** Offer twin-socket mode (default true). */
   twinSocket?: boolean;
   log?: (message: string) => void;
+  /**
+   * The server serves one client at a time (a device has one owner, as with VFIO); a client that
+   * stops halfway through a message, or leaves our replies unread, for this long (ms) is
+   * disconnected so the next one can be served. Default 30 s.
+   */
+  stallTimeoutMs?: number;
   onClientConnected?: () => void;
   onClientDisconnected?: (reason: Error) => void;
 }
@@ -49,6 +55,11 @@ export class VfioUserServer {
 
   get clientConnected(): boolean {
     return this.session !== undefined;
+  }
+
+  /** Reply bytes the connected client has not read yet. */
+  get queuedReplyBytes(): number {
+    return this.session?.queuedBytes ?? 0;
   }
 
   /** Clients served so far (connected at least once). */
@@ -135,6 +146,7 @@ export class VfioUserServer {
         maxMsgFds: this.options.maxMsgFds ?? 16,
         twinSocket: this.options.twinSocket ?? true,
         log: this.options.log ?? (() => {}),
+        stallTimeoutMs: this.options.stallTimeoutMs ?? 30_000,
       },
       (reason) => this.sessionEnded(reason),
     );

@@ -9,6 +9,8 @@ import {
   Command,
   DEFAULT_CAPABILITIES,
   DEVICE_INFO_SIZE,
+  DMA_UNMAP_SIZE,
+  DmaUnmapFlags,
   Errno,
   IRQ_INFO_SIZE,
   PROTOCOL_MAJOR,
@@ -25,12 +27,14 @@ import {
   decodeRegionInfoRequest,
   decodeSetIrqs,
   decodeVersion,
+  decodeWriteMulti,
   encodeDeviceInfo,
   encodeDmaAccess,
   encodeIrqInfo,
   encodeRegionAccess,
   encodeRegionInfoReply,
   encodeVersion,
+  encodeWriteMultiReply,
   type Capabilities,
 } from '../protocol/codec';
 import { Channel, type ReplyData } from '../protocol/channel';
@@ -46,6 +50,8 @@ export interface SessionOptions {
   /** Offer twin-socket mode to clients that support it. */
   twinSocket: boolean;
   log: (message: string) => void;
+  /** Drop a client stuck halfway through a message, or not reading our replies, for this long. */
+  stallTimeoutMs: number;
 }
 
 /** Most fds the native layer passes in one message. */
@@ -70,12 +76,20 @@ export class Session {
       onClose: (reason) => this.end(reason),
       keepAlive: true,
       label: 'vfio-user client',
+      // Replies a client does not read stop us reading its requests: memory stays bounded.
+      maxQueuedBytes: 2 * readerLimit(options.maxDataXferSize),
+      stallTimeoutMs: options.stallTimeoutMs,
     });
     this.channel.watch();
   }
 
   close(): void {
     this.channel.close(new ConnectionClosedError('server closed the connection', 'ENODEV'));
+  }
+
+  /** Reply bytes the client has not read yet (bounded by backpressure). */
+  get queuedBytes(): number {
+    return this.channel.queuedBytes;
   }
 
   private end(reason: Error): void {
@@ -145,9 +159,18 @@ export class Session {
       case Command.DMA_UNMAP: {
         noFds();
         const m = decodeDmaUnmap(payload);
-        if (m.flags !== 0) return { error: Errno.ENOTSUP }; // dirty-page bitmaps: no migration support
-        const error = this.host.dmaSpace.unmap(m.address, m.size);
-        return error ? { error } : { payload: [payload.subarray(0, 24)] };
+        let error: number;
+        if (m.flags === DmaUnmapFlags.ALL) {
+          if (m.address !== 0 || m.size !== 0) return { error: Errno.EINVAL };
+          this.host.dmaSpace.clear();
+          error = 0;
+        } else if (m.flags === 0) {
+          error = this.host.dmaSpace.unmap(m.address, m.size);
+        } else {
+          return { error: m.flags === DmaUnmapFlags.GET_DIRTY_BITMAP ? Errno.ENOTSUP : Errno.EINVAL }; // no migration support
+        }
+        // The reply is the entry as the client sent it (argsz was checked to leave room for it).
+        return error ? { error } : { payload: [payload.subarray(0, DMA_UNMAP_SIZE)] };
       }
       case Command.DEVICE_GET_INFO: {
         noFds();
@@ -209,8 +232,15 @@ export class Session {
       case Command.DMA_READ:
       case Command.DMA_WRITE:
         throw new ProtocolError('DMA_READ/DMA_WRITE go from server to client', Errno.EINVAL);
+      case Command.REGION_WRITE_MULTI: {
+        noFds();
+        const writes = decodeWriteMulti(payload);
+        // Checked as a whole first, so a bad entry leaves the device untouched.
+        for (const w of writes) this.host.checkAccess(w.region, w.offset, w.count);
+        for (const w of writes) this.host.regionWrite(w.region, w.offset, w.data);
+        return { payload: [encodeWriteMultiReply(writes.length)] };
+      }
       case Command.DEVICE_GET_REGION_IO_FDS:
-      case Command.REGION_WRITE_MULTI:
       case Command.DEVICE_FEATURE:
       case Command.MIG_DATA_READ:
       case Command.MIG_DATA_WRITE:
@@ -247,24 +277,31 @@ export class Session {
           onClose: (reason) => this.channel.close(reason),
           keepAlive: true,
           label: 'vfio-user client (twin socket)',
+          stallTimeoutMs: this.options.stallTimeoutMs,
         });
         this.twin.watch();
         replyFds.push(clientEnd);
         twinSocket = { supported: true, fdIndex: 0 };
       }
     }
+    // The reply names only capabilities the client proposed (the spec: a subset). A limit of ours
+    // the client did not ask about must then be no stricter than the spec's default for it.
+    const named = proposal.named;
+    if (!named.has('maxDataXferSize') && this.options.maxDataXferSize < DEFAULT_CAPABILITIES.maxDataXferSize) {
+      throw new ProtocolError(`this server takes at most ${this.options.maxDataXferSize} bytes per transfer and the client did not negotiate max_data_xfer_size`, Errno.ENOTSUP, true);
+    }
+    const mine: Partial<Capabilities> = {
+      maxMsgFds: this.options.maxMsgFds,
+      maxDataXferSize: this.options.maxDataXferSize,
+      maxDmaMaps: 65535,
+      pgsizes: 4096,
+      twinSocket,
+      writeMultiple: proposal.capabilities.writeMultiple,
+    };
+    const capabilities: Partial<Capabilities> = {};
+    for (const key of named) (capabilities as Record<string, unknown>)[key] = mine[key];
     this.host.clientAttached(this.remote);
-    const reply = encodeVersion({
-      major: PROTOCOL_MAJOR,
-      minor: Math.min(proposal.minor, PROTOCOL_MINOR),
-      capabilities: {
-        maxMsgFds: this.options.maxMsgFds,
-        maxDataXferSize: this.options.maxDataXferSize,
-        maxDmaMaps: 65535,
-        pgsizes: 4096,
-        ...(twinSocket ? { twinSocket } : {}),
-      },
-    });
+    const reply = encodeVersion({ major: PROTOCOL_MAJOR, minor: Math.min(proposal.minor, PROTOCOL_MINOR), capabilities });
     this.options.log(`client negotiated 0.${Math.min(proposal.minor, PROTOCOL_MINOR)}${this.twin ? ' with twin socket' : ''}`);
     return { payload: [reply], fds: replyFds, closeFdsAfterSend: true };
   }

@@ -7,6 +7,8 @@
  *   baseline irq N             eventfd latency: a raiser thread writes, this thread blocks in read(2)
  *   baseline raise N           the raiser alone, for the TypeScript receiver: eventfd at fd 3,
  *                              shared page at fd 4 (f64 raise time at 0, i32 acknowledgements at 8)
+ *   baseline receive N         a C receiver for that raiser (blocks in poll/read on fd 3): the
+ *                              same two-process set-up as ours, for a like-for-like C figure
  *   baseline dma N             the JS-side work of a streaming map+unmap: first-fit IOVA allocation
  *                              with merge on free and the VFIO map/unmap argument structs, no ioctl
  *   baseline nvme QD N         the NVMe protocol at queue depth QD on an instant device, one thread:
@@ -16,6 +18,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/vfio.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -133,6 +136,25 @@ static void bench_irq(long n) {
     __atomic_store_n(&page.ack, (int32_t)(i + 1), __ATOMIC_RELEASE);
   }
   pthread_join(t, NULL);
+  print_latencies(lat, n, n / 20);
+}
+
+/* The receiver alone, for the same cross-process set-up as the TypeScript receiver's: eventfd at fd 3, page at fd 4. */
+static void bench_receive(long n) {
+  volatile struct shared_page *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, 4, 0);
+  if (page == MAP_FAILED) die("mmap fd 4");
+  double *lat = calloc(n, sizeof *lat);
+  for (long i = 0; i < n; i++) {
+    uint64_t count;
+    ssize_t r;
+    while ((r = read(3, &count, sizeof count)) < 0 && errno == EAGAIN) {
+      struct pollfd p = {3, POLLIN, 0};
+      poll(&p, 1, -1);
+    }
+    if (r != sizeof count) die("read eventfd");
+    lat[i] = now_ns() - page->raised_at;
+    __atomic_store_n(&page->ack, (int32_t)(i + 1), __ATOMIC_RELEASE);
+  }
   print_latencies(lat, n, n / 20);
 }
 
@@ -368,6 +390,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "regs")) bench_regs(atol(argv[2]));
   else if (!strcmp(argv[1], "irq")) bench_irq(atol(argv[2]));
   else if (!strcmp(argv[1], "raise")) bench_raise(atol(argv[2]));
+  else if (!strcmp(argv[1], "receive")) bench_receive(atol(argv[2]));
   else if (!strcmp(argv[1], "dma")) bench_dma(atol(argv[2]));
   else if (!strcmp(argv[1], "nvme") && argc == 4) bench_nvme(atoi(argv[2]), atol(argv[3]));
   else if (!strcmp(argv[1], "nvme-device") && argc == 4) bench_nvme_device(atoi(argv[2]), atol(argv[3]));

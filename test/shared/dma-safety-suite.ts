@@ -13,6 +13,7 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import type { PciDevice } from '../../src/device/device';
+import { openDevice } from '../../src/device/open';
 import { EduDriver } from '../../src/drivers/edu/edu-driver';
 import * as R from '../../src/drivers/edu/registers';
 import { pattern } from './edu-driver-suite';
@@ -98,7 +99,7 @@ async function mapThenWrite(device: PciDevice, edu: EduDriver, kind: MemoryKind,
       if (direction !== 'to-device') {
         await edu.copyToDevice(pattern(chunk, seed + 100), 0);
         await edu.dma('from-device', iovaOf(offset), 0, chunk);
-        assert.deepEqual(view.subarray(offset, offset + chunk), pattern(chunk, seed + 100), `${kind.name}, ${direction}, offset ${offset}: the process sees what the device wrote`);
+        assert.deepEqual(new Uint8Array(view.buffer, view.byteOffset + offset, chunk), pattern(chunk, seed + 100), `${kind.name}, ${direction}, offset ${offset}: the process sees what the device wrote`);
       }
     }
     unmap();
@@ -138,8 +139,8 @@ export function registerDmaSafetySuite(target: DmaSafetyTarget): void {
 
   test(`${label}: memory whose backing can change is refused with EINVAL; a mapped buffer cannot be transferred away`, async () => {
     await using device = await target.open(R.EDU_DEFAULT_DMA_MASK);
-    const resizable = new ArrayBuffer(8192, { maxByteLength: 65536 });
-    const growable = new SharedArrayBuffer(8192, { maxByteLength: 65536 });
+    const resizable = new (ArrayBuffer as any)(8192, { maxByteLength: 65536 }) as ArrayBuffer;
+    const growable = new (SharedArrayBuffer as any)(8192, { maxByteLength: 65536 }) as SharedArrayBuffer;
     for (const [what, memory] of [
       ['a resizable ArrayBuffer', resizable],
       ['a view over a resizable ArrayBuffer', new Uint8Array(resizable, 0, 4096)],
@@ -147,7 +148,7 @@ export function registerDmaSafetySuite(target: DmaSafetyTarget): void {
       ['a growable SharedArrayBuffer', growable],
       ['a view over a growable SharedArrayBuffer', new Uint8Array(growable)],
     ] as const) {
-      assert.throws(() => device.mapDma(memory, 'bidirectional'), (e: any) => e.name !== 'TypeError' && e.code === 'EINVAL' && /resiz|grow/i.test(e.message), what);
+      assert.throws(() => device.mapDma(memory as never, 'bidirectional'), (e: any) => e.name !== 'TypeError' && e.code === 'EINVAL' && /resiz|grow/i.test(e.message), what);
     }
     assert.equal(device.dma.liveMappings, 0, 'nothing was left mapped');
     // Detached memory (transferred away) is refused, as a buffer and as a view.
@@ -158,7 +159,7 @@ export function registerDmaSafetySuite(target: DmaSafetyTarget): void {
     assert.throws(() => device.mapDma(goneView, 'to-device'), (e: any) => e.code === 'EINVAL' && /detached/.test(e.message));
     // A SharedArrayBuffer (fixed size) is mapped as a bare buffer and through a view alike.
     const shared = new SharedArrayBuffer(8192);
-    device.mapDma(shared, 'bidirectional').unmap();
+    device.mapDma(shared as never, 'bidirectional').unmap();
     device.mapDma(new Uint8Array(shared, 4096), 'bidirectional').unmap();
     // Once mapped, a buffer cannot be moved to another owner (which could free it under the device).
     const held = new ArrayBuffer(8192);
@@ -230,7 +231,6 @@ export function registerDmaSafetySuite(target: DmaSafetyTarget): void {
   });
 
   test(`${label}: bad input is a UserpciError with a sensible code, never a TypeError`, async () => {
-    const { openDevice } = await import('../../src/device/open');
     await assert.rejects(openDevice(target.target, null as never), (e: any) => e.name !== 'TypeError' && e.code === 'EINVAL' && /options/.test(e.message));
     await assert.rejects(openDevice(target.target, 5 as never), (e: any) => e.code === 'EINVAL');
     await assert.rejects(openDevice(target.target, { dmaMask: '0xfff' } as never), (e: any) => e.code === 'EINVAL');

@@ -16,6 +16,7 @@ async function main(): Promise<void> {
   const [mode, address, count] = process.argv.slice(2);
   const n = Number(count);
   const device = await openDevice(address!);
+  device.enableBusMaster(); // MSI and DMA need it; the benchmark is the driver and its edu is idle
   const bar = device.bar(0);
   if (mode === 'regs') {
     let sink = 0;

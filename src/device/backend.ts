@@ -77,6 +77,12 @@ export interface Backend {
   readonly kind: 'vfio' | 'vfio-user';
   /** A human-readable name: the PCI address or the socket path. */
   readonly name: string;
+  /**
+   * True when dmaMap pins the process's pages itself and charges them to RLIMIT_MEMLOCK (kernel
+   * VFIO): DMA memory is then not mlocked as well, and pages are faulted in writable before the
+   * pin. False or absent when the peer reaches memory by fd or by messages (vfio-user).
+   */
+  readonly pinsDmaMemory?: boolean;
   deviceInfo(): BackendDeviceInfo;
   regionInfo(index: number): BackendRegionInfo;
   /** mmap [offset, offset+size) of a region; the ArrayBuffer is released with unmapRegion. */

@@ -24,9 +24,21 @@ const PCI_COMMAND_MASTER = 0x4;
 export interface OpenOptions {
   /**
    * The device's DMA mask: every IOVA handed out lies at or below it. A number or bigint of the
-   * form 2^n - 1 with 12 <= n <= 64; default all 64 bits (in practice the IOMMU's aperture).
+   * form 2^n - 1 with 12 <= n <= 64. It is the caller's promise that the device drives that
+   * many address bits: a device that drives fewer truncates the IOVA and DMAs into whatever is
+   * mapped there. Give it when you know the device; otherwise the driver declares its device's
+   * width (`declareDmaWidth`), as a kernel driver's probe calls dma_set_mask, and until then the
+   * limit is the IOMMU's aperture.
    */
   dmaMask?: number | bigint;
+}
+
+/** Check openDevice's options object itself (null, a number, a mask of the wrong type). */
+export function checkOpenOptions(options: unknown): OpenOptions {
+  if (options === undefined) return {};
+  if (options === null || typeof options !== 'object') throw new InvalidArgumentError(`openDevice options must be an object like { dmaMask: 0xfffffff }, got ${options === null ? 'null' : typeof options}`);
+  dmaLimitFromMask((options as OpenOptions).dmaMask);
+  return options as OpenOptions;
 }
 
 /** Parse and check a DMA mask; returns the highest usable IOVA as a number. */
@@ -59,13 +71,17 @@ export class PciDevice extends EventEmitter<PciDeviceEvents> implements AsyncDis
   private readonly bars: (Region | undefined)[] = [];
   private closedReason: string | undefined;
   private removed = false;
+  /** Whether the DMA mask came from the caller (a promise) or is still the aperture's default. */
+  private readonly maskGiven: boolean;
 
   constructor(
     readonly backend: Backend,
     options: OpenOptions = {},
   ) {
     super();
+    options = checkOpenOptions(options);
     const limit = dmaLimitFromMask(options.dmaMask);
+    this.maskGiven = options.dmaMask !== undefined;
     this.config = new Region(backend, backend.regionInfo(CONFIG_REGION_INDEX), `${backend.name} config space`);
     this.dma = new DmaSpace(backend, limit);
     this.interrupts = new DeviceInterrupts(backend);
@@ -105,9 +121,12 @@ export class PciDevice extends EventEmitter<PciDeviceEvents> implements AsyncDis
     return this.config.read16(0x02);
   }
 
-  /** Turn on memory (and I/O) decoding and bus mastering, as a kernel driver's probe would. */
+  /**
+   * Turn on memory (and I/O) decoding, as pci_enable_device does: registers answer. Bus
+   * mastering is a separate step (enableBusMaster), taken by the driver once its device is quiet.
+   */
   enable(): void {
-    let cmd = this.config.read16(PCI_COMMAND) | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
+    let cmd = this.config.read16(PCI_COMMAND) | PCI_COMMAND_MEMORY;
     for (let i = 0; i < BAR_COUNT; i++) {
       const low = this.config.read32(0x10 + 4 * i);
       if (low & 1) cmd |= PCI_COMMAND_IO;
@@ -115,9 +134,41 @@ export class PciDevice extends EventEmitter<PciDeviceEvents> implements AsyncDis
     this.config.write16(PCI_COMMAND, cmd);
   }
 
+  /**
+   * Let the device master the bus (DMA, and MSI/MSI-X, which are writes too): the kernel's
+   * pci_set_master. Off when openDevice returns, because a device may still be finishing work a
+   * previous owner started; a driver calls this after it has quiesced its device (stopped its
+   * engines, waited out what was running), so that nothing but its own DMA can follow.
+   */
+  enableBusMaster(): void {
+    this.checkOpen();
+    this.config.write16(PCI_COMMAND, this.config.read16(PCI_COMMAND) | PCI_COMMAND_MASTER);
+  }
+
   /** Stop the device from mastering the bus: no DMA after this returns. */
   disableBusMaster(): void {
     this.config.write16(PCI_COMMAND, this.config.read16(PCI_COMMAND) & ~PCI_COMMAND_MASTER);
+  }
+
+  /** Whether the device may master the bus now. */
+  get busMaster(): boolean {
+    return (this.config.read16(PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
+  }
+
+  /**
+   * A driver states how many address bits its device drives for DMA (edu: 28, NVMe: 64). A mask
+   * given to openDevice that is wider is refused (EINVAL: the device would truncate IOVAs into
+   * other mappings); with no mask given, the limit becomes this width. Call it before mapping.
+   */
+  declareDmaWidth(bits: number, driver: string): void {
+    this.checkOpen();
+    if (!Number.isInteger(bits) || bits < 12 || bits > 64) throw new InvalidArgumentError(`DMA width must be 12..64 bits, got ${bits}`);
+    const widest = bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** bits - 1;
+    if (this.dma.limit <= widest) return;
+    if (this.maskGiven) {
+      throw new InvalidArgumentError(`${driver}: ${this.name} drives ${bits} DMA address bits, but it was opened with dmaMask 0x${this.dma.limit.toString(16)}; a wider mask would let the device truncate IOVAs into other mappings (open it with dmaMask 0x${widest.toString(16)} or narrower)`);
+    }
+    this.dma.narrowLimit(widest);
   }
 
   /** Arm `count` vectors of INTx, MSI or MSI-X (one mode at a time). */
@@ -160,18 +211,22 @@ export class PciDevice extends EventEmitter<PciDeviceEvents> implements AsyncDis
   /**
    * Function-level (or the backend's) reset. Kept: every DMA mapping (they live in the IOMMU,
    * not the device) and the interrupt set-up (VFIO keeps the eventfds routed and restores the
-   * MSI/MSI-X configuration around the reset). Lost: the device's own registers; bus mastering
-   * and decoding are turned on again here. Work in flight is gone: drivers re-initialise.
+   * MSI/MSI-X configuration around the reset). Lost: the device's own registers; decoding, and
+   * bus mastering if it was on, are turned on again here. Work in flight is gone: drivers
+   * re-initialise.
    */
   reset(): void {
     this.checkOpen();
     if (!this.backend.deviceInfo().canReset) throw new UserpciError('ENOTSUP', `${this.name} offers no reset (no FLR, PM or bus reset VFIO can use)`);
+    const master = this.busMaster;
     try {
       this.backend.reset();
     } catch (err) {
       throw wrapSystemError(err, `resetting ${this.name}`);
     }
     this.enable();
+    // As the kernel restores the command register after a reset: a reset device is quiet.
+    if (master) this.enableBusMaster();
   }
 
   /** Stop DMA, release every mapping and locked page, unmap the regions, give the device back. */

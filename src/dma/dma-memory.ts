@@ -1,12 +1,17 @@
 /**
  * DMA-coherent memory: memfd-backed (so a vfio-user server can map the same pages), shared,
- * populated, locked, and kept out of forked children (MADV_DONTFORK: a child's copy-on-write
- * would otherwise leave the device writing into pages the parent no longer sees).
+ * populated, and kept out of forked children (MADV_DONTFORK: a child's copy-on-write would
+ * otherwise leave the device writing into pages the parent no longer sees).
+ *
+ * Locked-memory accounting follows the kernel's: VFIO pins every page it maps for DMA and charges
+ * the pin to RLIMIT_MEMLOCK (mm->locked_vm, `VmLck` in /proc/self/status), and so does mlock. Memory
+ * the backend pins is therefore not mlocked as well (the pin already keeps it resident); memory
+ * nobody pins (vfio-user, where the server maps the memfd) is mlocked, and charged once that way.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { native, constants } from '../native/index';
-import { UserpciError, wrapSystemError, isSystemError } from '../errors';
+import { InvalidArgumentError, UserpciError, wrapSystemError, isSystemError } from '../errors';
 import { alignUp } from './iova-allocator';
 
 export const HUGE_PAGE_SIZE = 2 * 1024 * 1024;
@@ -20,40 +25,74 @@ export interface DmaMemory {
   pageSize: number;
 }
 
+export interface DmaMemoryOptions {
+  hugePages?: HugePagePolicy;
+  /** mlock the memory (default true). False when the backend pins it itself (VFIO). */
+  lock?: boolean;
+}
+
 const CAP_IPC_LOCK = 14;
 const LARGE_ALLOCATION = 16 * 1024 * 1024;
+/** errno values carried on our errors are negative, like Node's. */
+const ENOMEM_ERRNO = -os.constants.errno.ENOMEM;
 
-function hasIpcLock(): boolean {
+function processStatus(): string {
   try {
-    const line = /^CapEff:\s*([0-9a-f]+)$/m.exec(fs.readFileSync('/proc/self/status', 'utf8'));
-    return line !== null && (BigInt(`0x${line[1]}`) & (1n << BigInt(CAP_IPC_LOCK))) !== 0n;
+    return fs.readFileSync('/proc/self/status', 'utf8');
   } catch {
-    return false;
+    return '';
   }
 }
 
-function memlockHint(): string {
-  const [soft] = native.getrlimit(constants.RLIMIT_MEMLOCK);
-  if (soft < 0) return 'RLIMIT_MEMLOCK is unlimited, so the system is out of memory';
-  if (hasIpcLock()) return `RLIMIT_MEMLOCK is ${soft} bytes but CAP_IPC_LOCK lifts it, so the system is out of memory`;
-  return `RLIMIT_MEMLOCK is ${soft} bytes; raise it (ulimit -l) or run with CAP_IPC_LOCK`;
+function hasIpcLock(status = processStatus()): boolean {
+  const line = /^CapEff:\s*([0-9a-f]+)$/m.exec(status);
+  return line !== null && (BigInt(`0x${line[1]}`) & (1n << BigInt(CAP_IPC_LOCK))) !== 0n;
+}
+
+/** Bytes charged against RLIMIT_MEMLOCK now: mlocked and VFIO-pinned pages alike (VmLck). */
+export function lockedBytes(status = processStatus()): number {
+  const m = /^VmLck:\s*(\d+) kB$/m.exec(status);
+  return m ? Number(m[1]) * 1024 : 0;
 }
 
 /**
- * Refuse what cannot fit in memory before trying: populating and locking more than the machine
- * has would end in the OOM killer, not in an error. (Going over RLIMIT_MEMLOCK needs no check of
- * its own: mlock fails, and that failure is reported below with the limit named.) Reading the
- * free memory costs a /proc read, so only sizes that could matter pay for it.
+ * Why `bytes` more of locked memory could not be had, with the three numbers that decide it:
+ * what was asked, what this process has already charged, and the limit.
  */
-function checkFits(size: number): void {
+export function memlockExplanation(bytes: number, how: 'pin' | 'lock'): string {
+  const status = processStatus();
+  const [soft] = native.getrlimit(constants.RLIMIT_MEMLOCK);
+  const charged = lockedBytes(status);
+  const asked = how === 'pin'
+    ? `the IOMMU must pin ${bytes} bytes, and pinned memory counts against RLIMIT_MEMLOCK`
+    : `locking ${bytes} bytes counts against RLIMIT_MEMLOCK`;
+  if (soft < 0) return `${asked}, which is unlimited (${charged} bytes are already charged): the system is out of memory`;
+  if (hasIpcLock(status)) return `${asked}, but CAP_IPC_LOCK lifts the limit (${charged} bytes are already charged): the system is out of memory`;
+  return `${asked}: ${charged} bytes are already charged to this process (VFIO's pins and mlock count alike) and the limit is ${soft} bytes; raise it (ulimit -l) or grant CAP_IPC_LOCK`;
+}
+
+/** The ENOMEM for a failed lock or pin of `bytes`, errno and all consistent with the code. */
+export function memlockError(doing: string, bytes: number, how: 'pin' | 'lock', cause: unknown): UserpciError {
+  const syscall = isSystemError(cause) ? cause.syscall : undefined;
+  const raw = isSystemError(cause) && cause.code !== 'ENOMEM' ? ` (${syscall} said ${cause.code})` : '';
+  return new UserpciError('ENOMEM', `${doing}: ${memlockExplanation(bytes, how)}${raw}`, { cause, errno: ENOMEM_ERRNO, syscall });
+}
+
+/**
+ * Refuse what cannot fit in memory before trying: populating more than the machine has would
+ * end in the OOM killer, not in an error. Reading the free memory costs a /proc read, so only
+ * sizes that could matter pay for it.
+ */
+function checkFits(size: number, lock: boolean): void {
   if (size < LARGE_ALLOCATION) return;
   const available = os.freemem();
   if (size > available) {
-    throw new UserpciError('ENOMEM', `cannot allocate ${size} bytes of locked DMA memory: only ${available} bytes are available (${memlockHint()})`);
+    const resident = memlockExplanation(size, lock ? 'lock' : 'pin');
+    throw new UserpciError('ENOMEM', `cannot allocate ${size} bytes of DMA memory: only ${available} bytes of RAM are available, and DMA memory stays resident (${resident})`, { errno: ENOMEM_ERRNO });
   }
 }
 
-function tryAllocate(size: number, huge: boolean): DmaMemory {
+function tryAllocate(size: number, huge: boolean, lock: boolean): DmaMemory {
   const pageSize = huge ? HUGE_PAGE_SIZE : constants.PAGE_SIZE;
   const length = alignUp(size, pageSize);
   const fd = native.memfdCreate('userpci-dma', huge ? constants.MFD_HUGETLB : 0);
@@ -62,7 +101,7 @@ function tryAllocate(size: number, huge: boolean): DmaMemory {
     native.ftruncate(fd, length);
     buffer = native.mmap(length, constants.PROT_READ | constants.PROT_WRITE, constants.MAP_SHARED | constants.MAP_POPULATE, fd, 0);
     native.madvise(buffer, constants.MADV_DONTFORK);
-    native.mlock(buffer);
+    if (lock) native.mlock(buffer);
     return { buffer, fd, size: length, pageSize };
   } catch (err) {
     if (buffer) native.munmap(buffer);
@@ -71,22 +110,42 @@ function tryAllocate(size: number, huge: boolean): DmaMemory {
   }
 }
 
-export function allocateDmaMemory(size: number, hugePages: HugePagePolicy = 'auto'): DmaMemory {
-  checkFits(size);
+export function checkHugePagePolicy(hugePages: unknown): HugePagePolicy {
+  if (hugePages === undefined) return 'auto';
+  if (hugePages !== 'auto' && hugePages !== 'always' && hugePages !== 'never') {
+    throw new InvalidArgumentError(`hugePages must be 'auto', 'always' or 'never', got ${typeof hugePages === 'string' ? `'${hugePages}'` : String(hugePages)}`);
+  }
+  return hugePages;
+}
+
+export function allocateDmaMemory(size: number, hugePagesOrOptions: HugePagePolicy | DmaMemoryOptions = {}): DmaMemory {
+  const options = typeof hugePagesOrOptions === 'string' ? { hugePages: hugePagesOrOptions } : hugePagesOrOptions;
+  const hugePages = checkHugePagePolicy(options.hugePages);
+  const lock = options.lock ?? true;
+  checkFits(size, lock);
   const wantHuge = hugePages === 'always' || (hugePages === 'auto' && size >= HUGE_PAGE_SIZE);
   try {
     if (wantHuge) {
       try {
-        return tryAllocate(size, true);
+        return tryAllocate(size, true, lock);
       } catch (err) {
-        if (hugePages === 'always') throw err;
+        if (hugePages === 'always') {
+          if (isSystemError(err) && err.syscall !== 'mlock') {
+            throw new UserpciError('ENOMEM', `cannot allocate ${size} bytes on 2 MiB hugepages: ${err.code} (${err.syscall}); reserve some (/proc/sys/vm/nr_hugepages)`, { cause: err, errno: ENOMEM_ERRNO, syscall: err.syscall });
+          }
+          throw err;
+        }
         // No free hugepages (or none configured): 4 KiB pages work, only the IOTLB pays.
       }
     }
-    return tryAllocate(size, false);
+    return tryAllocate(size, false, lock);
   } catch (err) {
-    if (isSystemError(err) && (err.code === 'ENOMEM' || err.code === 'EAGAIN' || err.code === 'EPERM')) {
-      throw new UserpciError('ENOMEM', `cannot allocate ${size} bytes of locked DMA memory: ${memlockHint()}`, { cause: err, errno: err.errno, syscall: err.syscall });
+    if (err instanceof UserpciError) throw err;
+    if (isSystemError(err) && err.syscall === 'mlock' && (err.code === 'ENOMEM' || err.code === 'EAGAIN' || err.code === 'EPERM')) {
+      throw memlockError(`cannot lock ${size} bytes of DMA memory`, alignUp(size, constants.PAGE_SIZE), 'lock', err);
+    }
+    if (isSystemError(err) && err.code === 'ENOMEM') {
+      throw new UserpciError('ENOMEM', `cannot allocate ${size} bytes of DMA memory: ${err.code} (${err.syscall})`, { cause: err, errno: ENOMEM_ERRNO, syscall: err.syscall });
     }
     throw wrapSystemError(err, `allocating ${size} bytes of DMA memory`);
   }
@@ -96,5 +155,3 @@ export function releaseDmaMemory(memory: DmaMemory): void {
   native.munmap(memory.buffer);
   native.close(memory.fd);
 }
-
-export { memlockHint };

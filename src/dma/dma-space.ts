@@ -3,12 +3,17 @@
  * caller already has, each at an IOVA the device can reach, each mapped in the IOMMU with the
  * direction asked for. It owns every mapping so that close() can take them all down.
  */
+import { randomInt } from 'node:crypto';
 import { inspect } from 'node:util';
+import { markAsUntransferable } from 'node:worker_threads';
 import { native, constants } from '../native/index';
-import { DeviceGoneError, InvalidArgumentError, UserpciError, wrapSystemError } from '../errors';
+import { DeviceGoneError, InvalidArgumentError, UserpciError, isSystemError, wrapSystemError } from '../errors';
 import type { Backend } from '../device/backend';
 import { IovaAllocator, alignUp } from './iova-allocator';
-import { allocateDmaMemory, releaseDmaMemory, memlockHint, type DmaMemory, type HugePagePolicy } from './dma-memory';
+import { allocateDmaMemory, checkHugePagePolicy, memlockError, releaseDmaMemory, type DmaMemory, type HugePagePolicy } from './dma-memory';
+
+/** linux/mman.h (asm-generic, so x86-64 and arm64 alike); Linux 5.14 and later. */
+const MADV_POPULATE_WRITE = 23;
 
 export type DmaDirection = 'to-device' | 'from-device' | 'bidirectional';
 
@@ -122,10 +127,58 @@ export class DmaMapping implements Disposable {
   }
 }
 
-function toBytes(memory: ArrayBuffer | ArrayBufferView): Uint8Array {
-  if (memory instanceof ArrayBuffer) return new Uint8Array(memory);
-  if (ArrayBuffer.isView(memory)) return new Uint8Array(memory.buffer, memory.byteOffset, memory.byteLength);
-  throw new InvalidArgumentError('DMA memory must be an ArrayBuffer or a typed array/DataView');
+/** What memory a streaming map accepts: see "Which JS memory can be mapped" in docs/ARCHITECTURE.md. */
+export type DmaMappable = ArrayBuffer | SharedArrayBuffer | ArrayBufferView;
+
+/**
+ * The bytes of memory the caller wants mapped, refusing memory whose backing can change under a
+ * mapping: a resizable ArrayBuffer or growable SharedArrayBuffer (shrinking releases the pages
+ * the device would keep using; growing may move nothing but leaves the map short) and a
+ * detached buffer (its memory belongs to someone else now, who may free it).
+ */
+function toBytes(memory: DmaMappable): Uint8Array {
+  let buffer: ArrayBufferLike;
+  let offset = 0;
+  let length: number | undefined;
+  if (memory instanceof ArrayBuffer || memory instanceof SharedArrayBuffer) buffer = memory;
+  else if (ArrayBuffer.isView(memory)) {
+    buffer = memory.buffer;
+    offset = memory.byteOffset;
+    length = memory.byteLength;
+  } else {
+    throw new InvalidArgumentError(`DMA memory must be an ArrayBuffer, a SharedArrayBuffer or a typed array/DataView, got ${describe(memory)}`);
+  }
+  const b = buffer as ArrayBufferLike & { resizable?: boolean; growable?: boolean };
+  if (b.resizable === true || b.growable === true) {
+    throw new InvalidArgumentError(`cannot map a ${b.resizable ? 'resizable ArrayBuffer' : 'growable SharedArrayBuffer'} for DMA: resizing it would leave the device with pages the process no longer sees; use a fixed-size buffer`);
+  }
+  try {
+    return length === undefined ? new Uint8Array(buffer) : new Uint8Array(buffer, offset, length);
+  } catch (err) {
+    // The only way constructing a view over a valid buffer fails: it was detached (transferred).
+    throw new InvalidArgumentError('cannot map a detached ArrayBuffer for DMA: its memory was transferred away', { cause: err });
+  }
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (typeof value === 'object') return value.constructor?.name ?? 'an object';
+  return typeof value;
+}
+
+/**
+ * Fault every page of the view in writable before it is pinned, whatever the direction. A
+ * read-only pin of untouched anonymous memory pins the kernel's shared zero page (and of a page
+ * shared copy-on-write, the shared copy): the process's later writes would go to fresh pages the
+ * device never sees. MADV_POPULATE_WRITE does exactly a write fault per page, touching no data.
+ */
+function faultInWritable(view: Uint8Array): void {
+  try {
+    native.madvise(view, MADV_POPULATE_WRITE);
+  } catch (err) {
+    const code = isSystemError(err) ? err.code : String(err);
+    throw new InvalidArgumentError(`cannot map this memory for DMA: faulting it in writable (madvise MADV_POPULATE_WRITE, Linux 5.14+) failed with ${code}; only ordinary writable memory can be mapped`, { cause: err });
+  }
 }
 
 /** One allocator per IOMMU domain (VFIO container or vfio-user connection). */
@@ -136,19 +189,39 @@ export class DmaSpace {
   private readonly mappings = new Set<DmaMapping>();
   private readonly allocator: IovaAllocator;
   private closed: string | undefined;
+  /** Highest IOVA the device can reach (its DMA mask), inclusive. */
+  private highest: number;
 
   constructor(
     private readonly backend: Backend,
-    /** Highest IOVA the device can reach (its DMA mask), inclusive. */
-    readonly limit: number,
+    limit: number,
   ) {
+    this.highest = limit;
     const aperture = backend.iommuAperture();
     let allocator = allocators.get(aperture.domain);
     if (!allocator) {
-      allocator = new IovaAllocator(aperture.ranges, Math.max(aperture.pageSize, constants.PAGE_SIZE));
+      // A random first cursor per IOMMU domain (so per open of a device that is alone in its
+      // process): a new owner does not get the IOVAs its predecessor used, so a stale DMA of the
+      // predecessor's cannot hit the new owner's first buffers even on a device that ignored
+      // bus mastering. The cursor then rotates (next fit), so freed IOVAs are not reused at once.
+      allocator = new IovaAllocator(aperture.ranges, Math.max(aperture.pageSize, constants.PAGE_SIZE), { cursor: randomInt(2 ** 47) });
       allocators.set(aperture.domain, allocator);
     }
     this.allocator = allocator;
+  }
+
+  /** Highest IOVA the device can reach (its DMA mask), inclusive. */
+  get limit(): number {
+    return this.highest;
+  }
+
+  /** Lower the limit (a driver declaring what its device can address); only while nothing is mapped. */
+  narrowLimit(limit: number): void {
+    if (limit >= this.highest) return;
+    if (this.buffers.size > 0 || this.mappings.size > 0) {
+      throw new UserpciError('EBUSY', `cannot narrow the DMA limit to 0x${limit.toString(16)}: ${this.buffers.size} buffers and ${this.mappings.size} mappings already exist (declare the DMA width before mapping memory)`);
+    }
+    this.highest = limit;
   }
 
   get liveBuffers(): number {
@@ -162,8 +235,11 @@ export class DmaSpace {
   allocate(size: number, options: DmaAllocOptions = {}): DmaBuffer {
     this.checkOpen();
     if (!Number.isSafeInteger(size) || size <= 0) throw new InvalidArgumentError(`DMA buffer size must be a positive integer, got ${size}`);
-    if (size > this.limit + 1) throw new UserpciError('ENOMEM', `a ${size}-byte DMA buffer cannot fit below the DMA limit 0x${this.limit.toString(16)}`);
-    const memory = allocateDmaMemory(size, options.hugePages);
+    if (options === null || typeof options !== 'object') throw new InvalidArgumentError(`allocDma options must be an object, got ${describe(options)}`);
+    const hugePages = checkHugePagePolicy(options.hugePages);
+    this.allocator.check(size, constants.PAGE_SIZE, this.limit); // before populating memory for nothing
+    const pins = this.backend.pinsDmaMemory === true;
+    const memory = allocateDmaMemory(size, { hugePages, lock: !pins });
     let iova: number;
     try {
       iova = this.allocator.allocate(memory.size, memory.pageSize, this.limit);
@@ -179,7 +255,7 @@ export class DmaSpace {
     } catch (err) {
       this.allocator.release(iova);
       releaseDmaMemory(memory);
-      throw this.mapError(err, memory.size);
+      throw this.mapError(err, `mapping a ${memory.size}-byte DMA buffer`, memory.size);
     }
     const buffer = new DmaBuffer(this, memory, iova, memory.size);
     this.buffers.add(buffer);
@@ -198,7 +274,7 @@ export class DmaSpace {
     }
   }
 
-  map(memory: ArrayBuffer | ArrayBufferView, direction: DmaDirection): DmaMapping {
+  map(memory: DmaMappable, direction: DmaDirection): DmaMapping {
     this.checkOpen();
     if (direction !== 'to-device' && direction !== 'from-device' && direction !== 'bidirectional') {
       throw new InvalidArgumentError(`DMA direction must be 'to-device', 'from-device' or 'bidirectional', got ${String(direction)}`);
@@ -212,14 +288,18 @@ export class DmaSpace {
     const pageIova = this.allocator.allocate(size, page, this.limit);
     const firstByteIova = pageIova + (address - vaddr);
     try {
+      if (this.backend.pinsDmaMemory === true) faultInWritable(view);
       this.backend.dmaMap({
         iova: pageIova, size, vaddr, memory: view, memoryIova: firstByteIova,
         deviceReads: direction !== 'from-device', deviceWrites: direction !== 'to-device',
       });
     } catch (err) {
       this.allocator.release(pageIova);
-      throw this.mapError(err, size);
+      throw this.mapError(err, `mapping ${view.byteLength} bytes for DMA`, size);
     }
+    // Transferring the buffer to a worker (postMessage, structuredClone) would hand its memory to
+    // an owner that may free it while the device still writes there: copy it instead.
+    if (!(view.buffer instanceof SharedArrayBuffer)) markAsUntransferable(view.buffer);
     const mapping = new DmaMapping(this, view, direction, Object.freeze([{ iova: firstByteIova, length: view.byteLength }]), pageIova, size);
     this.mappings.add(mapping);
     return mapping;
@@ -260,10 +340,11 @@ export class DmaSpace {
     if (this.closed) throw new DeviceGoneError(this.closed);
   }
 
-  private mapError(err: unknown, size: number): UserpciError {
-    const e = wrapSystemError(err, `mapping ${size} bytes for DMA`);
-    if (e.code === 'ENOMEM') return new UserpciError('ENOMEM', `${e.message}: ${memlockHint()}`, { cause: err });
-    return e;
+  private mapError(err: unknown, doing: string, pinned: number): UserpciError {
+    if (err instanceof UserpciError) return err;
+    // VFIO_IOMMU_MAP_DMA fails with ENOMEM when pinning would go over RLIMIT_MEMLOCK.
+    if (isSystemError(err) && err.code === 'ENOMEM') return memlockError(doing, pinned, 'pin', err);
+    return wrapSystemError(err, doing);
   }
 }
 

@@ -21,7 +21,7 @@ export class IovaAllocator {
    * @param ranges usable ranges with inclusive ends (as VFIO reports them)
    * @param granule mapping granule: every range starts and ends on it
    */
-  constructor(ranges: { start: number; end: number }[], readonly granule = 4096) {
+  constructor(ranges: { start: number; end: number }[], readonly granule = 4096, options: { cursor?: number } = {}) {
     const sorted = [...ranges].sort((a, b) => a.start - b.start);
     for (const r of sorted) {
       const start = alignUp(Math.max(r.start, granule), granule); // never hand out IOVA 0: it hides bugs
@@ -29,6 +29,9 @@ export class IovaAllocator {
       if (end > start) this.free.push({ start, end });
     }
     if (this.free.length === 0) throw new UserpciError('ENOSPC', 'the IOMMU reports no usable IOVA space');
+    this.bottom = this.free[0]!.start;
+    this.top = this.free[this.free.length - 1]!.end;
+    if (options.cursor !== undefined) this.cursor = this.bottom + (Math.floor(options.cursor / granule) * granule) % (this.top - this.bottom);
   }
 
   /** Total bytes still free. */
@@ -38,24 +41,83 @@ export class IovaAllocator {
     return n;
   }
 
-  /** First fit ending at or below `limit` (inclusive), aligned to `align` (a power of two, at least the granule). */
+  /**
+   * Where the next search starts. With a cursor the allocator is next-fit: it searches from the
+   * cursor up, wraps around to the bottom, and moves the cursor past what it handed out, so a
+   * range just freed is not handed out again at once, and (with a random first cursor) a new
+   * owner does not get the IOVAs its predecessor used. Without one it is plain first fit.
+   */
+  private cursor: number | undefined;
+  private readonly bottom: number;
+  private readonly top: number;
+
+  /**
+   * First fit (or next fit from the cursor) ending at or below `limit` (inclusive), aligned to
+   * `align` (a power of two, at least the granule).
+   */
   allocate(size: number, align = this.granule, limit = Number.MAX_SAFE_INTEGER): number {
+    const length = this.checkRequest(size, align);
+    const from = this.searchStart(length, limit);
+    let found = this.find(length, align, limit, from);
+    if (found === undefined && from > this.bottom) found = this.find(length, align, limit, this.bottom);
+    if (found === undefined) throw this.exhausted(length, align, limit);
+    const [i, start] = found;
+    const span = this.free[i]!;
+    const pieces: Span[] = [];
+    if (start > span.start) pieces.push({ start: span.start, end: start });
+    if (start + length < span.end) pieces.push({ start: start + length, end: span.end });
+    this.free.splice(i, 1, ...pieces);
+    this.used.set(start, length);
+    if (this.cursor !== undefined) this.cursor = start + length;
+    return start;
+  }
+
+  /** Throws what allocate would throw when no such range is free; allocates nothing. */
+  check(size: number, align = this.granule, limit = Number.MAX_SAFE_INTEGER): void {
+    const length = this.checkRequest(size, align);
+    if (this.find(length, align, limit, this.bottom) === undefined) throw this.exhausted(length, align, limit);
+  }
+
+  private checkRequest(size: number, align: number): number {
     if (!Number.isSafeInteger(size) || size <= 0) throw new InvalidArgumentError(`IOVA size must be a positive integer, got ${size}`);
     if (align < this.granule || !isPowerOfTwo(align)) throw new InvalidArgumentError(`IOVA alignment ${align} must be a power of two >= ${this.granule}`);
-    const length = alignUp(size, this.granule);
+    return alignUp(size, this.granule);
+  }
+
+  /** The cursor folded into the part of the space this caller can reach. */
+  private searchStart(length: number, limit: number): number {
+    if (this.cursor === undefined) return this.bottom;
+    const reach = Math.min(limit + 1, this.top) - this.bottom;
+    if (reach <= length) return this.bottom;
+    const offset = (this.cursor - this.bottom) % reach;
+    return this.bottom + Math.floor(offset / this.granule) * this.granule;
+  }
+
+  private find(length: number, align: number, limit: number, from: number): [number, number] | undefined {
     for (let i = 0; i < this.free.length; i++) {
       const span = this.free[i]!;
-      const start = alignUp(span.start, align);
-      if (start + length > span.end) continue;
-      if (start + length - 1 > limit) break; // spans are sorted: later ones only lie higher
-      const pieces: Span[] = [];
-      if (start > span.start) pieces.push({ start: span.start, end: start });
-      if (start + length < span.end) pieces.push({ start: start + length, end: span.end });
-      this.free.splice(i, 1, ...pieces);
-      this.used.set(start, length);
-      return start;
+      if (span.end <= from) continue;
+      const start = alignUp(Math.max(span.start, from), align);
+      if (start + length - 1 > limit) return undefined; // spans are sorted: later ones only lie higher
+      if (start + length <= span.end) return [i, start];
     }
-    throw new UserpciError('ENOMEM', `IOVA space exhausted: no ${length}-byte range at or below 0x${limit.toString(16)} (${this.available} bytes free, fragmented)`);
+    return undefined;
+  }
+
+  /** Says what is true: how much is free where this caller can reach, and whether it is in pieces. */
+  private exhausted(length: number, align: number, limit: number): UserpciError {
+    let free = 0;
+    let largest = 0;
+    for (const s of this.free) {
+      const end = Math.min(s.end, limit + 1);
+      if (end <= s.start) break;
+      free += end - s.start;
+      largest = Math.max(largest, end - s.start);
+    }
+    let why = '';
+    if (largest >= length) why = `, but no free range is aligned to ${align} bytes`;
+    else if (free >= length) why = `, fragmented (the largest free range is ${largest} bytes)`;
+    return new UserpciError('ENOMEM', `IOVA space exhausted: no ${length}-byte range at or below 0x${limit.toString(16)} (the DMA mask); ${free} bytes are free there${why}`);
   }
 
   /** Give a range back; its size is remembered from allocate. */

@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { openDevice } from '../../src/device/open';
+import type { PciDevice } from '../../src/device/device';
 import { EduDriver } from '../../src/drivers/edu/edu-driver';
 import * as R from '../../src/drivers/edu/registers';
 import { iommuGroupOf } from '../../src/pci/bind';
@@ -17,7 +18,7 @@ import { requireGuest, boundDevices } from './guest-env';
 import { registerDmaSafetySuite } from '../shared/dma-safety-suite';
 
 const HUGE = 2 << 20;
-const KILL_ROUNDS = 4;
+const KILL_ROUNDS = 3;
 const NOBODY = 65534;
 let edu0: string;
 
@@ -54,13 +55,17 @@ registerDmaSafetySuite({
   ],
 });
 
-/** Spawns the in-flight child, waits for its transfer to start, and kills it with SIGKILL. */
-async function killMidTransfer(): Promise<string> {
+/**
+ * Spawns the in-flight child, waits for its transfer to start, kills it with SIGKILL, and opens
+ * the device the moment the kernel has released it (EBUSY until then), so that the new owner is
+ * in place while the killed owner's transfer (100 ms in QEMU's edu) may still be running.
+ */
+async function killMidTransferAndReopen(): Promise<{ oldIova: string; device: PciDevice }> {
   const child = spawn(process.execPath, [path.join(__dirname, 'dma-child.js'), 'inflight', edu0], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => { stderr += d; });
   const exited = new Promise<NodeJS.Signals | null>((r) => child.on('exit', (_c, signal) => r(signal)));
-  const iova = await new Promise<string>((resolve, reject) => {
+  const oldIova = await new Promise<string>((resolve, reject) => {
     let out = '';
     child.stdout.on('data', (d) => {
       out += d;
@@ -70,14 +75,22 @@ async function killMidTransfer(): Promise<string> {
     child.on('exit', (code) => reject(new Error(`in-flight child exited ${code} before starting: ${stderr}`)));
   });
   child.kill('SIGKILL');
-  assert.equal(await exited, 'SIGKILL');
-  return iova;
+  const guard = Date.now() + 60_000;
+  for (;;) {
+    try {
+      const device = await openDevice(edu0, { dmaMask: R.EDU_DEFAULT_DMA_MASK });
+      assert.equal(await exited, 'SIGKILL');
+      return { oldIova, device };
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'EBUSY' || Date.now() > guard) throw err;
+      await new Promise((r) => setImmediate(r));
+    }
+  }
 }
 
 test(`kill -9 during a DMA, then a new owner at once: the DMA never lands in its memory (${KILL_ROUNDS} rounds)`, async () => {
   for (let round = 0; round < KILL_ROUNDS; round++) {
-    const oldIova = await killMidTransfer();
-    const device = await openDevice(edu0, { dmaMask: R.EDU_DEFAULT_DMA_MASK });
+    const { oldIova, device } = await killMidTransferAndReopen();
     try {
       const victim = new Uint8Array(256 << 10);
       const m = device.mapDma(victim, 'bidirectional');

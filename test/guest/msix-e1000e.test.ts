@@ -70,6 +70,7 @@ async function fire(device: PciDevice, cause: number): Promise<void> {
 
 test('MSI-X: each of the device\'s vectors delivers its own cause, once', async () => {
   await using device = await openDevice(nic);
+  device.enableBusMaster(); // MSI-X messages are bus-master writes; the unbound NIC is quiet
   const offered = device.interrupts.info('msix').count;
   assert.ok(offered >= 5, `e1000e offers ${offered} MSI-X vectors`);
   const vectors = device.enableInterrupts('msix', 5);
@@ -89,6 +90,7 @@ test('MSI-X: each of the device\'s vectors delivers its own cause, once', async 
 
 test('MSI-X: changing the vector count at run time keeps the existing vectors working', async () => {
   await using device = await openDevice(nic);
+  device.enableBusMaster(); // MSI-X messages are bus-master writes; the unbound NIC is quiet
   const two = device.enableInterrupts('msix', 2);
   await resetAndRoute(device, [0, 1, 1, 1, 1], CAUSES[0]! | CAUSES[1]!);
   let got = two[1]!.wait({ timeoutMs: 5000 });
@@ -118,6 +120,7 @@ test('MSI-X: changing the vector count at run time keeps the existing vectors wo
 // the reset goes through, and the interrupt set-up and DMA mappings are kept.
 test('reset through VFIO keeps the interrupt set-up and the DMA mappings', async () => {
   await using device = await openDevice(nic);
+  device.enableBusMaster(); // MSI-X messages are bus-master writes; the unbound NIC is quiet
   assert.equal(device.backend.deviceInfo().canReset, true);
   const vectors = device.enableInterrupts('msix', 5);
   await resetAndRoute(device, [0, 1, 2, 3, 4], CAUSES.reduce((a, c) => a | c, 0));

@@ -102,7 +102,7 @@ test('DMA mask: with a 24-bit mask every IOVA lies below it and DMA works', asyn
   assert.equal(await edu.factorial(6), 720);
 });
 
-test('coherent buffers: any size, page-rounded, IOVAs outside the x86 MSI window, reusable after free', async () => {
+test('coherent buffers: any size, page-rounded, IOVAs outside the x86 MSI window, not reused at once after free', async () => {
   await using device = await openDevice(edu0);
   const sizes = [1, 4095, 4097, 65536, 2 << 20, (4 << 20) + 1];
   const bufs = sizes.map((s) => device.allocDma(s));
@@ -116,7 +116,7 @@ test('coherent buffers: any size, page-rounded, IOVAs outside the x86 MSI window
   bufs[0]!.free();
   assert.equal(view.length, 0, 'views over freed DMA memory are detached');
   assert.throws(() => bufs[0]!.free(), (e: any) => e.code === 'EINVAL');
-  assert.equal(device.allocDma(4096).iova, firstIova, 'freed IOVA space is reused');
+  assert.notEqual(device.allocDma(4096).iova, firstIova, 'a freed IOVA is not handed out again at once (a late DMA to it faults in the IOMMU)');
 });
 
 test('a mapped buffer stays alive while mapped even when the caller drops it', async () => {

@@ -33,6 +33,11 @@ function write32(c: VfioUserClient, region: number, offset: number, value: numbe
   c.regionWrite(region, offset, b);
 }
 
+/** Bus Master Enable: the server, like a PCI bus, lets no DMA through without it. */
+function enableBusMaster(c: VfioUserClient): void {
+  write32(c, CONFIG, 0x04, read32(c, CONFIG, 0x04) | 0x6);
+}
+
 function write64(c: VfioUserClient, offset: number, value: number): void {
   const b = new Uint8Array(8);
   new DataView(b.buffer).setBigUint64(0, BigInt(value), true);
@@ -142,6 +147,7 @@ test('identification: config space is edu\'s, ID register reads 0x010000ed', () 
 
 test('liveness inverts, factorial computes with the busy bit', () => {
   const c = connectVfioUser(server.socketPath);
+  enableBusMaster(c);
   try {
     write32(c, BAR0, EduReg.LIVENESS, 0x12345678);
     assert.equal(read32(c, BAR0, EduReg.LIVENESS), ~0x12345678 >>> 0);
@@ -162,6 +168,7 @@ for (const [label, getServer] of [
 ] as const) {
   test(`DMA both ways through a memfd-shared buffer and through DMA_READ/DMA_WRITE (${label})`, () => {
     const c = connectVfioUser(getServer().socketPath);
+    enableBusMaster(c);
     const shared = memfdBuffer(8192);
     const plain = new ArrayBuffer(8192);
     try {
@@ -198,6 +205,7 @@ for (const [label, getServer] of [
 
 test('the DMA example of edu.rst: 100 bytes to the buffer and back to addr+100', () => {
   const c = connectVfioUser(server.socketPath);
+  enableBusMaster(c);
   const memory = new Uint8Array(4096);
   try {
     const addr = 0x400000;
@@ -222,6 +230,7 @@ test('the DMA example of edu.rst: 100 bytes to the buffer and back to addr+100',
 
 test('DMA completes while the client is idle on the event loop (server DMA_READ served by the watcher)', async () => {
   const c = connectVfioUser(serverNoTwin.socketPath);
+  enableBusMaster(c);
   const plain = new Uint8Array(4096).fill(0x5a);
   const efd = native.eventfd(0, constants.EFD_NONBLOCK);
   try {
@@ -303,6 +312,7 @@ test('MSI on an eventfd: enabling sets the capability\'s enable bit; factorial i
 
 test('the server survives a client disconnect and serves the next with the device state kept', async () => {
   const first = connectVfioUser(server.socketPath);
+  enableBusMaster(first);
   const efd = native.eventfd(0, constants.EFD_NONBLOCK);
   first.setIrqEventfds(Vfio.PCI_MSI_IRQ_INDEX, 0, [efd]);
   first.dmaMap(mapRequest(0x100000, new ArrayBuffer(4096)));
@@ -312,6 +322,7 @@ test('the server survives a client disconnect and serves the next with the devic
   first.close();
   await gone;
   const second = connectVfioUser(server.socketPath);
+  enableBusMaster(second);
   try {
     assert.equal(read32(second, BAR0, EduReg.LIVENESS), ~0xcafe >>> 0, 'device state is retained');
     assert.equal(read32(second, CONFIG, 0x40) & (1 << 16), 0, 'the old client\'s MSI setup is gone');

@@ -19,6 +19,8 @@ const openDevices = new Set<string>();
 
 export class VfioBackend implements Backend {
   readonly kind = 'vfio' as const;
+  /** VFIO_IOMMU_MAP_DMA pins the pages and charges them to RLIMIT_MEMLOCK. */
+  readonly pinsDmaMemory = true;
   private readonly regionCache = new Map<number, V.VfioRegionInfo>();
   private readonly mappings = new Set<ArrayBuffer>();
   private closed = false;

@@ -1,6 +1,11 @@
 /**
  * Reference driver for QEMU's edu device: identification, liveness, factorial and its DMA
  * engine, all polled here. It runs unchanged on kernel VFIO and on the vfio-user model.
+ *
+ * Bring-up follows a kernel driver's probe: declare the DMA width (edu drives 28 address bits),
+ * quiesce the device (a DMA a previous owner started runs on to its end, and edu cannot be
+ * reset), and only then let it master the bus. While bus mastering is off, such a leftover DMA
+ * goes nowhere; once on, only this driver's own transfers can follow.
  */
 import { InvalidArgumentError, UserpciError } from '../../errors';
 import type { PciDevice } from '../../device/device';
@@ -28,15 +33,44 @@ export class EduDriver {
   private dmaInFlight = false;
   /** Set by useInterrupts: completions are then awaited on it instead of polled. */
   private vector: InterruptVector | undefined;
+  /** Set while a previous owner's DMA is still running: bus mastering waits for it. */
+  private quiescing: Promise<void> | undefined;
+
+  /** The DMA address bits QEMU's edu drives (its dma_mask property defaults to 28 bits). */
+  static readonly DMA_BITS = 28;
 
   constructor(readonly device: PciDevice) {
     if (device.vendorId !== R.EDU_VENDOR_ID || device.deviceId !== R.EDU_DEVICE_ID) {
       throw new UserpciError('ENODEV', `${device.name} is not an edu device (ids ${hex(device.vendorId, 4)}:${hex(device.deviceId, 4)})`);
     }
+    device.declareDmaWidth(EduDriver.DMA_BITS, 'edu driver');
     device.enable();
     this.regs = device.bar(0);
     const identity = this.identify();
     if ((identity.id & 0xff) !== 0xed) throw new UserpciError('EIO', `${device.name}: unexpected edu ID register ${hex(identity.id, 8)}`);
+    if (device.busMaster) return; // already quiesced and enabled (a second driver object on one open)
+    // Quiesce: nothing raises interrupts nobody handles, no stale completion bit is left...
+    this.regs.write32(R.REG_STATUS, 0);
+    this.acknowledgeInterrupt();
+    // ...and no DMA runs. The usual case: idle, so mastering goes on at once (MSIs need it too).
+    if ((this.regs.read32(R.REG_DMA_CMD) & R.DMA_CMD_START) === 0) device.enableBusMaster();
+    else {
+      this.quiescing = this.pollUntilClear(R.REG_DMA_CMD, R.DMA_CMD_START, {}, 'previous owner\'s DMA').then(() => {
+        this.acknowledgeInterrupt();
+        device.enableBusMaster();
+        this.quiescing = undefined;
+      });
+      this.quiescing.catch(() => {}); // reported by whoever awaits ready()
+    }
+  }
+
+  /**
+   * Resolves once the device is quiet and may master the bus: at once, unless a DMA a previous
+   * owner started was still running at open (edu cannot be reset), which is waited out with bus
+   * mastering off so that it lands nowhere. DMA and factorial wait for it by themselves.
+   */
+  async ready(): Promise<void> {
+    if (this.quiescing) await this.quiescing;
   }
 
   identify(): EduIdentity {
@@ -68,6 +102,7 @@ export class EduDriver {
   /** n! modulo 2^32: polled, or by interrupt after useInterrupts(). */
   async factorial(n: number, options: PollOptions = {}): Promise<number> {
     if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new InvalidArgumentError(`factorial input must be a 32-bit unsigned integer, got ${n}`);
+    await this.ready();
     if (this.vector) {
       // A completion bit left by an earlier user (or a polled run) must not end this wait early.
       this.regs.write32(R.REG_IRQ_ACK, R.IRQ_FACTORIAL);
@@ -91,9 +126,7 @@ export class EduDriver {
     if (this.dmaInFlight) throw new UserpciError('EBUSY', `${this.device.name}: a DMA of this driver is already running`);
     this.dmaInFlight = true;
     try {
-      // A transfer started by the device's previous owner (a process killed mid-DMA) runs on to
-      // its end: wait for it rather than refuse, as a driver's probe would.
-      if (this.regs.read32(R.REG_DMA_CMD) & R.DMA_CMD_START) await this.pollUntilClear(R.REG_DMA_CMD, R.DMA_CMD_START, options, 'earlier DMA');
+      await this.ready();
       const byInterrupt = this.vector !== undefined;
       if (byInterrupt) this.regs.write32(R.REG_IRQ_ACK, R.IRQ_DMA); // no stale completion bit
       this.startDma(direction, ramIova, deviceOffset, length, byInterrupt);
@@ -110,7 +143,9 @@ export class EduDriver {
       throw new InvalidArgumentError(`edu DMA must stay inside the first ${R.DMA_BUFFER_USABLE} bytes of its buffer (offset ${deviceOffset}, length ${length})`);
     }
     if (!Number.isSafeInteger(ramIova) || ramIova < 0) throw new InvalidArgumentError(`bad IOVA ${ramIova}`);
+    if (ramIova + length - 1 > R.EDU_DEFAULT_DMA_MASK) throw new InvalidArgumentError(`IOVA 0x${ramIova.toString(16)} + ${length} is beyond the 28 bits edu drives`);
     if (this.regs.read32(R.REG_DMA_CMD) & R.DMA_CMD_START) throw new UserpciError('EBUSY', `${this.device.name}: a DMA is already running`);
+    if (this.quiescing) throw new UserpciError('EBUSY', `${this.device.name}: a previous owner's DMA is still running; await driver.ready() first`);
     const deviceAddress = R.DMA_BUFFER_ADDRESS + deviceOffset;
     const toRam = direction === 'from-device';
     this.regs.write64(R.REG_DMA_SRC, toRam ? deviceAddress : ramIova);
@@ -133,7 +168,7 @@ export class EduDriver {
     return new Uint8Array(staging.buffer, 0, length).slice();
   }
 
-  /** Raise an interrupt with the given status bits (the device's self-test). */
+  /** Raise an interrupt with the given status bits (the device's self-test; MSI needs ready()). */
   raiseInterrupt(bits: number): void {
     this.regs.write32(R.REG_IRQ_RAISE, bits >>> 0);
   }

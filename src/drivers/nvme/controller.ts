@@ -124,6 +124,7 @@ export class NvmeController implements QueueHost, AsyncDisposable {
     private readonly options: NvmeControllerOptions,
   ) {
     this.name = device.name;
+    device.declareDmaWidth(64, 'nvme driver'); // NVMe PRPs and queue bases are 64-bit addresses
     const classCode = device.config.read32(0x08) >>> 8;
     if (classCode !== R.NVME_CLASS_CODE) {
       throw new UserpciError('ENODEV', `${device.name} is not an NVMe controller (class code ${classCode.toString(16).padStart(6, '0')}, expected 010802)`);
@@ -166,6 +167,8 @@ export class NvmeController implements QueueHost, AsyncDisposable {
       throw new InvalidArgumentError(`adminDepth must be 1..${Math.min(4095, this.capabilities.maxQueueEntries - 1)}, got ${adminDepth}`);
     }
     await this.disable();
+    // Quiesced (CC.EN=0, CSTS.RDY=0: the controller has stopped all DMA): now it may master the bus.
+    this.device.enableBusMaster();
     this.admin = new NvmeQueue(this, 0, adminDepth, { timeoutMs: this.options.adminTimeoutMs ?? 10_000, pollSpinUs: 20 }, false);
     await this.enableWithAdminQueue();
     this.identity = await this.identifyController();

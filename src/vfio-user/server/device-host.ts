@@ -10,6 +10,8 @@ import { DmaSpace, type RemoteDma } from './dma';
 import type { BarDefinition, DeviceContext, DeviceModel } from '../../models/device-model';
 
 const PAGE = 4096;
+const PCI_COMMAND = 0x04;
+const PCI_COMMAND_MASTER = 0x4;
 
 export interface RegionDescription {
   index: number;
@@ -46,13 +48,20 @@ export class DeviceHost implements DeviceContext {
   readonly dma = {
     read: (iova: number, length: number): Promise<Uint8Array> => {
       if (!this.remote) return Promise.reject(new UserpciError('ENODEV', 'DMA read with no client connected'));
+      if (!this.busMaster) return Promise.reject(new UserpciError('EPERM', 'DMA read with bus mastering off'));
       return this.dmaSpace.read(iova, length, this.remote);
     },
     write: (iova: number, data: Uint8Array): Promise<void> => {
       if (!this.remote) return Promise.reject(new UserpciError('ENODEV', 'DMA write with no client connected'));
+      if (!this.busMaster) return Promise.reject(new UserpciError('EPERM', 'DMA write with bus mastering off'));
       return this.dmaSpace.write(iova, data, this.remote);
     },
   };
+
+  /** As on a PCI bus: a function whose Bus Master Enable is clear cannot start a transaction. */
+  private get busMaster(): boolean {
+    return (this.model.config.u16(PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
+  }
 
   get clientConnected(): boolean {
     return this.remote !== undefined;
@@ -71,6 +80,9 @@ export class DeviceHost implements DeviceContext {
   /** Per the spec: the client's maps and eventfds go, the device state stays. */
   clientDetached(): void {
     this.remote = undefined;
+    // As vfio-pci does on release: the device may not master the bus for whoever comes next
+    // until that client's driver has quiesced it and says so.
+    this.model.config.setU16(PCI_COMMAND, this.model.config.u16(PCI_COMMAND) & ~PCI_COMMAND_MASTER);
     this.dmaSpace.clear();
     this.interrupts.disconnect();
   }

@@ -21,6 +21,7 @@ export class IovaAllocator {
    * @param ranges usable ranges with inclusive ends (as VFIO reports them)
    * @param granule mapping granule: every range starts and ends on it
    */
+  /** @param options.cursor offset from the lowest usable IOVA where next-fit search starts (any number: it is folded into the space); absent: first fit */
   constructor(ranges: { start: number; end: number }[], readonly granule = 4096, options: { cursor?: number } = {}) {
     const sorted = [...ranges].sort((a, b) => a.start - b.start);
     for (const r of sorted) {

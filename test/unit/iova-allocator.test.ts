@@ -57,3 +57,32 @@ test('DMA masks: 2^n-1 accepted, anything else EINVAL', () => {
     assert.throws(() => dmaLimitFromMask(bad as number | bigint), (e: any) => e.code === 'EINVAL', String(bad));
   }
 });
+
+test('with a cursor: next fit from a per-allocator start, folded under each caller\'s limit; freed IOVAs not reused at once', () => {
+  const starts = new Set<number>();
+  for (const cursor of [0, 12345 * 4096, 2 ** 40 + 7, 2 ** 46]) {
+    const a = new IovaAllocator(MSI_SPLIT, 4096, { cursor });
+    const first = a.allocate(4096, 4096, 0xfffffff);
+    assert.ok(first >= 4096 && first + 4095 <= 0xfffffff, `0x${first.toString(16)} under the 28-bit limit`);
+    starts.add(first);
+    a.release(first);
+    const second = a.allocate(4096, 4096, 0xfffffff);
+    assert.equal(second, first + 4096, 'the cursor moved on past the freed range');
+  }
+  assert.equal(starts.size, 4, 'different cursors, different first IOVAs');
+  // When the cursor's side is full, the search wraps around to the bottom.
+  const small = new IovaAllocator([{ start: 0, end: 0x10fff }], 4096, { cursor: 0xc000 });
+  const got = Array.from({ length: 16 }, () => small.allocate(4096));
+  assert.equal(got[0], 0xd000, 'the cursor is an offset from the lowest usable IOVA');
+  assert.deepEqual([...got].sort((x, y) => x - y), Array.from({ length: 16 }, (_, i) => (i + 1) * 4096));
+});
+
+test('exhaustion says what is true under the caller\'s limit: free bytes there, fragmented only when it is', () => {
+  const a = new IovaAllocator(MSI_SPLIT);
+  assert.throws(() => a.allocate(32 << 20, 4096, 0xffffff), (e: any) => e.code === 'ENOMEM' && /no 33554432-byte range at or below 0xffffff/.test(e.message)
+    && /16773120 bytes are free there$/.test(e.message));
+  const pieces = Array.from({ length: 8 }, () => a.allocate(1 << 20, 4096, 0xffffff));
+  for (const p of pieces.filter((_, i) => i % 2 === 0)) a.release(p);
+  assert.throws(() => a.allocate(2 << 20, 4096, 0x7fffff), (e: any) => e.code === 'ENOMEM' && /fragmented \(the largest free range is 1048576 bytes\)/.test(e.message));
+  assert.throws(() => a.check(32 << 20, 4096, 0xffffff), (e: any) => e.code === 'ENOMEM');
+});

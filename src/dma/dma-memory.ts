@@ -83,7 +83,7 @@ export function memlockError(doing: string, bytes: number, how: 'pin' | 'lock', 
  * end in the OOM killer, not in an error. Reading the free memory costs a /proc read, so only
  * sizes that could matter pay for it.
  */
-function checkFits(size: number, lock: boolean): void {
+export function checkDmaMemoryFits(size: number, lock: boolean): void {
   if (size < LARGE_ALLOCATION) return;
   const available = os.freemem();
   if (size > available) {
@@ -122,7 +122,7 @@ export function allocateDmaMemory(size: number, hugePagesOrOptions: HugePagePoli
   const options = typeof hugePagesOrOptions === 'string' ? { hugePages: hugePagesOrOptions } : hugePagesOrOptions;
   const hugePages = checkHugePagePolicy(options.hugePages);
   const lock = options.lock ?? true;
-  checkFits(size, lock);
+  checkDmaMemoryFits(size, lock);
   const wantHuge = hugePages === 'always' || (hugePages === 'auto' && size >= HUGE_PAGE_SIZE);
   try {
     if (wantHuge) {

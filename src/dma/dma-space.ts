@@ -10,7 +10,7 @@ import { native, constants } from '../native/index';
 import { DeviceGoneError, InvalidArgumentError, UserpciError, isSystemError, wrapSystemError } from '../errors';
 import type { Backend } from '../device/backend';
 import { IovaAllocator, alignUp } from './iova-allocator';
-import { allocateDmaMemory, checkHugePagePolicy, memlockError, releaseDmaMemory, type DmaMemory, type HugePagePolicy } from './dma-memory';
+import { allocateDmaMemory, checkDmaMemoryFits, checkHugePagePolicy, memlockError, releaseDmaMemory, type DmaMemory, type HugePagePolicy } from './dma-memory';
 
 /** linux/mman.h (asm-generic, so x86-64 and arm64 alike); Linux 5.14 and later. */
 const MADV_POPULATE_WRITE = 23;
@@ -237,8 +237,9 @@ export class DmaSpace {
     if (!Number.isSafeInteger(size) || size <= 0) throw new InvalidArgumentError(`DMA buffer size must be a positive integer, got ${size}`);
     if (options === null || typeof options !== 'object') throw new InvalidArgumentError(`allocDma options must be an object, got ${describe(options)}`);
     const hugePages = checkHugePagePolicy(options.hugePages);
-    this.allocator.check(size, constants.PAGE_SIZE, this.limit); // before populating memory for nothing
     const pins = this.backend.pinsDmaMemory === true;
+    checkDmaMemoryFits(size, !pins);
+    this.allocator.check(size, constants.PAGE_SIZE, this.limit); // before populating memory for nothing
     const memory = allocateDmaMemory(size, { hugePages, lock: !pins });
     let iova: number;
     try {

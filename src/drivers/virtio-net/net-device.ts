@@ -100,6 +100,9 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
       // Quiesce first: a previous owner (the kernel's driver, or a process killed mid-burst) may
       // have left queues running at addresses that mean nothing to us.
       await transport.reset();
+      // Quiet now: it may master the bus (openDevice leaves that off). Virtio 1.x addresses are 64-bit.
+      device.declareDmaWidth(64, 'virtio-net driver');
+      device.enableBusMaster();
       net = new VirtioNet(transport, owns, options);
       net.start();
       return net;

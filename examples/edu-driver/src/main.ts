@@ -4,9 +4,9 @@ await using device = await openDevice(process.argv[2]!, { dmaMask: 0xfffffff });
 const regs = device.bar(0);                 // register access: full-width Atomics, bounds-checked
 console.log(regs.read32(0).toString(16));   // 10000ed
 
-const buf = device.allocDma(4096);          // coherent, locked, IOVA below the mask
+const edu = new EduDriver(device);          // quiesces the device, then lets it master the bus
+const buf = device.allocDma(4096);          // coherent, resident, IOVA below the mask
 new Uint8Array(buf.buffer).set([1, 2, 3]);
-const edu = new EduDriver(device);
 await edu.dma('to-device', buf.iova, 0, 3);
 
 const mine = new Uint8Array(10_000);        // streaming map of memory you already have

@@ -1,7 +1,7 @@
 import { openDevice, EduDriver } from 'userpci';
 
 await using device = await openDevice(process.argv[2]!, { dmaMask: 0xfffffff }); // '0000:00:03.0' or '/tmp/edu.sock'
-const regs = device.bar(0);                 // register access: full-width Atomics, bounds-checked
+const regs = device.bar(0);                 // register access: full-width loads and stores, bounds-checked
 console.log(regs.read32(0).toString(16));   // 10000ed
 
 const edu = new EduDriver(device);          // quiesces the device, then lets it master the bus

@@ -42,4 +42,5 @@ export * as server from './vfio-user/server/index';
 export { serveVfioUser, createModel } from './vfio-user/server/index';
 export * as nvme from './drivers/nvme/index';
 export * as nbd from './server/nbd/index';
+export * as ublk from './exports/ublk/index';
 export * as virtioNet from './drivers/virtio-net/index';

@@ -1,0 +1,5 @@
+/** ublk export of block devices: /dev/ublkbN served from user space (Linux 6.0+, ublk_drv). */
+export { UblkServer, type UblkServerOptions } from './server';
+export { UblkControl, type UblkDeviceInfo, type UblkParams } from './control';
+export { type UblkBlockDevice } from './block-device';
+export { NvmeUblkDevice, serveNamespaceOverUblk } from './nvme';

@@ -1,0 +1,179 @@
+/**
+ * One ublk queue: its own io_uring on /dev/ublkcN, `depth` tags, each with an I/O buffer whose
+ * address rides in every FETCH/COMMIT_AND_FETCH command (the kernel copies write data into it
+ * before handing the request over, and read data out of it on commit). With a device that
+ * provides DMA buffers (allocIoBuffer) that copy is the only one: the device transfers straight
+ * from and into them. Requests are read from the queue's descriptor array, mapped read-only.
+ *
+ * Commits produced in one turn are submitted together: one io_uring_enter per batch.
+ */
+import { wrapSystemError } from '../../errors';
+import { IoUring } from '../../io-uring/io-uring';
+import { constants as C, native } from '../../native';
+import * as U from '../../uapi/ublk';
+import type { UblkBlockDevice } from './block-device';
+
+const EIO = 5;
+const EOPNOTSUPP = 95;
+const ERRNO: Record<string, number> = { EPERM: 1, EIO: 5, ENOMEM: 12, EACCES: 13, EBUSY: 16, ENODEV: 19, EINVAL: 22, ENOSPC: 28, EROFS: 30, ENOTSUP: 95, EOPNOTSUPP: 95, ETIMEDOUT: 110 };
+
+export interface UblkQueueStats {
+  requests: number;
+  errors: number;
+}
+
+export class UblkQueue {
+  readonly ring: IoUring;
+  private readonly descs: ArrayBuffer;
+  private readonly descU32: Uint32Array;
+  private readonly buffers: Uint8Array[] = [];
+  private readonly addrs: number[] = [];
+  /** Tags whose fetch the kernel still holds (not aborted). */
+  private live = 0;
+  private inflight = 0;
+  private submitScheduled = false;
+  private idleWaiters: (() => void)[] = [];
+  private abortedWaiters: (() => void)[] = [];
+  readonly stats: UblkQueueStats = { requests: 0, errors: 0 };
+
+  constructor(
+    readonly qid: number,
+    readonly depth: number,
+    private readonly cdevFd: number,
+    readonly device: UblkBlockDevice,
+    readonly bufferSize: number,
+    private readonly onError: (e: Error) => void,
+  ) {
+    const descBytes = Math.ceil((depth * U.IO_DESC_SIZE) / C.PAGE_SIZE) * C.PAGE_SIZE;
+    const maxCmdBuf = Math.ceil((U.UBLK_MAX_QUEUE_DEPTH * U.IO_DESC_SIZE) / C.PAGE_SIZE) * C.PAGE_SIZE;
+    try {
+      this.descs = native.mmap(descBytes, C.PROT_READ, C.MAP_SHARED | C.MAP_POPULATE, cdevFd, U.UBLKSRV_CMD_BUF_OFFSET + qid * maxCmdBuf);
+    } catch (e) {
+      throw wrapSystemError(e, `mapping ublk queue ${qid}'s descriptors`);
+    }
+    this.descU32 = new Uint32Array(this.descs);
+    this.ring = new IoUring(depth);
+    for (let tag = 0; tag < depth; tag++) {
+      const buf = device.allocIoBuffer ? device.allocIoBuffer(bufferSize) : new Uint8Array(bufferSize);
+      this.buffers.push(buf);
+      this.addrs.push(native.addressOf(buf));
+    }
+  }
+
+  /** Hands every tag to the kernel (FETCH_REQ) and starts serving on the event loop. */
+  start(): void {
+    this.ring.onCompletion((tag, res) => this.onCompletion(tag, res));
+    for (let tag = 0; tag < this.depth; tag++) this.prep(U.UBLK_U_IO_FETCH_REQ, tag, 0);
+    this.live = this.depth;
+    this.ring.submit();
+  }
+
+  /** Resolves when no request is being served. */
+  idle(): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((r) => this.idleWaiters.push(r));
+  }
+
+  /** Resolves when the kernel has given back every tag (after STOP_DEV, or at once if none is held). */
+  aborted(): Promise<void> {
+    if (this.live === 0) return Promise.resolve();
+    return new Promise((r) => this.abortedWaiters.push(r));
+  }
+
+  close(): void {
+    this.ring.close();
+    if (this.descs.byteLength > 0) native.munmap(this.descs);
+    if (this.device.freeIoBuffer) for (const b of this.buffers) this.device.freeIoBuffer(b);
+    this.buffers.length = 0;
+    for (const w of this.abortedWaiters.splice(0)) w();
+  }
+
+  private prep(op: number, tag: number, result: number): void {
+    const cmd = this.ring.prepUringCmd(this.cdevFd, op, tag);
+    const v = this.ring.sqeView;
+    v.setUint16(cmd + U.IO_CMD.q_id, this.qid, true);
+    v.setUint16(cmd + U.IO_CMD.tag, tag, true);
+    v.setInt32(cmd + U.IO_CMD.result, result, true);
+    const addr = this.addrs[tag]!;
+    v.setUint32(cmd + U.IO_CMD.addr, addr % 2 ** 32, true);
+    v.setUint32(cmd + U.IO_CMD.addr + 4, Math.floor(addr / 2 ** 32), true);
+  }
+
+  private onCompletion(tag: number, res: number): void {
+    if (res === U.UBLK_IO_RES_OK) {
+      this.serve(tag);
+      return;
+    }
+    // ABORT (-ENODEV: the device is stopping) or a refused command: the tag is back with us.
+    if (res !== U.UBLK_IO_RES_ABORT) this.onError(new Error(`ublk queue ${this.qid} tag ${tag}: command failed with ${res}`));
+    if (--this.live === 0) for (const w of this.abortedWaiters.splice(0)) w();
+  }
+
+  private serve(tag: number): void {
+    const d = (tag * U.IO_DESC_SIZE) >> 2;
+    const opFlags = this.descU32[d]!;
+    const sectors = this.descU32[d + 1]!;
+    const start = this.descU32[d + 2]! + this.descU32[d + 3]! * 2 ** 32;
+    const op = opFlags & 0xff;
+    const fua = (opFlags & U.UBLK_IO_F_FUA) !== 0;
+    const offset = start * 512;
+    const length = sectors * 512;
+    this.inflight++;
+    this.stats.requests++;
+    this.run(op, offset, length, fua, tag).then(
+      (result) => this.commit(tag, result),
+      (err) => {
+        this.stats.errors++;
+        const code = (err as { code?: string } | null)?.code;
+        this.commit(tag, -(code !== undefined && ERRNO[code] ? ERRNO[code]! : EIO));
+      },
+    );
+  }
+
+  private async run(op: number, offset: number, length: number, fua: boolean, tag: number): Promise<number> {
+    const dev = this.device;
+    switch (op) {
+      case U.UBLK_IO_OP_READ: {
+        const buf = this.buffers[tag]!.subarray(0, length);
+        if (dev.readInto) await dev.readInto(offset, buf);
+        else buf.set(await dev.read(offset, length));
+        return length;
+      }
+      case U.UBLK_IO_OP_WRITE:
+        await dev.write(offset, this.buffers[tag]!.subarray(0, length), fua);
+        return length;
+      case U.UBLK_IO_OP_FLUSH:
+        await dev.flush();
+        return 0;
+      case U.UBLK_IO_OP_DISCARD:
+        await dev.trim(offset, length);
+        return 0;
+      case U.UBLK_IO_OP_WRITE_ZEROES:
+        await dev.writeZeroes(offset, length, fua);
+        return 0;
+      default:
+        return -EOPNOTSUPP;
+    }
+  }
+
+  private commit(tag: number, result: number): void {
+    this.inflight--;
+    if (this.ring.isClosed) return;
+    this.prep(U.UBLK_U_IO_COMMIT_AND_FETCH_REQ, tag, result);
+    if (!this.submitScheduled) {
+      this.submitScheduled = true;
+      queueMicrotask(this.submitBatch);
+    }
+    if (this.inflight === 0) for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  private readonly submitBatch = (): void => {
+    this.submitScheduled = false;
+    if (this.ring.isClosed) return;
+    try {
+      this.ring.submit();
+    } catch (e) {
+      this.onError(e as Error);
+    }
+  };
+}

@@ -16,10 +16,12 @@ import type { NvmeNamespace } from '../../drivers/nvme/namespace.js';
 import { planWrites, runWorkload } from '../../drivers/nvme/workload.js';
 import { NbdServer } from '../../server/nbd/server.js';
 import { NvmeBlockDevice } from '../../server/nbd/nvme-device.js';
+import { serveNamespaceOverUblk } from '../../exports/ublk/nvme.js';
+import type { UblkServer } from '../../exports/ublk/server.js';
 import { UsageError, formatSize, parseCount, print, sysfsRoot, toJson } from '../format.js';
 import type { CliCommand } from '../main.js';
 
-const USAGE = `userpci nvme identify|read|write|verify|export ADDRESS [options]
+const USAGE = `userpci nvme identify|read|write|verify|export|ublk ADDRESS [options]
 
 Drive an NVMe controller from user space (the device must be bound to vfio-pci; --bind does
 that first and leaves it bound: \`userpci unbind ADDRESS\` gives it back to the kernel).
@@ -39,6 +41,11 @@ that first and leaves it bound: \`userpci unbind ADDRESS\` gives it back to the 
   export ADDRESS (--socket PATH | --port N [--host ADDR]) [--name NAME] [--read-only]
       serve the namespace over NBD (fixed newstyle) until SIGINT/SIGTERM, e.g. for
       \`nbd-client -N NAME -u PATH /dev/nbd0\`; flushes and shuts the controller down on exit
+  ublk ADDRESS [--id N] [--queues N] [--read-only]
+      serve the namespace as the kernel block device /dev/ublkbN (Linux 6.0+, modprobe ublk_drv),
+      one ublk queue per NVMe I/O queue pair, until SIGINT/SIGTERM or the device's removal; then
+      the disk is removed and the ublk device deleted. --id reuses an id (a leftover of a killed
+      server is deleted first)
 
 Common options:
   --nsid N        namespace (default 1)
@@ -72,6 +79,8 @@ const OPTIONS = {
   name: { type: 'string' },
   'read-only': { type: 'boolean', default: false },
   verbose: { type: 'boolean', default: false },
+  id: { type: 'string' },
+  queues: { type: 'string' },
 } as const;
 
 type Values = ReturnType<typeof parse>['values'];
@@ -255,6 +264,30 @@ async function exportNbd(address: string, values: Values): Promise<number> {
   }
 }
 
+async function exportUblk(address: string, values: Values): Promise<number> {
+  const queues = parseCount(values.queues, '--queues') ?? 1;
+  const id = parseCount(values.id, '--id');
+  const ctrl = await openController(address, values);
+  let server: UblkServer | undefined;
+  try {
+    const ns = await ctrl.namespace(parseCount(values.nsid, '--nsid') ?? 1);
+    server = await serveNamespaceOverUblk(ctrl, ns, { id, queues, depth: parseCount(values.depth, '--depth') ?? 64, readOnly: values['read-only'] });
+    print(`ublk: serving ${ctrl.name} namespace ${ns.nsid} (${ns.size} bytes, ${ns.blockSize}-byte blocks) as ${server.diskPath} (${server.queues.length} queue(s) of depth ${server.info.depth}, requests up to ${server.info.maxIoBytes} bytes)`);
+    const why = await new Promise<string>((resolve) => {
+      process.once('SIGINT', () => resolve('SIGINT'));
+      process.once('SIGTERM', () => resolve('SIGTERM'));
+      ctrl.device.once('removed', () => resolve('device removed'));
+    });
+    await server.close();
+    if (why !== 'device removed') await ns.flush().catch(() => undefined);
+    print(`ublk: ${why}: ${server.diskPath} deleted after ${server.requests} requests`);
+    return 0;
+  } finally {
+    await server?.close().catch(() => undefined);
+    await ctrl.close().catch(() => undefined);
+  }
+}
+
 /** hexdump -C style, with repeated lines folded into "*". */
 export function hexdump(data: Uint8Array, base = 0): string {
   const out: string[] = [];
@@ -282,12 +315,12 @@ export function hexdump(data: Uint8Array, base = 0): string {
 
 export const nvmeCommand: CliCommand = {
   name: 'nvme',
-  summary: 'NVMe through the user-space driver: identify, read, write, verify, export over NBD',
+  summary: 'NVMe through the user-space driver: identify, read, write, verify, export over NBD or ublk',
   usage: USAGE,
   async run(args: string[]): Promise<number> {
     const { values, positionals } = parse(args);
     const [action, address, extra] = positionals;
-    if (action === undefined) throw new UsageError('missing identify|read|write|verify|export');
+    if (action === undefined) throw new UsageError('missing identify|read|write|verify|export|ublk');
     if (address === undefined) throw new UsageError('missing ADDRESS');
     if (extra !== undefined) throw new UsageError(`unexpected argument "${extra}"`);
     switch (action) {
@@ -296,7 +329,8 @@ export const nvmeCommand: CliCommand = {
       case 'write': return write(address, values);
       case 'verify': return verify(address, values);
       case 'export': return exportNbd(address, values);
-      default: throw new UsageError(`unknown action "${action}" (identify, read, write, verify, export)`);
+      case 'ublk': return exportUblk(address, values);
+      default: throw new UsageError(`unknown action "${action}" (identify, read, write, verify, export, ublk)`);
     }
   },
 };

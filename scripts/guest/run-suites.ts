@@ -70,6 +70,25 @@ export const SUITES: GuestRun[] = [
     tests: ['dist/test/guest/virtio-net.test.js'],
     timeoutMs: 8 * MIN,
   },
+  {
+    // ublk needs Linux 6.0+: this boot is the 6.12 kernel's. Beside the ublk suite (QEMU's nvme
+    // served as /dev/ublkb0, ext4 across restarts, a killed server, removal), the VFIO core suite
+    // on two edus shows vfio-pci on 6.12 too.
+    name: 'ublk',
+    kernel: '6.12',
+    qemuDevices: [
+      '-device', 'edu', '-device', 'edu,dma_mask=0xffffff',
+      '-drive', `file=${scratch('ublk.img')},if=none,id=nvmeu,format=raw`, '-device', 'nvme,drive=nvmeu,serial=userpci-nbd',
+    ],
+    tests: ['dist/test/guest/vfio-edu.test.js', 'dist/test/guest/ublk.test.js'],
+    timeoutMs: 10 * MIN,
+    setup: async () => {
+      await fsp.mkdir(path.dirname(scratch('x')), { recursive: true });
+      await fsp.rm(scratch('ublk.img'), { force: true });
+      await fsp.writeFile(scratch('ublk.img'), '');
+      await fsp.truncate(scratch('ublk.img'), 64 << 20);
+    },
+  },
 ];
 
 async function main(argv: string[]): Promise<number> {

@@ -278,6 +278,7 @@ async function exportUblk(address: string, values: Values): Promise<number> {
       process.once('SIGTERM', () => resolve('SIGTERM'));
       ctrl.device.once('removed', () => resolve('device removed'));
     });
+    if (values.verbose) process.stderr.write(`ublk: ${why}: stopping ${server.diskPath}\n`);
     await server.close();
     if (why !== 'device removed') await ns.flush().catch(() => undefined);
     print(`ublk: ${why}: ${server.diskPath} deleted after ${server.requests} requests`);

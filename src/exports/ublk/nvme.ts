@@ -32,7 +32,13 @@ export class NvmeUblkDevice extends NvmeBlockDevice implements UblkBlockDevice {
     const buf = this.dma.get(view.buffer as ArrayBuffer);
     if (!buf) return;
     this.dma.delete(view.buffer as ArrayBuffer);
-    if (!this.namespace.controller.isClosed) buf.free();
+    // Freed already when the device went away (removal releases all its DMA memory).
+    if (this.namespace.controller.isClosed) return;
+    try {
+      buf.free();
+    } catch {
+      // released with its device
+    }
   }
 
   readInto(offset: number, target: Uint8Array): Promise<void> {

@@ -83,9 +83,9 @@ export class UblkQueue {
   close(): void {
     this.ring.close();
     if (this.descs.byteLength > 0) native.munmap(this.descs);
-    if (this.device.freeIoBuffer) for (const b of this.buffers) this.device.freeIoBuffer(b);
-    this.buffers.length = 0;
     for (const w of this.abortedWaiters.splice(0)) w();
+    const buffers = this.buffers.splice(0);
+    if (this.device.freeIoBuffer) for (const b of buffers) this.device.freeIoBuffer(b);
   }
 
   private prep(op: number, tag: number, result: number): void {

@@ -134,7 +134,14 @@ export class UblkServer extends EventEmitter {
       await Promise.all(this.queues.map((q) => q.idle()));
       // STOP_DEV aborts every fetch; do not wait on a device that never got that far.
       if (!error) await Promise.all(this.queues.map((q) => q.aborted()));
-      for (const q of this.queues) q.close();
+      // Every queue closed whatever one of them says: a ring left open keeps the process alive.
+      for (const q of this.queues) {
+        try {
+          q.close();
+        } catch (e) {
+          error ??= e;
+        }
+      }
       native.close(this.cdevFd);
       try {
         await this.control.delete(id);

@@ -1,0 +1,197 @@
+/**
+ * ublk on the 6.12 guest: `userpci nvme ublk` serves QEMU's nvme (serial userpci-nbd) as the
+ * kernel block device /dev/ublkb0, one ublk queue per NVMe queue pair. ext4 on it: mkfs, mount,
+ * write, unmount, stop (SIGTERM: disk removed, device deleted), start again, check and compare.
+ * A killed server leaves a disk the kernel fails (EIO, no hang), and the next start with the
+ * same id works. Removing the NVMe function ends the server cleanly. Finally the kernel's own
+ * nvme driver mounts the same filesystem.
+ */
+import { test, before, after } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as crypto from 'node:crypto';
+import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
+import { bindToVfio, boundDriver, unbindFromVfio } from '../../src/pci/bind';
+import { fillPattern } from '../../src/drivers/nvme/workload';
+import { requireGuest } from './guest-env';
+
+const CLI = path.resolve(__dirname, '../../src/cli/commands/nvme.js');
+const SYS = '/sys/bus/pci/devices';
+const MNT = '/mnt/userpci-ublk';
+const DISK = '/dev/ublkb0';
+let dev: string;
+
+interface Server {
+  child: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  exited: Promise<number | null>;
+}
+
+function sh(cmd: string, args: string[]): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 });
+}
+
+/** Resolves when `check` holds after some output arrived or the process exited; rejects after ms (hang guard). */
+function waitOutput(s: Server, check: () => boolean, what: string, ms = 120_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => done(new Error(`${what}: not seen in ${ms} ms; stdout ${s.stdout()} stderr ${s.stderr()}`)), ms);
+    const onData = () => check() && done(null);
+    const onExit = () => done(check() ? null : new Error(`${what}: server exited ${s.child.exitCode}: ${s.stderr()}`));
+    const done = (e: Error | null) => {
+      clearTimeout(timer);
+      s.child.stdout!.off('data', onData);
+      s.child.off('exit', onExit);
+      if (e) reject(e);
+      else resolve();
+    };
+    s.child.stdout!.on('data', onData);
+    s.child.once('exit', onExit);
+    onData();
+  });
+}
+
+async function startServer(extra: string[] = []): Promise<Server> {
+  const child = spawn(process.execPath, [CLI, 'ublk', dev, '--id', '0', '--queues', '2', '--verbose', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  const s: Server = { child, stdout: () => out, stderr: () => err, exited };
+  await waitOutput(s, () => out.includes('ublk: serving'), 'ublk server start');
+  assert.ok(fs.existsSync(DISK), `${DISK} exists once the server says it serves`);
+  return s;
+}
+
+async function stopServer(s: Server): Promise<string> {
+  s.child.kill('SIGTERM');
+  assert.equal(await s.exited, 0, `server exit status; stderr: ${s.stderr()}`);
+  return s.stdout();
+}
+
+function files(): Map<string, Buffer> {
+  const m = new Map<string, Buffer>();
+  m.set('hello.txt', Buffer.from('written through userpci, NVMe in user space, over ublk\n'));
+  m.set('big.bin', Buffer.from(fillPattern(new Uint8Array(3 << 20), 11)));
+  m.set('dir/a.bin', Buffer.from(fillPattern(new Uint8Array(100 * 1024 + 17), 12)));
+  for (let i = 0; i < 20; i++) m.set(`many/f${i}`, Buffer.from(`file ${i} ${'y'.repeat(i * 100)}`));
+  return m;
+}
+
+const digest = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex');
+
+function compareTree(root: string, expected: Map<string, Buffer>): void {
+  for (const [name, data] of expected) assert.equal(digest(fs.readFileSync(path.join(root, name))), digest(data), `${name} survived`);
+}
+
+function findNvme(serial: string): string | undefined {
+  for (const addr of fs.readdirSync(SYS).sort()) {
+    try {
+      const ctrl = fs.readdirSync(path.join(SYS, addr, 'nvme'))[0]!;
+      if (fs.readFileSync(path.join(SYS, addr, 'nvme', ctrl, 'serial'), 'utf8').trim() === serial) return addr;
+    } catch {
+      // not an nvme function on the kernel driver
+    }
+  }
+  return undefined;
+}
+
+before(() => {
+  requireGuest();
+  sh('modprobe', ['ublk_drv']);
+  assert.ok(fs.existsSync('/dev/ublk-control'), 'ublk_drv gives /dev/ublk-control');
+  dev = findNvme('userpci-nbd')!;
+  assert.ok(dev, 'NVMe device with serial userpci-nbd');
+  bindToVfio(dev);
+  fs.mkdirSync(MNT, { recursive: true });
+});
+
+after(() => {
+  spawnSync('umount', [MNT], { stdio: 'ignore' });
+  if (dev && boundDriver(dev) === 'vfio-pci') unbindFromVfio(dev);
+});
+
+const expected = files();
+
+test('ublk: parameters from the namespace, two queues; mkfs.ext4, mount, write, unmount; SIGTERM deletes the device', { timeout: 300_000 }, async () => {
+  const s = await startServer();
+  assert.match(s.stdout(), /namespace 1 \(67108864 bytes, 512-byte blocks\) as \/dev\/ublkb0 \(2 queue\(s\) of depth 64/);
+  const q = '/sys/block/ublkb0';
+  assert.equal(fs.readFileSync(`${q}/size`, 'utf8').trim(), String(67108864 / 512));
+  assert.equal(fs.readFileSync(`${q}/queue/logical_block_size`, 'utf8').trim(), '512');
+  assert.equal(fs.readdirSync(`${q}/mq`).length, 2, 'one blk-mq hardware queue per NVMe queue pair');
+  assert.ok(Number(fs.readFileSync(`${q}/queue/discard_max_bytes`, 'utf8')) > 0, 'discard offered (NVMe Dataset Management)');
+  assert.ok(Number(fs.readFileSync(`${q}/queue/write_zeroes_max_bytes`, 'utf8')) > 0, 'write zeroes offered');
+  assert.ok(Number(fs.readFileSync(`${q}/queue/max_hw_sectors_kb`, 'utf8')) >= 128);
+  sh('mkfs.ext4', ['-q', '-F', DISK]);
+  sh('mount', ['-t', 'ext4', DISK, MNT]);
+  for (const [name, data] of expected) {
+    fs.mkdirSync(path.dirname(path.join(MNT, name)), { recursive: true });
+    fs.writeFileSync(path.join(MNT, name), data);
+  }
+  sh('sync', []);
+  compareTree(MNT, expected);
+  sh('umount', [MNT]);
+  const out = await stopServer(s);
+  assert.match(out, /ublk: SIGTERM: \/dev\/ublkb0 deleted after \d+ requests/);
+  assert.ok(!fs.existsSync(DISK), 'disk gone');
+  assert.ok(!fs.existsSync('/dev/ublkc0'), 'ublk device deleted');
+});
+
+test('ublk: a new server on the same disk; e2fsck clean, the files compare', { timeout: 300_000 }, async () => {
+  const s = await startServer();
+  sh('e2fsck', ['-fn', DISK]);
+  sh('mount', ['-t', 'ext4', DISK, MNT]);
+  compareTree(MNT, expected);
+  const more = Buffer.from(fillPattern(new Uint8Array(1 << 20), 13));
+  fs.writeFileSync(path.join(MNT, 'second.bin'), more);
+  expected.set('second.bin', more);
+  sh('umount', [MNT]);
+  await stopServer(s);
+});
+
+test('ublk: a killed server leaves a disk that fails I/O (no hang); the next start with the same id works', { timeout: 300_000 }, async () => {
+  const s = await startServer();
+  s.child.kill('SIGKILL');
+  await s.exited;
+  const r = spawnSync('dd', [`if=${DISK}`, 'of=/dev/null', 'bs=4096', 'count=1', 'iflag=direct'], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.error, undefined, 'dd finished (no hung task)');
+  assert.notEqual(r.status, 0, `reading the orphaned disk fails: ${r.stderr}`);
+  const again = await startServer();
+  sh('e2fsck', ['-fn', DISK]);
+  await stopServer(again);
+  assert.ok(!fs.existsSync('/dev/ublkc0'));
+});
+
+test('ublk: removing the NVMe function ends the server cleanly and deletes the disk', { timeout: 240_000 }, async () => {
+  const s = await startServer();
+  // The write blocks until vfio-pci has the device back: from a child, so this process can watch.
+  const remover = spawn('sh', ['-c', `echo 1 > ${path.join(SYS, dev, 'remove')}`], { stdio: 'ignore' });
+  const removed = new Promise<number | null>((r) => remover.once('exit', (c) => r(c)));
+  const hang = new Promise<string>((r) => setTimeout(() => r('hang'), 180_000).unref());
+  const first = await Promise.race([s.exited.then(() => 'server exited'), hang]);
+  assert.equal(first, 'server exited', `server still running after the removal; stdout ${s.stdout()} stderr ${s.stderr()}`);
+  assert.equal(await removed, 0, 'the removal completed');
+  assert.equal(await s.exited, 0, `exit status after removal; stderr ${s.stderr()}`);
+  assert.match(s.stdout(), /ublk: device removed: \/dev\/ublkb0 deleted/);
+  assert.ok(!fs.existsSync('/dev/ublkc0'));
+  fs.writeFileSync('/sys/bus/pci/rescan', '1');
+  assert.ok(fs.existsSync(path.join(SYS, dev)), 'the function is back after a rescan');
+});
+
+test('the kernel nvme driver mounts the filesystem ublk served', { timeout: 120_000 }, () => {
+  if (boundDriver(dev) === 'vfio-pci') unbindFromVfio(dev);
+  if (boundDriver(dev) !== 'nvme') fs.writeFileSync('/sys/bus/pci/drivers_probe', dev);
+  let block: string | undefined;
+  for (let i = 0; i < 400 && !block; i++) {
+    const ctrl = fs.readdirSync(path.join(SYS, dev, 'nvme'))[0];
+    block = ctrl ? fs.readdirSync(path.join(SYS, dev, 'nvme', ctrl)).find((n) => /^nvme\d+n1$/.test(n)) : undefined;
+    if (!block) spawnSync('sleep', ['0.05']);
+  }
+  assert.ok(block, 'the kernel driver brought up the namespace');
+  sh('mount', ['-t', 'ext4', '-o', 'ro', `/dev/${block}`, MNT]);
+  compareTree(MNT, expected);
+  sh('umount', [MNT]);
+});

@@ -99,3 +99,35 @@ test('Region on a mapping: full-width loads even under bit tests, never merged; 
   assert.equal(has('w8', new RegExp(`\\bmovb ${at(0x40d)},`)), 1, `write8 is one movb${show('w8')}`);
   assert.equal(has('w64', new RegExp(`\\b(vmovsd|movsd|REX\\.W movq) ${at(0x28)},`)), 1, `write64(number) is one 8-byte store${show('w64')}`);
 });
+
+test('NVMe driver on a device: the CQ status word is read full width, each SQ entry is sixteen 32-bit stores', () => {
+  // The real driver at QD32 on bench:native's in-process instant device (mapped BAR, queues in place).
+  const dist = path.resolve(__dirname, '../..');
+  const code = optimizedCode(`
+    const { InstantNvme } = require(${JSON.stringify(path.join(dist, 'bench/native/instant-nvme.js'))});
+    const { NvmeController } = require(${JSON.stringify(path.join(dist, 'src/drivers/nvme/controller.js'))});
+    (async () => {
+      const { device, nvme } = InstantNvme.open();
+      let up = true;
+      const tick = () => { nvme.run(); if (up) setImmediate(tick); };
+      tick();
+      const ctrl = await NvmeController.open(device, { defaultQueue: false });
+      const ns = await ctrl.namespace(1);
+      const q = await ctrl.createQueuePair({ depth: 32, pollSpinUs: 0, pollBurst: 0 });
+      up = false;
+      const buf = ctrl.allocBuffer(2 << 20);
+      let done = 0;
+      const cbs = Array.from({ length: 32 }, (_, slot) => () => { done++; if (done + q.outstanding < 300000) ns.submit(false, (done % 1000) * 8, buf.iova + slot * 4096, 4096, q, cbs[slot]); });
+      q.batch(() => { for (let i = 0; i < 32; i++) ns.submit(false, i * 8, buf.iova + i * 4096, 4096, q, cbs[i]); });
+      while (done < 300000) { nvme.run(); q.poll(); }
+      process.exit(0);
+    })();`);
+  const s = sections(code, ['reap', 'writeCommand']);
+  const reap = s.get('reap')!;
+  const write = s.get('writeCommand')!;
+  // A narrowed test on a Uint32Array element would be `testb/testw [base+index*4]`.
+  assert.equal(reap.filter((l) => /\btest[bw] \[r\w+\+r\w+\*4/.test(l)).length, 0, `no narrowed read of a CQ entry:\n${reap.join('\n')}`);
+  assert.ok(reap.some((l) => /\(AtomicsLoad\)|\bmovl r\w+,\[r\w+\+r\w+\*4\]/.test(l)), `the status word is read whole (Atomics.load or movl):\n${reap.join('\n')}`);
+  const dwordStores = write.filter((l) => /\bmovl \[r\w+\+r\w+\*4(\+0x[0-9a-f]+)?\],/.test(l)).length;
+  assert.ok(dwordStores >= 16, `a submission entry is written as 32-bit stores (${dwordStores} found):\n${write.join('\n')}`);
+});

@@ -294,8 +294,10 @@ function cli(args: string[]): Promise<{ code: number | null; stdout: string; std
   });
 }
 
-test('userpci net info|send|recv against the kernel NIC', async () => {
+test('userpci net info|send|recv against the kernel NIC', async (t) => {
+  const t0 = Date.now();
   const infoRun = await cli(['net', 'info', ours, '--json']);
+  t.diagnostic(`net info took ${Date.now() - t0} ms`);
   assert.equal(infoRun.code, 0, infoRun.stderr);
   const info = JSON.parse(infoRun.stdout) as { mac: string; negotiated: string[] };
   assert.equal(info.mac, OUR_MAC);
@@ -303,7 +305,9 @@ test('userpci net info|send|recv against the kernel NIC', async () => {
 
   const rxPackets = () => Number(fs.readFileSync(`/sys/class/net/${kernelIf}/statistics/rx_packets`, 'utf8'));
   const before = rxPackets();
+  const t1 = Date.now();
   const sendRun = await cli(['net', 'send', ours, '--dst', KERNEL_MAC, '--count', '50', '--size', '100']);
+  t.diagnostic(`net send took ${Date.now() - t1} ms`);
   assert.equal(sendRun.code, 0, sendRun.stderr);
   assert.match(sendRun.stdout, /sent 50 frame\(s\) of 100 bytes/);
   assert.ok(rxPackets() - before >= 50, `the kernel NIC counted ${rxPackets() - before} frames`);
@@ -318,7 +322,9 @@ test('userpci net info|send|recv against the kernel NIC', async () => {
   sock.setBroadcast(true);
   const timer = setInterval(() => sock.send(Buffer.alloc(100, 0x5a), 7000, '10.77.0.255'), 50);
   try {
+    const t2 = Date.now();
     const recvRun = await cli(['net', 'recv', ours, '--count', '3', '--json', '--timeout-ms', '60000']);
+    t.diagnostic(`net recv took ${Date.now() - t2} ms`);
     assert.equal(recvRun.code, 0, recvRun.stderr);
     const frames = recvRun.stdout.trim().split('\n').map((l) => JSON.parse(l) as { src: string; dst: string; ethertype: number; length: number });
     assert.equal(frames.length, 3);

@@ -71,6 +71,15 @@ class Child {
     });
     this.exited = new Promise((r) => proc.on('exit', (code) => r(code)));
   }
+  /** Waits for the exit; a worker that does not go within 20 s is killed (and says so). */
+  async finish(): Promise<void> {
+    const t = setTimeout(() => {
+      console.error(`bench:net: pid ${this.proc.pid} did not exit: SIGKILL`);
+      this.proc.kill('SIGKILL');
+    }, 20_000);
+    await this.exited;
+    clearTimeout(t);
+  }
   next<T>(timeoutMs = 120_000): Promise<T> {
     if (this.lines.length > 0) return Promise.resolve(this.lines.shift() as T);
     return new Promise<T>((resolve, reject) => {
@@ -91,20 +100,23 @@ function pinned(cpu: number, cmd: string, args: string[]): Child {
 }
 
 async function oursPps(tx: string, rx: string, size: number): Promise<number> {
+  console.error(`bench:net: ours, ${size}-byte frames`);
   const r = pinned(1, process.execPath, [WORKER, 'rx', rx]);
-  const t = pinned(0, process.execPath, [WORKER, 'tx', tx, String(size)]);
   await r.next();
+  const t = pinned(0, process.execPath, [WORKER, 'tx', tx, String(size)]);
   await t.next();
+  console.error('bench:net: both workers ready');
   await sleep(WARMUP * 1000);
   r.send('mark');
   const a = await r.next<{ count: number; t: number }>();
   await sleep(SECONDS * 1000);
   r.send('mark');
   const b = await r.next<{ count: number; t: number }>();
+  console.error(`bench:net: counted ${b.count - a.count}`);
   t.send('stop');
   await t.next();
   r.send('stop');
-  await Promise.all([r.exited, t.exited]);
+  await Promise.all([r.finish(), t.finish()]);
   return ((b.count - a.count) * 1000) / (b.t - a.t);
 }
 
@@ -136,6 +148,8 @@ async function kernelPps(txIf: string, rxIf: string, rxMac: string, size: number
   const tb = performance.now();
   fs.writeFileSync('/proc/net/pktgen/pgctrl', 'stop\n');
   await exited;
+  // pktgen holds the interface until removed: unbinding virtio_net would wait for it forever.
+  pg('kpktgend_0', 'rem_device_all');
   return ((b - a) * 1000) / (tb - ta);
 }
 
@@ -146,10 +160,10 @@ async function pingPong(pingCmd: [string, string[]], echoCmd: [string, string[]]
   let result: { rttUs: number[] };
   if (pingCmd[0] === process.execPath) await p.next(); // ours says ready first
   result = await p.next<{ rttUs: number[] }>(600_000);
-  await p.exited;
+  await p.finish();
   if (echoCmd[0] === process.execPath) e.send('stop');
   else e.proc.kill('SIGTERM');
-  await e.exited;
+  await e.finish();
   return result.rttUs;
 }
 

@@ -124,6 +124,7 @@ async function main(): Promise<void> {
   const [mode, address, arg] = process.argv.slice(2);
   const net = await VirtioNet.open(address!, { interrupts: 'poll' });
   say({ ready: true, mac: net.macString });
+  process.stderr.write(`bench:net worker ${mode} ${address}: up\n`);
   try {
     if (mode === 'rx') await rx(net);
     else if (mode === 'tx') await tx(net, Number(arg));
@@ -131,11 +132,16 @@ async function main(): Promise<void> {
     else if (mode === 'ping') await ping(net, Number(arg));
     else throw new Error(`unknown mode ${mode}`);
   } finally {
+    process.stderr.write(`bench:net worker ${mode}: closing (${JSON.stringify(net.stats())})\n`);
     await net.close();
   }
 }
 
-main().catch((err: Error) => {
-  process.stderr.write(`${err.stack ?? err.message}\n`);
-  process.exitCode = 1;
-});
+// Exit explicitly: the stdin reader would keep the process alive.
+main().then(
+  () => process.exit(0),
+  (err: Error) => {
+    process.stderr.write(`${err.stack ?? err.message}\n`);
+    process.exit(1);
+  },
+);

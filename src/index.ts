@@ -9,7 +9,8 @@ export { IovaAllocator } from './dma/iova-allocator';
 export { ProtocolError, RemoteError } from './vfio-user/protocol/codec';
 export { ConnectionClosedError } from './vfio-user/protocol/transport';
 export { NvmeStatusError } from './drivers/nvme/errors';
-export { bindToVfio, unbindFromVfio, boundDriver, iommuGroupOf, groupBlockers } from './pci/bind';
+export { bindToVfio, unbindFromVfio, boundDriver, iommuGroupOf, groupBlockers, deviceUses, type BindOptions, type BindResult } from './pci/bind';
+export type { DeviceUse } from './pci/in-use';
 export { parsePciAddress, formatPciAddress, type PciAddress } from './pci/address';
 // Discovery: what `userpci list` and `userpci info` show, from code.
 export { findPciDevices, findPciDevice, findByIds, matchesPciFilter, type PciDeviceFilter } from './pci/find';

@@ -47,7 +47,7 @@ export const SUITES: GuestRun[] = [
       '-drive', `file=${scratch('nvme-b.img')},if=none,id=nvmeb,format=raw`, '-device', 'nvme,drive=nvmeb,serial=userpci-b,mdts=10,logical_block_size=4096,physical_block_size=4096',
       '-drive', `file=${scratch('nvme-nbd.img')},if=none,id=nvmen,format=raw`, '-device', 'nvme,drive=nvmen,serial=userpci-nbd',
     ],
-    tests: ['dist/test/guest/nvme.test.js', 'dist/test/guest/nvme-cli.test.js', 'dist/test/guest/nbd.test.js'],
+    tests: ['dist/test/guest/nvme.test.js', 'dist/test/guest/nvme-cli.test.js', 'dist/test/guest/nbd.test.js', 'dist/test/guest/bind-mounted-nvme.test.js'],
     timeoutMs: 8 * MIN,
     setup: async () => {
       await fsp.mkdir(path.dirname(scratch('x')), { recursive: true });

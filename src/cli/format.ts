@@ -8,7 +8,11 @@ import { DEFAULT_SYSFS_ROOT, type PciDeviceInfo } from '../pci/sysfs.js';
  * A malformed command line. main() prints the message and the command's usage, exit code 2.
  */
 export class UsageError extends Error {
-  constructor(message: string) {
+  /** @param synopsis the usage line to show when not the command's first one */
+  constructor(
+    message: string,
+    readonly synopsis?: string,
+  ) {
     super(message);
     this.name = 'UsageError';
   }

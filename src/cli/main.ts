@@ -67,35 +67,54 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return await command.run(rest);
   } catch (error) {
-    return reportFailure(command, error);
+    return reportFailure(command, error, rest.includes('--json'));
   }
 }
 
-function reportFailure(command: CliCommand, error: unknown): number {
+/**
+ * One rule for every command: a malformed command line exits 2 (with the usage line), a failure
+ * while doing the work exits 1. With --json the failure is `{"error":{"code","message"}}` on
+ * stdout instead, so a script reading JSON always gets JSON.
+ */
+function reportFailure(command: CliCommand, error: unknown, json: boolean): number {
   const prefix = `userpci ${command.name}: `;
+  const usage = error instanceof UsageError || isParseArgsError(error) || error instanceof InvalidArgumentError;
+  const message = isParseArgsError(error) ? parseArgsMessage(error as Error & { code: string }) : error instanceof Error ? error.message : String(error);
+  const code = error instanceof UserpciError ? error.code : usage ? 'EINVAL' : 'EIO';
+  const status = usage ? 2 : 1;
+  if (json) {
+    process.stdout.write(`${JSON.stringify({ error: { code, message } })}\n`);
+    return status;
+  }
   if (error instanceof UsageError || isParseArgsError(error)) {
-    const synopsis = command.usage.split('\n')[0];
-    process.stderr.write(`${prefix}${(error as Error).message}\nusage: ${synopsis}\n(see "userpci ${command.name} --help")\n`);
-    return 2;
+    const synopsis = (error instanceof UsageError ? error.synopsis : undefined) ?? command.usage.split('\n')[0];
+    process.stderr.write(`${prefix}${message}\nusage: ${synopsis}\n(see "userpci ${command.name} --help")\n`);
+    return status;
   }
-  if (error instanceof InvalidArgumentError) {
-    process.stderr.write(`${prefix}${error.message}\n`);
-    return 2;
-  }
-  if (error instanceof UserpciError) {
-    process.stderr.write(`${prefix}${error.message}\n`);
-    return 1;
-  }
-  // Not one of ours: still one line, but keep the stack available for bug reports.
-  const message = error instanceof Error ? error.message : String(error);
   process.stderr.write(`${prefix}${message}\n`);
-  if (process.env['USERPCI_DEBUG'] && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
-  return 1;
+  // Not one of ours: still one line, but keep the stack available for bug reports.
+  if (!(error instanceof UserpciError) && process.env['USERPCI_DEBUG'] && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
+  return status;
 }
 
 function isParseArgsError(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code;
   return typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS_');
+}
+
+/** node:util parseArgs explains at length; say it in our words, in one line. */
+function parseArgsMessage(error: Error & { code: string }): string {
+  const option = /'(-[^' ]+)/.exec(error.message)?.[1];
+  switch (error.code) {
+    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
+      return `unknown option ${option ?? error.message}`;
+    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
+      return /argument missing/.test(error.message) ? `option ${option} needs a value` : `option ${option} takes no value`;
+    case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL':
+      return `unexpected argument ${/'([^']+)'/.exec(error.message)?.[1] ?? ''}`.trim();
+    default:
+      return error.message.split('\n')[0]!;
+  }
 }
 
 function unknownCommand(name: string): number {
@@ -119,7 +138,9 @@ function overallHelp(): string {
     table,
     '',
     'Run "userpci <command> --help" for a command\'s options.',
-    'Environment: USERPCI_SYSFS_ROOT (default /sys), USERPCI_PCI_IDS (path of pci.ids).',
+    'Exit status: 0 done, 1 the command failed, 2 the command line was malformed (usage).',
+    'With --json, a failure prints {"error":{"code":"EBUSY","message":"..."}} on stdout.',
+    'Environment: USERPCI_SYSFS_ROOT (default /sys), USERPCI_PROC_ROOT (default /proc), USERPCI_PCI_IDS (path of pci.ids).',
     '',
   ].join('\n');
 }

@@ -6,15 +6,22 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { UserpciError, InvalidArgumentError, toErrorCode } from '../errors';
+import { UserpciError, toErrorCode } from '../errors';
 import { parsePciAddress, formatPciAddress } from './address';
+import { type DeviceUse, findDeviceUses } from './in-use';
 
 export const VFIO_DRIVER = 'vfio-pci';
 
 export interface BindOptions {
   sysfsRoot?: string;
+  /** Where mounts, swaps and open files are read (default /proc). */
+  procRoot?: string;
   /** Where previous drivers are remembered. */
   stateDir?: string;
+  /** Bind even when the function (or a member of its IOMMU group) is in use by the host. */
+  force?: boolean;
+  /** Check and plan only: the result's `actions` say what binding would write; nothing is. */
+  dryRun?: boolean;
 }
 
 function roots(options: BindOptions): { sysfs: string; state: string } {
@@ -105,6 +112,28 @@ export interface BindResult {
   address: string;
   previousDriver: string | undefined;
   iommuGroup: number;
+  /** True when nothing was changed (`dryRun`). */
+  dryRun: boolean;
+  /** The steps taken (or, dry, that would be): "write vfio-pci to .../driver_override", ... */
+  actions: string[];
+  /** Uses of the device that `force` overrode (empty unless forced). */
+  overriddenUses: DeviceUse[];
+}
+
+/** The host uses of `address` and of every other member of its IOMMU group. */
+export function deviceUses(address: string, options: BindOptions = {}): DeviceUse[] {
+  const group = iommuGroupOf(address, options);
+  let members = [address];
+  try {
+    if (group !== undefined) members = [address, ...iommuGroupMembers(group, options).filter((m) => m !== address)];
+  } catch {
+    // No member list to read: judge the function alone.
+  }
+  return members.flatMap((member) => findDeviceUses(member, options));
+}
+
+function describeUses(uses: readonly DeviceUse[], address: string): string {
+  return uses.map((u) => `${u.name} ${u.reason}${u.address === address ? '' : ` (behind ${u.address}, same IOMMU group)`}`).join('; ');
 }
 
 /** Bind a function to vfio-pci. Refuses when its IOMMU group holds devices on host drivers. */
@@ -116,24 +145,45 @@ export function bindToVfio(addressText: string, options: BindOptions = {}): Bind
   if (group === undefined) {
     throw new UserpciError('ENODEV', `${address} has no IOMMU group: enable the IOMMU (intel_iommu=on or amd_iommu=on on the kernel command line, VT-d/AMD-Vi in firmware)`);
   }
+  const current = boundDriver(address, options);
+  const dryRun = options.dryRun === true;
+  if (current === VFIO_DRIVER) {
+    return { address, previousDriver: readRemembered(state, address), iommuGroup: group, dryRun, actions: [], overriddenUses: [] };
+  }
+  // Taking a device from its driver while a filesystem is mounted on it or its link carries
+  // traffic loses data or the machine's connection; only an explicit force does that.
+  const uses = deviceUses(address, options);
+  if (uses.length > 0 && options.force !== true) {
+    throw new UserpciError('EBUSY', `${address} is in use: ${describeUses(uses, address)}; unbinding ${current ?? 'its driver'} would take it from the host (--force / force: true binds anyway)`);
+  }
   const blockers = groupBlockers(address, options);
   if (blockers.length > 0) {
     const names = blockers.map((b) => `${b.address} (${b.driver})`).join(', ');
     throw new UserpciError('EBUSY', `IOMMU group ${group} of ${address} also holds devices bound to host drivers: ${names}; bind them to vfio-pci too or move them out of the group`);
   }
-  const current = boundDriver(address, options);
-  if (current === VFIO_DRIVER) return { address, previousDriver: readRemembered(state, address), iommuGroup: group };
-  ensureVfioPci(sysfs);
   const dev = devicePath(sysfs, address);
-  writeSysfs(path.join(dev, 'driver_override'), VFIO_DRIVER, `binding ${address}`);
+  const plan: { action: string; run: () => void }[] = [];
+  if (!fs.existsSync(path.join(sysfs, 'bus/pci/drivers', VFIO_DRIVER))) plan.push({ action: `load the ${VFIO_DRIVER} module (modprobe ${VFIO_DRIVER})`, run: () => ensureVfioPci(sysfs) });
+  plan.push({
+    action: `write ${VFIO_DRIVER} to ${path.join(dev, 'driver_override')}`,
+    run: () => writeSysfs(path.join(dev, 'driver_override'), VFIO_DRIVER, `binding ${address}`),
+  });
   if (current) {
-    remember(state, address, current);
-    writeSysfs(path.join(dev, 'driver/unbind'), address, `unbinding ${address} from ${current}`);
+    plan.push({
+      action: `remember ${current} in ${stateFile(state, address)} and write ${address} to ${path.join(dev, 'driver/unbind')} (detach ${current})`,
+      run: () => {
+        remember(state, address, current);
+        writeSysfs(path.join(dev, 'driver/unbind'), address, `unbinding ${address} from ${current}`);
+      },
+    });
   }
-  writeSysfs(path.join(sysfs, 'bus/pci/drivers_probe'), address, `probing ${address}`);
+  plan.push({ action: `write ${address} to ${path.join(sysfs, 'bus/pci/drivers_probe')}`, run: () => writeSysfs(path.join(sysfs, 'bus/pci/drivers_probe'), address, `probing ${address}`) });
+  const result = { address, previousDriver: current, iommuGroup: group, dryRun, actions: plan.map((step) => step.action), overriddenUses: uses };
+  if (dryRun) return result;
+  for (const step of plan) step.run();
   const now = boundDriver(address, options);
   if (now !== VFIO_DRIVER) throw new UserpciError('EIO', `${address} did not bind to vfio-pci (bound to ${now ?? 'nothing'}); see dmesg`);
-  return { address, previousDriver: current, iommuGroup: group };
+  return result;
 }
 
 /** Release a function from vfio-pci and give it back to the driver it had before, if any. */
@@ -143,7 +193,10 @@ export function unbindFromVfio(addressText: string, options: BindOptions = {}): 
   requireDevice(sysfs, address);
   const dev = devicePath(sysfs, address);
   const current = boundDriver(address, options);
-  if (current && current !== VFIO_DRIVER) throw new InvalidArgumentError(`${address} is bound to ${current}, not to vfio-pci`);
+  if (current && current !== VFIO_DRIVER) throw new UserpciError('EINVAL', `${address} is bound to ${current}, not to vfio-pci: nothing to release`);
+  if (!current && readOverride(dev) !== VFIO_DRIVER) {
+    throw new UserpciError('EINVAL', `${address} is not bound to vfio-pci (no driver is bound): nothing to release`);
+  }
   if (current) writeSysfs(path.join(dev, 'driver/unbind'), address, `unbinding ${address} from vfio-pci`);
   // An empty override lets the normal id matching choose the driver again.
   writeSysfs(path.join(dev, 'driver_override'), '\n', `clearing driver_override of ${address}`);
@@ -160,6 +213,16 @@ export function unbindFromVfio(addressText: string, options: BindOptions = {}): 
     }
   }
   return { address, restoredDriver: boundDriver(address, options) };
+}
+
+/** driver_override's content, or undefined when none is set ("(null)") or the file is absent. */
+function readOverride(dev: string): string | undefined {
+  try {
+    const text = fs.readFileSync(path.join(dev, 'driver_override'), 'utf8').trim();
+    return text === '' || text === '(null)' ? undefined : text;
+  } catch {
+    return undefined;
+  }
 }
 
 function stateFile(state: string, address: string): string {

@@ -6,7 +6,8 @@
 import { test, before } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { requireGuest, findDevices } from './guest-env';
 import { boundDriver, iommuGroupOf } from '../../src/pci/bind';
 import { openDevice } from '../../src/device/open';
@@ -36,6 +37,34 @@ test('bind refuses when the IOMMU group holds a device on a host driver, naming 
   assert.match(r.stderr, new RegExp(`${nicInSameGroup.replace(/\./g, '\\.')} \\(e1000e\\)`));
   assert.equal(boundDriver(eduBehindBridge), undefined, 'nothing changed');
   await assert.rejects(openDevice(eduBehindBridge), (e: any) => e.code === 'EBUSY' && /bind it to vfio-pci/.test(e.message));
+});
+
+test('bind refuses an e1000e whose interface is up, and its IOMMU group partner, unless forced; dry runs change nothing', () => {
+  // The grouped e1000e: the lone one is driven by the MSI-X suite next, and QEMU's e1000e keeps
+  // state across vfio-pci's reset (its 'pm' reset is a no-op in the model).
+  assert.equal(boundDriver(nicInSameGroup), 'e1000e');
+  const [ifname] = fs.readdirSync(path.join('/sys/bus/pci/devices', nicInSameGroup, 'net'));
+  assert.ok(ifname, 'the e1000e has a network interface');
+  execFileSync('ip', ['link', 'set', ifname, 'up']);
+  try {
+    for (const args of [[], ['--dry-run']]) {
+      const r = userpci('bind', nicInSameGroup, ...args);
+      assert.equal(r.status, 1, `bind ${args.join(' ')} refused`);
+      assert.equal(r.stderr, `userpci bind: ${nicInSameGroup} is in use: ${ifname} interface is up; unbinding e1000e would take it from the host (--force / force: true binds anyway)\n`);
+    }
+    const partner = userpci('bind', eduBehindBridge, '--dry-run');
+    assert.equal(partner.status, 1);
+    assert.match(partner.stderr, new RegExp(`is in use: ${ifname} interface is up \\(behind ${nicInSameGroup.replace(/\./g, '\\.')}, same IOMMU group\\)`));
+    const forced = userpci('bind', nicInSameGroup, '--dry-run', '--force', '--json');
+    assert.equal(forced.status, 0, forced.stderr);
+    const plan = JSON.parse(forced.stdout);
+    assert.deepEqual(plan.overriddenUses, [{ address: nicInSameGroup, kind: 'net', name: ifname, reason: 'interface is up' }]);
+    assert.ok(plan.actions.some((action: string) => action.endsWith('(detach e1000e)')));
+  } finally {
+    execFileSync('ip', ['link', 'set', ifname, 'down']);
+  }
+  assert.equal(boundDriver(nicInSameGroup), 'e1000e', 'the dry runs changed nothing');
+  assert.equal(boundDriver(eduBehindBridge), undefined);
 });
 
 test('bind takes a device from its kernel driver; unbind gives it back', async () => {

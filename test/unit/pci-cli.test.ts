@@ -106,7 +106,28 @@ describe('userpci dispatcher', () => {
   });
 
   it('rejects unknown options with the usage line', () => {
-    assertCleanFailure(userpci(['list', '--colour']), 2, /userpci list: Unknown option '--colour'[\s\S]*usage: userpci list/);
+    assertCleanFailure(userpci(['list', '--colour']), 2, /^userpci list: unknown option --colour\nusage: userpci list /);
+    assertCleanFailure(userpci(['list', '--vendor']), 2, /^userpci list: option --vendor needs a value\n/);
+    assertCleanFailure(userpci(['list', '--json=yes']), 2, /^userpci list: option --json takes no value\n/);
+  });
+
+  it('states the exit-code rule in --help', () => {
+    assert.match(userpci(['--help']).stdout, /Exit status: 0 done, 1 the command failed, 2 the command line was malformed/);
+  });
+
+  it('reports failures as JSON on stdout under --json: usage 2, runtime 1', () => {
+    const usage = userpci(['list', '--json', '--colour']);
+    assert.equal(usage.status, 2);
+    assert.deepEqual(JSON.parse(usage.stdout), { error: { code: 'EINVAL', message: 'unknown option --colour' } });
+    assert.equal(usage.stderr, '');
+    const runtime = userpci(['info', '0000:09:00.0', '--json']);
+    assert.equal(runtime.status, 1);
+    const parsed = JSON.parse(runtime.stdout) as { error: { code: string; message: string } };
+    assert.equal(parsed.error.code, 'ENOENT');
+    assert.match(parsed.error.message, /no PCI device 0000:09:00\.0/);
+    const unbind = userpci(['unbind', '0000:00:03.0', '--json']);
+    assert.equal(unbind.status, 1);
+    assert.deepEqual(JSON.parse(unbind.stdout), { error: { code: 'EINVAL', message: '0000:00:03.0 is bound to virtio-pci, not to vfio-pci: nothing to release' } });
   });
 });
 
@@ -294,7 +315,10 @@ describe('userpci config', () => {
     assertCleanFailure(userpci(['config', '0000:01:00.0', 'read', '0x45.w']), 2, /not aligned/);
     assertCleanFailure(userpci(['config', '0000:01:00.0', 'read', 'NOPE']), 2, /unknown register "NOPE"/);
     assertCleanFailure(userpci(['config', '0000:01:00.0', 'write', '0x3c.b', '100']), 2, /does not fit the 1-byte register/);
-    assertCleanFailure(userpci(['config', '0000:01:00.0', 'write', '0x3c.b']), 2, /missing VALUE/);
+    assertCleanFailure(userpci(['config', '0000:01:00.0', 'write', '0x3c.b']), 2, /missing VALUE to write\nusage: userpci config ADDRESS write REGISTER VALUE\[:MASK\]/);
+    const read = userpci(['config', '0000:01:00.0', 'read', 'VENDOR_ID', '--json']);
+    assert.equal(read.status, 0, read.stderr);
+    assert.deepEqual(JSON.parse(read.stdout), { address: '0000:01:00.0', offset: 0, width: 2, value: '8086' });
     assertCleanFailure(userpci(['config', '0000:01:00.0', 'peek', '0.b']), 2, /expected "read" or "write"/);
     assertCleanFailure(userpci(['config', '01:00', 'read', '0.b']), 2, /invalid PCI address "01:00"/);
   });

@@ -1,24 +1,38 @@
-import { parseArgs } from 'node:util';
+import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { bindToVfio, unbindFromVfio } from '../../pci/bind.js';
 import { UsageError, print, sysfsRoot } from '../format.js';
 import type { CliCommand } from '../main.js';
 
-const BIND_USAGE = `userpci bind ADDRESS [--json]
+const BIND_USAGE = `userpci bind ADDRESS [--dry-run] [--force] [--json]
 
 Hand a PCI function to vfio-pci so a user-space driver can open it: sets driver_override,
 unbinds the current driver (remembered under /run/userpci for \`userpci unbind\`) and probes.
-Refuses, naming them, when the function's IOMMU group holds devices bound to host drivers.
-Needs root, an IOMMU (intel_iommu=on / amd_iommu=on) and the vfio-pci module.`;
+Needs root, an IOMMU (intel_iommu=on / amd_iommu=on) and the vfio-pci module.
+
+Refuses, naming what it found:
+  - when the function, or any function of its IOMMU group, is in use by the host: a block
+    device behind it mounted, used as swap, held by LVM/dm/md or open in a process, or a
+    network interface that is up (the disk you booted from, the NIC you are logged in over);
+  - when its IOMMU group holds devices bound to other host drivers (VFIO could not open it).
+Find the right device first, e.g. \`userpci list --class 0108\` (NVMe) or --class 0200 (Ethernet).
+
+Options:
+  --dry-run   check, then print the steps binding would take; change nothing
+  --force     bind even though the device is in use (its users lose it)
+  --json      print the result as JSON`;
 
 const UNBIND_USAGE = `userpci unbind ADDRESS [--json]
 
 Release a PCI function from vfio-pci and give it back to the driver it had before \`userpci
 bind\` (or let the kernel pick one when none was remembered).`;
 
-function parse(args: string[]): { address: string; json: boolean } {
-  const { values, positionals } = parseArgs({ args, options: { json: { type: 'boolean', default: false } }, allowPositionals: true, strict: true });
+function parse(args: string[], withBindOptions = false): { address: string; json: boolean; force: boolean; dryRun: boolean } {
+  const options: ParseArgsConfig['options'] = { json: { type: 'boolean', default: false } };
+  if (withBindOptions) Object.assign(options, { force: { type: 'boolean', default: false }, 'dry-run': { type: 'boolean', default: false } });
+  const { values, positionals } = parseArgs({ args, options, allowPositionals: true, strict: true });
   if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? 'missing ADDRESS' : `unexpected argument "${positionals[1]}"`);
-  return { address: positionals[0]!, json: values.json };
+  const flags = values as { json: boolean; force?: boolean; 'dry-run'?: boolean };
+  return { address: positionals[0]!, json: flags.json, force: flags.force === true, dryRun: flags['dry-run'] === true };
 }
 
 export const bindCommand: CliCommand = {
@@ -26,9 +40,17 @@ export const bindCommand: CliCommand = {
   summary: 'bind a function to vfio-pci (remembering its driver)',
   usage: BIND_USAGE,
   async run(args: string[]): Promise<number> {
-    const { address, json } = parse(args);
-    const r = bindToVfio(address, { sysfsRoot: sysfsRoot() });
-    print(json ? JSON.stringify(r) : `${r.address}: bound to vfio-pci (IOMMU group ${r.iommuGroup}${r.previousDriver ? `, was ${r.previousDriver}` : ''})`);
+    const { address, json, force, dryRun } = parse(args, true);
+    const r = bindToVfio(address, { sysfsRoot: sysfsRoot(), procRoot: process.env['USERPCI_PROC_ROOT'] || '/proc', force, dryRun });
+    if (json) {
+      print(JSON.stringify(r));
+    } else if (r.dryRun) {
+      const steps = r.actions.length === 0 ? ['nothing: it is bound to vfio-pci already'] : r.actions;
+      print(`${r.address}: would bind to vfio-pci (IOMMU group ${r.iommuGroup}, now ${r.previousDriver ?? 'no driver'}):\n${steps.map((step) => `  ${step}`).join('\n')}`);
+    } else {
+      for (const use of r.overriddenUses) process.stderr.write(`userpci bind: warning: forced while ${use.name} ${use.reason}\n`);
+      print(`${r.address}: bound to vfio-pci (IOMMU group ${r.iommuGroup}${r.previousDriver ? `, was ${r.previousDriver}` : ''})`);
+    }
     return 0;
   },
 };

@@ -7,8 +7,8 @@ import * as regs from '../../uapi/pci-regs.js';
 import { UsageError, hex, parseHex, print, sysfsRoot } from '../format.js';
 import type { CliCommand } from '../main.js';
 
-const USAGE = `userpci config ADDRESS read REGISTER
-userpci config ADDRESS write REGISTER VALUE[:MASK]
+const USAGE = `userpci config ADDRESS read REGISTER [--json]
+userpci config ADDRESS write REGISTER VALUE[:MASK] [--json]
 
 Read or write one config-space register through sysfs, like setpci. Numbers are hex, with or
 without 0x. A read prints the value in hex, zero-padded to the register width.
@@ -21,6 +21,7 @@ REGISTER is BASE[+OFFSET][.WIDTH]:
           everything else must say it; the offset must be aligned to it
 
 With :MASK, a write changes only the bits set in MASK (read-modify-write).
+--json prints {"address","offset","width","value"} (value as hex, the one read or written).
 Writing needs root. So does reading past the 64-byte header: sysfs withholds the rest.
 
 Examples:
@@ -42,7 +43,13 @@ export const configCommand: CliCommand = {
   summary: 'read or write a config-space register (like setpci)',
   usage: USAGE,
   async run(args: string[]): Promise<number> {
-    const { positionals } = parseArgs({ args, options: {}, allowPositionals: true, strict: true });
+    const { values, positionals } = parseArgs({ args, options: { json: { type: 'boolean', default: false } }, allowPositionals: true, strict: true });
+    const report = (value: number) =>
+      print(
+        values.json
+          ? JSON.stringify({ address: formatPciAddress(address), offset, width: spec.width, value: hex(value, spec.width * 2) })
+          : hex(value, spec.width * 2),
+      );
     const [addressText, operation, registerText, valueText, ...extra] = positionals;
     if (addressText === undefined) throw new UsageError('missing ADDRESS');
     if (operation !== 'read' && operation !== 'write') {
@@ -50,7 +57,7 @@ export const configCommand: CliCommand = {
     }
     if (registerText === undefined) throw new UsageError('missing REGISTER');
     if (operation === 'read' && valueText !== undefined) throw new UsageError(`unexpected argument "${valueText}" after a read`);
-    if (operation === 'write' && valueText === undefined) throw new UsageError('missing VALUE to write');
+    if (operation === 'write' && valueText === undefined) throw new UsageError('missing VALUE to write', USAGE.split('\n')[1]);
     if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"`);
 
     const address = parsePciAddress(addressText);
@@ -60,7 +67,7 @@ export const configCommand: CliCommand = {
 
     if (operation === 'read') {
       const bytes = await readConfigRange(address, offset, spec.width, options);
-      print(hex(decode(bytes), spec.width * 2));
+      report(decode(bytes));
       return 0;
     }
 
@@ -71,6 +78,7 @@ export const configCommand: CliCommand = {
       newValue = ((current & ~mask) | (value & mask)) >>> 0;
     }
     await writeConfigBytes(address, offset, encode(newValue, spec.width), options);
+    if (values.json) report(newValue);
     return 0;
   },
 };

@@ -128,6 +128,7 @@ describe('bind refuses a device the host uses', () => {
 
 describe('userpci bind --dry-run / --force', () => {
   const { sysfs, proc } = machine();
+  for (const address of ['0000:01:00.0', '0000:02:00.0']) writeFileSync(join(sysfs, 'bus/pci/devices', address, 'class'), '0x010802\n');
   const run = (...args: string[]) =>
     spawnSync(process.execPath, [ENTRY, ...args], { encoding: 'utf8', env: { ...process.env, USERPCI_SYSFS_ROOT: sysfs, USERPCI_PROC_ROOT: proc } });
 
@@ -146,5 +147,15 @@ describe('userpci bind --dry-run / --force', () => {
     const json = JSON.parse(run('bind', '0000:01:00.0', '--dry-run', '--force', '--json').stdout);
     assert.equal(json.dryRun, true);
     assert.deepEqual(json.overriddenUses, [{ address: '0000:01:00.0', kind: 'block', name: 'nvme0n1p1', reason: 'mounted on /boot' }]);
+  });
+
+  it('nvme --bind binds only NVMe controllers, and not a mounted one', () => {
+    const nic = run('nvme', 'identify', '0000:03:00.0', '--bind');
+    assert.equal(nic.status, 1);
+    assert.match(nic.stderr, /0000:03:00\.0 is not an NVMe controller \(class 0x020000, NVMe is 0x010802\): not binding it; find one with `userpci list --class 0108`/);
+    const mounted = run('nvme', 'identify', '0000:01:00.0', '--bind');
+    assert.equal(mounted.status, 1);
+    assert.match(mounted.stderr, /0000:01:00\.0 is in use: nvme0n1p1 mounted on \/boot/);
+    assert.equal(existsSync(join(sysfs, 'bus/pci/devices/0000:01:00.0/driver_override')), false);
   });
 });

@@ -94,13 +94,22 @@ function need<T>(value: T | undefined, name: string): T {
   return value;
 }
 
+/** PCI class of NVMe controllers: mass storage, non-volatile memory, NVM Express. */
+const NVME_CLASS = 0x010802;
+
 async function openController(address: string, values: Values): Promise<NvmeController> {
   if (isValidPciAddress(address)) {
     if (!fs.existsSync(`${sysfsRoot()}/bus/pci/devices/${address}`)) throw new UserpciError('ENOENT', `no PCI device at ${address}`);
     const driver = boundDriver(address, { sysfsRoot: sysfsRoot() });
     if (driver !== VFIO_DRIVER) {
-      if (values.bind) bindToVfio(address, { sysfsRoot: sysfsRoot() });
-      else {
+      if (values.bind) {
+        // Binding takes the device from its driver: make sure it is what this command drives.
+        const classCode = Number(fs.readFileSync(`${sysfsRoot()}/bus/pci/devices/${address}/class`, 'utf8').trim());
+        if (classCode !== NVME_CLASS) {
+          throw new UserpciError('EINVAL', `${address} is not an NVMe controller (class 0x${classCode.toString(16).padStart(6, '0')}, NVMe is 0x010802): not binding it; find one with \`userpci list --class 0108\``);
+        }
+        bindToVfio(address, { sysfsRoot: sysfsRoot(), procRoot: process.env['USERPCI_PROC_ROOT'] || '/proc' });
+      } else {
         throw new UserpciError('EBUSY', `${address} is ${driver ? `bound to ${driver}` : 'not bound to any driver'}, not vfio-pci: run \`userpci bind ${address}\` first or add --bind`);
       }
     }

@@ -31,6 +31,8 @@ export interface OpenOptions {
    * limit is the IOMMU's aperture.
    */
   dmaMask?: number | bigint;
+  /** vfio-user only: how long connecting and the version handshake may take, in ms (default 10 s). */
+  connectTimeoutMs?: number;
 }
 
 /** Check openDevice's options object itself (null, a number, a mask of the wrong type). */

@@ -22,9 +22,11 @@ export function isSocketTarget(target: string): boolean {
 export async function openDevice(target: string, options: OpenOptions = {}): Promise<PciDevice> {
   if (typeof target !== 'string' || target.length === 0) throw new InvalidArgumentError('openDevice needs a PCI address (0000:00:03.0) or a vfio-user socket path');
   options = checkOpenOptions(options); // reject bad options before touching the device
+  const wait = options.connectTimeoutMs;
+  if (wait !== undefined && !(Number.isFinite(wait) && wait > 0)) throw new InvalidArgumentError(`connectTimeoutMs must be a positive number of ms, got ${String(wait)}`);
   let backend: Backend;
   if (isValidPciAddress(target)) backend = VfioBackend.open(target);
-  else if (isSocketTarget(target)) backend = await openVfioUserBackend(target);
+  else if (isSocketTarget(target)) backend = await openVfioUserBackend(target, options.connectTimeoutMs);
   else throw new InvalidArgumentError(`"${target}" is neither a PCI address (expected DDDD:BB:DD.F, e.g. 0000:00:03.0) nor a socket path`);
   try {
     const device = new PciDevice(backend, options);
@@ -38,7 +40,7 @@ export async function openDevice(target: string, options: OpenOptions = {}): Pro
   }
 }
 
-async function openVfioUserBackend(socketPath: string): Promise<Backend> {
+async function openVfioUserBackend(socketPath: string, connectTimeoutMs: number | undefined): Promise<Backend> {
   const { connectVfioUser } = await import('../vfio-user/client/client.js');
-  return connectVfioUser(socketPath);
+  return connectVfioUser(socketPath, connectTimeoutMs === undefined ? {} : { connectTimeoutMs });
 }

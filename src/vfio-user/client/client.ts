@@ -63,6 +63,8 @@ import { ConnectionClosedError, closeFds, type IncomingMessage } from '../protoc
 export interface VfioUserClientOptions {
   /** Per-request timeout in ms (default 30 s: a device reset may take long). */
   timeoutMs?: number;
+  /** How long the version handshake may take, in ms (default 10 s): a silent peer is no server. */
+  connectTimeoutMs?: number;
   /** max_data_xfer_size we accept from the server (default 1 MiB). */
   maxDataXferSize?: number;
   /** Ask for twin-socket mode (default true; used only if the server agrees). */
@@ -131,7 +133,7 @@ export class VfioUserClient implements Backend {
   }
 
   /** @internal */
-  handshake(twinSocket: boolean): void {
+  handshake(twinSocket: boolean, timeoutMs = this.timeoutMs): void {
     const reply = this.channel.requestSync(
       Command.VERSION,
       [
@@ -147,7 +149,7 @@ export class VfioUserClient implements Backend {
         }),
       ],
       [],
-      this.timeoutMs,
+      timeoutMs,
     );
     let twinFd: number | undefined;
     try {
@@ -583,10 +585,15 @@ export function connectVfioUser(socketPath: string, options: VfioUserClientOptio
 export function connectVfioUserFd(fd: number, options: VfioUserClientOptions = {}): VfioUserClient {
   const client = new VfioUserClient(fd, options.name ?? `fd ${fd}`, options);
   try {
-    client.handshake(options.twinSocket ?? true);
+    client.handshake(options.twinSocket ?? true, options.connectTimeoutMs ?? 10_000);
   } catch (err) {
     client.close();
     if (err instanceof ConnectionClosedError) throw new DeviceGoneError(`${client.name}: server closed the connection during negotiation`);
+    // Bytes that do not frame as vfio-user (an HTTP server, a shell, another protocol's socket).
+    if (err instanceof ProtocolError && err.fatal) throw new ProtocolError(`${client.name} is not a vfio-user server (${err.message})`, Errno.EPROTO, true);
+    if (err instanceof UserpciError && err.code === 'ETIMEDOUT') {
+      throw new UserpciError('ETIMEDOUT', `${client.name} is not a vfio-user server (no answer to the version handshake within ${options.connectTimeoutMs ?? 10_000} ms)`, { cause: err });
+    }
     throw err;
   }
   return client;

@@ -16,6 +16,7 @@ import type { AcsFields, MsiFields, MsixFields, PciExpressFields, PowerManagemen
 import { type ConfigSpace, parseConfigSpace } from '../../src/pci/config-space.js';
 import * as regs from '../../src/uapi/pci-regs.js';
 import { conventionalDevice, malformed, nicWithSriov, rootPort, toLspciDump } from '../fixtures/config/synthetic.js';
+import { makeFakeSysfs } from '../fixtures/config/fake-sysfs.js';
 
 const REPO = resolve(__dirname, '..', '..', '..');
 const ENTRY = join(REPO, 'bin', 'userpci.js');
@@ -446,3 +447,25 @@ describe('the parser matches lspci -F on the hand-made fixtures', () => {
 function hex2(value: number): string {
   return value.toString(16).padStart(2, '0');
 }
+
+describe('userpci info -x/-xxx/-xxxx dumps as lspci -F does', () => {
+  it('prints the same hex lines for the header, 256 bytes and 4096 bytes', () => {
+    const fixtures = { '0000:00:1c.0': rootPort(), '0000:01:00.0': nicWithSriov(), '0000:02:00.0': conventionalDevice() };
+    const sysfs = makeFakeSysfs(Object.entries(fixtures).map(([address, config]) => ({ address, config })));
+    const dumpLines = (text: string) => text.split('\n').filter((line) => /^[0-9a-f]{2,3}: /.test(line));
+    for (const [address, config] of Object.entries(fixtures)) {
+      const directory = mkdtempSync(join(tmpdir(), 'userpci-lspci-'));
+      writeFileSync(join(directory, 'dump'), toLspciDump(config, address.slice(5)));
+      for (const level of ['-x', '-xxx', '-xxxx']) {
+        const result = spawnSync(process.execPath, [ENTRY, 'info', address, level], {
+          encoding: 'utf8',
+          env: { ...process.env, USERPCI_SYSFS_ROOT: sysfs, USERPCI_PCI_IDS: '/nonexistent' },
+        });
+        assert.equal(result.status, 0, result.stderr);
+        const ours = dumpLines(result.stdout);
+        assert.deepEqual(ours, dumpLines(lspci(['-F', join(directory, 'dump'), level])), `${address} ${level}`);
+        assert.equal(ours.length, Math.min({ '-x': 4, '-xxx': 16, '-xxxx': 256 }[level]!, config.length / 16));
+      }
+    }
+  });
+});

@@ -2,7 +2,7 @@ import { parseArgs } from 'node:util';
 import type { CapabilityFields, ExtendedCapabilityFields } from '../../pci/capabilities.js';
 import type { Bar, Capability, ConfigSpace, ExtendedCapability } from '../../pci/config-space.js';
 import type { PciIds } from '../../pci/ids.js';
-import { type InspectedDevice, inspectPciDevice } from '../../pci/sysfs.js';
+import { type InspectedDevice, inspectPciDevice, readConfigBytes } from '../../pci/sysfs.js';
 import * as regs from '../../uapi/pci-regs.js';
 import {
   UsageError,
@@ -20,7 +20,7 @@ import {
 } from '../format.js';
 import type { CliCommand } from '../main.js';
 
-const USAGE = `userpci info ADDRESS [--json] [--strict]
+const USAGE = `userpci info ADDRESS [--json] [--strict] [-x|-xxx|-xxxx]
 
 What a driver author needs to know about one PCI function (like the useful parts of lspci -vvv):
 IDs and names, subsystem, BARs with type and size, every capability with its offset and decoded
@@ -32,7 +32,9 @@ Capabilities are past the 64-byte header, which sysfs shows only to root.
 Options:
   --json     print a JSON object instead (IDs as hex strings, offsets and sizes as numbers,
              64-bit addresses as "0x..." strings)
-  --strict   fail on a malformed capability list instead of showing what could be read`;
+  --strict   fail on a malformed capability list instead of showing what could be read
+  -x         add a hex dump of the header (64 bytes), as lspci -x; -xxx all 256 bytes of
+             PCI config space, -xxxx the 4096 of PCIe extended config space (root only)`;
 
 export const infoCommand: CliCommand = {
   name: 'info',
@@ -41,7 +43,11 @@ export const infoCommand: CliCommand = {
   async run(args: string[]): Promise<number> {
     const { values, positionals } = parseArgs({
       args,
-      options: { json: { type: 'boolean', default: false }, strict: { type: 'boolean', default: false } },
+      options: {
+        json: { type: 'boolean', default: false },
+        strict: { type: 'boolean', default: false },
+        x: { type: 'boolean', short: 'x', multiple: true },
+      },
       allowPositionals: true,
       strict: true,
     });
@@ -52,7 +58,13 @@ export const infoCommand: CliCommand = {
       pciIds(),
       inspectPciDevice(positionals[0]!, { sysfsRoot: sysfsRoot(), strict: values.strict }),
     ]);
-    print(values.json ? toJson(infoJson(ids, inspected)) : infoText(ids, inspected));
+    const hexLevel = values.x?.length ?? 0;
+    if (values.json) print(toJson(infoJson(ids, inspected)));
+    else if (hexLevel === 0) print(infoText(ids, inspected));
+    else {
+      const { bytes } = await readConfigBytes(inspected.device.location, { sysfsRoot: sysfsRoot() });
+      print(`${infoText(ids, inspected)}\n${hexDump(bytes, hexLevel)}`);
+    }
     return 0;
   },
 };
@@ -252,4 +264,19 @@ function describeExtendedCapability(fields: ExtendedCapabilityFields): string[] 
 
 function speed(gts: number | undefined): string {
   return gts === undefined ? 'unknown' : `${gts}GT/s`;
+}
+
+/**
+ * lspci's -x dump: 16 bytes a line, offset in (at least) two hex digits. -x and -xx show the
+ * 64-byte header, -xxx 256 bytes, -xxxx 4096; never more than could be read.
+ */
+export function hexDump(bytes: Uint8Array, level: number): string {
+  const wanted = level >= 4 ? 4096 : level === 3 ? 256 : 64;
+  const length = Math.min(wanted, bytes.length);
+  const lines: string[] = [];
+  for (let offset = 0; offset < length; offset += 16) {
+    const row = Array.from(bytes.subarray(offset, Math.min(offset + 16, length)), (byte) => hex(byte, 2)).join(' ');
+    lines.push(`${hex(offset, 2)}: ${row}`);
+  }
+  return lines.join('\n');
 }

@@ -73,20 +73,24 @@ export const SUITES: GuestRun[] = [
   {
     // ublk needs Linux 6.0+: this boot is the 6.12 kernel's. Beside the ublk suite (QEMU's nvme
     // served as /dev/ublkb0, ext4 across restarts, a killed server, removal), the VFIO core suite
-    // on two edus shows vfio-pci on 6.12 too.
+    // on two edus and the NVMe driver suite (drives as in the nvme run) show them on 6.12 too.
     name: 'ublk',
     kernel: '6.12',
     qemuDevices: [
       '-device', 'edu', '-device', 'edu,dma_mask=0xffffff',
+      '-drive', `file=${scratch('ublk-a.img')},if=none,id=nvmea,format=raw`, '-device', 'nvme,drive=nvmea,serial=userpci-a',
+      '-drive', `file=${scratch('ublk-b.img')},if=none,id=nvmeb,format=raw`, '-device', 'nvme,drive=nvmeb,serial=userpci-b,mdts=10,logical_block_size=4096,physical_block_size=4096',
       '-drive', `file=${scratch('ublk.img')},if=none,id=nvmeu,format=raw`, '-device', 'nvme,drive=nvmeu,serial=userpci-nbd',
     ],
-    tests: ['dist/test/guest/vfio-edu.test.js', 'dist/test/guest/ublk.test.js'],
-    timeoutMs: 10 * MIN,
+    tests: ['dist/test/guest/vfio-edu.test.js', 'dist/test/guest/nvme.test.js', 'dist/test/guest/ublk.test.js'],
+    timeoutMs: 12 * MIN,
     setup: async () => {
       await fsp.mkdir(path.dirname(scratch('x')), { recursive: true });
-      await fsp.rm(scratch('ublk.img'), { force: true });
-      await fsp.writeFile(scratch('ublk.img'), '');
-      await fsp.truncate(scratch('ublk.img'), 64 << 20);
+      for (const [name, size] of [['ublk-a.img', 64 << 20], ['ublk-b.img', 32 << 20], ['ublk.img', 64 << 20]] as const) {
+        await fsp.rm(scratch(name), { force: true });
+        await fsp.writeFile(scratch(name), '');
+        await fsp.truncate(scratch(name), size);
+      }
     },
   },
 ];

@@ -53,7 +53,18 @@ async function provesDelivery(edu: EduDriver, vector: InterruptVector, completio
   }
   assert.ok(edu.acknowledgeInterrupt() & SELF_TEST_IRQ, 'the raised status bit was still set when its interrupt came');
   vector.unmask();
-  assert.ok(vector.total >= 1 && vector.total <= completions + 1, `${vector.kind}: ${vector.total} interrupts for ${completions} completions and one raised`);
+  assert.ok(vector.total >= 1, `${vector.kind}: delivered`);
+  assertNoExtraMsi(vector, completions + 1);
+}
+
+/**
+ * MSI is a message per event: never more deliveries than events. INTx has no such bound: it is
+ * a level, and unmasking a line that a new completion raised in the meantime (the driver must
+ * unmask after a delivery whose status was already taken) delivers it once more, with VFIO as
+ * with our server. The driver's results are what count there.
+ */
+function assertNoExtraMsi(vector: InterruptVector, events: number): void {
+  if (vector.kind === 'msi') assert.ok(vector.total <= events, `msi: ${vector.total} interrupts for ${events} events`);
 }
 
 /** A status bit of edu's that neither factorial nor DMA uses. */
@@ -100,17 +111,15 @@ export function registerEduDriverSuite(target: EduSuiteTarget): void {
       assert.equal(info.automasked, mode === 'intx', 'INTx is automasked, MSI is not');
       const vector = edu.useInterrupts(mode)!;
       assert.equal(vector.kind, mode);
-      const seen: number[] = [];
       for (const [n, expected] of [[10, 3628800], [7, 5040], [5, 120]] as const) {
         assert.equal(await edu.factorial(n, opts), expected);
-        seen.push(vector.total);
       }
       // The driver returns as soon as the status register shows the completion, so completions
       // can outrun their interrupts: two MSIs that reach the CPU before the first is serviced
       // coalesce (x86 edge semantics), and an INTx line the driver lowers before the kernel's
       // handler reads the device's status is no interrupt at all (vfio-pci shares the line and
-      // checks PCI_STATUS). So the completions bound the count from above only...
-      assert.ok(vector.total <= 3, `${mode}: at most one interrupt per completion (totals after each: ${seen.join(', ')})`);
+      // checks PCI_STATUS). So the completions bound an MSI count from above only...
+      assertNoExtraMsi(vector, 3);
       // ...and delivery is shown by an interrupt the device holds until it is acknowledged.
       await provesDelivery(edu, vector, 3);
       // And back to polling.
@@ -131,7 +140,7 @@ export function registerEduDriverSuite(target: EduSuiteTarget): void {
       await edu.dma('from-device', m.iova, 0, 4000, opts);
       assert.deepEqual(mine.subarray(0, 4000), data);
       m.unmap();
-      assert.ok(vector.total <= 3, `${mode}: at most one interrupt per DMA completion (saw ${vector.total})`);
+      assertNoExtraMsi(vector, 3);
       await provesDelivery(edu, vector, 3);
       edu.useInterrupts(undefined);
     });

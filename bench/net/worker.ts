@@ -6,6 +6,8 @@
  *   echo ADDRESS          send every received frame back with the MAC addresses swapped
  *   ping ADDRESS N        N round trips of a 60-byte frame through an echoing peer; prints
  *                         {"rttUs": [...]} (sorted)
+ *   echo-irq, ping-irq    the same, sleeping on the receive queue's MSI-X interrupt (listen(),
+ *                         'frame' events, send()) instead of spinning
  * Every mode prints {"ready": true} once its NIC is up. All poll; nothing allocates per packet.
  */
 import * as readline from 'node:readline';
@@ -120,9 +122,53 @@ async function ping(net: VirtioNet, rounds: number): Promise<void> {
   say({ rttUs: [...rtt].sort((a, b) => a - b) });
 }
 
+async function echoIrq(net: VirtioNet): Promise<void> {
+  const cmd = commands();
+  net.on('frame', (f: Buffer) => {
+    const t = Buffer.from(f.subarray(0, 6));
+    f.copy(f, 0, 6, 12);
+    t.copy(f, 6);
+    void net.send(f);
+  });
+  net.listen();
+  while (cmd.next() !== 'stop') await new Promise((r) => setTimeout(r, 20));
+  net.stopListening();
+}
+
+async function pingIrq(net: VirtioNet, rounds: number): Promise<void> {
+  const frame = Buffer.alloc(60);
+  frame.fill(0xff, 0, 6);
+  frame.set(net.mac, 6);
+  frame.set(ETHERTYPE, 12);
+  let waiting: ((f: Buffer) => void) | undefined;
+  net.on('frame', (f: Buffer) => waiting?.(f));
+  net.listen();
+  const rtt = new Float64Array(rounds);
+  for (let r = -100; r < rounds; r++) {
+    const seq = r + 100;
+    frame[14] = seq & 0xff;
+    frame[15] = (seq >> 8) & 0xff;
+    const t0 = performance.now();
+    const got = new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 200); // lost: counts as 200 ms
+      waiting = (f) => {
+        if (f[12] === ETHERTYPE[0] && f[13] === ETHERTYPE[1] && f[14] === frame[14] && f[15] === frame[15]) {
+          clearTimeout(timer);
+          resolve();
+        }
+      };
+    });
+    await net.send(frame);
+    await got;
+    if (r >= 0) rtt[r] = (performance.now() - t0) * 1000;
+  }
+  net.stopListening();
+  say({ rttUs: [...rtt].sort((a, b) => a - b) });
+}
+
 async function main(): Promise<void> {
   const [mode, address, arg] = process.argv.slice(2);
-  const net = await VirtioNet.open(address!, { interrupts: 'poll' });
+  const net = await VirtioNet.open(address!, { interrupts: mode!.endsWith('-irq') ? 'msix' : 'poll' });
   say({ ready: true, mac: net.macString });
   process.stderr.write(`bench:net worker ${mode} ${address}: up\n`);
   try {
@@ -130,6 +176,8 @@ async function main(): Promise<void> {
     else if (mode === 'tx') await tx(net, Number(arg));
     else if (mode === 'echo') await echo(net);
     else if (mode === 'ping') await ping(net, Number(arg));
+    else if (mode === 'echo-irq') await echoIrq(net);
+    else if (mode === 'ping-irq') await pingIrq(net, Number(arg));
     else throw new Error(`unknown mode ${mode}`);
   } finally {
     process.stderr.write(`bench:net worker ${mode}: closing (${JSON.stringify(net.stats())})\n`);

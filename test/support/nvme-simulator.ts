@@ -14,7 +14,7 @@
  * status, raise CSTS.CFS).
  */
 import { native } from '../../src/native/index';
-import { InvalidArgumentError, RangeAccessError } from '../../src/errors';
+import { DeviceGoneError, InvalidArgumentError, RangeAccessError } from '../../src/errors';
 import type { Backend, BackendDeviceInfo, BackendDmaMapRequest, BackendIrqInfo, BackendRegionInfo, IommuAperture } from '../../src/device/backend';
 import { PciDevice } from '../../src/device/device';
 import * as R from '../../src/drivers/nvme/registers';
@@ -40,6 +40,12 @@ export interface SimulatorOptions {
   readyDelayMs?: number;
   /** CAP.TO in 500 ms units; default 2. */
   timeoutUnits?: number;
+  /**
+   * Keep the disk in 1 MiB chunks allocated on first write (reads of untouched blocks are
+   * zeroes), so a namespace of terabytes costs only what is written. Default: above 256 MiB.
+   * `disk` is then unavailable; use readDisk().
+   */
+  sparse?: boolean;
 }
 
 interface SimQueue {
@@ -71,6 +77,8 @@ export interface SimCommandRecord {
 }
 
 const REGION_BAR0_SIZE = 0x4000;
+const SPARSE_CHUNK = 1 << 20;
+const IRQ_REQ = 4;
 const TWO32 = 0x1_0000_0000;
 const SC_INVALID_OPCODE = 0x01;
 const SC_INVALID_FIELD = 0x02;
@@ -80,10 +88,14 @@ const SC_PRP_OFFSET = 0x13;
 const SC_LBA_RANGE = 0x80;
 const SCT_COMMAND = 0x100;
 
+/** How BAR accesses behave after a fault: 'ones' reads all ones and drops writes (a device gone from the bus), 'throw' fails every access as a vfio-user client that lost its server does. */
+export type BarFault = 'ones' | 'throw';
+
 export class NvmeSimulator implements Backend {
   readonly kind = 'vfio-user' as const;
   readonly name: string;
-  readonly disk: Uint8Array;
+  private readonly flatDisk: Uint8Array | undefined;
+  private readonly chunks = new Map<number, Uint8Array>();
   readonly blockSize: number;
   readonly blocks: number;
   readonly config = new Uint8Array(256);
@@ -115,6 +127,9 @@ export class NvmeSimulator implements Backend {
   private dropNextCount = 0;
   private failNextStatus: number[] = [];
   private closedFlag = false;
+  private barFault: BarFault | undefined;
+  private fatalSticks = false;
+  private reqFd = -1;
   private readyTimer: NodeJS.Timeout | undefined;
   /** Completions waiting for room in a full CQ. */
   private readonly backlog: { cqid: number; dw0: number; sqhd: number; sqid: number; cid: number; status: number }[] = [];
@@ -133,10 +148,12 @@ export class NvmeSimulator implements Backend {
       volatileWriteCache: options.volatileWriteCache ?? true,
       readyDelayMs: options.readyDelayMs ?? 0,
       timeoutUnits: options.timeoutUnits ?? 2,
+      sparse: options.sparse ?? false,
     };
     this.blockSize = this.opts.blockSize;
     this.blocks = this.opts.blocks;
-    this.disk = new Uint8Array(this.blocks * this.blockSize);
+    const bytes = this.blocks * this.blockSize;
+    this.flatDisk = (options.sparse ?? bytes > 256 << 20) ? undefined : new Uint8Array(bytes);
     const c = new DataView(this.config.buffer);
     c.setUint16(0x00, 0x1b36, true); // Red Hat, as QEMU's
     c.setUint16(0x02, 0x0010, true);
@@ -164,9 +181,73 @@ export class NvmeSimulator implements Backend {
     this.failNextStatus.push(...statuses);
   }
 
-  /** Set CSTS.CFS: the controller stops processing until it is reset. */
-  raiseFatal(): void {
+  /** Set CSTS.CFS: the controller stops processing until it is reset (for good with `sticky`: every enable fails). */
+  raiseFatal(sticky = false): void {
     this.csts |= R.CSTS_CFS;
+    if (sticky) this.fatalSticks = true;
+  }
+
+  /**
+   * The kernel wants the device back (sysfs remove, hot-unplug): VFIO signals the device-request
+   * eventfd and waits for the user to release the device. The device works until then.
+   */
+  requestRemoval(): boolean {
+    if (this.reqFd < 0) return false;
+    native.eventfdWrite(this.reqFd, 1);
+    return true;
+  }
+
+  /** The device stops answering: no more completions, and BAR accesses fail as `how` says. */
+  failBar(how: BarFault): void {
+    this.barFault = how;
+  }
+
+  /** Someone else resets the function (sysfs reset, another tool): the controller forgets everything. */
+  externalReset(): void {
+    this.reset();
+  }
+
+  /** The namespace's bytes (the whole disk unless sparse). */
+  get disk(): Uint8Array {
+    if (!this.flatDisk) throw new RangeError(`${this.name}: a sparse disk has no flat image; use readDisk()`);
+    return this.flatDisk;
+  }
+
+  /** Copy of `length` bytes at byte `offset` of the namespace. */
+  readDisk(offset: number, length: number): Uint8Array {
+    if (this.flatDisk) return this.flatDisk.slice(offset, offset + length);
+    const out = new Uint8Array(length);
+    for (let done = 0; done < length;) {
+      const at = offset + done;
+      const chunk = this.chunks.get(Math.floor(at / SPARSE_CHUNK));
+      const inChunk = at % SPARSE_CHUNK;
+      const n = Math.min(length - done, SPARSE_CHUNK - inChunk);
+      if (chunk) out.set(chunk.subarray(inChunk, inChunk + n), done);
+      done += n;
+    }
+    return out;
+  }
+
+  private writeDisk(offset: number, data: Uint8Array): void {
+    if (this.flatDisk) {
+      this.flatDisk.set(data, offset);
+      return;
+    }
+    for (let done = 0; done < data.length;) {
+      const at = offset + done;
+      const key = Math.floor(at / SPARSE_CHUNK);
+      let chunk = this.chunks.get(key);
+      if (!chunk) this.chunks.set(key, (chunk = new Uint8Array(SPARSE_CHUNK)));
+      const inChunk = at % SPARSE_CHUNK;
+      const n = Math.min(data.length - done, SPARSE_CHUNK - inChunk);
+      chunk.set(data.subarray(done, done + n), inChunk);
+      done += n;
+    }
+  }
+
+  private zeroDisk(offset: number, length: number): void {
+    if (this.flatDisk) this.flatDisk.fill(0, offset, offset + length);
+    else this.writeDisk(offset, new Uint8Array(length));
   }
 
   get enabled(): boolean {
@@ -180,7 +261,7 @@ export class NvmeSimulator implements Backend {
   // ---------------------------------------------------------------- Backend
 
   deviceInfo(): BackendDeviceInfo {
-    return { numRegions: 9, numIrqs: 3, flags: 0x3, canReset: true };
+    return { numRegions: 9, numIrqs: 5, flags: 0x3, canReset: true };
   }
 
   regionInfo(index: number): BackendRegionInfo {
@@ -198,6 +279,11 @@ export class NvmeSimulator implements Backend {
 
   regionRead(index: number, offset: number, into: Uint8Array): number {
     this.checkOpen();
+    if (this.barFault !== undefined && index === 0) {
+      if (this.barFault === 'throw') throw new DeviceGoneError(`${this.name}: server connection lost (simulated)`);
+      into.fill(0xff);
+      return into.length;
+    }
     if (index === 7) {
       into.set(this.config.subarray(offset, offset + into.length));
       return into.length;
@@ -214,6 +300,10 @@ export class NvmeSimulator implements Backend {
 
   regionWrite(index: number, offset: number, from: Uint8Array): number {
     this.checkOpen();
+    if (this.barFault !== undefined && index === 0) {
+      if (this.barFault === 'throw') throw new DeviceGoneError(`${this.name}: server connection lost (simulated)`);
+      return from.length;
+    }
     if (index === 7) {
       this.config.set(from, offset);
       return from.length;
@@ -242,11 +332,15 @@ export class NvmeSimulator implements Backend {
   }
 
   irqInfo(index: number): BackendIrqInfo {
-    const count = index === 0 ? 1 : index === 2 ? this.opts.msixVectors : 0;
+    const count = index === 0 ? 1 : index === 2 ? this.opts.msixVectors : index === IRQ_REQ ? 1 : 0;
     return { index, count, flags: 1 };
   }
 
   setIrqEventfds(index: number, start: number, fds: number[]): void {
+    if (index === IRQ_REQ) {
+      this.reqFd = fds[0] ?? -1;
+      return;
+    }
     if (index !== 2) return;
     if (fds.length === 0) {
       this.msixFds = [];
@@ -256,6 +350,7 @@ export class NvmeSimulator implements Backend {
   }
 
   disableIrqs(index: number): void {
+    if (index === IRQ_REQ) this.reqFd = -1;
     if (index === 2) this.msixFds = [];
   }
 
@@ -326,7 +421,7 @@ export class NvmeSimulator implements Backend {
       this.csts = (this.csts & ~R.CSTS_SHST_MASK) | R.CSTS_SHST_COMPLETE;
     }
     if ((was & R.CC_EN) === 0 && (value & R.CC_EN) !== 0) {
-      const ok = this.enable();
+      const ok = !this.fatalSticks && this.enable();
       const set = () => {
         this.csts = ok ? (this.csts | R.CSTS_RDY) : (this.csts | R.CSTS_CFS);
       };
@@ -335,7 +430,7 @@ export class NvmeSimulator implements Backend {
     } else if ((was & R.CC_EN) !== 0 && (value & R.CC_EN) === 0) {
       this.disables++;
       this.controllerReset();
-      this.csts = 0;
+      this.csts = this.fatalSticks ? R.CSTS_CFS : 0;
     }
   }
 
@@ -392,7 +487,7 @@ export class NvmeSimulator implements Backend {
   // ---------------------------------------------------------------- command processing
 
   private process(): void {
-    if (this.closedFlag || (this.csts & R.CSTS_CFS) !== 0 || (this.csts & R.CSTS_RDY) === 0) return;
+    if (this.closedFlag || this.barFault !== undefined || (this.csts & R.CSTS_CFS) !== 0 || (this.csts & R.CSTS_RDY) === 0) return;
     this.drainBacklog();
     for (const sq of [...this.sqs.values()]) {
       while (sq.head !== sq.tail && this.sqs.get(sq.id) === sq) {
@@ -563,13 +658,17 @@ export class NvmeSimulator implements Backend {
         const length = nlb * this.blockSize;
         if (this.opts.mdts > 0 && length > 4096 * 2 ** this.opts.mdts) return [SC_INVALID_FIELD, 0];
         const start = slba * this.blockSize;
-        if (opcode === R.NVM_READ) return [this.toHost(rec, this.disk.subarray(start, start + length)), 0];
-        return [this.fromHost(rec, this.disk.subarray(start, start + length)), 0];
+        if (opcode === R.NVM_READ) return [this.toHost(rec, this.flatDisk ? this.flatDisk.subarray(start, start + length) : this.readDisk(start, length)), 0];
+        if (this.flatDisk) return [this.fromHost(rec, this.flatDisk.subarray(start, start + length)), 0];
+        const data = new Uint8Array(length);
+        const st = this.fromHost(rec, data);
+        if (st === 0) this.writeDisk(start, data);
+        return [st, 0];
       }
       case R.NVM_WRITE_ZEROES: {
         const nlb = (dw[12]! & 0xffff) + 1;
         if (slba + nlb > this.blocks) return [SC_LBA_RANGE, 0];
-        this.disk.fill(0, slba * this.blockSize, (slba + nlb) * this.blockSize);
+        this.zeroDisk(slba * this.blockSize, nlb * this.blockSize);
         return [0, 0];
       }
       case R.NVM_DATASET_MANAGEMENT: {
@@ -583,7 +682,7 @@ export class NvmeSimulator implements Backend {
           const len = rv.getUint32(i * 16 + 4, true);
           const lba = rv.getUint32(i * 16 + 8, true) + rv.getUint32(i * 16 + 12, true) * TWO32;
           if (lba + len > this.blocks) return [SC_LBA_RANGE, 0];
-          if ((dw[11]! & R.DSM_DEALLOCATE) !== 0) this.disk.fill(0, lba * this.blockSize, (lba + len) * this.blockSize);
+          if ((dw[11]! & R.DSM_DEALLOCATE) !== 0) this.zeroDisk(lba * this.blockSize, len * this.blockSize);
         }
         return [0, 0];
       }

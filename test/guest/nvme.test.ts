@@ -250,3 +250,27 @@ test('close shuts down (CC.SHN, CSTS.SHST complete); the kernel driver then read
   }
   bindToVfio(devA);
 });
+
+test('queue depths 128 and the controller\'s limit (CAP.MQES + 1 entries): every command in flight at once, polled and MSI-X, data read back', async () => {
+  await using ctrl = await NvmeController.open(devA, { defaultQueue: false, queuePairs: 4 });
+  const ns = await ctrl.namespace(1);
+  const limit = ctrl.capabilities.maxQueueEntries - 1;
+  console.log(`# CAP.MQES + 1 = ${ctrl.capabilities.maxQueueEntries} entries: deepest queue ${limit} commands`);
+  assert.ok(limit >= 2047, `QEMU's nvme takes queues of 2048 entries or more (${limit + 1})`);
+  for (const depth of [128, limit]) {
+    for (const interrupts of [false, true]) {
+      const q = await ctrl.createQueuePair({ depth, interrupts });
+      const data = fillPattern(new Uint8Array(depth * 512), depth + (interrupts ? 1 : 0));
+      const buf = ctrl.allocBuffer(depth * 512);
+      new Uint8Array(buf.buffer, 0, data.length).set(data);
+      const writes = Array.from({ length: depth }, (_, i) => ns.writeDma(20000 + i, buf, i * 512, 512, q));
+      assert.equal(q.outstanding, depth, 'all submitted before any completed');
+      await Promise.all(writes);
+      new Uint8Array(buf.buffer).fill(0);
+      await Promise.all(Array.from({ length: depth }, (_, i) => ns.readDma(20000 + i, buf, i * 512, 512, q)));
+      assert.deepEqual(new Uint8Array(buf.buffer, 0, data.length), data, `depth ${depth}${interrupts ? ' (MSI-X)' : ''}`);
+      buf.free();
+      await ctrl.deleteQueuePair(q);
+    }
+  }
+});

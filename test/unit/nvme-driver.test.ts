@@ -316,7 +316,7 @@ test('close: I/O queues deleted, CC.SHN normal shutdown; later calls fail clearl
   assert.equal(sim.ioQueueCount, 0);
   assert.equal(sim.shutdowns, 1);
   assert.equal(ctrl.status().shutdown, 'complete');
-  await assert.rejects(ns.read(0, new Uint8Array(512)), { code: 'ENXIO' });
+  await assert.rejects(ns.read(0, new Uint8Array(512)), { code: 'ECANCELED', message: /was closed/ });
   await assert.rejects(ctrl.adminCommand(R.ADMIN_IDENTIFY, 0, 1), { code: 'ECANCELED' });
   await ctrl.close(); // idempotent
   closeDevice(device);

@@ -101,7 +101,7 @@ for (const fault of FAULTS) {
   });
 }
 
-test(`CSTS.CFS at a random point of a QD32 load (${ROUNDS_PER_CASE * 4} rounds): I/O in flight fails EIO, the controller is reset and serves again; a fatal status that stays makes everything ENODEV`, { timeout: 120_000 }, async () => {
+test(`CSTS.CFS at a random point of a QD32 load (${ROUNDS_PER_CASE * 4} rounds): I/O in flight fails EIO, the controller is reset and serves again; when the reset fails too (the status stays), later I/O is ENODEV and close() completes`, { timeout: 120_000 }, async () => {
   const seen: string[] = [];
   for (const [api, interrupts] of COMBOS) {
     for (let i = 0; i < ROUNDS_PER_CASE + 1; i++) {
@@ -120,9 +120,9 @@ test(`CSTS.CFS at a random point of a QD32 load (${ROUNDS_PER_CASE * 4} rounds):
       const failure = await within(load.failed, GUARD_MS, 'the first failure after CSTS.CFS');
       const outcome = await within(load.stop(), GUARD_MS, 'every I/O settled');
       assert.deepEqual(outcome.untyped, []);
-      const expected = sticky ? 'ENODEV' : 'EIO';
-      for (const key of Object.keys(outcome.errors)) assert.match(key, new RegExp(`:${expected}$`), JSON.stringify(outcome.errors));
-      assert.equal((failure as { code?: string }).code, expected, failure.message);
+      // In flight: aborted by the reset (EIO); once a reset fails, everything is ENODEV.
+      for (const key of Object.keys(outcome.errors)) assert.match(key, sticky ? /:(EIO|ENODEV)$/ : /:EIO$/, JSON.stringify(outcome.errors));
+      assert.match(String((failure as { code?: string }).code), sticky ? /^(EIO|ENODEV)$/ : /^EIO$/, failure.message);
       if (sticky) {
         await assert.rejects(ns.read(0, new Uint8Array(4096), queue), { code: 'ENODEV' });
       } else {
@@ -151,7 +151,7 @@ test('the NVMe controller listens to its device: removal with nothing in flight 
   const { device, sim } = NvmeSimulator.open();
   const ctrl = await NvmeController.open(device, { defaultQueue: { depth: 8 } });
   const ns = await ctrl.namespace(1);
-  const lost = new Promise<Error>((r) => (ctrl as unknown as import('node:events').EventEmitter).once('lost', r));
+  const lost = new Promise<Error>((r) => ctrl.once('lost', r));
   sim.requestRemoval();
   await within(new Promise<void>((r) => device.once('removed', () => r())), GUARD_MS, 'removed');
   assert.equal(ctrl.isClosed, true, 'the controller gave up when the device was removed');

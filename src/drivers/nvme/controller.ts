@@ -11,6 +11,7 @@
  *   await ns.readDma(0, buf, 0, 1 << 20); // DMA buffer: zero copy
  *   await ctrl.close();                // CC.SHN, then the device is released
  */
+import { EventEmitter } from 'node:events';
 import { InvalidArgumentError, UserpciError, DeviceGoneError } from '../../errors';
 import { openDevice } from '../../device/open';
 import type { PciDevice } from '../../device/device';
@@ -75,7 +76,13 @@ interface QueueEntry {
 
 const DEFAULT_MAX_TRANSFER = 4 << 20;
 
-export class NvmeController implements QueueHost, AsyncDisposable {
+/**
+ * Events: 'lost' (error): the controller gave up because its device became unusable (removed,
+ * reset by someone else, registers or queue memory gone, a fatal status a reset cannot clear).
+ * Every I/O in flight and every later one has failed with that error (code ENODEV); close()
+ * still releases what is left.
+ */
+export class NvmeController extends EventEmitter implements QueueHost, AsyncDisposable {
   readonly regs: Region;
   readonly name: string;
   readonly capabilities: ControllerCapabilities;
@@ -98,6 +105,8 @@ export class NvmeController implements QueueHost, AsyncDisposable {
   private identifyLock: Promise<void> = Promise.resolve();
   private recovering: Promise<void> | null = null;
   private closed: Error | null = null;
+  private closeDone = false;
+  private readonly onRemovedBound = () => this.lose(`${this.name} was removed (the kernel took the device back)`);
   private requestedQueuePairs: number;
   /** Controller resets done to recover (fatal status, timeouts) or asked for. */
   resets = 0;
@@ -112,7 +121,10 @@ export class NvmeController implements QueueHost, AsyncDisposable {
       await ctrl.start();
       return ctrl;
     } catch (err) {
-      if (ctrl) ctrl.abandon(err as Error);
+      if (ctrl) {
+        ctrl.abandon(err as Error);
+        device.off('removed', ctrl.onRemovedBound);
+      }
       if (owns) device.close();
       throw err;
     }
@@ -123,6 +135,7 @@ export class NvmeController implements QueueHost, AsyncDisposable {
     private readonly ownsDevice: boolean,
     private readonly options: NvmeControllerOptions,
   ) {
+    super();
     this.name = device.name;
     device.declareDmaWidth(64, 'nvme driver'); // NVMe PRPs and queue bases are 64-bit addresses
     const classCode = device.config.read32(0x08) >>> 8;
@@ -157,6 +170,9 @@ export class NvmeController implements QueueHost, AsyncDisposable {
     if (!Number.isInteger(this.requestedQueuePairs) || this.requestedQueuePairs < 1 || this.requestedQueuePairs > 65535) {
       throw new InvalidArgumentError(`queuePairs must be 1..65535, got ${String(options.queuePairs)}`);
     }
+    // The device releases itself when the kernel takes it back (its memory is unmapped before
+    // 'removed' is emitted): stop using it at once.
+    device.on('removed', this.onRemovedBound);
   }
 
   // ------------------------------------------------------------------ bring-up
@@ -245,15 +261,18 @@ export class NvmeController implements QueueHost, AsyncDisposable {
 
   /** Identify with CNS `cns` into a 4096-byte copy. */
   async identify(cns: number, nsid = 0): Promise<Uint8Array> {
+    this.checkOpen();
     const prev = this.identifyLock;
     let release!: () => void;
     this.identifyLock = new Promise<void>((r) => (release = r));
     await prev;
     try {
+      this.checkOpen();
       this.identifyBuffer ??= this.allocDma(IDENTIFY_SIZE);
       const view = new Uint8Array(this.identifyBuffer.buffer, 0, IDENTIFY_SIZE);
       view.fill(0);
       await this.adminCommand(R.ADMIN_IDENTIFY, nsid, cns, 0, 0, 0, 0, 0, this.identifyBuffer.iova, IDENTIFY_SIZE);
+      this.checkOpen(); // the buffer is freed (its view detached) if the controller was lost meanwhile
       return view.slice();
     } finally {
       release();
@@ -312,7 +331,9 @@ export class NvmeController implements QueueHost, AsyncDisposable {
     this.checkOpen();
     const maxDepth = Math.min(this.capabilities.maxQueueEntries - 1, 65535);
     const depth = options.depth ?? Math.min(64, maxDepth);
-    if (!Number.isInteger(depth) || depth < 1 || depth > maxDepth) throw new InvalidArgumentError(`queue depth must be 1..${maxDepth} (CAP.MQES), got ${String(options.depth)}`);
+    if (!Number.isInteger(depth) || depth < 1 || depth > maxDepth) {
+      throw new InvalidArgumentError(`queue depth must be 1..${maxDepth} (a queue holds one command fewer than its ${maxDepth + 1} entries, CAP.MQES + 1), got ${String(options.depth)}`);
+    }
     let qid = 1;
     while (this.entries.has(qid)) qid++;
     if (qid > this.grantedQueuePairs) {
@@ -360,9 +381,12 @@ export class NvmeController implements QueueHost, AsyncDisposable {
   private async createQueueOnController(entry: QueueEntry): Promise<void> {
     const q = entry.queue;
     const ien = entry.vector >= 0 ? R.CQ_IEN | (entry.vector << 16) : 0;
-    await this.adminCommand(R.ADMIN_CREATE_IO_CQ, 0, (((q.cqEntries - 1) << 16) | q.qid) >>> 0, (R.CQ_PC | ien) >>> 0, 0, 0, 0, 0, q.cqIova, q.cqEntries * R.CQE_SIZE);
+    // Physically contiguous queues (PC = 1) are named by PRP1 alone, however many pages they
+    // span: one page's worth of length keeps PRP2 zero (no PRP list, which the admin queue lacks).
+    const page = this.pageSize;
+    await this.adminCommand(R.ADMIN_CREATE_IO_CQ, 0, (((q.cqEntries - 1) << 16) | q.qid) >>> 0, (R.CQ_PC | ien) >>> 0, 0, 0, 0, 0, q.cqIova, page);
     try {
-      await this.adminCommand(R.ADMIN_CREATE_IO_SQ, 0, (((q.entries - 1) << 16) | q.qid) >>> 0, ((q.qid << 16) | R.SQ_PC) >>> 0, 0, 0, 0, 0, q.sqIova, q.entries * R.SQE_SIZE);
+      await this.adminCommand(R.ADMIN_CREATE_IO_SQ, 0, (((q.entries - 1) << 16) | q.qid) >>> 0, ((q.qid << 16) | R.SQ_PC) >>> 0, 0, 0, 0, 0, q.sqIova, page);
     } catch (err) {
       await this.adminCommand(R.ADMIN_DELETE_IO_CQ, 0, q.qid).catch(() => undefined);
       throw err;
@@ -435,11 +459,44 @@ export class NvmeController implements QueueHost, AsyncDisposable {
     void this.recover(why).catch(() => undefined);
   }
 
-  /** QueueHost: no progress for a tick. A fatal controller never completes anything: reset it now. */
+  /**
+   * QueueHost: no progress for a tick. A fatal controller never completes anything: reset it
+   * now. A controller that stopped answering, or that someone else reset (it is no longer ready
+   * while we have queues on it: they are gone), will not either: give up.
+   */
   queueStalled(queue: NvmeQueue): void {
     if (this.recovering || this.closed) return;
     const csts = this.safeStatus();
-    if (csts === R.CSTS_GONE || (csts & R.CSTS_CFS) !== 0) this.queueTimedOut(queue);
+    if (csts === R.CSTS_GONE) this.lose(`${this.name} stopped answering (its registers read all ones or cannot be accessed)`);
+    else if ((csts & R.CSTS_CFS) !== 0) this.queueTimedOut(queue);
+    else if ((csts & R.CSTS_RDY) === 0) this.lose(`${this.name} was reset by someone else (CSTS.RDY is 0 under the driver's queues)`);
+  }
+
+  /** QueueHost: a register or queue-memory access failed. */
+  queueFault(queue: NvmeQueue, error: Error): void {
+    if (this.closed) return;
+    const gone = this.device.closed || error instanceof DeviceGoneError || this.safeStatus() === R.CSTS_GONE;
+    if (gone) {
+      this.lose(`${this.name} is gone (${this.device.wasRemoved ? 'removed' : this.device.closed ? 'its device was closed' : error.message})`);
+      return;
+    }
+    // Not a device loss: a fault of ours. Fail everything with it rather than throw into a poll.
+    this.giveUp(new UserpciError('EIO', `${this.name} queue ${queue.qid}: ${error.message}`, { cause: error }));
+  }
+
+  /** The device is unusable: every command in flight and every later one fails with ENODEV. */
+  private lose(why: string): void {
+    this.giveUp(new DeviceGoneError(`${why}; its I/O fails with ENODEV`));
+  }
+
+  private giveUp(error: Error): void {
+    if (this.closed) return;
+    try {
+      this.abandon(error);
+    } finally {
+      // Listeners hear of it outside whatever call noticed the loss.
+      process.nextTick(() => this.emit('lost', error));
+    }
   }
 
   /** Read CSTS; all ones if the read itself fails. */
@@ -484,9 +541,8 @@ export class NvmeController implements QueueHost, AsyncDisposable {
     for (const q of all) q.suspend();
     const csts = this.safeStatus();
     if (csts === R.CSTS_GONE) {
-      const gone = new DeviceGoneError(`${this.name}: the controller is gone (CSTS reads all ones)`);
-      this.abandon(gone);
-      throw gone;
+      this.lose(`${this.name} stopped answering (CSTS reads all ones)`);
+      throw this.closed!;
     }
     const aborted = new UserpciError('EIO', `${this.name}: command aborted by a controller reset (${reason})`);
     for (const q of all) q.abortAll(aborted, false);
@@ -504,9 +560,9 @@ export class NvmeController implements QueueHost, AsyncDisposable {
         e.queue.poll();
       }
     } catch (err) {
-      const failed = new UserpciError('EIO', `${this.name}: controller reset failed (${reason}): ${(err as Error).message}`, { cause: err });
-      this.abandon(failed);
-      throw failed;
+      if (this.closed) throw this.closed;
+      this.lose(`${this.name}: controller reset failed (${reason}): ${(err as Error).message}`);
+      throw this.closed!;
     }
   }
 
@@ -518,7 +574,14 @@ export class NvmeController implements QueueHost, AsyncDisposable {
    * close it. Commands still outstanding fail with ECANCELED.
    */
   async close(): Promise<void> {
-    if (this.closed) return;
+    if (this.closeDone) return;
+    this.closeDone = true;
+    this.device.off('removed', this.onRemovedBound);
+    if (this.closed) {
+      // Lost already: only the device is left to give back.
+      if (this.ownsDevice && !this.device.closed) this.device.close();
+      return;
+    }
     const healthy = (() => {
       const csts = this.safeStatus();
       return csts !== R.CSTS_GONE && (csts & R.CSTS_CFS) === 0 && (csts & R.CSTS_RDY) !== 0;
@@ -551,6 +614,11 @@ export class NvmeController implements QueueHost, AsyncDisposable {
 
   get isClosed(): boolean {
     return this.closed !== null;
+  }
+
+  /** Why the controller no longer takes commands (closed, or lost), or null while it does. */
+  get closeReason(): Error | null {
+    return this.closed;
   }
 
   /** Fail everything and free every queue's memory; no more commands. */

@@ -186,7 +186,8 @@ export class NvmeNamespace {
 
   private checkDma(buffer: DmaBuffer, offset: number, length: number): Error | null {
     if (!buffer || typeof buffer.iova !== 'number') return new InvalidArgumentError('buffer must be a DmaBuffer');
-    if (buffer.freed) return new InvalidArgumentError('the DMA buffer was freed');
+    // A device that went away frees its buffers: say so rather than blame the caller.
+    if (buffer.freed) return this.controller.closeReason ?? new InvalidArgumentError('the DMA buffer was freed');
     if (!Number.isSafeInteger(offset) || offset < 0) return new InvalidArgumentError(`offset must be a non-negative integer, got ${offset}`);
     if (!Number.isSafeInteger(length) || offset + length > buffer.size) {
       return new RangeAccessError(`${length} bytes at offset ${offset} do not fit the ${buffer.size}-byte DMA buffer`);
@@ -196,5 +197,7 @@ export class NvmeNamespace {
 }
 
 function noQueue(ns: NvmeNamespace): Error {
+  const closed = ns.controller.closeReason;
+  if (closed) return closed;
   return new UserpciError('ENXIO', `${ns.controller.name}: no I/O queue given and the controller has no default queue`);
 }

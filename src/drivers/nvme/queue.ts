@@ -51,6 +51,11 @@ export interface QueueHost {
   queueTimedOut(queue: NvmeQueue): void;
   /** Commands are outstanding and none completed for a whole tick: worth a look at CSTS. */
   queueStalled(queue: NvmeQueue): void;
+  /**
+   * A register or queue-memory access of this queue failed (the device was removed, closed or
+   * stopped answering): the controller gives up, which destroys this queue. Never throws.
+   */
+  queueFault(queue: NvmeQueue, error: Error): void;
 }
 
 export type CompletionCallback = (error: Error | null, result: number) => void;
@@ -270,7 +275,8 @@ export class NvmeQueue {
     }
 
     this.timeoutMs = tuning.timeoutMs ?? 30_000;
-    const tickMs = Math.max(10, Math.min(1000, Math.floor(this.timeoutMs / 4)));
+    // Also the period of the stall check (CSTS read while nothing completes): keep it short.
+    const tickMs = Math.max(10, Math.min(250, Math.floor(this.timeoutMs / 4)));
     this.epochLimit = Math.ceil(this.timeoutMs / tickMs);
     this.pollSpinMs = (tuning.pollSpinUs ?? 50) / 1000;
     this.pollBurst = tuning.pollBurst ?? 64;
@@ -322,7 +328,13 @@ export class NvmeQueue {
     r.length = length;
     r.cdw12Flags = cdw12Flags;
     if (view !== null) {
-      this.ensureBounce(blockSize);
+      if (this.deadReason === null) {
+        try {
+          this.ensureBounce(blockSize);
+        } catch (err) {
+          r.failure = err as Error;
+        }
+      }
       r.chunk = this.bounceChunkBytes;
     } else {
       const max = Math.min(this.host.maxTransfer, 0x10000 * blockSize);
@@ -348,11 +360,15 @@ export class NvmeQueue {
 
   /** Dataset Management (deallocate) over `blocks` blocks: one range per command. */
   deallocate(nsid: number, lba: number, blocks: number, callback: CompletionCallback | null): Promise<number> | undefined {
-    if (this.dsm === null) {
-      this.dsmMem = this.host.allocDma(this.depth * DSM_RANGE_SIZE);
-      this.dsm = new Uint32Array(this.dsmMem.buffer);
-    }
     const r = this.take();
+    if (this.dsm === null && this.deadReason === null) {
+      try {
+        this.dsmMem = this.host.allocDma(this.depth * DSM_RANGE_SIZE);
+        this.dsm = new Uint32Array(this.dsmMem.buffer);
+      } catch (err) {
+        r.failure = err as Error;
+      }
+    }
     r.kind = KIND_DSM;
     r.opcode = NVM_DATASET_MANAGEMENT;
     r.nsid = nsid;
@@ -393,7 +409,7 @@ export class NvmeQueue {
 
   unplug(): void {
     if (this.plugged > 0) this.plugged--;
-    if (this.plugged === 0 && this.sqDirty) this.ringSq();
+    if (this.plugged === 0 && this.sqDirty && this.deadReason === null) this.ringSq();
   }
 
   /** Run `fn` plugged: every command it submits shares one doorbell. */
@@ -427,7 +443,8 @@ export class NvmeQueue {
     let n = 0;
     const cq = this.cq;
     try {
-      for (;;) {
+      // A caller's callback may close the controller (which frees this memory): stop then.
+      while (this.deadReason === null) {
         const head = this.cqHead;
         // Atomics: the status word is read once, full width, before the rest of the entry.
         const dw3 = Atomics.load(cq, head * 4 + 3);
@@ -444,15 +461,22 @@ export class NvmeQueue {
         n++;
         this.complete(dw3 & 0xffff, dw3 >>> 17, result);
       }
+    } catch (err) {
+      // The queue memory went away under us (device released without the controller hearing of
+      // it: its views are detached): that is the device being gone, not a bug to surface.
+      if (!this.memoryLost()) throw err;
+      this.reaping = false;
+      this.host.queueFault(this, err as Error);
+      return n;
     } finally {
       this.reaping = false;
-      if (n > 0) {
+      if (n > 0 && this.deadReason === null) {
         // Consistent even when a caller's callback threw: every entry taken counts. Interrupt
         // queues acknowledge every pass; polled ones once the threshold is reached.
         this.unacked += n;
         if (this.vector !== null || this.unacked >= this.ackThreshold) {
           this.unacked = 0;
-          this.host.regs.write32(this.cqDoorbell, this.cqHead);
+          this.ringCq();
         }
         this.completed += n;
         if (this.waitHead !== null) this.pump();
@@ -530,7 +554,16 @@ export class NvmeQueue {
       }
       r = next;
     }
-    for (const r of done) this.finish(r);
+    // A caller's callback that throws must not leave the others unsettled: report it afterwards.
+    for (const r of done) {
+      try {
+        this.finish(r);
+      } catch (err) {
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    }
   }
 
   /** @internal The controller was reset: the rings start over (recreate the queue, then resume). */
@@ -553,7 +586,7 @@ export class NvmeQueue {
   /** @internal Fail everything for good and free the memory (queue deleted, controller closed or gone). */
   destroy(error: Error): void {
     if (this.deadReason) return;
-    this.abortAll(error, true);
+    // Dead first: callers told below may submit again, and must be refused, not queued.
     this.deadReason = error;
     this.detachVector();
     if (this.timer) clearInterval(this.timer);
@@ -567,6 +600,7 @@ export class NvmeQueue {
         }
       }
     }
+    this.abortAll(error, true);
   }
 
   get destroyed(): boolean {
@@ -610,9 +644,17 @@ export class NvmeQueue {
       promise = new Promise<number>(executor);
       executorTarget = null;
     }
-    if (this.deadReason !== null) {
-      r.failure = this.deadReason;
-      this.finish(r);
+    if (this.deadReason !== null || r.failure !== null) {
+      r.failure ??= this.deadReason;
+      if (callback === null) {
+        this.finish(r);
+      } else {
+        // Never call back from inside the submitting call (a caller that resubmits on error
+        // would recurse): the error arrives on the microtask queue, as completions do.
+        const error = r.failure!;
+        this.release(r);
+        queueMicrotask(() => callback(error, 0));
+      }
       return promise;
     }
     // FIFO: behind whatever already waits, so big requests cannot be overtaken forever.
@@ -626,6 +668,16 @@ export class NvmeQueue {
   /** Hand waiting requests to free slots; one doorbell for all of it. */
   private pump(): void {
     if (this.suspended || this.deadReason !== null) return;
+    try {
+      this.pumpWaiting();
+    } catch (err) {
+      // Bounce memory detached or a doorbell refused: the device is gone (the controller
+      // decides), and every request here is failed by the queue's destruction.
+      this.host.queueFault(this, err as Error);
+    }
+  }
+
+  private pumpWaiting(): void {
     let wrote = false;
     let r = this.waitHead;
     while (r !== null && this.freeTop > 0) {
@@ -659,14 +711,31 @@ export class NvmeQueue {
 
   private unplugAuto(): void {
     this.autoPlugged = false;
-    if (this.plugged === 0 && this.sqDirty) this.ringSq();
+    if (this.plugged === 0 && this.sqDirty && this.deadReason === null) this.ringSq();
   }
 
   private ringSq(): void {
     this.sqDirty = false;
     this.unrung = 0;
     this.doorbells++;
-    this.host.regs.write32(this.sqDoorbell, this.sqTail);
+    try {
+      this.host.regs.write32(this.sqDoorbell, this.sqTail);
+    } catch (err) {
+      this.host.queueFault(this, err as Error);
+    }
+  }
+
+  private ringCq(): void {
+    try {
+      this.host.regs.write32(this.cqDoorbell, this.cqHead);
+    } catch (err) {
+      this.host.queueFault(this, err as Error);
+    }
+  }
+
+  /** Our DMA memory was released (the device closed or removed): its views are detached. */
+  private memoryLost(): boolean {
+    return this.cqMem.freed || this.sqMem.freed || (this.bounceMem !== null && this.bounceMem.freed);
   }
 
   /** Build the next command of `r` in slot `cid` at the SQ tail. */

@@ -20,6 +20,11 @@ export interface BlockDevice {
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void>;
   /** Release what the device holds (the server calls it when it stops). */
   close?(): Promise<void>;
+  /**
+   * Resolves once the device is gone for good (unplugged, reset under it): the server then
+   * answers what is outstanding, tells its clients to go away, and refuses new ones.
+   */
+  whenLost?(): Promise<Error>;
 }
 
 /** A block device in memory: for tests, demos and as the simplest example of the interface. */

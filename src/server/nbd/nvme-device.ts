@@ -38,6 +38,7 @@ export class NvmeBlockDevice implements BlockDevice {
   readModifyWrites = 0;
   private readonly active: ActiveWrite[] = [];
   private readonly queue: NvmeQueue | undefined;
+  private lost: Promise<Error> | undefined;
 
   constructor(
     readonly namespace: NvmeNamespace,
@@ -49,6 +50,17 @@ export class NvmeBlockDevice implements BlockDevice {
     this.canTrim = namespace.supportsTrim;
     this.maxRequest = options.maxRequest ?? 32 << 20;
     this.queue = options.queue;
+  }
+
+  /** Resolves when the controller gives up on its device (see NvmeController 'lost'). */
+  whenLost(): Promise<Error> {
+    const ctrl = this.namespace.controller;
+    this.lost ??= new Promise<Error>((resolve) => {
+      const reason = ctrl.closeReason;
+      if (reason && (reason as { code?: string }).code === 'ENODEV') resolve(reason);
+      else ctrl.once('lost', resolve);
+    });
+    return this.lost;
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {

@@ -9,6 +9,13 @@
  * (up to `maxInflight` per connection) and are answered as they complete, by handle.
  * A malformed request (bad magic, a write payload too large to take) ends the connection;
  * a well-formed one the export cannot do gets an error reply and the connection goes on.
+ *
+ * When an export's device is lost for good (BlockDevice.whenLost: an NVMe controller unplugged
+ * or reset under us), the server emits 'device-lost' (name, error); every request still in
+ * flight or arriving later is answered with ESHUTDOWN (the protocol's "the server is going
+ * away"), and each connection on that export is closed by the server as soon as nothing of it
+ * is in flight, so the kernel's client marks its socket dead instead of waiting. New clients
+ * asking for the export get NBD_REP_ERR_SHUTDOWN.
  */
 import * as net from 'node:net';
 import * as fs from 'node:fs';
@@ -33,6 +40,9 @@ export interface NbdServerOptions {
 }
 
 export type ListenTarget = { path: string } | { port: number; host?: string };
+
+/** After its device is lost, a connection is closed once idle for this long (requests already sent still get answers). */
+const LOST_QUIET_MS = 200;
 
 class ConnectionClosed extends Error {
   constructor(reason = 'connection closed') {
@@ -113,8 +123,14 @@ export class NbdServer extends EventEmitter {
   private servers: net.Server[] = [];
   private readonly sockets = new Set<Duplex>();
   private stopping = false;
+  private readonly lostExports = new Map<NbdExport, Error>();
+  private readonly lostHooks = new Set<{ exp: NbdExport; onLost: () => void }>();
   /** Requests served since the start, by command name. */
   readonly counts: Record<string, number> = {};
+  /** Requests answered with ESHUTDOWN because their export's device was lost. */
+  shutdownReplies = 0;
+  /** Connections the server closed because their export's device was lost. */
+  lostConnections = 0;
 
   constructor(exports: NbdExport[] | BlockDevice, options: NbdServerOptions = {}) {
     super();
@@ -123,6 +139,18 @@ export class NbdServer extends EventEmitter {
     this.maxInflight = options.maxInflight ?? 64;
     this.maxOptionLength = options.maxOptionLength ?? 4096;
     this.log = options.log ?? (() => undefined);
+    for (const exp of this.exports) {
+      void exp.device.whenLost?.().then((error) => this.exportLost(exp, error));
+    }
+  }
+
+  /** The export's device is gone: answer, disconnect, refuse (see the file's header). */
+  private exportLost(exp: NbdExport, error: Error): void {
+    if (this.lostExports.has(exp)) return;
+    this.lostExports.set(exp, error);
+    this.log(`nbd: export "${exp.name}" lost its device: ${error.message}`);
+    for (const hook of [...this.lostHooks]) if (hook.exp === exp) hook.onLost();
+    this.emit('device-lost', exp.name, error);
   }
 
   get connections(): number {
@@ -213,6 +241,7 @@ export class NbdServer extends EventEmitter {
         case P.OPT_EXPORT_NAME: {
           const exp = this.findExport(data.toString('utf8'));
           if (!exp) throw new Error(`NBD_OPT_EXPORT_NAME for unknown export "${data.toString('utf8')}"; disconnecting`);
+          if (this.lostExports.has(exp)) throw new Error(`NBD_OPT_EXPORT_NAME for "${exp.name}", whose device is gone; disconnecting`);
           const reply = Buffer.alloc(noZeroes ? 10 : 134);
           reply.writeBigUInt64BE(BigInt(exp.device.size), 0);
           reply.writeUInt16BE(this.transmissionFlags(exp.device), 8);
@@ -269,6 +298,11 @@ export class NbdServer extends EventEmitter {
       socket.write(P.encodeOptionReply(option, P.REP_ERR_UNKNOWN, Buffer.from(`no export named "${name}"`)));
       return null;
     }
+    const lost = this.lostExports.get(exp);
+    if (lost) {
+      socket.write(P.encodeOptionReply(option, P.REP_ERR_SHUTDOWN, Buffer.from(`the device behind "${exp.name}" is gone: ${lost.message}`)));
+      return null;
+    }
     const dev = exp.device;
     const info = Buffer.alloc(12);
     info.writeUInt16BE(P.INFO_EXPORT, 0);
@@ -322,6 +356,26 @@ export class NbdServer extends EventEmitter {
     let inflight = 0;
     let drained: (() => void) | null = null;
     let slot: (() => void) | null = null;
+    let lost = this.lostExports.has(exp);
+    // Device gone: requests the client had already sent keep arriving and are answered; once
+    // nothing is in flight and the line has been quiet a moment, hang up (the client's socket
+    // dies, so it stops waiting for a server that cannot serve).
+    let quiet: NodeJS.Timeout | null = null;
+    const hangUpIfIdle = () => {
+      if (!lost || inflight > 0 || socket.destroyed || socket.writableEnded) return;
+      if (quiet) clearTimeout(quiet);
+      quiet = setTimeout(() => {
+        if (inflight > 0 || socket.destroyed || socket.writableEnded) return;
+        this.lostConnections++;
+        socket.end();
+        setTimeout(() => socket.destroy(), 1000).unref();
+      }, LOST_QUIET_MS);
+      quiet.unref();
+    };
+    const hook = { exp, onLost: () => {
+      lost = true;
+      hangUpIfIdle();
+    } };
     const done = () => {
       inflight--;
       if (slot) {
@@ -330,47 +384,60 @@ export class NbdServer extends EventEmitter {
         s();
       }
       if (inflight === 0 && drained) drained();
+      hangUpIfIdle();
     };
     const reply = (error: number, handle: Buffer, data?: Uint8Array) => {
-      if (socket.destroyed) return;
+      if (error === P.ESHUTDOWN) this.shutdownReplies++;
+      if (socket.destroyed || socket.writableEnded) return;
       socket.write(P.encodeSimpleReply(error, handle));
       if (data && error === 0) socket.write(data);
     };
-    for (;;) {
-      if (inflight >= this.maxInflight) {
-        reader.pause();
-        await new Promise<void>((r) => (slot = r));
-        reader.resume();
+    this.lostHooks.add(hook);
+    try {
+      for (;;) {
+        if (inflight >= this.maxInflight) {
+          reader.pause();
+          await new Promise<void>((r) => (slot = r));
+          reader.resume();
+        }
+        let raw: Buffer;
+        try {
+          raw = await reader.read(P.REQUEST_HEADER_SIZE);
+        } catch (err) {
+          if (this.stopping || err instanceof ConnectionClosed) break;
+          throw err;
+        }
+        const req = P.decodeRequestHeader(raw);
+        if (!req) throw new Error('request without the NBD request magic; disconnecting');
+        const name = P.commandName(req.type);
+        this.counts[name] = (this.counts[name] ?? 0) + 1;
+        let payload: Buffer | undefined;
+        if (req.type === P.CMD_WRITE) {
+          if (req.length > dev.maxRequest) throw new Error(`WRITE of ${req.length} bytes exceeds the ${dev.maxRequest}-byte maximum; disconnecting`);
+          payload = Buffer.from(await reader.read(req.length));
+        }
+        if (req.type === P.CMD_DISC) break;
+        if (lost) {
+          reply(P.ESHUTDOWN, req.handle);
+          hangUpIfIdle();
+          continue;
+        }
+        const error = this.check(dev, req);
+        if (error !== 0) {
+          reply(error, req.handle);
+          continue;
+        }
+        inflight++;
+        void this.execute(dev, req, payload).then(
+          (data) => reply(0, req.handle, data),
+          (err) => reply(errnoFor(err), req.handle),
+        ).finally(done);
       }
-      let raw: Buffer;
-      try {
-        raw = await reader.read(P.REQUEST_HEADER_SIZE);
-      } catch (err) {
-        if (this.stopping || err instanceof ConnectionClosed) break;
-        throw err;
-      }
-      const req = P.decodeRequestHeader(raw);
-      if (!req) throw new Error('request without the NBD request magic; disconnecting');
-      const name = P.commandName(req.type);
-      this.counts[name] = (this.counts[name] ?? 0) + 1;
-      let payload: Buffer | undefined;
-      if (req.type === P.CMD_WRITE) {
-        if (req.length > dev.maxRequest) throw new Error(`WRITE of ${req.length} bytes exceeds the ${dev.maxRequest}-byte maximum; disconnecting`);
-        payload = Buffer.from(await reader.read(req.length));
-      }
-      if (req.type === P.CMD_DISC) break;
-      const error = this.check(dev, req);
-      if (error !== 0) {
-        reply(error, req.handle);
-        continue;
-      }
-      inflight++;
-      void this.execute(dev, req, payload).then(
-        (data) => reply(0, req.handle, data),
-        (err) => reply(errnoFor(err), req.handle),
-      ).finally(done);
+      if (inflight > 0) await new Promise<void>((r) => (drained = r));
+    } finally {
+      this.lostHooks.delete(hook);
+      if (quiet) clearTimeout(quiet);
     }
-    if (inflight > 0) await new Promise<void>((r) => (drained = r));
   }
 
   /** 0 when the request may run, else the error to answer with. */

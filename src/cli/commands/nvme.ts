@@ -13,7 +13,7 @@ import { bindToVfio, boundDriver, VFIO_DRIVER } from '../../pci/bind.js';
 import { UserpciError, InvalidArgumentError } from '../../errors.js';
 import { NvmeController } from '../../drivers/nvme/controller.js';
 import type { NvmeNamespace } from '../../drivers/nvme/namespace.js';
-import { planWrites, runWorkload } from '../../drivers/nvme/workload.js';
+import { planFootprint, planWrites, runWorkload } from '../../drivers/nvme/workload.js';
 import { NbdServer } from '../../server/nbd/server.js';
 import { NvmeBlockDevice } from '../../server/nbd/nvme-device.js';
 import { serveNamespaceOverUblk } from '../../exports/ublk/nvme.js';
@@ -232,8 +232,13 @@ async function verify(address: string, values: Values): Promise<number> {
       maxBytes: parseCount(values['max-bytes'], '--max-bytes') ?? Math.min(2 << 20, ns.maxTransfer * 3),
       spanBlocks: span === undefined ? undefined : Math.floor(span / ns.blockSize),
     });
+    // Known before anything is written: where, how much, and the memory it takes.
+    const footprint = planFootprint(plan, ns.blockSize, { concurrency: 4, maxTransfer: ns.maxTransfer });
+    if (!values.json) {
+      print(`verify: ${plan.length} writes, ${footprint.bytesWritten} bytes, over ${footprint.bytesCovered} bytes of namespace ${ns.nsid} between LBA ${footprint.firstLba} and ${footprint.endLba - 1} (their data is destroyed); ${footprint.dmaBytes} bytes of DMA memory`);
+    }
     const r = await runWorkload(ns, plan, { concurrency: 4 });
-    if (values.json) print(toJson({ seed, ...r }));
+    if (values.json) print(toJson({ seed, footprint, ...r }));
     else {
       print(`${r.writes} writes, ${r.bytesWritten} bytes written, ${r.bytesVerified} bytes read back in ${r.ms} ms: ${r.mismatches.length === 0 ? 'all equal' : `${r.mismatches.length} blocks differ`}`);
       for (const m of r.mismatches.slice(0, 10)) print(`  LBA ${m.lba}: first difference at byte ${m.firstBadByte}`);

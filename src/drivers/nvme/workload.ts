@@ -94,6 +94,65 @@ export function applyPlan(image: Uint8Array, plan: readonly PlannedWrite[], bloc
   for (const w of plan) fillPattern(image.subarray(w.lba * blockSize, w.lba * blockSize + w.length), w.dataSeed);
 }
 
+/** What a plan will touch, known before anything is written. */
+export interface Footprint {
+  /** First block written, and one past the last. */
+  firstLba: number;
+  endLba: number;
+  /** Bytes the writes carry in all (overlaps counted each time). */
+  bytesWritten: number;
+  /** Distinct bytes of the namespace written (and read back). */
+  bytesCovered: number;
+  /** DMA memory runWorkload allocates: one buffer per concurrent write, one read-back buffer. */
+  dmaBytes: number;
+}
+
+/** Largest read-back command group of a verification (bounded whatever the namespace size). */
+function readChunkBlocks(maxTransfer: number, blockSize: number): number {
+  return Math.max(1, Math.floor(Math.min(maxTransfer * 4, 4 << 20) / blockSize));
+}
+
+/** Written block ranges [start, end), merged and sorted. */
+function coveredRanges(plan: readonly PlannedWrite[], blockSize: number): [number, number][] {
+  const ranges = plan.map((w): [number, number] => [w.lba, w.lba + w.length / blockSize]).sort((a, b) => a[0] - b[0]);
+  const out: [number, number][] = [];
+  for (const r of ranges) {
+    const last = out.at(-1);
+    if (last && r[0] <= last[1]) last[1] = Math.max(last[1], r[1]);
+    else out.push([r[0], r[1]]);
+  }
+  return out;
+}
+
+export function planFootprint(plan: readonly PlannedWrite[], blockSize: number, options: { concurrency?: number; maxTransfer?: number } = {}): Footprint {
+  if (plan.length === 0) return { firstLba: 0, endLba: 0, bytesWritten: 0, bytesCovered: 0, dmaBytes: 0 };
+  const ranges = coveredRanges(plan, blockSize);
+  const concurrency = Math.max(1, options.concurrency ?? 4);
+  const maxLen = Math.max(...plan.map((w) => w.length + w.bufferOffset), blockSize);
+  return {
+    firstLba: ranges[0]![0],
+    endLba: Math.max(...ranges.map((r) => r[1])),
+    bytesWritten: plan.reduce((n, w) => n + w.length, 0),
+    bytesCovered: ranges.reduce((n, r) => n + (r[1] - r[0]) * blockSize, 0),
+    dmaBytes: concurrency * maxLen + readChunkBlocks(options.maxTransfer ?? 4 << 20, blockSize) * blockSize,
+  };
+}
+
+/** The final bytes of blocks [lba, lba + blocks) after the plan: later writes win (no image of the whole span). */
+export function expectedBytes(plan: readonly PlannedWrite[], blockSize: number, lba: number, blocks: number): Uint8Array {
+  const out = new Uint8Array(blocks * blockSize);
+  const end = lba + blocks;
+  for (const w of plan) {
+    const wEnd = w.lba + w.length / blockSize;
+    if (wEnd <= lba || w.lba >= end) continue;
+    const pattern = fillPattern(new Uint8Array(w.length), w.dataSeed);
+    const from = Math.max(lba, w.lba);
+    const to = Math.min(end, wEnd);
+    out.set(pattern.subarray((from - w.lba) * blockSize, (to - w.lba) * blockSize), (from - lba) * blockSize);
+  }
+  return out;
+}
+
 export interface VerifyResult {
   writes: number;
   bytesWritten: number;
@@ -152,35 +211,28 @@ export async function runWorkload(ns: NvmeNamespace, plan: readonly PlannedWrite
     }
     await Promise.all(all);
 
-    // Final contents: the plan applied to an image of the span it covers; later writes win.
+    // Read every written range back, a bounded chunk at a time, against what the plan says the
+    // final bytes are (computed per chunk: memory does not grow with the namespace or the span).
     const mismatches: VerifyResult['mismatches'] = [];
     let bytesVerified = 0;
-    const spanBlocks = Math.max(...plan.map((w) => w.lba + w.length / bs));
-    const image = new Uint8Array(spanBlocks * bs);
-    const written = new Uint8Array(spanBlocks);
-    applyPlan(image, plan, bs);
-    for (const w of plan) written.fill(1, w.lba, w.lba + w.length / bs);
-    const chunkBlocks = Math.max(1, Math.floor(Math.min(ns.maxTransfer * 4, 4 << 20) / bs));
+    const chunkBlocks = readChunkBlocks(ns.maxTransfer, bs);
     const readBuf = ns.controller.allocBuffer(chunkBlocks * bs, 'never');
     try {
-      for (let lba = 0; lba < spanBlocks;) {
-        if (written[lba] === 0) {
-          lba++;
-          continue;
-        }
-        let n = 1;
-        while (lba + n < spanBlocks && written[lba + n] === 1 && n < chunkBlocks) n++;
-        await ns.readDma(lba, readBuf, 0, n * bs, options.queue);
-        const got = new Uint8Array(readBuf.buffer, 0, n * bs);
-        const want = image.subarray(lba * bs, (lba + n) * bs);
-        if (firstDifference(got, want) >= 0) {
-          for (let k = 0; k < n; k++) {
-            const bad = firstDifference(got.subarray(k * bs, (k + 1) * bs), want.subarray(k * bs, (k + 1) * bs));
-            if (bad >= 0 && mismatches.length < 100) mismatches.push({ lba: lba + k, length: bs, firstBadByte: bad });
+      for (const [start, end] of coveredRanges(plan, bs)) {
+        for (let lba = start; lba < end;) {
+          const n = Math.min(chunkBlocks, end - lba);
+          await ns.readDma(lba, readBuf, 0, n * bs, options.queue);
+          const got = new Uint8Array(readBuf.buffer, 0, n * bs);
+          const want = expectedBytes(plan, bs, lba, n);
+          if (firstDifference(got, want) >= 0) {
+            for (let k = 0; k < n; k++) {
+              const bad = firstDifference(got.subarray(k * bs, (k + 1) * bs), want.subarray(k * bs, (k + 1) * bs));
+              if (bad >= 0 && mismatches.length < 100) mismatches.push({ lba: lba + k, length: bs, firstBadByte: bad });
+            }
           }
+          bytesVerified += n * bs;
+          lba += n;
         }
-        bytesVerified += n * bs;
-        lba += n;
       }
     } finally {
       readBuf.free();

@@ -40,18 +40,20 @@ export const SUITES: GuestRun[] = [
   },
   {
     // QEMU's nvme: file-backed drives for the driver (512-byte LBAs, MDTS 7; 4096-byte LBAs,
-    // MDTS 10 for chained PRP lists) and one for the NBD export; fresh images each run.
+    // MDTS 10 for chained PRP lists), one for the NBD export, and a sparse 4 TiB one for the
+    // fault rounds (removal, rescan, kill -9) and verify without a span; fresh images each run.
     name: 'nvme',
     qemuDevices: [
       '-drive', `file=${scratch('nvme-a.img')},if=none,id=nvmea,format=raw`, '-device', 'nvme,drive=nvmea,serial=userpci-a',
       '-drive', `file=${scratch('nvme-b.img')},if=none,id=nvmeb,format=raw`, '-device', 'nvme,drive=nvmeb,serial=userpci-b,mdts=10,logical_block_size=4096,physical_block_size=4096',
       '-drive', `file=${scratch('nvme-nbd.img')},if=none,id=nvmen,format=raw`, '-device', 'nvme,drive=nvmen,serial=userpci-nbd',
+      '-drive', `file=${scratch('nvme-fault.img')},if=none,id=nvmef,format=raw`, '-device', 'nvme,drive=nvmef,serial=userpci-fault',
     ],
-    tests: ['dist/test/guest/nvme.test.js', 'dist/test/guest/nvme-cli.test.js', 'dist/test/guest/nbd.test.js', 'dist/test/guest/bind-mounted-nvme.test.js'],
-    timeoutMs: 8 * MIN,
+    tests: ['dist/test/guest/nvme.test.js', 'dist/test/guest/nvme-cli.test.js', 'dist/test/guest/nbd.test.js', 'dist/test/guest/bind-mounted-nvme.test.js', 'dist/test/guest/nvme-faults.test.js'],
+    timeoutMs: 15 * MIN,
     setup: async () => {
       await fsp.mkdir(path.dirname(scratch('x')), { recursive: true });
-      for (const [name, size] of [['nvme-a.img', 64 << 20], ['nvme-b.img', 32 << 20], ['nvme-nbd.img', 64 << 20]] as const) {
+      for (const [name, size] of [['nvme-a.img', 64 << 20], ['nvme-b.img', 32 << 20], ['nvme-nbd.img', 64 << 20], ['nvme-fault.img', 4 * 2 ** 40]] as const) {
         await fsp.rm(scratch(name), { force: true });
         await fsp.writeFile(scratch(name), '');
         await fsp.truncate(scratch(name), size);

@@ -40,7 +40,9 @@ that first and leaves it bound: \`userpci unbind ADDRESS\` gives it back to the 
       DESTROYS the data in the span. Exit 1 on a mismatch. The same seed writes the same bytes.
   export ADDRESS (--socket PATH | --port N [--host ADDR]) [--name NAME] [--read-only]
       serve the namespace over NBD (fixed newstyle) until SIGINT/SIGTERM, e.g. for
-      \`nbd-client -N NAME -u PATH /dev/nbd0\`; flushes and shuts the controller down on exit
+      \`nbd-client -N NAME -u PATH -t 10 /dev/nbd0\`; flushes and shuts the controller down on
+      exit. If the device goes away (unplug, reset), outstanding requests get ESHUTDOWN, the
+      clients are disconnected, and the export exits with status 3
   ublk ADDRESS [--id N] [--queues N] [--read-only]
       serve the namespace as the kernel block device /dev/ublkbN (Linux 6.0+, modprobe ublk_drv),
       one ublk queue per NVMe I/O queue pair, until SIGINT/SIGTERM or the device's removal; then
@@ -262,15 +264,31 @@ async function exportNbd(address: string, values: Values): Promise<number> {
     const where = values.socket !== undefined ? values.socket : `${values.host ?? '127.0.0.1'}:${port}`;
     await server.listen(values.socket !== undefined ? { path: values.socket } : { port: port!, host: values.host });
     print(`nbd: serving ${ctrl.name} namespace ${ns.nsid} (${ns.size} bytes, ${ns.blockSize}-byte blocks${device.readOnly ? ', read-only' : ''}) as "${name}" on ${where}`);
-    const signal = await new Promise<string>((resolve) => {
-      const on = (s: string) => resolve(s);
+    const srv = server;
+    const counts = () => Object.entries(srv.counts).map(([k, v]) => `${k} ${v}`).join(', ') || 'no requests';
+    const event = await new Promise<{ signal: string } | { lost: Error }>((resolve) => {
+      const on = (s: string) => resolve({ signal: s });
       process.once('SIGINT', on);
       process.once('SIGTERM', on);
+      // The device went away (unplugged, reset under us): the server answers what is
+      // outstanding with ESHUTDOWN and hangs up on its clients; then this process ends.
+      srv.once('device-lost', (_name: string, error: Error) => resolve({ lost: error }));
     });
-    if (values.verbose) process.stderr.write(`nbd: ${signal}: stopping\n`);
+    if ('lost' in event) {
+      await waitFor(() => srv.connections === 0, 10_000);
+      process.stderr.write(
+        `userpci nvme export: ${event.lost.message}\n` +
+        `nbd: answered ${srv.shutdownReplies} request(s) with ESHUTDOWN and disconnected ${srv.lostConnections} client(s); exiting.\n` +
+        `nbd: once the device is back (e.g. echo 1 > /sys/bus/pci/rescan; userpci bind ${address}), start the export again and reattach (nbd-client -d, then nbd-client); see README "When the exporter or its device dies"\n`,
+      );
+      await server.close();
+      print(`nbd: stopped, device lost (${counts()})`);
+      return 3;
+    }
+    if (values.verbose) process.stderr.write(`nbd: ${event.signal}: stopping\n`);
     await server.close();
     await ns.flush().catch(() => undefined);
-    print(`nbd: stopped (${Object.entries(server.counts).map(([k, v]) => `${k} ${v}`).join(', ') || 'no requests'})`);
+    print(`nbd: stopped (${counts()})`);
     return 0;
   } finally {
     await server?.close().catch(() => undefined);
@@ -301,6 +319,12 @@ async function exportUblk(address: string, values: Values): Promise<number> {
     await server?.close().catch(() => undefined);
     await ctrl.close().catch(() => undefined);
   }
+}
+
+/** Resolves when `cond()` holds, checked every 20 ms, or after `ms` (whichever comes first). */
+async function waitFor(cond: () => boolean, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
 }
 
 /** hexdump -C style, with repeated lines folded into "*". */

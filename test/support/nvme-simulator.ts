@@ -11,7 +11,9 @@
  *
  * It checks what a strict controller checks: queue ids and sizes, PRP alignment and chaining,
  * MDTS, LBA ranges, namespace ids; and it can inject faults (drop commands, fail them with a
- * status, raise CSTS.CFS).
+ * status, raise CSTS.CFS for a moment or for good, signal VFIO's device request as a removal
+ * does, make BAR accesses read all ones or throw, reset itself behind the driver's back).
+ * A sparse disk (1 MiB chunks on first write) lets it have terabyte namespaces.
  */
 import { native } from '../../src/native/index';
 import { DeviceGoneError, InvalidArgumentError, RangeAccessError } from '../../src/errors';

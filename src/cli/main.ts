@@ -13,6 +13,7 @@ import { listCommand } from './commands/list.js';
 import { netCommand } from './commands/net.js';
 import { nvmeCommand } from './commands/nvme.js';
 import { serveCommand } from './commands/serve.js';
+import { proxyCommand, traceCommand } from './commands/proxy.js';
 import { UsageError } from './format.js';
 
 export interface CliCommand {
@@ -31,7 +32,7 @@ export interface CliCommand {
 }
 
 /** The command table, in the order `--help` lists it. */
-export const COMMANDS: readonly CliCommand[] = [listCommand, infoCommand, configCommand, bindCommand, unbindCommand, serveCommand, demoCommand, nvmeCommand, netCommand];
+export const COMMANDS: readonly CliCommand[] = [listCommand, infoCommand, configCommand, bindCommand, unbindCommand, serveCommand, proxyCommand, traceCommand, demoCommand, nvmeCommand, netCommand];
 
 export function findCommand(name: string): CliCommand | undefined {
   return COMMANDS.find((command) => command.name === name);

@@ -74,6 +74,17 @@ export class VfioBackend implements Backend {
     }
   }
 
+  /** The VFIO device fd (the proxy passes it to its client, which mmaps BARs from it). */
+  get deviceFd(): number {
+    return this.fd;
+  }
+
+  /** A region's raw VFIO description: its offset in the device fd, flags, sparse areas. */
+  regionLayout(index: number): { offset: number; size: number; flags: number; sparseAreas: { offset: number; size: number }[] | undefined } {
+    const r = this.rawRegionInfo(index);
+    return { offset: r.offset, size: r.size, flags: r.flags, sparseAreas: r.sparseMmapAreas };
+  }
+
   deviceInfo(): BackendDeviceInfo {
     return {
       numRegions: this.info.numRegions,

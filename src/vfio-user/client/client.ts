@@ -363,7 +363,15 @@ export class VfioUserClient implements Backend {
     const flags = (request.deviceReads ? DmaFlags.READ : 0) | (request.deviceWrites ? DmaFlags.WRITE : 0);
     // A server that takes no fds gets the map without one and uses DMA_READ/DMA_WRITE.
     const withFd = request.fd !== undefined && request.fd >= 0 && this.server.maxMsgFds >= 1;
-    this.call(Command.DMA_MAP, [encodeDmaMap({ flags, offset: withFd ? request.fdOffset ?? 0 : 0, address: iova, size })], withFd ? [request.fd!] : []);
+    try {
+      this.call(Command.DMA_MAP, [encodeDmaMap({ flags, offset: withFd ? request.fdOffset ?? 0 : 0, address: iova, size })], withFd ? [request.fd!] : []);
+    } catch (err) {
+      if (!withFd && (err as { code?: string }).code === 'ENOTSUP') {
+        // A proxy for a real device: its IOMMU reaches memory only through a mapping of it.
+        throw new UserpciError('ENOTSUP', `${this.name}: the server cannot reach memory without an fd (a proxy for a real device); use memory it can map, such as allocDma buffers`);
+      }
+      throw err;
+    }
     this.dmaMaps.push({ iova, size, bytes, bytesIova, deviceReads: request.deviceReads, deviceWrites: request.deviceWrites });
   }
 

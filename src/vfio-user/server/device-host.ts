@@ -7,6 +7,9 @@ import { UserpciError } from '../../errors';
 import { Errno, ProtocolError, Vfio, type SparseMmapArea } from '../protocol/codec';
 import { InterruptController } from './interrupts';
 import { DmaSpace, type RemoteDma } from './dma';
+import type { IrqInfoResult } from './interrupts';
+import type { SetIrqsMessage } from '../protocol/codec';
+import type { SessionHost } from './session';
 import type { BarDefinition, DeviceContext, DeviceModel } from '../../models/device-model';
 
 const PAGE = 4096;
@@ -23,7 +26,7 @@ export interface RegionDescription {
   sparseAreas: SparseMmapArea[] | undefined;
 }
 
-export class DeviceHost implements DeviceContext {
+export class DeviceHost implements DeviceContext, SessionHost {
   readonly interrupts: InterruptController;
   readonly dmaSpace = new DmaSpace();
   private remote: RemoteDma | undefined;
@@ -85,6 +88,30 @@ export class DeviceHost implements DeviceContext {
     this.model.config.setU16(PCI_COMMAND, this.model.config.u16(PCI_COMMAND) & ~PCI_COMMAND_MASTER);
     this.dmaSpace.clear();
     this.interrupts.disconnect();
+  }
+
+  deviceInfo(): { flags: number; numRegions: number; numIrqs: number } {
+    return { flags: Vfio.DEVICE_FLAGS_PCI | Vfio.DEVICE_FLAGS_RESET, numRegions: Vfio.PCI_NUM_REGIONS, numIrqs: Vfio.PCI_NUM_IRQS };
+  }
+
+  dmaMap(iova: number, size: number, flags: number, fd: number | undefined, offset: number): number {
+    return this.dmaSpace.map(iova, size, flags, fd, offset);
+  }
+
+  dmaUnmap(iova: number, size: number): number {
+    return this.dmaSpace.unmap(iova, size);
+  }
+
+  dmaUnmapAll(): void {
+    this.dmaSpace.clear();
+  }
+
+  irqInfo(index: number): IrqInfoResult | undefined {
+    return this.interrupts.irqInfo(index);
+  }
+
+  setIrqs(m: SetIrqsMessage, fds: number[]): number {
+    return this.interrupts.setIrqs(m, fds);
   }
 
   reset(): void {
@@ -167,6 +194,10 @@ export class DeviceHost implements DeviceContext {
     const memory = sharedRange(bar, offset, from.length);
     if (memory) memory.set(from);
     else bar?.handlers?.write(offset, from);
+  }
+
+  requestRelease(): boolean {
+    return this.interrupts.requestRelease();
   }
 
   dispose(): void {

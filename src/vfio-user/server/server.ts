@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import { native, type WatchHandle } from '../../native/index';
 import { InvalidArgumentError, UserpciError, wrapSystemError } from '../../errors';
 import { DeviceHost } from './device-host';
-import { Session } from './session';
+import { Session, type SessionHost } from './session';
 import type { DeviceModel } from '../../models/device-model';
 
 export interface ServeOptions {
@@ -33,8 +33,10 @@ export interface ServeOptions {
   onClientDisconnected?: (reason: Error) => void;
 }
 
-export class VfioUserServer {
-  readonly host: DeviceHost;
+/** A host the server can serve: a device model's, or a real device's (the proxy). */
+export type ServedHost = SessionHost & { dispose(): void; requestRelease?(): boolean };
+
+export class VfioUserServer<H extends ServedHost = DeviceHost> {
   private listenFd = -1;
   private listenWatch: WatchHandle | undefined;
   private session: Session | undefined;
@@ -43,11 +45,9 @@ export class VfioUserServer {
   private readonly idleWaiters: (() => void)[] = [];
 
   constructor(
-    readonly model: DeviceModel,
+    readonly host: H,
     private readonly options: ServeOptions,
-  ) {
-    this.host = new DeviceHost(model, { log: options.log });
-  }
+  ) {}
 
   get socketPath(): string | undefined {
     return this.options.socketPath;
@@ -92,7 +92,7 @@ export class VfioUserServer {
 
   /** Ask the connected client to let go (its REQ irq eventfd); true if it had one. */
   requestRelease(): boolean {
-    return this.host.interrupts.requestRelease();
+    return this.host.requestRelease?.() ?? false;
   }
 
   /** Stop serving: the client is disconnected, the socket file removed, the model disposed. */
@@ -171,7 +171,17 @@ export async function serveVfioUser(model: DeviceModel, options: ServeOptions): 
   if ((options.socketPath === undefined) === (options.connectedFd === undefined)) {
     throw new InvalidArgumentError('serveVfioUser needs exactly one of socketPath and connectedFd');
   }
-  const server = new VfioUserServer(model, options);
+  const server = new VfioUserServer(new DeviceHost(model, { log: options.log }), options);
+  server.start();
+  return server;
+}
+
+/** Serve any host (the proxy's real device) the same way. */
+export function serveHost<H extends ServedHost>(host: H, options: ServeOptions): VfioUserServer<H> {
+  if ((options.socketPath === undefined) === (options.connectedFd === undefined)) {
+    throw new InvalidArgumentError('serveHost needs exactly one of socketPath and connectedFd');
+  }
+  const server = new VfioUserServer(host, options);
   server.start();
   return server;
 }

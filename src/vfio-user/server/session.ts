@@ -40,7 +40,32 @@ import {
 import { Channel, type ReplyData } from '../protocol/channel';
 import { ConnectionClosedError, closeFds, type IncomingMessage } from '../protocol/transport';
 import type { RemoteDma } from './dma';
-import type { DeviceHost } from './device-host';
+import type { RegionDescription } from './device-host';
+import type { IrqInfoResult } from './interrupts';
+import type { SetIrqsMessage } from '../protocol/codec';
+
+/**
+ * What a session serves: a device model (DeviceHost) or a real device (the proxy). Errors are
+ * errno return values or thrown ProtocolErrors carrying one.
+ */
+export interface SessionHost {
+  deviceInfo(): { flags: number; numRegions: number; numIrqs: number };
+  clientAttached(remote: RemoteDma): void;
+  /** The client is gone: its maps and eventfds go (the spec); a real device stops its DMA first. */
+  clientDetached(): void;
+  /** `fd` (if any) is consumed either way. Returns 0 or an errno. */
+  dmaMap(iova: number, size: number, flags: number, fd: number | undefined, offset: number): number;
+  dmaUnmap(iova: number, size: number): number;
+  dmaUnmapAll(): void;
+  regionInfo(index: number): RegionDescription | undefined;
+  checkAccess(index: number, offset: number, length: number): void;
+  regionRead(index: number, offset: number, into: Uint8Array): void;
+  regionWrite(index: number, offset: number, from: Uint8Array): void;
+  irqInfo(index: number): IrqInfoResult | undefined;
+  /** On success the eventfds are the host's; on failure still the caller's. Returns 0 or an errno. */
+  setIrqs(m: SetIrqsMessage, fds: number[]): number;
+  reset(): void;
+}
 
 export interface SessionOptions {
   /** Largest data count we accept in one READ/WRITE (advertised as max_data_xfer_size). */
@@ -64,7 +89,7 @@ export class Session {
   private ended = false;
 
   constructor(
-    private readonly host: DeviceHost,
+    private readonly host: SessionHost,
     fd: number,
     private readonly options: SessionOptions,
     private readonly onEnd: (reason: Error) => void,
@@ -153,7 +178,7 @@ export class Session {
       case Command.DMA_MAP: {
         if (fds.length > 1) throw new ProtocolError('DMA_MAP takes at most one fd', Errno.EINVAL);
         const m = decodeDmaMap(payload);
-        const error = this.host.dmaSpace.map(m.address, m.size, m.flags, fds[0], m.offset);
+        const error = this.host.dmaMap(m.address, m.size, m.flags, fds[0], m.offset);
         return error ? { error } : {};
       }
       case Command.DMA_UNMAP: {
@@ -162,10 +187,10 @@ export class Session {
         let error: number;
         if (m.flags === DmaUnmapFlags.ALL) {
           if (m.address !== 0 || m.size !== 0) return { error: Errno.EINVAL };
-          this.host.dmaSpace.clear();
+          this.host.dmaUnmapAll();
           error = 0;
         } else if (m.flags === 0) {
-          error = this.host.dmaSpace.unmap(m.address, m.size);
+          error = this.host.dmaUnmap(m.address, m.size);
         } else {
           return { error: m.flags === DmaUnmapFlags.GET_DIRTY_BITMAP ? Errno.ENOTSUP : Errno.EINVAL }; // no migration support
         }
@@ -176,9 +201,7 @@ export class Session {
         noFds();
         const m = decodeDeviceInfo(payload);
         if (m.argsz < DEVICE_INFO_SIZE) return { error: Errno.EINVAL };
-        return {
-          payload: [encodeDeviceInfo({ argsz: DEVICE_INFO_SIZE, flags: Vfio.DEVICE_FLAGS_PCI | Vfio.DEVICE_FLAGS_RESET, numRegions: Vfio.PCI_NUM_REGIONS, numIrqs: Vfio.PCI_NUM_IRQS })],
-        };
+        return { payload: [encodeDeviceInfo({ argsz: DEVICE_INFO_SIZE, ...this.host.deviceInfo() })] };
       }
       case Command.DEVICE_GET_REGION_INFO: {
         noFds();
@@ -201,13 +224,13 @@ export class Session {
         noFds();
         const m = decodeIrqInfo(payload);
         if (m.argsz < IRQ_INFO_SIZE) return { error: Errno.EINVAL };
-        const info = this.host.interrupts.irqInfo(m.index);
+        const info = this.host.irqInfo(m.index);
         if (!info) return { error: Errno.EINVAL };
         return { payload: [encodeIrqInfo({ argsz: IRQ_INFO_SIZE, flags: info.flags, index: m.index, count: info.count })] };
       }
       case Command.DEVICE_SET_IRQS: {
         const m = decodeSetIrqs(payload);
-        const error = this.host.interrupts.setIrqs(m, fds);
+        const error = this.host.setIrqs(m, fds);
         if (error) closeFds(fds);
         return error ? { error } : {};
       }

@@ -1,0 +1,299 @@
+/**
+ * The proxy's host: a real PCI function held through kernel VFIO, served to one vfio-user client
+ * at a time. What the client asks for goes to VFIO as directly as it can:
+ * - regions VFIO lets us mmap are offered with the VFIO device fd, so the client maps the BAR
+ *   itself (with a trace, nothing is offered for mmap, so every access passes here);
+ * - DMA_MAP with an fd: the client's memory is mapped here and into the real IOMMU at the
+ *   client's IOVA; without an fd it is refused (a real device cannot reach memory by messages);
+ * - SET_IRQS: the client's eventfds go to VFIO_DEVICE_SET_IRQS (with a trace, through eventfds of
+ *   ours that count and forward each interrupt);
+ * - reset passes through.
+ * When the client goes, the device's bus mastering is turned off before anything else (no DMA
+ * into memory being unmapped), interrupts are disabled, every map leaves the IOMMU.
+ */
+import { native, constants, type WatchHandle } from '../../native/index';
+import { UserpciError } from '../../errors';
+import { VfioBackend } from '../../backends/vfio/vfio-backend';
+import { DmaFlags, Errno, ProtocolError, Vfio, type SetIrqsMessage } from '../protocol/codec';
+import { closeFds } from '../protocol/transport';
+import type { RegionDescription } from '../server/device-host';
+import type { IrqInfoResult } from '../server/interrupts';
+import type { RemoteDma } from '../server/dma';
+import type { SessionHost } from '../server/session';
+import type { TraceWriter } from './trace';
+
+const PCI_COMMAND = 0x04;
+const PCI_COMMAND_MASTER = 0x4;
+const PCI_CONFIG_REGION = 7;
+
+interface ProxyMap {
+  iova: number;
+  size: number;
+  buffer: ArrayBuffer;
+}
+
+interface TracedVector {
+  ours: number;
+  theirs: number;
+  watch: WatchHandle;
+}
+
+export interface ProxyOptions {
+  trace?: TraceWriter;
+  log?: (message: string) => void;
+}
+
+export class ProxyHost implements SessionHost {
+  private maps: ProxyMap[] = [];
+  private readonly traced = new Map<string, TracedVector>();
+  private readonly trace: TraceWriter | undefined;
+  private readonly log: (message: string) => void;
+
+  constructor(
+    readonly backend: VfioBackend,
+    options: ProxyOptions = {},
+  ) {
+    this.trace = options.trace;
+    this.log = options.log ?? (() => {});
+  }
+
+  static open(address: string, options: ProxyOptions = {}): ProxyHost {
+    return new ProxyHost(VfioBackend.open(address), options);
+  }
+
+  deviceInfo(): { flags: number; numRegions: number; numIrqs: number } {
+    const info = this.backend.deviceInfo();
+    return { flags: info.flags, numRegions: info.numRegions, numIrqs: info.numIrqs };
+  }
+
+  clientAttached(_remote: RemoteDma): void {
+    this.trace?.write({ ev: 'connect' });
+  }
+
+  clientDetached(): void {
+    // Bus mastering off first: the device must not DMA into memory we are about to unmap.
+    try {
+      const cmd = new Uint8Array(2);
+      this.backend.regionRead(PCI_CONFIG_REGION, PCI_COMMAND, cmd);
+      cmd[0]! &= ~PCI_COMMAND_MASTER;
+      this.backend.regionWrite(PCI_CONFIG_REGION, PCI_COMMAND, cmd);
+      this.trace?.write({ ev: 'stop-dma', note: 'bus mastering off' });
+    } catch (err) {
+      this.log(`turning bus mastering off failed: ${(err as Error).message}`);
+    }
+    const { numIrqs } = this.deviceInfo();
+    for (let index = 0; index < numIrqs; index++) {
+      try {
+        if (this.backend.irqInfo(index).count > 0) this.backend.disableIrqs(index);
+      } catch {
+        // not enabled, or not disableable: nothing routed there
+      }
+    }
+    this.dropTraced();
+    this.dmaUnmapAll();
+    this.trace?.write({ ev: 'disconnect' });
+  }
+
+  dispose(): void {
+    this.clientDetached();
+    this.backend.close();
+    this.trace?.close();
+  }
+
+  // ---- DMA ------------------------------------------------------------------------------------
+
+  dmaMap(iova: number, size: number, flags: number, fd: number | undefined, offset: number): number {
+    const read = (flags & DmaFlags.READ) !== 0;
+    const write = (flags & DmaFlags.WRITE) !== 0;
+    try {
+      if (fd === undefined) {
+        this.log(`refused a DMA map without fd at 0x${iova.toString(16)}: a real device reaches memory only through the IOMMU; share memory by fd`);
+        this.trace?.write({ ev: 'dma-map', iova, size, read, write, fd: false, error: 'ENOTSUP' });
+        return Errno.ENOTSUP;
+      }
+      if (size <= 0 || (flags & ~(DmaFlags.READ | DmaFlags.WRITE)) !== 0 || size % 4096 !== 0 || iova % 4096 !== 0) return Errno.EINVAL;
+      if (this.maps.some((m) => iova < m.iova + m.size && m.iova < iova + size)) return Errno.EEXIST;
+      let buffer: ArrayBuffer;
+      try {
+        buffer = native.mmap(size, constants.PROT_READ | constants.PROT_WRITE, constants.MAP_SHARED, fd, offset);
+      } catch (err) {
+        this.trace?.write({ ev: 'dma-map', iova, size, read, write, fd: true, error: codeOf(err) });
+        return errnoOf(err);
+      }
+      const memory = new Uint8Array(buffer);
+      try {
+        this.backend.dmaMap({ iova, size, vaddr: native.addressOf(memory), memory, memoryIova: iova, deviceReads: read, deviceWrites: write });
+      } catch (err) {
+        native.munmap(buffer);
+        this.trace?.write({ ev: 'dma-map', iova, size, read, write, fd: true, error: codeOf(err) });
+        return errnoOf(err);
+      }
+      this.maps.push({ iova, size, buffer });
+      this.trace?.write({ ev: 'dma-map', iova, size, read, write, fd: true });
+      return 0;
+    } finally {
+      if (fd !== undefined) closeFds([fd]);
+    }
+  }
+
+  dmaUnmap(iova: number, size: number): number {
+    const i = this.maps.findIndex((m) => m.iova === iova && m.size === size);
+    if (i < 0) {
+      this.trace?.write({ ev: 'dma-unmap', iova, size, error: 'ENOENT' });
+      return Errno.ENOENT;
+    }
+    this.release(this.maps[i]!);
+    this.maps.splice(i, 1);
+    this.trace?.write({ ev: 'dma-unmap', iova, size });
+    return 0;
+  }
+
+  dmaUnmapAll(): void {
+    for (const m of this.maps) this.release(m);
+    if (this.maps.length > 0) this.trace?.write({ ev: 'dma-unmap', iova: 0, size: 0, all: true });
+    this.maps = [];
+  }
+
+  private release(m: ProxyMap): void {
+    try {
+      this.backend.dmaUnmap(m.iova, m.size);
+    } catch (err) {
+      this.log(`IOMMU unmap of 0x${m.iova.toString(16)} failed: ${(err as Error).message}`);
+    }
+    native.munmap(m.buffer);
+  }
+
+  // ---- regions --------------------------------------------------------------------------------
+
+  regionInfo(index: number): RegionDescription | undefined {
+    if (!Number.isInteger(index) || index < 0 || index >= this.deviceInfo().numRegions) return undefined;
+    const r = this.backend.regionLayout(index);
+    const rw = r.flags & (Vfio.REGION_INFO_FLAG_READ | Vfio.REGION_INFO_FLAG_WRITE);
+    const mappable = (r.flags & Vfio.REGION_INFO_FLAG_MMAP) !== 0 && !this.trace && r.size > 0;
+    return {
+      index,
+      size: r.size,
+      flags: rw | (mappable ? Vfio.REGION_INFO_FLAG_MMAP : 0),
+      offset: r.offset,
+      fd: mappable ? this.backend.deviceFd : undefined,
+      sparseAreas: mappable ? r.sparseAreas : undefined,
+    };
+  }
+
+  checkAccess(index: number, offset: number, length: number): void {
+    const info = this.regionInfo(index);
+    if (!info || info.size === 0) throw new ProtocolError(`region ${index} does not exist`, Errno.EINVAL);
+    if (offset > info.size || length > info.size - offset) throw new ProtocolError(`region ${index} access [0x${offset.toString(16)}, +${length}) is outside its ${info.size} bytes`, Errno.EINVAL);
+  }
+
+  regionRead(index: number, offset: number, into: Uint8Array): void {
+    this.checkAccess(index, offset, into.length);
+    this.backend.regionRead(index, offset, into);
+    this.trace?.write({ ev: 'read', region: index, offset, size: into.length, data: Buffer.from(into.buffer, into.byteOffset, into.byteLength).toString('hex') });
+  }
+
+  regionWrite(index: number, offset: number, from: Uint8Array): void {
+    this.checkAccess(index, offset, from.length);
+    this.trace?.write({ ev: 'write', region: index, offset, size: from.length, data: Buffer.from(from.buffer, from.byteOffset, from.byteLength).toString('hex') });
+    this.backend.regionWrite(index, offset, from);
+  }
+
+  // ---- interrupts -----------------------------------------------------------------------------
+
+  irqInfo(index: number): IrqInfoResult | undefined {
+    if (!Number.isInteger(index) || index < 0 || index >= this.deviceInfo().numIrqs) return undefined;
+    const info = this.backend.irqInfo(index);
+    return { flags: info.flags, count: info.count };
+  }
+
+  setIrqs(m: SetIrqsMessage, fds: number[]): number {
+    const action = m.flags & (Vfio.IRQ_SET_ACTION_MASK | Vfio.IRQ_SET_ACTION_UNMASK | Vfio.IRQ_SET_ACTION_TRIGGER);
+    const error = this.applyIrqs(m, action, fds);
+    this.trace?.write({ ev: 'set-irqs', index: m.index, start: m.start, count: m.count, flags: m.flags, fds: fds.length, ...(error ? { error: String(error) } : {}) });
+    return error;
+  }
+
+  private applyIrqs(m: SetIrqsMessage, action: number, fds: number[]): number {
+    try {
+      if (action === Vfio.IRQ_SET_ACTION_TRIGGER && m.flags & Vfio.IRQ_SET_DATA_EVENTFD) {
+        if (fds.length !== 0 && fds.length !== m.count) return Errno.EINVAL;
+        const theirs = fds.length ? fds : new Array<number>(m.count).fill(-1);
+        for (let i = 0; i < m.count; i++) this.untrace(m.index, m.start + i);
+        const routed = this.trace ? theirs.map((fd, i) => (fd < 0 ? -1 : this.traceVector(m.index, m.start + i, fd))) : theirs;
+        this.backend.setIrqEventfds(m.index, m.start, routed);
+        // VFIO holds its own references; without a trace ours are not needed.
+        if (!this.trace) closeFds(fds);
+        return 0;
+      }
+      if (fds.length) return Errno.EINVAL;
+      if (action === Vfio.IRQ_SET_ACTION_TRIGGER && m.flags & Vfio.IRQ_SET_DATA_NONE && m.count === 0) {
+        this.backend.disableIrqs(m.index);
+        this.untraceIndex(m.index);
+        return 0;
+      }
+      if (action === Vfio.IRQ_SET_ACTION_UNMASK && m.flags & Vfio.IRQ_SET_DATA_NONE && m.count === 1) {
+        this.backend.unmaskIrq(m.index, m.start);
+        return 0;
+      }
+      return Errno.ENOTSUP;
+    } catch (err) {
+      return errnoOf(err);
+    }
+  }
+
+  /** A trace sees each interrupt: VFIO signals an eventfd of ours, which counts and forwards it. */
+  private traceVector(index: number, vector: number, theirs: number): number {
+    const ours = native.eventfd(0, constants.EFD_NONBLOCK);
+    const watch = native.watch(ours, 1, true, (status, count) => {
+      if (status < 0) return;
+      this.trace?.write({ ev: 'irq', index, vector, count });
+      try {
+        native.eventfdWrite(theirs, count);
+      } catch {
+        // the client's eventfd is gone with the client
+      }
+    });
+    native.watchRef(watch, false);
+    this.traced.set(`${index}.${vector}`, { ours, theirs, watch });
+    return ours;
+  }
+
+  private untrace(index: number, vector: number): void {
+    const key = `${index}.${vector}`;
+    const t = this.traced.get(key);
+    if (!t) return;
+    native.watchStop(t.watch);
+    closeFds([t.ours, t.theirs]);
+    this.traced.delete(key);
+  }
+
+  private untraceIndex(index: number): void {
+    for (const key of [...this.traced.keys()]) if (key.startsWith(`${index}.`)) this.untrace(index, Number(key.split('.')[1]));
+  }
+
+  private dropTraced(): void {
+    for (const key of [...this.traced.keys()]) {
+      const [i, v] = key.split('.').map(Number);
+      this.untrace(i!, v!);
+    }
+  }
+
+  reset(): void {
+    try {
+      this.backend.reset();
+      this.trace?.write({ ev: 'reset' });
+    } catch (err) {
+      this.trace?.write({ ev: 'reset', error: codeOf(err) });
+      throw new ProtocolError(`reset failed: ${(err as Error).message}`, errnoOf(err));
+    }
+  }
+}
+
+function codeOf(err: unknown): string {
+  return err instanceof UserpciError || typeof (err as { code?: unknown })?.code === 'string' ? String((err as { code: string }).code) : 'EIO';
+}
+
+function errnoOf(err: unknown): number {
+  const code = codeOf(err);
+  return code in Errno ? Errno[code as keyof typeof Errno] : Errno.EIO;
+}

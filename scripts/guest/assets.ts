@@ -88,6 +88,9 @@ export function guestCacheDir(): string {
  * Kernel packages and built assets, shared by every checkout on the machine (CI clones afresh
  * each run): keyed by their inputs, so a shared copy is never a stale one.
  */
+/** Asset sets of other trees are removed only after this long unused (see the prune below). */
+const UNUSED_ASSETS_PRUNED_AFTER_MS = 24 * 3600_000;
+
 export function assetCacheDir(): string {
   return process.env.USERPCI_CACHE_DIR ?? path.join(os.homedir(), '.cache', 'userpci', 'guest');
 }
@@ -239,6 +242,9 @@ export async function ensureGuestAssets(opts: AssetOptions = {}): Promise<GuestA
   const manifestPath = path.join(dir, 'manifest.json');
   if (!opts.force && existsSync(manifestPath)) {
     const m = JSON.parse(await fsp.readFile(manifestPath, 'utf8')) as { kernelRelease: string; kernelPackage: string };
+    // Mark the set as in use: another checkout pruning superseded sets leaves it alone.
+    const now = new Date();
+    await fsp.utimes(manifestPath, now, now).catch(() => {});
     return {
       key: p.key, dir, kernel: path.join(dir, 'vmlinuz'), initramfs: path.join(dir, 'initramfs.cpio.gz'),
       kernelRelease: m.kernelRelease, kernelPackage: m.kernelPackage, line, built: false, buildMs: Date.now() - t0,
@@ -280,10 +286,12 @@ export async function ensureGuestAssets(opts: AssetOptions = {}): Promise<GuestA
       await fsp.rm(dir, { recursive: true, force: true });
       await fsp.rename(out, dir);
     }
-    // Superseded asset sets of the same line only take space.
+    // Superseded asset sets of the same line only take space, once nobody has booted them for a
+    // day: another checkout on this machine (an older or newer tree) may be booting one right now.
     for (const name of await fsp.readdir(cache)) {
       if (name.startsWith(dirPrefix) && /^[0-9a-f]+$/.test(name.slice(dirPrefix.length)) && name !== `${dirPrefix}${p.key}`) {
-        await fsp.rm(path.join(cache, name), { recursive: true, force: true });
+        const used = await fsp.stat(path.join(cache, name, 'manifest.json')).then((st) => st.mtimeMs, () => 0);
+        if (Date.now() - used > UNUSED_ASSETS_PRUNED_AFTER_MS) await fsp.rm(path.join(cache, name), { recursive: true, force: true });
       }
     }
     const buildMs = Date.now() - t0;

@@ -123,8 +123,9 @@ test('errors: beyond the end (ERANGE), misaligned buffer and length (EINVAL), an
 });
 
 test('MSI-X: completions by interrupt per queue, and the vector count changed at run time with device.enableInterrupts', { timeout: 180_000 }, async () => {
-  // A completion can be reaped before its MSI-X reaches the vector (the queue's stall check reaps
-  // too), so interrupts are awaited, not counted at the moment the I/O resolves.
+  // A completion can be reaped before its MSI-X reaches the vector (the queue's periodic tick
+  // polls too, a safety net for a lost interrupt), so interrupts are awaited, not counted when
+  // the I/O resolves.
   const fired = async (cond: () => boolean) => { while (!cond()) await new Promise((r) => setTimeout(r, 5)); };
   await using ctrl = await NvmeController.open(devA, { defaultQueue: false });
   const ns = await ctrl.namespace(1);

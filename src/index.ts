@@ -42,6 +42,6 @@ export { connectVfioUser } from './vfio-user/client/client';
 export * as server from './vfio-user/server/index';
 export { serveVfioUser, createModel } from './vfio-user/server/index';
 export * as nvme from './drivers/nvme/index';
-export * as nbd from './server/nbd/index';
+export * as nbd from './exports/nbd/index';
 export * as ublk from './exports/ublk/index';
 export * as virtioNet from './drivers/virtio-net/index';

@@ -14,10 +14,10 @@ import * as fs from 'node:fs';
 import { NvmeSimulator } from '../support/nvme-simulator';
 import { within } from '../support/nvme-load';
 import { NvmeController } from '../../src/drivers/nvme/controller';
-import { NvmeBlockDevice } from '../../src/server/nbd/nvme-device';
-import { NbdServer } from '../../src/server/nbd/server';
+import { NvmeBlockDevice } from '../../src/exports/nbd/nvme-device';
+import { NbdServer } from '../../src/exports/nbd/server';
 import { prng } from '../../src/drivers/nvme/workload';
-import * as P from '../../src/server/nbd/protocol';
+import * as P from '../../src/exports/nbd/protocol';
 
 /** Bytes in, parsed NBD replies out (simple replies; READ payload lengths known by handle). */
 class RawClient {

@@ -7,10 +7,10 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { NvmeSimulator } from '../support/nvme-simulator';
 import { NvmeController } from '../../src/drivers/nvme/controller';
-import { NvmeBlockDevice } from '../../src/server/nbd/nvme-device';
-import { errnoFor } from '../../src/server/nbd/server';
+import { NvmeBlockDevice } from '../../src/exports/nbd/nvme-device';
+import { errnoFor } from '../../src/exports/nbd/server';
 import * as R from '../../src/drivers/nvme/registers';
-import * as P from '../../src/server/nbd/protocol';
+import * as P from '../../src/exports/nbd/protocol';
 
 async function setup(blockSize = 512, oncs?: number) {
   const { device, sim } = NvmeSimulator.open({ blockSize, blocks: (4 << 20) / blockSize, ...(oncs === undefined ? {} : { oncs }) });

@@ -9,9 +9,9 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as fs from 'node:fs';
-import { NbdServer, type NbdExport } from '../../src/server/nbd/server';
-import { MemoryBlockDevice } from '../../src/server/nbd/block-device';
-import * as P from '../../src/server/nbd/protocol';
+import { NbdServer, type NbdExport } from '../../src/exports/nbd/server';
+import { MemoryBlockDevice } from '../../src/exports/nbd/block-device';
+import * as P from '../../src/exports/nbd/protocol';
 
 /** A minimal client: exact reads, option and command helpers. */
 class Client {

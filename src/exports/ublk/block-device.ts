@@ -2,7 +2,7 @@
  * What a ublk device serves: any BlockDevice (the NBD export's interface), plus optional
  * zero-copy hooks a device may offer.
  */
-import type { BlockDevice } from '../../server/nbd/block-device';
+import type { BlockDevice } from '../nbd/block-device';
 
 export type { BlockDevice };
 

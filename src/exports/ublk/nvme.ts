@@ -7,7 +7,7 @@ import type { NvmeController } from '../../drivers/nvme/controller';
 import type { NvmeNamespace } from '../../drivers/nvme/namespace';
 import type { NvmeQueue } from '../../drivers/nvme/queue';
 import type { DmaBuffer } from '../../dma/dma-space';
-import { NvmeBlockDevice } from '../../server/nbd/nvme-device';
+import { NvmeBlockDevice } from '../nbd/nvme-device';
 import type { UblkBlockDevice } from './block-device';
 import { UblkServer, type UblkServerOptions } from './server';
 

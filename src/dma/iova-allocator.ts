@@ -59,29 +59,34 @@ export class IovaAllocator {
   allocate(size: number, align = this.granule, limit = Number.MAX_SAFE_INTEGER): number {
     const length = this.checkRequest(size, align);
     const from = this.searchStart(length, limit);
-    let found = this.find(length, align, limit, from);
-    if (found === undefined && from > this.bottom) found = this.find(length, align, limit, this.bottom);
-    if (found === undefined) throw this.exhausted(length, align, limit);
-    const [i, start] = found;
+    let i = this.find(length, align, limit, from);
+    if (i < 0 && from > this.bottom) i = this.find(length, align, limit, this.bottom);
+    if (i < 0) throw this.exhausted(length, align, limit);
+    const start = this.found;
+    const end = start + length;
+    // Carve [start, end) out of span i in place: this runs per streaming map, so no new arrays.
     const span = this.free[i]!;
-    const pieces: Span[] = [];
-    if (start > span.start) pieces.push({ start: span.start, end: start });
-    if (start + length < span.end) pieces.push({ start: start + length, end: span.end });
-    this.free.splice(i, 1, ...pieces);
+    if (start === span.start) {
+      if (end === span.end) this.removeSpan(i);
+      else span.start = end;
+    } else {
+      if (end < span.end) this.insertSpan(i + 1, { start: end, end: span.end });
+      span.end = start;
+    }
     this.used.set(start, length);
-    if (this.cursor !== undefined) this.cursor = start + length;
+    if (this.cursor !== undefined) this.cursor = end;
     return start;
   }
 
   /** Throws what allocate would throw when no such range is free; allocates nothing. */
   check(size: number, align = this.granule, limit = Number.MAX_SAFE_INTEGER): void {
     const length = this.checkRequest(size, align);
-    if (this.find(length, align, limit, this.bottom) === undefined) throw this.exhausted(length, align, limit);
+    if (this.find(length, align, limit, this.bottom) < 0) throw this.exhausted(length, align, limit);
   }
 
   private checkRequest(size: number, align: number): number {
     if (!Number.isSafeInteger(size) || size <= 0) throw new InvalidArgumentError(`IOVA size must be a positive integer, got ${size}`);
-    if (align < this.granule || !isPowerOfTwo(align)) throw new InvalidArgumentError(`IOVA alignment ${align} must be a power of two >= ${this.granule}`);
+    if (align !== this.granule && (align < this.granule || !isPowerOfTwo(align))) throw new InvalidArgumentError(`IOVA alignment ${align} must be a power of two >= ${this.granule}`);
     return alignUp(size, this.granule);
   }
 
@@ -94,15 +99,22 @@ export class IovaAllocator {
     return this.bottom + Math.floor(offset / this.granule) * this.granule;
   }
 
-  private find(length: number, align: number, limit: number, from: number): [number, number] | undefined {
+  /** Start of the range the last successful find() chose. */
+  private found = 0;
+
+  /** Index of the first free span holding an aligned range of `length` from `from` up (its start in `found`), or -1. */
+  private find(length: number, align: number, limit: number, from: number): number {
     for (let i = 0; i < this.free.length; i++) {
       const span = this.free[i]!;
       if (span.end <= from) continue;
       const start = alignUp(Math.max(span.start, from), align);
-      if (start + length - 1 > limit) return undefined; // spans are sorted: later ones only lie higher
-      if (start + length <= span.end) return [i, start];
+      if (start + length - 1 > limit) return -1; // spans are sorted: later ones only lie higher
+      if (start + length <= span.end) {
+        this.found = start;
+        return i;
+      }
     }
-    return undefined;
+    return -1;
   }
 
   /** Says what is true: how much is free where this caller can reach, and whether it is in pieces. */
@@ -126,19 +138,32 @@ export class IovaAllocator {
     const length = this.used.get(iova);
     if (length === undefined) throw new InvalidArgumentError(`IOVA 0x${iova.toString(16)} was not allocated here`);
     this.used.delete(iova);
-    const span = { start: iova, end: iova + length };
+    const end = iova + length;
     let i = 0;
-    while (i < this.free.length && this.free[i]!.start < span.start) i++;
-    this.free.splice(i, 0, span);
-    // Merge with neighbours so large allocations stay possible after churn.
-    if (i + 1 < this.free.length && this.free[i]!.end === this.free[i + 1]!.start) {
-      this.free[i]!.end = this.free[i + 1]!.end;
-      this.free.splice(i + 1, 1);
-    }
-    if (i > 0 && this.free[i - 1]!.end === this.free[i]!.start) {
-      this.free[i - 1]!.end = this.free[i]!.end;
-      this.free.splice(i, 1);
-    }
+    while (i < this.free.length && this.free[i]!.start < iova) i++;
+    // Merge with the neighbours so large allocations stay possible after churn.
+    const before = i > 0 && this.free[i - 1]!.end === iova ? this.free[i - 1]! : undefined;
+    const after = i < this.free.length && this.free[i]!.start === end ? this.free[i]! : undefined;
+    if (before && after) {
+      before.end = after.end;
+      this.removeSpan(i);
+    } else if (before) before.end = end;
+    else if (after) after.start = iova;
+    else this.insertSpan(i, { start: iova, end });
+  }
+
+  /** In place (splice would allocate its result array). */
+  private insertSpan(i: number, span: Span): void {
+    const free = this.free;
+    free.push(span);
+    for (let j = free.length - 1; j > i; j--) free[j] = free[j - 1]!;
+    free[i] = span;
+  }
+
+  private removeSpan(i: number): void {
+    const free = this.free;
+    for (let j = i; j < free.length - 1; j++) free[j] = free[j + 1]!;
+    free.pop();
   }
 }
 

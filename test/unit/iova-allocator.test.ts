@@ -86,3 +86,34 @@ test('exhaustion says what is true under the caller\'s limit: free bytes there, 
   assert.throws(() => a.allocate(2 << 20, 4096, 0x7fffff), (e: any) => e.code === 'ENOMEM' && /fragmented \(the largest free range is 1048576 bytes\)/.test(e.message));
   assert.throws(() => a.check(32 << 20, 4096, 0xffffff), (e: any) => e.code === 'ENOMEM');
 });
+
+test('churn: allocations never overlap, free bytes are conserved, and everything merges back into one span', () => {
+  const a = new IovaAllocator(MSI_SPLIT, 4096, { cursor: 2 ** 38 + 5 * 4096 });
+  const total = a.available;
+  let seed = 12345;
+  const rand = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  const live = new Map<number, number>();
+  for (let step = 0; step < 5000; step++) {
+    if (live.size > 0 && rand(3) === 0) {
+      const keys = [...live.keys()];
+      const iova = keys[rand(keys.length)]!;
+      a.release(iova);
+      live.delete(iova);
+    } else {
+      const size = (1 + rand(16)) * 4096;
+      const iova = a.allocate(size, rand(4) === 0 ? 65536 : 4096, rand(2) === 0 ? 0xffffffff : Number.MAX_SAFE_INTEGER);
+      for (const [s, l] of live) assert.ok(iova + size <= s || s + l <= iova, `0x${iova.toString(16)}+${size} overlaps 0x${s.toString(16)}+${l}`);
+      assert.ok(iova + size <= 0xfee00000 || iova >= 0xfef00000, 'outside the MSI window');
+      live.set(iova, size);
+    }
+    let used = 0;
+    for (const l of live.values()) used += l;
+    assert.equal(a.available + used, total);
+  }
+  for (const iova of live.keys()) a.release(iova);
+  assert.equal(a.available, total);
+  assert.equal(a.allocate(0xfee00000 - 0x1000, 4096, 0xfedfffff), 0x1000, 'the low range is one span again');
+});

@@ -6,39 +6,39 @@
  */
 import { InvalidArgumentError, UserpciError } from '../errors';
 
-interface Span {
-  start: number;
-  /** exclusive */
-  end: number;
-}
-
 export class IovaAllocator {
-  /** Free spans, sorted by start, never adjacent (merged on free). */
-  private free: Span[] = [];
+  /**
+   * Free spans [starts[i], ends[i]) for i < count, sorted, never adjacent (merged on free). Typed
+   * arrays, so carving and merging spans on every streaming map allocate no objects or numbers.
+   */
+  private starts = new Float64Array(16);
+  private ends = new Float64Array(16);
+  private count = 0;
   private readonly used = new Map<number, number>();
 
   /**
    * @param ranges usable ranges with inclusive ends (as VFIO reports them)
    * @param granule mapping granule: every range starts and ends on it
+   * @param options.cursor offset from the lowest usable IOVA where next-fit search starts (any
+   *   number: it is folded into the space); absent: first fit
    */
-  /** @param options.cursor offset from the lowest usable IOVA where next-fit search starts (any number: it is folded into the space); absent: first fit */
   constructor(ranges: { start: number; end: number }[], readonly granule = 4096, options: { cursor?: number } = {}) {
     const sorted = [...ranges].sort((a, b) => a.start - b.start);
     for (const r of sorted) {
       const start = alignUp(Math.max(r.start, granule), granule); // never hand out IOVA 0: it hides bugs
       const end = Math.floor((Math.min(r.end, Number.MAX_SAFE_INTEGER - granule) + 1) / granule) * granule;
-      if (end > start) this.free.push({ start, end });
+      if (end > start) this.insertSpan(this.count, start, end);
     }
-    if (this.free.length === 0) throw new UserpciError('ENOSPC', 'the IOMMU reports no usable IOVA space');
-    this.bottom = this.free[0]!.start;
-    this.top = this.free[this.free.length - 1]!.end;
+    if (this.count === 0) throw new UserpciError('ENOSPC', 'the IOMMU reports no usable IOVA space');
+    this.bottom = this.starts[0]!;
+    this.top = this.ends[this.count - 1]!;
     if (options.cursor !== undefined) this.cursor = this.bottom + (Math.floor(options.cursor / granule) * granule) % (this.top - this.bottom);
   }
 
   /** Total bytes still free. */
   get available(): number {
     let n = 0;
-    for (const s of this.free) n += s.end - s.start;
+    for (let i = 0; i < this.count; i++) n += this.ends[i]! - this.starts[i]!;
     return n;
   }
 
@@ -48,7 +48,7 @@ export class IovaAllocator {
    * range just freed is not handed out again at once, and (with a random first cursor) a new
    * owner does not get the IOVAs its predecessor used. Without one it is plain first fit.
    */
-  private cursor: number | undefined;
+  private cursor = -1;
   private readonly bottom: number;
   private readonly top: number;
 
@@ -57,6 +57,16 @@ export class IovaAllocator {
    * `align` (a power of two, at least the granule).
    */
   allocate(size: number, align = this.granule, limit = Number.MAX_SAFE_INTEGER): number {
+    const start = this.take(size, align, limit);
+    this.used.set(start, alignUp(size, this.granule));
+    return start;
+  }
+
+  /**
+   * @internal allocate() for an owner that keeps each range's size itself (DmaSpace, once per
+   * streaming map): nothing is recorded here; give the range back with giveBack(start, size).
+   */
+  take(size: number, align = this.granule, limit = Number.MAX_SAFE_INTEGER): number {
     const length = this.checkRequest(size, align);
     const from = this.searchStart(length, limit);
     let i = this.find(length, align, limit, from);
@@ -64,17 +74,16 @@ export class IovaAllocator {
     if (i < 0) throw this.exhausted(length, align, limit);
     const start = this.found;
     const end = start + length;
-    // Carve [start, end) out of span i in place: this runs per streaming map, so no new arrays.
-    const span = this.free[i]!;
-    if (start === span.start) {
-      if (end === span.end) this.removeSpan(i);
-      else span.start = end;
+    // Carve [start, end) out of span i.
+    const spanEnd = this.ends[i]!;
+    if (start === this.starts[i]) {
+      if (end === spanEnd) this.removeSpan(i);
+      else this.starts[i] = end;
     } else {
-      if (end < span.end) this.insertSpan(i + 1, { start: end, end: span.end });
-      span.end = start;
+      this.ends[i] = start;
+      if (end < spanEnd) this.insertSpan(i + 1, end, spanEnd);
     }
-    this.used.set(start, length);
-    if (this.cursor !== undefined) this.cursor = end;
+    if (this.cursor >= 0) this.cursor = end;
     return start;
   }
 
@@ -92,10 +101,11 @@ export class IovaAllocator {
 
   /** The cursor folded into the part of the space this caller can reach. */
   private searchStart(length: number, limit: number): number {
-    if (this.cursor === undefined) return this.bottom;
+    if (this.cursor < 0) return this.bottom;
     const reach = Math.min(limit + 1, this.top) - this.bottom;
     if (reach <= length) return this.bottom;
-    const offset = (this.cursor - this.bottom) % reach;
+    let offset = this.cursor - this.bottom;
+    if (offset >= reach) offset %= reach; // a floating-point modulo is a call: only when needed
     return this.bottom + Math.floor(offset / this.granule) * this.granule;
   }
 
@@ -104,12 +114,12 @@ export class IovaAllocator {
 
   /** Index of the first free span holding an aligned range of `length` from `from` up (its start in `found`), or -1. */
   private find(length: number, align: number, limit: number, from: number): number {
-    for (let i = 0; i < this.free.length; i++) {
-      const span = this.free[i]!;
-      if (span.end <= from) continue;
-      const start = alignUp(Math.max(span.start, from), align);
+    for (let i = 0; i < this.count; i++) {
+      const spanEnd = this.ends[i]!;
+      if (spanEnd <= from) continue;
+      const start = alignUp(Math.max(this.starts[i]!, from), align);
       if (start + length - 1 > limit) return -1; // spans are sorted: later ones only lie higher
-      if (start + length <= span.end) {
+      if (start + length <= spanEnd) {
         this.found = start;
         return i;
       }
@@ -121,11 +131,12 @@ export class IovaAllocator {
   private exhausted(length: number, align: number, limit: number): UserpciError {
     let free = 0;
     let largest = 0;
-    for (const s of this.free) {
-      const end = Math.min(s.end, limit + 1);
-      if (end <= s.start) break;
-      free += end - s.start;
-      largest = Math.max(largest, end - s.start);
+    for (let i = 0; i < this.count; i++) {
+      const start = this.starts[i]!;
+      const end = Math.min(this.ends[i]!, limit + 1);
+      if (end <= start) break;
+      free += end - start;
+      largest = Math.max(largest, end - start);
     }
     let why = '';
     if (largest >= length) why = `, but no free range is aligned to ${align} bytes`;
@@ -136,34 +147,57 @@ export class IovaAllocator {
   /** Give a range back; its size is remembered from allocate. */
   release(iova: number): void {
     const length = this.used.get(iova);
-    if (length === undefined) throw new InvalidArgumentError(`IOVA 0x${iova.toString(16)} was not allocated here`);
+    if (length === undefined) throw this.notAllocated(iova);
     this.used.delete(iova);
-    const end = iova + length;
-    let i = 0;
-    while (i < this.free.length && this.free[i]!.start < iova) i++;
-    // Merge with the neighbours so large allocations stay possible after churn.
-    const before = i > 0 && this.free[i - 1]!.end === iova ? this.free[i - 1]! : undefined;
-    const after = i < this.free.length && this.free[i]!.start === end ? this.free[i]! : undefined;
-    if (before && after) {
-      before.end = after.end;
-      this.removeSpan(i);
-    } else if (before) before.end = end;
-    else if (after) after.start = iova;
-    else this.insertSpan(i, { start: iova, end });
+    this.giveBack(iova, length);
   }
 
-  /** In place (splice would allocate its result array). */
-  private insertSpan(i: number, span: Span): void {
-    const free = this.free;
-    free.push(span);
-    for (let j = free.length - 1; j > i; j--) free[j] = free[j - 1]!;
-    free[i] = span;
+  /** @internal Give back a range from take(), with the size it was taken with. */
+  giveBack(iova: number, size: number): void {
+    const end = iova + alignUp(size, this.granule);
+    let i = 0;
+    while (i < this.count && this.starts[i]! < iova) i++;
+    const before = i > 0 ? this.ends[i - 1]! : -1;
+    const after = i < this.count ? this.starts[i]! : Infinity;
+    // A range that overlaps free space was never taken, or was given back already.
+    if (before > iova || after < end) throw this.notAllocated(iova);
+    // Merge with the neighbours so large allocations stay possible after churn.
+    if (before === iova && after === end) {
+      this.ends[i - 1] = this.ends[i]!;
+      this.removeSpan(i);
+    } else if (before === iova) this.ends[i - 1] = end;
+    else if (after === end) this.starts[i] = iova;
+    else this.insertSpan(i, iova, end);
+  }
+
+  private notAllocated(iova: number): InvalidArgumentError {
+    return new InvalidArgumentError(`IOVA 0x${iova.toString(16)} was not allocated here`);
+  }
+
+  private insertSpan(i: number, start: number, end: number): void {
+    if (this.count === this.starts.length) {
+      const starts = new Float64Array(this.count * 2);
+      const ends = new Float64Array(this.count * 2);
+      starts.set(this.starts);
+      ends.set(this.ends);
+      this.starts = starts;
+      this.ends = ends;
+    }
+    for (let j = this.count; j > i; j--) {
+      this.starts[j] = this.starts[j - 1]!;
+      this.ends[j] = this.ends[j - 1]!;
+    }
+    this.starts[i] = start;
+    this.ends[i] = end;
+    this.count++;
   }
 
   private removeSpan(i: number): void {
-    const free = this.free;
-    for (let j = i; j < free.length - 1; j++) free[j] = free[j + 1]!;
-    free.pop();
+    this.count--;
+    for (let j = i; j < this.count; j++) {
+      this.starts[j] = this.starts[j + 1]!;
+      this.ends[j] = this.ends[j + 1]!;
+    }
   }
 }
 

@@ -117,3 +117,17 @@ test('churn: allocations never overlap, free bytes are conserved, and everything
   assert.equal(a.available, total);
   assert.equal(a.allocate(0xfee00000 - 0x1000, 4096, 0xfedfffff), 0x1000, 'the low range is one span again');
 });
+
+test('take/giveBack (the owner keeps the size): a range given back twice, or never taken, is EINVAL and changes nothing', () => {
+  const a = new IovaAllocator(MSI_SPLIT, 4096, { cursor: 1 << 30 });
+  const total = a.available;
+  const x = a.take(3 * 4096);
+  const y = a.take(4096);
+  a.giveBack(x, 3 * 4096);
+  assert.throws(() => a.giveBack(x, 3 * 4096), (e: any) => e.code === 'EINVAL');
+  assert.throws(() => a.giveBack(x + 4096, 4096), (e: any) => e.code === 'EINVAL');
+  assert.throws(() => a.giveBack(y - 4096, 2 * 4096), (e: any) => e.code === 'EINVAL', 'overlaps the free range before y');
+  assert.equal(a.available, total - 4096);
+  a.giveBack(y, 4096);
+  assert.equal(a.available, total);
+});

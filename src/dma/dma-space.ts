@@ -84,25 +84,30 @@ export class DmaBuffer implements Disposable {
 
 /** A streaming map of memory the caller already has, with its scatter list (`segments`). */
 export class DmaMapping implements Disposable {
-  private active = true;
+  /** @internal Its index in its space's list of live mappings; -1 once unmapped. */
+  slot = -1;
+  private segmentList: readonly DmaSegment[] | undefined;
   /** Made by `device.mapDma()`. */
   constructor(
     private readonly space: DmaSpace,
     /** Holding the view keeps its memory from being collected while the device may use it. */
     readonly view: Uint8Array,
     readonly direction: DmaDirection,
-    readonly segments: readonly DmaSegment[],
+    /** IOVA of the view's first byte. */
+    readonly iova: number,
+    private readonly length: number,
     /** The IOMMU mapping: whole pages around `segments`. */
     readonly pageIova: number,
     readonly pageSize: number,
   ) {}
 
-  get mapped(): boolean {
-    return this.active;
+  /** One segment (the bytes are contiguous in IOVA space), made on first use: a map on a hot path needs only `iova`. */
+  get segments(): readonly DmaSegment[] {
+    return (this.segmentList ??= Object.freeze([{ iova: this.iova, length: this.length }]));
   }
 
-  get iova(): number {
-    return this.segments[0]!.iova;
+  get mapped(): boolean {
+    return this.slot >= 0;
   }
 
   unmap(): void {
@@ -111,19 +116,12 @@ export class DmaMapping implements Disposable {
 
   /** `using map = device.mapDma(...)`: unmapped at the end of the scope unless already unmapped. */
   [Symbol.dispose](): void {
-    if (this.active) this.unmap();
+    if (this.slot >= 0) this.unmap();
   }
 
   [inspect.custom](): string {
     const segments = this.segments.map((s) => `{ iova: 0x${s.iova.toString(16)}, length: ${s.length} }`).join(', ');
-    return `DmaMapping { direction: '${this.direction}', segments: [ ${segments} ], mapped: ${this.active} }`;
-  }
-
-  /** @internal */
-  markUnmapped(): boolean {
-    const was = this.active;
-    this.active = false;
-    return was;
+    return `DmaMapping { direction: '${this.direction}', segments: [ ${segments} ], mapped: ${this.mapped} }`;
   }
 }
 
@@ -181,12 +179,29 @@ function faultInWritable(view: Uint8Array): void {
   }
 }
 
+/**
+ * Buffers mapped before, with the address of their first byte. Only fixed-size buffers get here
+ * (toBytes refused the rest), and V8 never moves a backing store once it is off the heap (which
+ * addressOf saw to): the address stays true for the buffer's life. A detached buffer reads as
+ * length 0 and takes the checked path again.
+ */
+const knownBuffers = new WeakMap<ArrayBufferLike, number>();
+
+function remember(view: Uint8Array, address: number): void {
+  const buffer = view.buffer;
+  // Transferring the buffer to a worker (postMessage, structuredClone) would hand its memory to
+  // an owner that may free it while the device still writes there: copy it instead.
+  if (!(buffer instanceof SharedArrayBuffer)) markAsUntransferable(buffer);
+  knownBuffers.set(buffer, address - view.byteOffset);
+}
+
 /** One allocator per IOMMU domain (VFIO container or vfio-user connection). */
 const allocators = new WeakMap<object, IovaAllocator>();
 
 export class DmaSpace {
   private readonly buffers = new Set<DmaBuffer>();
-  private readonly mappings = new Set<DmaMapping>();
+  /** Live mappings, each at its `slot` (a Set would hash on every map and unmap). */
+  private readonly mappings: DmaMapping[] = [];
   private readonly allocator: IovaAllocator;
   private closed: string | undefined;
   /** Highest IOVA the device can reach (its DMA mask), inclusive. */
@@ -218,8 +233,8 @@ export class DmaSpace {
   /** Lower the limit (a driver declaring what its device can address); only while nothing is mapped. */
   narrowLimit(limit: number): void {
     if (limit >= this.highest) return;
-    if (this.buffers.size > 0 || this.mappings.size > 0) {
-      throw new UserpciError('EBUSY', `cannot narrow the DMA limit to 0x${limit.toString(16)}: ${this.buffers.size} buffers and ${this.mappings.size} mappings already exist (declare the DMA width before mapping memory)`);
+    if (this.buffers.size > 0 || this.mappings.length > 0) {
+      throw new UserpciError('EBUSY', `cannot narrow the DMA limit to 0x${limit.toString(16)}: ${this.buffers.size} buffers and ${this.mappings.length} mappings already exist (declare the DMA width before mapping memory)`);
     }
     this.highest = limit;
   }
@@ -229,7 +244,7 @@ export class DmaSpace {
   }
 
   get liveMappings(): number {
-    return this.mappings.size;
+    return this.mappings.length;
   }
 
   allocate(size: number, options: DmaAllocOptions = {}): DmaBuffer {
@@ -280,13 +295,24 @@ export class DmaSpace {
     if (direction !== 'to-device' && direction !== 'from-device' && direction !== 'bidirectional') {
       throw new InvalidArgumentError(`DMA direction must be 'to-device', 'from-device' or 'bidirectional', got ${String(direction)}`);
     }
-    const view = toBytes(memory);
-    if (view.byteLength === 0) throw new InvalidArgumentError('cannot map an empty buffer for DMA');
+    // A Uint8Array over a buffer mapped before (the per-I/O case) needs no checks, no new view
+    // and no call into the addon; anything else takes the checked path once per buffer.
+    let view: Uint8Array;
+    let address: number;
+    const base = memory instanceof Uint8Array && memory.byteLength > 0 ? knownBuffers.get(memory.buffer) : undefined;
+    if (base !== undefined) {
+      view = memory as Uint8Array;
+      address = base + view.byteOffset;
+    } else {
+      view = toBytes(memory);
+      if (view.byteLength === 0) throw new InvalidArgumentError('cannot map an empty buffer for DMA');
+      address = native.addressOf(view);
+    }
+    const length = view.byteLength;
     const page = this.allocator.granule;
-    const address = native.addressOf(view);
     const vaddr = Math.floor(address / page) * page;
-    const size = alignUp(address + view.byteLength, page) - vaddr;
-    const pageIova = this.allocator.allocate(size, page, this.limit);
+    const size = alignUp(address + length, page) - vaddr;
+    const pageIova = this.allocator.take(size, page, this.highest);
     const firstByteIova = pageIova + (address - vaddr);
     try {
       if (this.backend.pinsDmaMemory === true) faultInWritable(view);
@@ -295,37 +321,38 @@ export class DmaSpace {
         deviceReads: direction !== 'from-device', deviceWrites: direction !== 'to-device',
       });
     } catch (err) {
-      this.allocator.release(pageIova);
-      throw this.mapError(err, `mapping ${view.byteLength} bytes for DMA`, size);
+      this.allocator.giveBack(pageIova, size);
+      throw this.mapError(err, `mapping ${length} bytes for DMA`, size);
     }
-    // Transferring the buffer to a worker (postMessage, structuredClone) would hand its memory to
-    // an owner that may free it while the device still writes there: copy it instead.
-    if (!(view.buffer instanceof SharedArrayBuffer)) markAsUntransferable(view.buffer);
-    const mapping = new DmaMapping(this, view, direction, Object.freeze([{ iova: firstByteIova, length: view.byteLength }]), pageIova, size);
-    this.mappings.add(mapping);
+    if (base === undefined) remember(view, address);
+    const mapping = new DmaMapping(this, view, direction, firstByteIova, length, pageIova, size);
+    mapping.slot = this.mappings.length;
+    this.mappings.push(mapping);
     return mapping;
   }
 
   unmap(mapping: DmaMapping): void {
     if (!(mapping instanceof DmaMapping)) throw new InvalidArgumentError('not a DMA mapping');
-    if (!this.mappings.has(mapping)) {
-      if (!mapping.mapped) throw new InvalidArgumentError(`DMA mapping at IOVA 0x${mapping.iova.toString(16)} was already unmapped`);
-      throw new InvalidArgumentError('this DMA mapping belongs to another device');
+    const slot = mapping.slot;
+    if (slot < 0) throw new InvalidArgumentError(`DMA mapping at IOVA 0x${mapping.iova.toString(16)} was already unmapped`);
+    if (this.mappings[slot] !== mapping) throw new InvalidArgumentError('this DMA mapping belongs to another device');
+    const last = this.mappings.pop()!;
+    if (last !== mapping) {
+      this.mappings[slot] = last;
+      last.slot = slot;
     }
-    this.mappings.delete(mapping);
-    mapping.markUnmapped();
+    mapping.slot = -1;
     try {
       this.backend.dmaUnmap(mapping.pageIova, mapping.pageSize);
     } finally {
-      this.allocator.release(mapping.pageIova);
+      this.allocator.giveBack(mapping.pageIova, mapping.pageSize);
     }
   }
 
   /** Take every mapping down (the device must already be stopped from mastering the bus). */
   releaseAll(reason: string, unmapInIommu = true): void {
-    for (const m of [...this.mappings]) {
-      this.mappings.delete(m);
-      m.markUnmapped();
+    for (const m of this.mappings.splice(0)) {
+      m.slot = -1;
       if (unmapInIommu) ignore(() => this.backend.dmaUnmap(m.pageIova, m.pageSize));
     }
     for (const b of [...this.buffers]) {

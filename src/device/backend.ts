@@ -79,8 +79,8 @@ export interface Backend {
   readonly name: string;
   /**
    * True when dmaMap pins the process's pages itself and charges them to RLIMIT_MEMLOCK (kernel
-   * VFIO): DMA memory is then not mlocked as well, and pages are faulted in writable before the
-   * pin. False or absent when the peer reaches memory by fd or by messages (vfio-user).
+   * VFIO): DMA memory is then not mlocked as well, and pages of a read-only ('to-device') map
+   * are faulted in writable before the pin. False or absent when the peer reaches memory by fd or by messages (vfio-user).
    */
   readonly pinsDmaMemory?: boolean;
   deviceInfo(): BackendDeviceInfo;

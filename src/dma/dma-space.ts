@@ -165,10 +165,11 @@ function describe(value: unknown): string {
 }
 
 /**
- * Fault every page of the view in writable before it is pinned, whatever the direction. A
- * read-only pin of untouched anonymous memory pins the kernel's shared zero page (and of a page
- * shared copy-on-write, the shared copy): the process's later writes would go to fresh pages the
- * device never sees. MADV_POPULATE_WRITE does exactly a write fault per page, touching no data.
+ * Fault every page of the view in writable before a read-only pin. A read-only pin of untouched
+ * anonymous memory pins the kernel's shared zero page (and of a page shared copy-on-write, the
+ * shared copy): the process's later writes would go to fresh pages the device never sees.
+ * MADV_POPULATE_WRITE does exactly a write fault per page, touching no data. A pin for device
+ * writes needs none: VFIO pins those pages with FOLL_WRITE, which is that same write fault.
  */
 function faultInWritable(view: Uint8Array): void {
   try {
@@ -315,7 +316,7 @@ export class DmaSpace {
     const pageIova = this.allocator.take(size, page, this.highest);
     const firstByteIova = pageIova + (address - vaddr);
     try {
-      if (this.backend.pinsDmaMemory === true) faultInWritable(view);
+      if (direction === 'to-device' && this.backend.pinsDmaMemory === true) faultInWritable(view);
       this.backend.dmaMap({
         iova: pageIova, size, vaddr, memory: view, memoryIova: firstByteIova,
         deviceReads: direction !== 'from-device', deviceWrites: direction !== 'to-device',

@@ -7,7 +7,7 @@ import { DeviceGoneError, InvalidArgumentError, UserpciError, wrapSystemError } 
 import type { Backend } from './backend';
 import { Region } from './region';
 import { EventEmitter } from 'node:events';
-import { DmaSpace, type DmaAllocOptions, type DmaBuffer, type DmaDirection, type DmaMapping } from '../dma/dma-space';
+import { DmaSpace, type DmaAllocOptions, type DmaBuffer, type DmaDirection, type DmaMappable, type DmaMapping } from '../dma/dma-space';
 import { DeviceInterrupts, type InterruptMode } from '../irq/device-interrupts';
 import type { InterruptVector } from '../irq/interrupt-vector';
 
@@ -205,7 +205,7 @@ export class PciDevice extends EventEmitter<PciDeviceEvents> implements AsyncDis
   }
 
   /** Streaming map of memory the caller already has; the IOMMU enforces the direction. */
-  mapDma(memory: ArrayBuffer | ArrayBufferView, direction: DmaDirection): DmaMapping {
+  mapDma(memory: DmaMappable, direction: DmaDirection): DmaMapping {
     this.checkOpen();
     return this.dma.map(memory, direction);
   }

@@ -3,6 +3,7 @@
  * system call, and every failure throws an Error with `code`, `errno` and `syscall`.
  */
 import * as path from 'node:path';
+import { UserpciError } from '../errors';
 
 export type Bytes = ArrayBufferView | ArrayBuffer;
 
@@ -101,14 +102,9 @@ function load(): NativeAddon {
   try {
     return require(file) as NativeAddon;
   } catch (err) {
-    // One line, for the CLI's one-line failures: why it did not load, and what to run.
+    // One line (bin/userpci.js prints the first line of a failure): why it did not load, and what to run.
     const reason = (err as { code?: string }).code === 'MODULE_NOT_FOUND' ? 'it was not built' : String((err as Error).message).split('\n')[0];
-    const e = new Error(
-      `userpci: cannot load the native addon at ${file} (${reason}); run \`npm ci\` in the package folder to build it`,
-      { cause: err },
-    ) as Error & { code: string };
-    e.code = 'ENOENT';
-    throw e;
+    throw new UserpciError('ENOENT', `cannot load the native addon at ${file} (${reason}); run \`npm ci\` in the package folder to build it`, { cause: err });
   }
 }
 

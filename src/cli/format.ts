@@ -1,6 +1,7 @@
 /**
  * Helpers the CLI commands share: the environment they read, lspci-style naming, sizes, JSON.
  */
+import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { DEFAULT_PCI_IDS_PATHS, type PciIds, loadPciIds } from '../pci/ids.js';
 import { DEFAULT_SYSFS_ROOT, type PciDeviceInfo } from '../pci/sysfs.js';
 
@@ -16,6 +17,22 @@ export class UsageError extends Error {
     super(message);
     this.name = 'UsageError';
   }
+}
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+type ParsedCommandLine<O extends Options> = ReturnType<typeof parseArgs<{ args: string[]; options: O; allowPositionals: true; strict: true }>>;
+
+/**
+ * A command line as the commands take it: `options` strictly (an unknown option is a usage error,
+ * which main() words) and exactly the positionals `names` lists, e.g. ['ADDRESS']: one missing is
+ * "missing ADDRESS", one more is "unexpected argument".
+ */
+export function parseCommandLine<const O extends Options>(args: string[], options: O, names: readonly string[]): ParsedCommandLine<O> {
+  const parsed = parseArgs({ args, options, allowPositionals: true, strict: true });
+  const given = parsed.positionals.length;
+  if (given < names.length) throw new UsageError(`missing ${names[given]}`);
+  if (given > names.length) throw new UsageError(`unexpected argument "${parsed.positionals[names.length]}"`);
+  return parsed;
 }
 
 /**

@@ -1,6 +1,5 @@
-import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { bindToVfio, unbindFromVfio } from '../../pci/bind.js';
-import { UsageError, print, sysfsRoot } from '../format.js';
+import { parseCommandLine, print, sysfsRoot } from '../format.js';
 import type { CliCommand } from '../main.js';
 
 const BIND_USAGE = `userpci bind ADDRESS [--dry-run] [--force] [--json]
@@ -26,23 +25,18 @@ const UNBIND_USAGE = `userpci unbind ADDRESS [--json]
 Release a PCI function from vfio-pci and give it back to the driver it had before \`userpci
 bind\` (or let the kernel pick one when none was remembered).`;
 
-function parse(args: string[], withBindOptions = false): { address: string; json: boolean; force: boolean; dryRun: boolean } {
-  const options: ParseArgsConfig['options'] = { json: { type: 'boolean', default: false } };
-  if (withBindOptions) Object.assign(options, { force: { type: 'boolean', default: false }, 'dry-run': { type: 'boolean', default: false } });
-  const { values, positionals } = parseArgs({ args, options, allowPositionals: true, strict: true });
-  if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? 'missing ADDRESS' : `unexpected argument "${positionals[1]}"`);
-  const flags = values as { json: boolean; force?: boolean; 'dry-run'?: boolean };
-  return { address: positionals[0]!, json: flags.json, force: flags.force === true, dryRun: flags['dry-run'] === true };
-}
-
 export const bindCommand: CliCommand = {
   name: 'bind',
   summary: 'bind a function to vfio-pci (remembering its driver)',
   usage: BIND_USAGE,
   async run(args: string[]): Promise<number> {
-    const { address, json, force, dryRun } = parse(args, true);
-    const r = bindToVfio(address, { sysfsRoot: sysfsRoot(), procRoot: process.env['USERPCI_PROC_ROOT'] || '/proc', force, dryRun });
-    if (json) {
+    const { values, positionals } = parseCommandLine(
+      args,
+      { json: { type: 'boolean', default: false }, force: { type: 'boolean', default: false }, 'dry-run': { type: 'boolean', default: false } },
+      ['ADDRESS'],
+    );
+    const r = bindToVfio(positionals[0]!, { sysfsRoot: sysfsRoot(), procRoot: process.env['USERPCI_PROC_ROOT'] || '/proc', force: values.force, dryRun: values['dry-run'] });
+    if (values.json) {
       print(JSON.stringify(r));
     } else if (r.dryRun) {
       const steps = r.actions.length === 0 ? ['nothing: it is bound to vfio-pci already'] : r.actions;
@@ -60,9 +54,9 @@ export const unbindCommand: CliCommand = {
   summary: 'release a function from vfio-pci and restore its previous driver',
   usage: UNBIND_USAGE,
   async run(args: string[]): Promise<number> {
-    const { address, json } = parse(args);
-    const r = unbindFromVfio(address, { sysfsRoot: sysfsRoot() });
-    print(json ? JSON.stringify(r) : `${r.address}: released from vfio-pci${r.restoredDriver ? `, now bound to ${r.restoredDriver}` : ', no driver bound'}`);
+    const { values, positionals } = parseCommandLine(args, { json: { type: 'boolean', default: false } }, ['ADDRESS']);
+    const r = unbindFromVfio(positionals[0]!, { sysfsRoot: sysfsRoot() });
+    print(values.json ? JSON.stringify(r) : `${r.address}: released from vfio-pci${r.restoredDriver ? `, now bound to ${r.restoredDriver}` : ', no driver bound'}`);
     return 0;
   },
 };

@@ -9,14 +9,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { parseArgs } from 'node:util';
 import { UserpciError } from '../../errors.js';
 import { openDevice } from '../../device/open.js';
 import type { PciDevice } from '../../device/device.js';
 import type { DmaBuffer } from '../../dma/dma-space.js';
 import { EduDriver } from '../../drivers/edu/edu-driver.js';
 import { DMA_BUFFER_USABLE, EDU_DEFAULT_DMA_MASK } from '../../drivers/edu/registers.js';
-import { UsageError, print, toJson } from '../format.js';
+import { UsageError, parseCommandLine, print, toJson } from '../format.js';
 import type { CliCommand } from '../main.js';
 
 const USAGE = `userpci demo [--socket PATH] [--json]
@@ -363,16 +362,7 @@ export const demoCommand: CliCommand = {
   summary: 'start the edu model server and drive it with the edu driver, step by step (no hardware needed)',
   usage: USAGE,
   async run(args: string[]): Promise<number> {
-    const { values, positionals } = parseArgs({
-      args,
-      options: {
-        socket: { type: 'string' },
-        json: { type: 'boolean', default: false },
-      },
-      allowPositionals: true,
-      strict: true,
-    });
-    if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
+    const { values } = parseCommandLine(args, { socket: { type: 'string' }, json: { type: 'boolean', default: false } }, []);
     if (values.socket === '') throw new UsageError('--socket needs a path');
     const json = values.json === true;
     const reporter = new Reporter(json);

@@ -1,11 +1,9 @@
-import { parseArgs } from 'node:util';
 import type { CapabilityFields, ExtendedCapabilityFields } from '../../pci/capabilities.js';
 import type { Bar, Capability, ConfigSpace, ExtendedCapability } from '../../pci/config-space.js';
 import type { PciIds } from '../../pci/ids.js';
 import { type InspectedDevice, inspectPciDevice, readConfigBytes } from '../../pci/sysfs.js';
 import * as regs from '../../uapi/pci-regs.js';
 import {
-  UsageError,
   deviceSummary,
   flag,
   formatDeviceLine,
@@ -13,6 +11,7 @@ import {
   formatSize,
   formatSubsystem,
   hex,
+  parseCommandLine,
   pciIds,
   print,
   sysfsRoot,
@@ -41,19 +40,15 @@ export const infoCommand: CliCommand = {
   summary: 'show one function: BARs, capabilities, driver, IOMMU group (like lspci -vvv)',
   usage: USAGE,
   async run(args: string[]): Promise<number> {
-    const { values, positionals } = parseArgs({
+    const { values, positionals } = parseCommandLine(
       args,
-      options: {
+      {
         json: { type: 'boolean', default: false },
         strict: { type: 'boolean', default: false },
         x: { type: 'boolean', short: 'x', multiple: true },
       },
-      allowPositionals: true,
-      strict: true,
-    });
-    if (positionals.length !== 1) {
-      throw new UsageError(positionals.length === 0 ? 'missing ADDRESS' : `unexpected argument "${positionals[1]}"`);
-    }
+      ['ADDRESS'],
+    );
     const [ids, inspected] = await Promise.all([
       pciIds(),
       inspectPciDevice(positionals[0]!, { sysfsRoot: sysfsRoot(), strict: values.strict }),

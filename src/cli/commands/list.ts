@@ -1,6 +1,5 @@
-import { parseArgs } from 'node:util';
 import { type PciDeviceFilter, findPciDevices, parseClassFilter } from '../../pci/find.js';
-import { UsageError, deviceSummary, formatDeviceLine, parseHex, pciIds, print, sysfsRoot, toJson } from '../format.js';
+import { UsageError, deviceSummary, formatDeviceLine, parseCommandLine, parseHex, pciIds, print, sysfsRoot, toJson } from '../format.js';
 import type { CliCommand } from '../main.js';
 
 const USAGE = `userpci list [--vendor VVVV] [--device DDDD] [--class CC[SS[PP]]] [--driver NAME] [--json]
@@ -21,19 +20,17 @@ export const listCommand: CliCommand = {
   summary: 'list PCI functions with their IDs and names (like lspci -nn -D)',
   usage: USAGE,
   async run(args: string[]): Promise<number> {
-    const { values, positionals } = parseArgs({
+    const { values } = parseCommandLine(
       args,
-      options: {
+      {
         vendor: { type: 'string' },
         device: { type: 'string' },
         class: { type: 'string' },
         driver: { type: 'string' },
         json: { type: 'boolean', default: false },
       },
-      allowPositionals: true,
-      strict: true,
-    });
-    if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
+      [],
+    );
     const filter: PciDeviceFilter = {
       ...(values.vendor === undefined ? {} : { vendorId: parseId(values.vendor, '--vendor', 4) }),
       ...(values.device === undefined ? {} : { deviceId: parseId(values.device, '--device', 4) }),

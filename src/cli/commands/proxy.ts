@@ -3,8 +3,7 @@
  * kernel VFIO, to a driver in another process over vfio-user. `userpci trace FILE` prints a trace.
  */
 import * as fs from 'node:fs';
-import { parseArgs } from 'node:util';
-import { UsageError } from '../format.js';
+import { UsageError, parseCommandLine } from '../format.js';
 import type { CliCommand } from '../main.js';
 import { ProxyHost } from '../../vfio-user/proxy/proxy-host.js';
 import { TraceWriter, formatTrace } from '../../vfio-user/proxy/trace.js';
@@ -31,13 +30,11 @@ export const proxyCommand: CliCommand = {
   summary: 'serve a real PCI function (through VFIO) over vfio-user to a driver in another process',
   usage: USAGE,
   async run(args: string[]): Promise<number> {
-    const { values, positionals } = parseArgs({
+    const { values, positionals } = parseCommandLine(
       args,
-      options: { socket: { type: 'string' }, trace: { type: 'string' }, verbose: { type: 'boolean', default: false } },
-      allowPositionals: true,
-      strict: true,
-    });
-    if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? 'missing ADDRESS' : `unexpected argument "${positionals[1]}"`);
+      { socket: { type: 'string' }, trace: { type: 'string' }, verbose: { type: 'boolean', default: false } },
+      ['ADDRESS'],
+    );
     if (!values.socket) throw new UsageError('--socket PATH is required');
     const log = values.verbose ? (message: string) => process.stderr.write(`userpci proxy: ${message}\n`) : undefined;
     const trace = values.trace ? new TraceWriter(values.trace) : undefined;

@@ -2,8 +2,7 @@
  * `userpci serve MODEL --socket PATH`: serve a device model over vfio-user until SIGINT/SIGTERM.
  * Also accepts the vfio-user backend-program conventions (--socket-path=PATH, --fd=N).
  */
-import { parseArgs } from 'node:util';
-import { UsageError, parseCount } from '../format.js';
+import { UsageError, parseCommandLine, parseCount } from '../format.js';
 import type { CliCommand } from '../main.js';
 import { createModel, modelNames } from '../../models/index.js';
 import { serveVfioUser } from '../../vfio-user/server/server.js';
@@ -30,9 +29,9 @@ export const serveCommand: CliCommand = {
   summary: 'serve an emulated device (edu) over vfio-user on a UNIX socket',
   usage: USAGE,
   async run(args: string[]): Promise<number> {
-    const { values, positionals } = parseArgs({
+    const { values, positionals } = parseCommandLine(
       args,
-      options: {
+      {
         socket: { type: 'string' },
         'socket-path': { type: 'string' },
         fd: { type: 'string' },
@@ -42,10 +41,8 @@ export const serveCommand: CliCommand = {
         'max-data-xfer-size': { type: 'string' },
         verbose: { type: 'boolean', default: false },
       },
-      allowPositionals: true,
-      strict: true,
-    });
-    if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? 'missing MODEL' : `unexpected argument "${positionals[1]}"`);
+      ['MODEL'],
+    );
     const socketPath = values.socket ?? values['socket-path'];
     const fd = parseCount(values.fd, '--fd');
     if ((socketPath === undefined) === (fd === undefined)) throw new UsageError('give exactly one of --socket PATH and --fd N');

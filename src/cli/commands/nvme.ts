@@ -3,8 +3,6 @@
  * through the user-space driver, and the user-level block device (an NBD export the kernel can
  * mount). ADDRESS is a PCI address of a function bound to vfio-pci (--bind binds it first) or a
  * vfio-user socket path.
- *
- * Also runnable on its own (before it is in the command table): node dist/src/cli/commands/nvme.js ...
  */
 import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -374,19 +372,9 @@ export const nvmeCommand: CliCommand = {
   },
 };
 
+// Also runnable on its own (the guest tests run it so): the dispatcher's handling, --json failures included.
 if (require.main === module) {
-  const args = process.argv.slice(2);
-  if (args.includes('--help') || args.includes('-h')) {
-    print(USAGE);
-  } else {
-    nvmeCommand.run(args).then(
-      (code) => (process.exitCode = code),
-      (err: Error) => {
-        const usage = err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS_');
-        process.stderr.write(`userpci nvme: ${err.message}\n${usage ? `usage: ${USAGE.split('\n')[0]}\n` : ''}`);
-        if (process.env['USERPCI_DEBUG'] && err.stack) process.stderr.write(`${err.stack}\n`);
-        process.exitCode = usage || err instanceof InvalidArgumentError ? 2 : 1;
-      },
-    );
-  }
+  void import('../main.js').then(async ({ main }) => {
+    process.exitCode = await main(['nvme', ...process.argv.slice(2)]);
+  });
 }

@@ -14,6 +14,8 @@
 import { native, constants, type WatchHandle } from '../../native/index';
 import { UserpciError } from '../../errors';
 import { VfioBackend } from '../../backends/vfio/vfio-backend';
+import type { BackendDeviceInfo } from '../../device/backend';
+import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../uapi/pci-regs';
 import { DmaFlags, Errno, ProtocolError, Vfio, type SetIrqsMessage } from '../protocol/codec';
 import { closeFds } from '../protocol/transport';
 import type { RegionDescription } from '../server/device-host';
@@ -21,10 +23,6 @@ import type { IrqInfoResult } from '../server/interrupts';
 import type { RemoteDma } from '../server/dma';
 import type { SessionHost } from '../server/session';
 import type { TraceWriter } from './trace';
-
-const PCI_COMMAND = 0x04;
-const PCI_COMMAND_MASTER = 0x4;
-const PCI_CONFIG_REGION = 7;
 
 interface ProxyMap {
   iova: number;
@@ -48,6 +46,9 @@ export class ProxyHost implements SessionHost {
   private readonly traced = new Map<string, TracedVector>();
   private readonly trace: TraceWriter | undefined;
   private readonly log: (message: string) => void;
+  /** The device's answers never change: asked of VFIO once, not on every access. */
+  private readonly info: BackendDeviceInfo;
+  private readonly regions: (RegionDescription | undefined)[] = [];
 
   constructor(
     readonly backend: VfioBackend,
@@ -55,15 +56,15 @@ export class ProxyHost implements SessionHost {
   ) {
     this.trace = options.trace;
     this.log = options.log ?? (() => {});
+    this.info = backend.deviceInfo();
   }
 
   static open(address: string, options: ProxyOptions = {}): ProxyHost {
     return new ProxyHost(VfioBackend.open(address), options);
   }
 
-  deviceInfo(): { flags: number; numRegions: number; numIrqs: number } {
-    const info = this.backend.deviceInfo();
-    return { flags: info.flags, numRegions: info.numRegions, numIrqs: info.numIrqs };
+  deviceInfo(): BackendDeviceInfo {
+    return this.info;
   }
 
   clientAttached(_remote: RemoteDma): void {
@@ -74,15 +75,14 @@ export class ProxyHost implements SessionHost {
     // Bus mastering off first: the device must not DMA into memory we are about to unmap.
     try {
       const cmd = new Uint8Array(2);
-      this.backend.regionRead(PCI_CONFIG_REGION, PCI_COMMAND, cmd);
+      this.backend.regionRead(Vfio.PCI_CONFIG_REGION_INDEX, PCI_COMMAND, cmd);
       cmd[0]! &= ~PCI_COMMAND_MASTER;
-      this.backend.regionWrite(PCI_CONFIG_REGION, PCI_COMMAND, cmd);
+      this.backend.regionWrite(Vfio.PCI_CONFIG_REGION_INDEX, PCI_COMMAND, cmd);
       this.trace?.write({ ev: 'stop-dma', note: 'bus mastering off' });
     } catch (err) {
       this.log(`turning bus mastering off failed: ${(err as Error).message}`);
     }
-    const { numIrqs } = this.deviceInfo();
-    for (let index = 0; index < numIrqs; index++) {
+    for (let index = 0; index < this.info.numIrqs; index++) {
       try {
         if (this.backend.irqInfo(index).count > 0) this.backend.disableIrqs(index);
       } catch {
@@ -166,11 +166,13 @@ export class ProxyHost implements SessionHost {
   // ---- regions --------------------------------------------------------------------------------
 
   regionInfo(index: number): RegionDescription | undefined {
-    if (!Number.isInteger(index) || index < 0 || index >= this.deviceInfo().numRegions) return undefined;
+    if (!Number.isInteger(index) || index < 0 || index >= this.info.numRegions) return undefined;
+    let region = this.regions[index];
+    if (region) return region;
     const r = this.backend.regionLayout(index);
     const rw = r.flags & (Vfio.REGION_INFO_FLAG_READ | Vfio.REGION_INFO_FLAG_WRITE);
     const mappable = (r.flags & Vfio.REGION_INFO_FLAG_MMAP) !== 0 && !this.trace && r.size > 0;
-    return {
+    region = {
       index,
       size: r.size,
       flags: rw | (mappable ? Vfio.REGION_INFO_FLAG_MMAP : 0),
@@ -178,22 +180,20 @@ export class ProxyHost implements SessionHost {
       fd: mappable ? this.backend.deviceFd : undefined,
       sparseAreas: mappable ? r.sparseAreas : undefined,
     };
+    this.regions[index] = region;
+    return region;
   }
 
-  checkAccess(index: number, offset: number, length: number): void {
-    const info = this.regionInfo(index);
-    if (!info || info.size === 0) throw new ProtocolError(`region ${index} does not exist`, Errno.EINVAL);
-    if (offset > info.size || length > info.size - offset) throw new ProtocolError(`region ${index} access [0x${offset.toString(16)}, +${length}) is outside its ${info.size} bytes`, Errno.EINVAL);
+  regionSize(index: number): number {
+    return this.regionInfo(index)?.size ?? 0;
   }
 
   regionRead(index: number, offset: number, into: Uint8Array): void {
-    this.checkAccess(index, offset, into.length);
     this.backend.regionRead(index, offset, into);
     this.trace?.write({ ev: 'read', region: index, offset, size: into.length, data: Buffer.from(into.buffer, into.byteOffset, into.byteLength).toString('hex') });
   }
 
   regionWrite(index: number, offset: number, from: Uint8Array): void {
-    this.checkAccess(index, offset, from.length);
     this.trace?.write({ ev: 'write', region: index, offset, size: from.length, data: Buffer.from(from.buffer, from.byteOffset, from.byteLength).toString('hex') });
     this.backend.regionWrite(index, offset, from);
   }
@@ -201,7 +201,7 @@ export class ProxyHost implements SessionHost {
   // ---- interrupts -----------------------------------------------------------------------------
 
   irqInfo(index: number): IrqInfoResult | undefined {
-    if (!Number.isInteger(index) || index < 0 || index >= this.deviceInfo().numIrqs) return undefined;
+    if (!Number.isInteger(index) || index < 0 || index >= this.info.numIrqs) return undefined;
     const info = this.backend.irqInfo(index);
     return { flags: info.flags, count: info.count };
   }

@@ -4,17 +4,15 @@
  * MSI-X table, shared BAR memory, the model's register handlers). Sessions come and go on top.
  */
 import { UserpciError } from '../../errors';
-import { Errno, ProtocolError, Vfio, type SparseMmapArea } from '../protocol/codec';
+import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../uapi/pci-regs';
+import { Vfio, type SetIrqsMessage, type SparseMmapArea } from '../protocol/codec';
 import { InterruptController } from './interrupts';
 import { DmaSpace, type RemoteDma } from './dma';
 import type { IrqInfoResult } from './interrupts';
-import type { SetIrqsMessage } from '../protocol/codec';
 import type { SessionHost } from './session';
 import type { BarDefinition, DeviceContext, DeviceModel } from '../../models/device-model';
 
 const PAGE = 4096;
-const PCI_COMMAND = 0x04;
-const PCI_COMMAND_MASTER = 0x4;
 
 export interface RegionDescription {
   index: number;
@@ -151,18 +149,12 @@ export class DeviceHost implements DeviceContext, SessionHost {
     };
   }
 
-  /** Bounds-check a region access; returns the region size. Throws ProtocolError(errno). */
-  checkAccess(index: number, offset: number, length: number): number {
-    const info = this.regionInfo(index);
-    if (!info || info.size === 0) throw new ProtocolError(`region ${index} does not exist`, Errno.EINVAL);
-    if (offset > info.size || length > info.size - offset) {
-      throw new ProtocolError(`region ${index} access [0x${offset.toString(16)}, +${length}) is outside its ${info.size} bytes`, Errno.EINVAL);
-    }
-    return info.size;
+  regionSize(index: number): number {
+    if (index === Vfio.PCI_CONFIG_REGION_INDEX) return this.model.config.size;
+    return (index < 6 && this.model.config.bars[index]?.size) || 0;
   }
 
   regionRead(index: number, offset: number, into: Uint8Array): void {
-    this.checkAccess(index, offset, into.length);
     if (index === Vfio.PCI_CONFIG_REGION_INDEX) {
       this.model.config.read(offset, into);
       return;
@@ -180,7 +172,6 @@ export class DeviceHost implements DeviceContext, SessionHost {
   }
 
   regionWrite(index: number, offset: number, from: Uint8Array): void {
-    this.checkAccess(index, offset, from.length);
     if (index === Vfio.PCI_CONFIG_REGION_INDEX) {
       this.model.config.write(offset, from);
       return;

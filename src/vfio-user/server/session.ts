@@ -58,7 +58,9 @@ export interface SessionHost {
   dmaUnmap(iova: number, size: number): number;
   dmaUnmapAll(): void;
   regionInfo(index: number): RegionDescription | undefined;
-  checkAccess(index: number, offset: number, length: number): void;
+  /** A region's size, 0 when there is no such region; asked on every access, so nothing is built. */
+  regionSize(index: number): number;
+  /** Accesses come bounds-checked against regionSize. */
   regionRead(index: number, offset: number, into: Uint8Array): void;
   regionWrite(index: number, offset: number, from: Uint8Array): void;
   irqInfo(index: number): IrqInfoResult | undefined;
@@ -238,6 +240,7 @@ export class Session {
         noFds();
         const m = decodeRegionAccess(payload, false);
         if (m.count > this.options.maxDataXferSize) return { error: Errno.E2BIG };
+        this.checkAccess(m.region, m.offset, m.count);
         const data = new Uint8Array(m.count);
         this.host.regionRead(m.region, m.offset, data);
         return { payload: [encodeRegionAccess(m), data] };
@@ -245,6 +248,7 @@ export class Session {
       case Command.REGION_WRITE: {
         noFds();
         const m = decodeRegionAccess(payload, true);
+        this.checkAccess(m.region, m.offset, m.count);
         this.host.regionWrite(m.region, m.offset, m.data!);
         return { payload: [encodeRegionAccess(m)] };
       }
@@ -259,7 +263,7 @@ export class Session {
         noFds();
         const writes = decodeWriteMulti(payload);
         // Checked as a whole first, so a bad entry leaves the device untouched.
-        for (const w of writes) this.host.checkAccess(w.region, w.offset, w.count);
+        for (const w of writes) this.checkAccess(w.region, w.offset, w.count);
         for (const w of writes) this.host.regionWrite(w.region, w.offset, w.data);
         return { payload: [encodeWriteMultiReply(writes.length)] };
       }
@@ -270,6 +274,15 @@ export class Session {
         throw new ProtocolError('not supported by this server', Errno.ENOTSUP);
       default:
         throw new ProtocolError(`unknown command ${header.command}`, Errno.ENOSYS);
+    }
+  }
+
+  /** Bounds-check a region access for any host. Throws ProtocolError(EINVAL). */
+  private checkAccess(index: number, offset: number, length: number): void {
+    const size = this.host.regionSize(index);
+    if (size === 0) throw new ProtocolError(`region ${index} does not exist`, Errno.EINVAL);
+    if (offset > size || length > size - offset) {
+      throw new ProtocolError(`region ${index} access [0x${offset.toString(16)}, +${length}) is outside its ${size} bytes`, Errno.EINVAL);
     }
   }
 

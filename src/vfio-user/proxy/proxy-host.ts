@@ -16,19 +16,13 @@ import { UserpciError } from '../../errors';
 import { VfioBackend } from '../../backends/vfio/vfio-backend';
 import type { BackendDeviceInfo } from '../../device/backend';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../uapi/pci-regs';
-import { DmaFlags, Errno, ProtocolError, Vfio, type SetIrqsMessage } from '../protocol/codec';
+import { DmaFlags, Errno, ProtocolError, Vfio, errnoName, type SetIrqsMessage } from '../protocol/codec';
 import { closeFds } from '../protocol/transport';
 import type { RegionDescription } from '../server/device-host';
 import type { IrqInfoResult } from '../server/interrupts';
-import type { RemoteDma } from '../server/dma';
+import { DmaSpace, type RemoteDma } from '../server/dma';
 import type { SessionHost } from '../server/session';
 import type { TraceWriter } from './trace';
-
-interface ProxyMap {
-  iova: number;
-  size: number;
-  buffer: ArrayBuffer;
-}
 
 interface TracedVector {
   ours: number;
@@ -42,13 +36,13 @@ export interface ProxyOptions {
 }
 
 export class ProxyHost implements SessionHost {
-  private maps: ProxyMap[] = [];
   private readonly traced = new Map<string, TracedVector>();
   private readonly trace: TraceWriter | undefined;
   private readonly log: (message: string) => void;
   /** The device's answers never change: asked of VFIO once, not on every access. */
   private readonly info: BackendDeviceInfo;
   private readonly regions: (RegionDescription | undefined)[] = [];
+  private readonly dma: DmaSpace;
 
   constructor(
     readonly backend: VfioBackend,
@@ -57,6 +51,17 @@ export class ProxyHost implements SessionHost {
     this.trace = options.trace;
     this.log = options.log ?? (() => {});
     this.info = backend.deviceInfo();
+    // The client's maps, each mapped here and put into the real IOMMU at the client's IOVA.
+    this.dma = new DmaSpace(undefined, {
+      map: (m) => backend.dmaMap({ iova: m.iova, size: m.size, vaddr: native.addressOf(m.memory), memory: m.memory, memoryIova: m.iova, deviceReads: m.readable, deviceWrites: m.writable }),
+      unmap: (m) => {
+        try {
+          backend.dmaUnmap(m.iova, m.size);
+        } catch (err) {
+          this.log(`IOMMU unmap of 0x${m.iova.toString(16)} failed: ${(err as Error).message}`);
+        }
+      },
+    });
   }
 
   static open(address: string, options: ProxyOptions = {}): ProxyHost {
@@ -103,64 +108,23 @@ export class ProxyHost implements SessionHost {
   // ---- DMA ------------------------------------------------------------------------------------
 
   dmaMap(iova: number, size: number, flags: number, fd: number | undefined, offset: number): number {
+    const error = this.dma.map(iova, size, flags, fd, offset);
+    if (fd === undefined) this.log(`refused a DMA map without fd at 0x${iova.toString(16)}: a real device reaches memory only through the IOMMU; share memory by fd`);
     const read = (flags & DmaFlags.READ) !== 0;
     const write = (flags & DmaFlags.WRITE) !== 0;
-    try {
-      if (fd === undefined) {
-        this.log(`refused a DMA map without fd at 0x${iova.toString(16)}: a real device reaches memory only through the IOMMU; share memory by fd`);
-        this.trace?.write({ ev: 'dma-map', iova, size, read, write, fd: false, error: 'ENOTSUP' });
-        return Errno.ENOTSUP;
-      }
-      if (size <= 0 || (flags & ~(DmaFlags.READ | DmaFlags.WRITE)) !== 0 || size % 4096 !== 0 || iova % 4096 !== 0) return Errno.EINVAL;
-      if (this.maps.some((m) => iova < m.iova + m.size && m.iova < iova + size)) return Errno.EEXIST;
-      let buffer: ArrayBuffer;
-      try {
-        buffer = native.mmap(size, constants.PROT_READ | constants.PROT_WRITE, constants.MAP_SHARED, fd, offset);
-      } catch (err) {
-        this.trace?.write({ ev: 'dma-map', iova, size, read, write, fd: true, error: codeOf(err) });
-        return errnoOf(err);
-      }
-      const memory = new Uint8Array(buffer);
-      try {
-        this.backend.dmaMap({ iova, size, vaddr: native.addressOf(memory), memory, memoryIova: iova, deviceReads: read, deviceWrites: write });
-      } catch (err) {
-        native.munmap(buffer);
-        this.trace?.write({ ev: 'dma-map', iova, size, read, write, fd: true, error: codeOf(err) });
-        return errnoOf(err);
-      }
-      this.maps.push({ iova, size, buffer });
-      this.trace?.write({ ev: 'dma-map', iova, size, read, write, fd: true });
-      return 0;
-    } finally {
-      if (fd !== undefined) closeFds([fd]);
-    }
+    this.trace?.write({ ev: 'dma-map', iova, size, read, write, fd: fd !== undefined, ...(error ? { error: errnoName(error) } : {}) });
+    return error;
   }
 
   dmaUnmap(iova: number, size: number): number {
-    const i = this.maps.findIndex((m) => m.iova === iova && m.size === size);
-    if (i < 0) {
-      this.trace?.write({ ev: 'dma-unmap', iova, size, error: 'ENOENT' });
-      return Errno.ENOENT;
-    }
-    this.release(this.maps[i]!);
-    this.maps.splice(i, 1);
-    this.trace?.write({ ev: 'dma-unmap', iova, size });
-    return 0;
+    const error = this.dma.unmap(iova, size);
+    this.trace?.write({ ev: 'dma-unmap', iova, size, ...(error ? { error: errnoName(error) } : {}) });
+    return error;
   }
 
   dmaUnmapAll(): void {
-    for (const m of this.maps) this.release(m);
-    if (this.maps.length > 0) this.trace?.write({ ev: 'dma-unmap', iova: 0, size: 0, all: true });
-    this.maps = [];
-  }
-
-  private release(m: ProxyMap): void {
-    try {
-      this.backend.dmaUnmap(m.iova, m.size);
-    } catch (err) {
-      this.log(`IOMMU unmap of 0x${m.iova.toString(16)} failed: ${(err as Error).message}`);
-    }
-    native.munmap(m.buffer);
+    if (this.dma.count > 0) this.trace?.write({ ev: 'dma-unmap', iova: 0, size: 0, all: true });
+    this.dma.clear();
   }
 
   // ---- regions --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import { native, constants } from '../../native/index';
 import { UserpciError, type UserpciErrorCode } from '../../errors';
 import { DmaFlags, Errno } from '../protocol/codec';
 import { closeFds } from '../protocol/transport';
+import { errnoOf } from '../protocol/channel';
 
 export interface DmaMapping {
   iova: number;
@@ -24,11 +25,25 @@ export interface RemoteDma {
   write(iova: number, data: Uint8Array): Promise<void>;
 }
 
+/**
+ * Real hardware behind the maps (the proxy's VFIO container): every map must be mapped here, and
+ * each one is handed to it after mapping and taken back before unmapping.
+ */
+export interface DmaIommu {
+  /** Throws (an error with an errno code) to refuse the map. */
+  map(mapping: DmaMapping & { memory: Uint8Array }): void;
+  /** Must not throw: the map goes either way. */
+  unmap(mapping: DmaMapping): void;
+}
+
 export class DmaSpace {
   /** Sorted by iova; never overlapping. */
   private maps: DmaMapping[] = [];
 
-  constructor(private readonly maxMaps = 65535) {}
+  constructor(
+    private readonly maxMaps = 65535,
+    private readonly iommu?: DmaIommu,
+  ) {}
 
   get count(): number {
     return this.maps.length;
@@ -36,10 +51,13 @@ export class DmaSpace {
 
   /**
    * Add a map. Returns 0 or an errno. `fd` (if any) is consumed either way: mmapped and closed,
-   * since the mapping keeps the memory alive and the spec wants passed fds released.
+   * since the mapping keeps the memory alive and the spec wants passed fds released. Behind an
+   * IOMMU a map without fd, or one whose fd cannot be mapped, is refused: a real device reaches
+   * memory only through the IOMMU, never by messages.
    */
   map(iova: number, size: number, flags: number, fd: number | undefined, offset: number): number {
     try {
+      if (fd === undefined && this.iommu) return Errno.ENOTSUP;
       if (size <= 0 || iova + size > Number.MAX_SAFE_INTEGER || (flags & ~(DmaFlags.READ | DmaFlags.WRITE)) !== 0) return Errno.EINVAL;
       if (this.maps.length >= this.maxMaps) return Errno.ENOSPC;
       if (this.maps.some((m) => iova < m.iova + m.size && m.iova < iova + size)) return Errno.EEXIST;
@@ -57,9 +75,18 @@ export class DmaSpace {
         try {
           mapping.buffer = native.mmap(size, prot || constants.PROT_READ, constants.MAP_SHARED, fd, offset);
           mapping.memory = new Uint8Array(mapping.buffer);
-        } catch {
-          // Not mappable (a socket, a read-only fd, odd offset): fall back to messages.
+        } catch (err) {
+          // Not mappable (a socket, a read-only fd, odd offset): messages reach it, but no IOMMU does.
+          if (this.iommu) return errnoOf(err);
           mapping.buffer = undefined;
+        }
+        if (this.iommu) {
+          try {
+            this.iommu.map(mapping as DmaMapping & { memory: Uint8Array });
+          } catch (err) {
+            native.munmap(mapping.buffer!);
+            return errnoOf(err);
+          }
         }
       }
       this.maps.push(mapping);
@@ -100,6 +127,7 @@ export class DmaSpace {
   }
 
   private release(m: DmaMapping): void {
+    if (m.buffer && this.iommu) this.iommu.unmap(m);
     if (m.buffer) native.munmap(m.buffer);
     m.buffer = undefined;
     m.memory = undefined;

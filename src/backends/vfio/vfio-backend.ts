@@ -170,15 +170,20 @@ export class VfioBackend implements Backend {
   }
 
   setIrqEventfds(index: number, start: number, fds: number[]): void {
-    this.setIrqs(V.encodeIrqSetEventfds(index, fds, start), `routing interrupt index ${index}`);
+    this.ioctlSetIrqs(V.encodeIrqSetEventfds(index, fds, start), `routing interrupt index ${index}`);
   }
 
   disableIrqs(index: number): void {
-    this.setIrqs(V.encodeIrqDisable(index), `disabling interrupt index ${index}`);
+    this.ioctlSetIrqs(V.encodeIrqDisable(index), `disabling interrupt index ${index}`);
   }
 
   unmaskIrq(index: number, vector: number): void {
-    this.setIrqs(V.encodeIrqSet({ action: V.VFIO_IRQ_SET_ACTION_UNMASK, index, start: vector, count: 1 }), `unmasking interrupt ${index}.${vector}`);
+    this.ioctlSetIrqs(V.encodeIrqSet({ action: V.VFIO_IRQ_SET_ACTION_UNMASK, index, start: vector, count: 1 }), `unmasking interrupt ${index}.${vector}`);
+  }
+
+  /** Any VFIO_DEVICE_SET_IRQS (the proxy passes its client's requests through as they come). */
+  setIrqs(fields: V.VfioIrqSetFields): void {
+    this.ioctlSetIrqs(V.encodeIrqSet(fields), `setting interrupts ${fields.index}.${fields.start ?? 0}`);
   }
 
   reset(): void {
@@ -195,7 +200,7 @@ export class VfioBackend implements Backend {
     this.container.detachGroup(this.group);
   }
 
-  private setIrqs(arg: Uint8Array, doing: string): void {
+  private ioctlSetIrqs(arg: Uint8Array, doing: string): void {
     try {
       native.ioctl(this.fd, V.VFIO_DEVICE_SET_IRQS, arg);
     } catch (err) {

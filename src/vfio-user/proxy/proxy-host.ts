@@ -12,12 +12,12 @@
  * into memory being unmapped), interrupts are disabled, every map leaves the IOMMU.
  */
 import { native, constants, type WatchHandle } from '../../native/index';
-import { UserpciError } from '../../errors';
 import { VfioBackend } from '../../backends/vfio/vfio-backend';
 import type { BackendDeviceInfo } from '../../device/backend';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../uapi/pci-regs';
 import { DmaFlags, Errno, ProtocolError, Vfio, errnoName, type SetIrqsMessage } from '../protocol/codec';
 import { closeFds } from '../protocol/transport';
+import { errnoOf } from '../protocol/channel';
 import type { RegionDescription } from '../server/device-host';
 import type { IrqInfoResult } from '../server/interrupts';
 import { DmaSpace, type RemoteDma } from '../server/dma';
@@ -25,6 +25,10 @@ import type { SessionHost } from '../server/session';
 import type { TraceWriter } from './trace';
 
 interface TracedVector {
+  /** index * 0x10000 + vector */
+  key: number;
+  index: number;
+  vector: number;
   ours: number;
   theirs: number;
   watch: WatchHandle;
@@ -36,7 +40,7 @@ export interface ProxyOptions {
 }
 
 export class ProxyHost implements SessionHost {
-  private readonly traced = new Map<string, TracedVector>();
+  private readonly traced = new Map<number, TracedVector>();
   private readonly trace: TraceWriter | undefined;
   private readonly log: (message: string) => void;
   /** The device's answers never change: asked of VFIO once, not on every access. */
@@ -94,7 +98,7 @@ export class ProxyHost implements SessionHost {
         // not enabled, or not disableable: nothing routed there
       }
     }
-    this.dropTraced();
+    for (const t of this.traced.values()) this.stopTracing(t, true);
     this.dmaUnmapAll();
     this.trace?.write({ ev: 'disconnect' });
   }
@@ -171,42 +175,55 @@ export class ProxyHost implements SessionHost {
   }
 
   setIrqs(m: SetIrqsMessage, fds: number[]): number {
-    const action = m.flags & (Vfio.IRQ_SET_ACTION_MASK | Vfio.IRQ_SET_ACTION_UNMASK | Vfio.IRQ_SET_ACTION_TRIGGER);
-    const error = this.applyIrqs(m, action, fds);
-    this.trace?.write({ ev: 'set-irqs', index: m.index, start: m.start, count: m.count, flags: m.flags, fds: fds.length, ...(error ? { error: String(error) } : {}) });
+    const error = this.passIrqs(m, fds);
+    this.trace?.write({ ev: 'set-irqs', index: m.index, start: m.start, count: m.count, flags: m.flags, fds: fds.length, ...(error ? { error: errnoName(error) } : {}) });
     return error;
   }
 
-  private applyIrqs(m: SetIrqsMessage, action: number, fds: number[]): number {
+  /**
+   * The request goes to VFIO_DEVICE_SET_IRQS as it came (its layout is VFIO's); only the client's
+   * eventfds travel beside it rather than in it. With a trace, trigger eventfds are ours, which
+   * count and forward. Tracing of a vector changes only once VFIO has taken the new routing.
+   */
+  private passIrqs(m: SetIrqsMessage, fds: number[]): number {
+    const action = m.flags & (Vfio.IRQ_SET_ACTION_MASK | Vfio.IRQ_SET_ACTION_UNMASK | Vfio.IRQ_SET_ACTION_TRIGGER);
+    const withEventfds = (m.flags & Vfio.IRQ_SET_DATA_EVENTFD) !== 0;
+    if (withEventfds ? fds.length !== 0 && fds.length !== m.count : fds.length !== 0) return Errno.EINVAL;
+    let eventfds: number[] | undefined;
+    const fresh: TracedVector[] = [];
+    if (withEventfds) {
+      // No fds with DATA_EVENTFD: the spec's de-assign of every vector in the range.
+      eventfds = fds.length ? fds : new Array<number>(m.count).fill(-1);
+      if (this.trace && action === Vfio.IRQ_SET_ACTION_TRIGGER) {
+        eventfds = eventfds.map((theirs, i) => {
+          if (theirs < 0) return -1;
+          const t = this.traceVector(m.index, m.start + i, theirs);
+          fresh.push(t);
+          return t.ours;
+        });
+      }
+    }
     try {
-      if (action === Vfio.IRQ_SET_ACTION_TRIGGER && m.flags & Vfio.IRQ_SET_DATA_EVENTFD) {
-        if (fds.length !== 0 && fds.length !== m.count) return Errno.EINVAL;
-        const theirs = fds.length ? fds : new Array<number>(m.count).fill(-1);
-        for (let i = 0; i < m.count; i++) this.untrace(m.index, m.start + i);
-        const routed = this.trace ? theirs.map((fd, i) => (fd < 0 ? -1 : this.traceVector(m.index, m.start + i, fd))) : theirs;
-        this.backend.setIrqEventfds(m.index, m.start, routed);
-        // VFIO holds its own references; without a trace ours are not needed.
-        if (!this.trace) closeFds(fds);
-        return 0;
-      }
-      if (fds.length) return Errno.EINVAL;
-      if (action === Vfio.IRQ_SET_ACTION_TRIGGER && m.flags & Vfio.IRQ_SET_DATA_NONE && m.count === 0) {
-        this.backend.disableIrqs(m.index);
-        this.untraceIndex(m.index);
-        return 0;
-      }
-      if (action === Vfio.IRQ_SET_ACTION_UNMASK && m.flags & Vfio.IRQ_SET_DATA_NONE && m.count === 1) {
-        this.backend.unmaskIrq(m.index, m.start);
-        return 0;
-      }
-      return Errno.ENOTSUP;
+      this.backend.setIrqs({ action, index: m.index, start: m.start, count: m.count, eventfds, bools: m.bools && Array.from(m.bools, (b) => b !== 0) });
     } catch (err) {
+      for (const t of fresh) this.stopTracing(t, false);
       return errnoOf(err);
     }
+    if (action === Vfio.IRQ_SET_ACTION_TRIGGER) {
+      // Vectors given other eventfds (or none), or the whole index turned off, forward no more.
+      const off = (m.flags & Vfio.IRQ_SET_DATA_NONE) !== 0 && m.count === 0;
+      for (const t of this.traced.values()) {
+        if (t.index === m.index && (off || (withEventfds && t.vector >= m.start && t.vector < m.start + m.count))) this.stopTracing(t, true);
+      }
+      for (const t of fresh) this.traced.set(t.key, t);
+    }
+    // VFIO holds its own references; the client's eventfds stay open only where a trace forwards to them.
+    if (fresh.length === 0) closeFds(fds);
+    return 0;
   }
 
   /** A trace sees each interrupt: VFIO signals an eventfd of ours, which counts and forwards it. */
-  private traceVector(index: number, vector: number, theirs: number): number {
+  private traceVector(index: number, vector: number, theirs: number): TracedVector {
     const ours = native.eventfd(0, constants.EFD_NONBLOCK);
     const watch = native.watch(ours, 1, true, (status, count) => {
       if (status < 0) return;
@@ -218,28 +235,14 @@ export class ProxyHost implements SessionHost {
       }
     });
     native.watchRef(watch, false);
-    this.traced.set(`${index}.${vector}`, { ours, theirs, watch });
-    return ours;
+    return { key: index * 0x10000 + vector, index, vector, ours, theirs, watch };
   }
 
-  private untrace(index: number, vector: number): void {
-    const key = `${index}.${vector}`;
-    const t = this.traced.get(key);
-    if (!t) return;
+  /** Stop forwarding; the client's eventfd is closed only when it was ours to keep (`owned`). */
+  private stopTracing(t: TracedVector, owned: boolean): void {
     native.watchStop(t.watch);
-    closeFds([t.ours, t.theirs]);
-    this.traced.delete(key);
-  }
-
-  private untraceIndex(index: number): void {
-    for (const key of [...this.traced.keys()]) if (key.startsWith(`${index}.`)) this.untrace(index, Number(key.split('.')[1]));
-  }
-
-  private dropTraced(): void {
-    for (const key of [...this.traced.keys()]) {
-      const [i, v] = key.split('.').map(Number);
-      this.untrace(i!, v!);
-    }
+    closeFds(owned ? [t.ours, t.theirs] : [t.ours]);
+    if (this.traced.get(t.key) === t) this.traced.delete(t.key);
   }
 
   reset(): void {
@@ -247,17 +250,9 @@ export class ProxyHost implements SessionHost {
       this.backend.reset();
       this.trace?.write({ ev: 'reset' });
     } catch (err) {
-      this.trace?.write({ ev: 'reset', error: codeOf(err) });
-      throw new ProtocolError(`reset failed: ${(err as Error).message}`, errnoOf(err));
+      const errno = errnoOf(err);
+      this.trace?.write({ ev: 'reset', error: errnoName(errno) });
+      throw new ProtocolError(`reset failed: ${(err as Error).message}`, errno);
     }
   }
-}
-
-function codeOf(err: unknown): string {
-  return err instanceof UserpciError || typeof (err as { code?: unknown })?.code === 'string' ? String((err as { code: string }).code) : 'EIO';
-}
-
-function errnoOf(err: unknown): number {
-  const code = codeOf(err);
-  return code in Errno ? Errno[code as keyof typeof Errno] : Errno.EIO;
 }

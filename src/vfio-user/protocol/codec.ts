@@ -6,7 +6,7 @@
  * Decoders never trust the peer: a payload too short, a count that disagrees with the data, a
  * 64-bit number beyond 2^53 all throw a ProtocolError carrying the errno to answer with.
  */
-import { VFIO_STRUCTS, encodeRegionInfo as encodeVfioRegionInfo, decodeRegionInfo as decodeVfioRegionInfo } from '../../uapi/vfio';
+import * as V from '../../uapi/vfio';
 import { UserpciError, toErrorCode } from '../../errors';
 
 export const PROTOCOL_MAJOR = 0;
@@ -193,6 +193,24 @@ export function setU64(v: DataView, offset: number, value: number): void {
   v.setUint32(offset + 4, Math.floor(value / 0x1_0000_0000), true);
 }
 
+/** An argsz below the struct's fixed part leaves no room for what it describes (or its reply). */
+function checkArgsz(argsz: number, size: number, what: string): number {
+  if (argsz < size) throw new ProtocolError(`${what} argsz ${argsz} is below the ${size}-byte struct`);
+  return argsz;
+}
+
+/**
+ * Run a uapi/vfio codec on a payload whose layout vfio-user shares with VFIO: its complaints
+ * (a truncated struct, a u64 beyond 2^53, a capability chain that loops) become ProtocolErrors.
+ */
+function viaVfio<T>(what: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw new ProtocolError(`${what}: ${(err as Error).message}`, err instanceof RangeError ? Errno.ERANGE : Errno.EINVAL);
+  }
+}
+
 function alloc(size: number): [Uint8Array, DataView] {
   const bytes = new Uint8Array(size);
   return [bytes, view(bytes)];
@@ -337,22 +355,17 @@ export interface DmaMapMessage {
   size: number;
 }
 
-export const DMA_MAP_SIZE = 32;
+export const DMA_MAP_SIZE = V.VFIO_STRUCTS.vfio_iommu_type1_dma_map.sizeof;
 
+/** VFIO's struct vfio_iommu_type1_dma_map, with the offset into the passed fd where vaddr was. */
 export function encodeDmaMap(m: DmaMapMessage): Uint8Array {
-  const [bytes, v] = alloc(DMA_MAP_SIZE);
-  v.setUint32(0, DMA_MAP_SIZE, true);
-  v.setUint32(4, m.flags, true);
-  setU64(v, 8, m.offset);
-  setU64(v, 16, m.address);
-  setU64(v, 24, m.size);
-  return bytes;
+  return V.encodeDmaMap({ flags: m.flags, vaddr: m.offset, iova: m.address, size: m.size });
 }
 
 export function decodeDmaMap(payload: Uint8Array): DmaMapMessage {
-  const v = need(payload, DMA_MAP_SIZE, 'DMA_MAP');
-  if (v.getUint32(0, true) < DMA_MAP_SIZE) throw new ProtocolError(`DMA_MAP argsz ${v.getUint32(0, true)} is below ${DMA_MAP_SIZE}`);
-  return { flags: v.getUint32(4, true), offset: getU64(v, 8), address: getU64(v, 16), size: getU64(v, 24) };
+  const m = viaVfio('DMA_MAP', () => V.decodeDmaMap(payload));
+  checkArgsz(m.argsz, DMA_MAP_SIZE, 'DMA_MAP');
+  return { flags: m.flags, offset: m.vaddr, address: m.iova, size: m.size };
 }
 
 export interface DmaUnmapMessage {
@@ -362,22 +375,18 @@ export interface DmaUnmapMessage {
   size: number;
 }
 
-export const DMA_UNMAP_SIZE = 24;
+export const DMA_UNMAP_SIZE = V.VFIO_STRUCTS.vfio_iommu_type1_dma_unmap.sizeof;
 
+/** VFIO's struct vfio_iommu_type1_dma_unmap as it is. */
 export function encodeDmaUnmap(m: { flags?: number; address: number; size: number; argsz?: number }): Uint8Array {
-  const [bytes, v] = alloc(DMA_UNMAP_SIZE);
-  v.setUint32(0, m.argsz ?? DMA_UNMAP_SIZE, true);
-  v.setUint32(4, m.flags ?? 0, true);
-  setU64(v, 8, m.address);
-  setU64(v, 16, m.size);
-  return bytes;
+  return V.encodeDmaUnmap({ argsz: m.argsz, flags: m.flags, iova: m.address, size: m.size });
 }
 
 export function decodeDmaUnmap(payload: Uint8Array): DmaUnmapMessage {
-  const v = need(payload, DMA_UNMAP_SIZE, 'DMA_UNMAP');
+  const m = viaVfio('DMA_UNMAP', () => V.decodeDmaUnmap(payload));
   // argsz is the room for the reply, which echoes the 24-byte entry.
-  if (v.getUint32(0, true) < DMA_UNMAP_SIZE) throw new ProtocolError(`DMA_UNMAP argsz ${v.getUint32(0, true)} leaves no room for the ${DMA_UNMAP_SIZE}-byte reply`);
-  return { argsz: v.getUint32(0, true), flags: v.getUint32(4, true), address: getU64(v, 8), size: getU64(v, 16) };
+  checkArgsz(m.argsz, DMA_UNMAP_SIZE, 'DMA_UNMAP');
+  return { argsz: m.argsz, flags: m.flags, address: m.iova, size: m.size };
 }
 
 // ---- DEVICE_GET_INFO -------------------------------------------------------------------------
@@ -389,6 +398,7 @@ export interface DeviceInfoMessage {
   numIrqs: number;
 }
 
+/** VFIO's struct vfio_device_info without cap_offset: 16 bytes, not the kernel's 20, so its own codec. */
 export const DEVICE_INFO_SIZE = 16;
 
 export function encodeDeviceInfo(m: DeviceInfoMessage): Uint8Array {
@@ -407,34 +417,24 @@ export function decodeDeviceInfo(payload: Uint8Array): DeviceInfoMessage {
 
 // ---- DEVICE_GET_REGION_INFO ------------------------------------------------------------------
 
-export interface SparseMmapArea {
-  offset: number;
-  size: number;
-}
+export type SparseMmapArea = V.VfioSparseMmapArea;
 
-export interface RegionInfoMessage {
-  argsz: number;
-  flags: number;
-  index: number;
-  capOffset: number;
-  size: number;
-  /** mmap offset in the region's fd. */
-  offset: number;
+export type RegionInfoMessage = Pick<V.VfioRegionInfo, 'argsz' | 'flags' | 'index' | 'capOffset' | 'size' | 'offset'> & {
   /** Decoded from the capability chain; undefined when no sparse-mmap capability came with it. */
   sparseAreas?: SparseMmapArea[];
-}
+};
 
-export const REGION_INFO_SIZE = VFIO_STRUCTS.vfio_region_info.sizeof;
+export const REGION_INFO_SIZE = V.VFIO_STRUCTS.vfio_region_info.sizeof;
 /** A region with more sparse areas than this is not a real device: refuse it rather than allocate. */
 export const MAX_SPARSE_AREAS = 1024;
 
 export function encodeRegionInfoRequest(index: number, argsz: number): Uint8Array {
-  return encodeVfioRegionInfo({ index, argsz }).subarray(0, REGION_INFO_SIZE);
+  return V.encodeRegionInfo({ index, argsz }).subarray(0, REGION_INFO_SIZE);
 }
 
 /** Bytes a full reply needs: the fixed part plus a sparse-mmap capability when there are areas. */
 export function regionInfoFullSize(sparseAreas: SparseMmapArea[] | undefined): number {
-  return encodeVfioRegionInfo({ index: 0, sparseMmapAreas: sparseAreas }).byteLength;
+  return V.encodeRegionInfo({ index: 0, sparseMmapAreas: sparseAreas }).byteLength;
 }
 
 /**
@@ -444,10 +444,10 @@ export function regionInfoFullSize(sparseAreas: SparseMmapArea[] | undefined): n
  * as VFIO does.
  */
 export function encodeRegionInfoReply(m: Omit<RegionInfoMessage, 'argsz' | 'capOffset'>, clientArgsz: number): { bytes: Uint8Array; complete: boolean } {
-  const full = encodeVfioRegionInfo({ index: m.index, flags: m.flags, size: m.size, offset: m.offset, sparseMmapAreas: m.sparseAreas });
+  const full = V.encodeRegionInfo({ index: m.index, flags: m.flags, size: m.size, offset: m.offset, sparseMmapAreas: m.sparseAreas });
   if (clientArgsz >= full.byteLength) return { bytes: full, complete: true };
   const bytes = full.slice(0, REGION_INFO_SIZE);
-  new DataView(bytes.buffer).setUint32(VFIO_STRUCTS.vfio_region_info.at.cap_offset, 0, true);
+  new DataView(bytes.buffer).setUint32(V.VFIO_STRUCTS.vfio_region_info.at.cap_offset, 0, true);
   return { bytes, complete: false };
 }
 
@@ -459,12 +459,7 @@ export function decodeRegionInfoRequest(payload: Uint8Array): { argsz: number; i
 /** Decode a reply; the uapi decoder walks the capability chain defensively (bounds, loops). */
 export function decodeRegionInfoReply(payload: Uint8Array): RegionInfoMessage {
   need(payload, REGION_INFO_SIZE, 'DEVICE_GET_REGION_INFO reply');
-  let info;
-  try {
-    info = decodeVfioRegionInfo(payload);
-  } catch (err) {
-    throw new ProtocolError(`region info reply: ${(err as Error).message}`);
-  }
+  const info = viaVfio('region info reply', () => V.decodeRegionInfo(payload));
   if (info.sparseMmapAreas && info.sparseMmapAreas.length > MAX_SPARSE_AREAS) {
     throw new ProtocolError(`sparse mmap capability claims ${info.sparseMmapAreas.length} areas`, Errno.E2BIG);
   }
@@ -481,27 +476,17 @@ export function decodeRegionInfoReply(payload: Uint8Array): RegionInfoMessage {
 
 // ---- DEVICE_GET_IRQ_INFO ---------------------------------------------------------------------
 
-export interface IrqInfoMessage {
-  argsz: number;
-  flags: number;
-  index: number;
-  count: number;
-}
+export type IrqInfoMessage = V.VfioIrqInfo;
 
-export const IRQ_INFO_SIZE = 16;
+export const IRQ_INFO_SIZE = V.VFIO_STRUCTS.vfio_irq_info.sizeof;
 
+/** VFIO's struct vfio_irq_info as it is. */
 export function encodeIrqInfo(m: IrqInfoMessage): Uint8Array {
-  const [bytes, v] = alloc(IRQ_INFO_SIZE);
-  v.setUint32(0, m.argsz, true);
-  v.setUint32(4, m.flags, true);
-  v.setUint32(8, m.index, true);
-  v.setUint32(12, m.count, true);
-  return bytes;
+  return V.encodeIrqInfo(m);
 }
 
 export function decodeIrqInfo(payload: Uint8Array): IrqInfoMessage {
-  const v = need(payload, IRQ_INFO_SIZE, 'DEVICE_GET_IRQ_INFO');
-  return { argsz: v.getUint32(0, true), flags: v.getUint32(4, true), index: v.getUint32(8, true), count: v.getUint32(12, true) };
+  return viaVfio('DEVICE_GET_IRQ_INFO', () => V.decodeIrqInfo(payload));
 }
 
 // ---- DEVICE_SET_IRQS -------------------------------------------------------------------------
@@ -515,7 +500,8 @@ export interface SetIrqsMessage {
   bools?: Uint8Array;
 }
 
-export const SET_IRQS_SIZE = 20;
+/** VFIO's struct vfio_irq_set, but eventfds travel as SCM_RIGHTS fds, not in the data: its own codec. */
+export const SET_IRQS_SIZE = V.VFIO_STRUCTS.vfio_irq_set.sizeof;
 /** VFIO's own bound on vectors per index (MSI-X allows 2048). */
 export const MAX_IRQ_VECTORS = 2048;
 

@@ -200,7 +200,7 @@ export class VfioUserClient implements Backend {
   deviceInfo(): BackendDeviceInfo {
     if (this.info) return this.info;
     const reply = this.call(Command.DEVICE_GET_INFO, [encodeDeviceInfo({ argsz: DEVICE_INFO_SIZE, flags: 0, numRegions: 0, numIrqs: 0 })]);
-    const m = decodeDeviceInfo(reply.payload);
+    const m = this.decode(() => decodeDeviceInfo(reply.payload));
     this.info = { numRegions: m.numRegions, numIrqs: m.numIrqs, flags: m.flags, canReset: (m.flags & Vfio.DEVICE_FLAGS_RESET) !== 0 };
     return this.info;
   }

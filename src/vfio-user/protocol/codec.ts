@@ -412,7 +412,7 @@ export function encodeDeviceInfo(m: DeviceInfoMessage): Uint8Array {
 
 export function decodeDeviceInfo(payload: Uint8Array): DeviceInfoMessage {
   const v = need(payload, DEVICE_INFO_SIZE, 'DEVICE_GET_INFO');
-  return { argsz: v.getUint32(0, true), flags: v.getUint32(4, true), numRegions: v.getUint32(8, true), numIrqs: v.getUint32(12, true) };
+  return { argsz: checkArgsz(v.getUint32(0, true), DEVICE_INFO_SIZE, 'DEVICE_GET_INFO'), flags: v.getUint32(4, true), numRegions: v.getUint32(8, true), numIrqs: v.getUint32(12, true) };
 }
 
 // ---- DEVICE_GET_REGION_INFO ------------------------------------------------------------------
@@ -453,7 +453,7 @@ export function encodeRegionInfoReply(m: Omit<RegionInfoMessage, 'argsz' | 'capO
 
 export function decodeRegionInfoRequest(payload: Uint8Array): { argsz: number; index: number } {
   const v = need(payload, REGION_INFO_SIZE, 'DEVICE_GET_REGION_INFO');
-  return { argsz: v.getUint32(0, true), index: v.getUint32(8, true) };
+  return { argsz: checkArgsz(v.getUint32(0, true), REGION_INFO_SIZE, 'DEVICE_GET_REGION_INFO'), index: v.getUint32(8, true) };
 }
 
 /** Decode a reply; the uapi decoder walks the capability chain defensively (bounds, loops). */
@@ -486,7 +486,9 @@ export function encodeIrqInfo(m: IrqInfoMessage): Uint8Array {
 }
 
 export function decodeIrqInfo(payload: Uint8Array): IrqInfoMessage {
-  return viaVfio('DEVICE_GET_IRQ_INFO', () => V.decodeIrqInfo(payload));
+  const m = viaVfio('DEVICE_GET_IRQ_INFO', () => V.decodeIrqInfo(payload));
+  checkArgsz(m.argsz, IRQ_INFO_SIZE, 'DEVICE_GET_IRQ_INFO');
+  return m;
 }
 
 // ---- DEVICE_SET_IRQS -------------------------------------------------------------------------

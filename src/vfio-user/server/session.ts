@@ -16,7 +16,6 @@ import {
   PROTOCOL_MAJOR,
   PROTOCOL_MINOR,
   ProtocolError,
-  REGION_INFO_SIZE,
   Vfio,
   decodeDeviceInfo,
   decodeDmaAccess,
@@ -36,13 +35,13 @@ import {
   encodeVersion,
   encodeWriteMultiReply,
   type Capabilities,
+  type SetIrqsMessage,
 } from '../protocol/codec';
 import { Channel, type ReplyData } from '../protocol/channel';
 import { ConnectionClosedError, closeFds, type IncomingMessage } from '../protocol/transport';
 import type { RemoteDma } from './dma';
 import type { RegionDescription } from './device-host';
 import type { IrqInfoResult } from './interrupts';
-import type { SetIrqsMessage } from '../protocol/codec';
 
 /**
  * What a session serves: a device model (DeviceHost) or a real device (the proxy). Errors are
@@ -201,14 +200,12 @@ export class Session {
       }
       case Command.DEVICE_GET_INFO: {
         noFds();
-        const m = decodeDeviceInfo(payload);
-        if (m.argsz < DEVICE_INFO_SIZE) return { error: Errno.EINVAL };
+        decodeDeviceInfo(payload); // argsz is checked there, as for every struct
         return { payload: [encodeDeviceInfo({ argsz: DEVICE_INFO_SIZE, ...this.host.deviceInfo() })] };
       }
       case Command.DEVICE_GET_REGION_INFO: {
         noFds();
         const m = decodeRegionInfoRequest(payload);
-        if (m.argsz < REGION_INFO_SIZE) return { error: Errno.EINVAL };
         let info = this.host.regionInfo(m.index);
         if (!info) return { error: Errno.EINVAL };
         if (info.fd !== undefined && this.peer!.maxMsgFds < 1) {
@@ -225,7 +222,6 @@ export class Session {
       case Command.DEVICE_GET_IRQ_INFO: {
         noFds();
         const m = decodeIrqInfo(payload);
-        if (m.argsz < IRQ_INFO_SIZE) return { error: Errno.EINVAL };
         const info = this.host.irqInfo(m.index);
         if (!info) return { error: Errno.EINVAL };
         return { payload: [encodeIrqInfo({ argsz: IRQ_INFO_SIZE, flags: info.flags, index: m.index, count: info.count })] };

@@ -78,6 +78,8 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
   readonly maxQueuePairs: number;
   readonly interruptMode: 'msix' | 'poll';
   readonly rxBufferSize: number;
+  /** CSUM negotiated: frames may ask the device to fill in their checksum (a boolean, not a bigint test per burst). */
+  private readonly checksumOffload: boolean;
   private linkState = true;
   private readonly rx: RxQueue[] = [];
   private readonly tx: TxQueue[] = [];
@@ -150,6 +152,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
     // mean something to the device) are conditions, not wishes.
     const required = V.featureBit(V.F_VERSION_1) | V.featureBit(V.F_ACCESS_PLATFORM);
     this.features = t.negotiate(want, required, N.NET_FEATURE_NAMES);
+    this.checksumOffload = this.has(N.NET_F_CSUM);
     const msix = t.device.interrupts.info('msix').count;
     const need = 1 + pairs;
     this.interruptMode = options.interrupts ?? (msix >= need ? 'msix' : 'poll');
@@ -311,7 +314,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
     }
     if (count === 0) throw new InvalidArgumentError(`${this.name}: an empty batch was given to send`);
     const max = this.maxFrameSize;
-    const csum = this.has(N.NET_F_CSUM);
+    const csum = this.checksumOffload;
     for (let i = start; i < start + count; i++) {
       const len = batch.lengths[i]!;
       if (len > max || len > batch.slotSize) throw new UserpciError('EMSGSIZE', `${this.name}: packet ${i} is ${len} bytes; the largest frame is ${max}`);

@@ -12,6 +12,7 @@
  * Indices run freely modulo 2^16; the ring slot is index & (size - 1).
  */
 import { InvalidArgumentError } from '../../errors';
+import { alignUp } from '../../dma/iova-allocator';
 import { AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, MAX_QUEUE_SIZE, USED_F_NO_NOTIFY } from './constants';
 
 export interface QueueLayout {
@@ -32,10 +33,6 @@ export function splitQueueLayout(size: number): QueueLayout {
   const usedOffset = alignUp(availOffset + 6 + 2 * size, 64);
   const bytes = usedOffset + 6 + 8 * size;
   return { descOffset, availOffset, usedOffset, bytes };
-}
-
-function alignUp(n: number, a: number): number {
-  return Math.ceil(n / a) * a;
 }
 
 export class SplitQueue {

@@ -158,4 +158,13 @@ describe('userpci bind --dry-run / --force', () => {
     assert.match(mounted.stderr, /0000:01:00\.0 is in use: nvme0n1p1 mounted on \/boot/);
     assert.equal(existsSync(join(sysfs, 'bus/pci/devices/0000:01:00.0/driver_override')), false);
   });
+
+  it('net --bind binds only virtio network cards: an idle NVMe disk and an e1000e stay with their drivers', () => {
+    for (const [address, ids] of [['0000:02:00.0', '10ec:8139'], ['0000:04:00.0', '8086:10fb']] as const) {
+      const r = run('net', 'info', address, '--bind');
+      assert.equal(r.status, 1);
+      assert.ok(r.stderr.includes(`${address} is not a virtio network card (${ids}, virtio-net is 1af4:1041): not binding it; find one with \`userpci list --vendor 1af4 --device 1041\``), r.stderr);
+      assert.equal(existsSync(join(sysfs, 'bus/pci/devices', address, 'driver_override')), false);
+    }
+  });
 });

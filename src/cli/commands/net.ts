@@ -2,15 +2,17 @@
  * `userpci net info|send|recv ADDRESS`: a quick look at a virtio-net NIC through the user-space
  * driver. ADDRESS is the PCI address of a function bound to vfio-pci (--bind binds it first).
  */
-import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { isValidPciAddress } from '../../pci/address.js';
-import { bindToVfio, boundDriver, VFIO_DRIVER } from '../../pci/bind.js';
 import { UserpciError, InvalidArgumentError } from '../../errors.js';
 import { VirtioNet } from '../../drivers/virtio-net/net-device.js';
+import { virtioDeviceType } from '../../drivers/virtio/transport.js';
+import { VIRTIO_VENDOR_ID } from '../../drivers/virtio/constants.js';
+import { VIRTIO_NET_DEVICE_TYPE } from '../../drivers/virtio-net/constants.js';
 import { PacketBatch } from '../../drivers/virtio-net/packet-batch.js';
-import { UsageError, parseCount, print, sysfsRoot, toJson } from '../format.js';
+import { UsageError, hex, parseCount, print, toJson } from '../format.js';
 import type { CliCommand } from '../main.js';
+import { requireVfioBinding, sysfsNumber } from '../vfio-target.js';
 
 const USAGE = `userpci net info|send|recv ADDRESS [options]
 
@@ -53,12 +55,15 @@ function parse(args: string[]) {
 
 async function openNic(address: string, values: Values): Promise<VirtioNet> {
   if (!isValidPciAddress(address)) throw new InvalidArgumentError(`"${address}" is not a PCI address (DDDD:BB:DD.F)`);
-  if (!fs.existsSync(`${sysfsRoot()}/bus/pci/devices/${address}`)) throw new UserpciError('ENOENT', `no PCI device at ${address}`);
-  const driver = boundDriver(address, { sysfsRoot: sysfsRoot() });
-  if (driver !== VFIO_DRIVER) {
-    if (values.bind) bindToVfio(address, { sysfsRoot: sysfsRoot() });
-    else throw new UserpciError('EBUSY', `${address} is ${driver ? `bound to ${driver}` : 'not bound to any driver'}, not vfio-pci: run \`userpci bind ${address}\` first or add --bind`);
-  }
+  requireVfioBinding(address, values.bind, (dir) => {
+    const vendor = sysfsNumber(dir, 'vendor');
+    const device = sysfsNumber(dir, 'device');
+    // The subsystem id matters (and exists) only for virtio's transitional ids.
+    const type = vendor === VIRTIO_VENDOR_ID ? virtioDeviceType(vendor, device, sysfsNumber(dir, 'subsystem_device')) : undefined;
+    if (type !== VIRTIO_NET_DEVICE_TYPE) {
+      throw new UserpciError('EINVAL', `${address} is not a virtio network card (${hex(vendor, 4)}:${hex(device, 4)}, virtio-net is 1af4:1041): not binding it; find one with \`userpci list --vendor 1af4 --device 1041\``);
+    }
+  });
   return VirtioNet.open(address);
 }
 

@@ -7,7 +7,6 @@
 import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { isValidPciAddress } from '../../pci/address.js';
-import { bindToVfio, boundDriver, VFIO_DRIVER } from '../../pci/bind.js';
 import { UserpciError, InvalidArgumentError } from '../../errors.js';
 import { NvmeController } from '../../drivers/nvme/controller.js';
 import type { NvmeNamespace } from '../../drivers/nvme/namespace.js';
@@ -16,8 +15,9 @@ import { NbdServer } from '../../exports/nbd/server.js';
 import { NvmeBlockDevice } from '../../exports/nbd/nvme-device.js';
 import { serveNamespaceOverUblk } from '../../exports/ublk/nvme.js';
 import type { UblkServer } from '../../exports/ublk/server.js';
-import { UsageError, formatSize, parseCount, print, sysfsRoot, toJson } from '../format.js';
+import { UsageError, formatSize, parseCount, print, toJson } from '../format.js';
 import type { CliCommand } from '../main.js';
+import { requireVfioBinding, sysfsNumber } from '../vfio-target.js';
 
 const USAGE = `userpci nvme identify|read|write|verify|export|ublk ADDRESS [options]
 
@@ -99,20 +99,12 @@ const NVME_CLASS = 0x010802;
 
 async function openController(address: string, values: Values): Promise<NvmeController> {
   if (isValidPciAddress(address)) {
-    if (!fs.existsSync(`${sysfsRoot()}/bus/pci/devices/${address}`)) throw new UserpciError('ENOENT', `no PCI device at ${address}`);
-    const driver = boundDriver(address, { sysfsRoot: sysfsRoot() });
-    if (driver !== VFIO_DRIVER) {
-      if (values.bind) {
-        // Binding takes the device from its driver: make sure it is what this command drives.
-        const classCode = Number(fs.readFileSync(`${sysfsRoot()}/bus/pci/devices/${address}/class`, 'utf8').trim());
-        if (classCode !== NVME_CLASS) {
-          throw new UserpciError('EINVAL', `${address} is not an NVMe controller (class 0x${classCode.toString(16).padStart(6, '0')}, NVMe is 0x010802): not binding it; find one with \`userpci list --class 0108\``);
-        }
-        bindToVfio(address, { sysfsRoot: sysfsRoot(), procRoot: process.env['USERPCI_PROC_ROOT'] || '/proc' });
-      } else {
-        throw new UserpciError('EBUSY', `${address} is ${driver ? `bound to ${driver}` : 'not bound to any driver'}, not vfio-pci: run \`userpci bind ${address}\` first or add --bind`);
+    requireVfioBinding(address, values.bind, (dir) => {
+      const classCode = sysfsNumber(dir, 'class');
+      if (classCode !== NVME_CLASS) {
+        throw new UserpciError('EINVAL', `${address} is not an NVMe controller (class 0x${classCode.toString(16).padStart(6, '0')}, NVMe is 0x010802): not binding it; find one with \`userpci list --class 0108\``);
       }
-    }
+    });
   }
   const depth = parseCount(values.depth, '--depth') ?? 64;
   return NvmeController.open(address, { defaultQueue: { depth }, queuePairs: 4 });

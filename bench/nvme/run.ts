@@ -11,32 +11,12 @@
  * Options: --seconds S (per measurement, default 5), --warmup S (default 1), --profile (CPU
  * profile of ours on the QD32 cases, self time by function), --cases a,b, --memory MIB.
  */
-import { execFileSync } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { runInGuest, GuestRunError } from '../../scripts/guest/index';
-import { installSignalHandlers } from '../../scripts/guest/suites';
+import { arg, benchMain, buildStatic, runGuestBench } from '../guest-bench';
 import type { CaseResult } from './guest';
 
-const REPO = path.resolve(__dirname, '../../..');
 const NULL_SIZE = 8 * 1024 * 1024 * 1024;
 
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? process.argv[i + 1] : undefined;
-}
-
-/** The static baseline binary, rebuilt when the source is newer. */
-export function buildBaseline(): string {
-  const src = path.join(REPO, 'bench/nvme/kernel-baseline.c');
-  const out = path.join(REPO, '.cache/bench/nvme/kernel-baseline');
-  fs.mkdirSync(path.dirname(out), { recursive: true });
-  const stale = !fs.existsSync(out) || fs.statSync(out).mtimeMs < fs.statSync(src).mtimeMs;
-  if (stale) execFileSync('cc', ['-static', '-O2', '-Wall', '-o', out, src], { stdio: 'inherit' });
-  return path.relative(REPO, out);
-}
-
-export const BENCH_DEVICES = [
+const BENCH_DEVICES = [
   '-blockdev', `driver=null-co,node-name=null512,size=${NULL_SIZE},read-zeroes=on`,
   '-device', 'nvme,drive=null512,serial=bench-512',
   '-blockdev', `driver=null-co,node-name=null4k,size=${NULL_SIZE},read-zeroes=on`,
@@ -46,43 +26,19 @@ export const BENCH_DEVICES = [
 async function main(): Promise<number> {
   const seconds = Number(arg('--seconds') ?? 5);
   const warmup = Number(arg('--warmup') ?? 1);
-  const baseline = buildBaseline();
-  const guestArgs = ['--baseline', baseline, '--seconds', String(seconds), '--warmup', String(warmup)];
+  const guestArgs = ['--baseline', buildStatic('bench/nvme/kernel-baseline.c'), '--seconds', String(seconds), '--warmup', String(warmup)];
   if (process.argv.includes('--profile')) guestArgs.push('--profile');
   const cases = arg('--cases');
   if (cases) guestArgs.push('--cases', cases);
   const t0 = Date.now();
-  let stdout: string;
-  try {
-    const r = await runInGuest({
-      devices: BENCH_DEVICES,
-      // 2 MiB pages for the DMA buffers (the kernel's O_DIRECT buffer is ordinary memory).
-      command: `echo 64 > /proc/sys/vm/nr_hugepages; node --expose-gc dist/bench/nvme/guest.js ${guestArgs.join(' ')}`,
-      timeoutMs: 20 * 60_000,
-      memoryMiB: Number(arg('--memory') ?? 1536),
-      onConsole: (l) => {
-        if (process.argv.includes('--verbose')) process.stderr.write(`${l}\n`);
-      },
-    });
-    stdout = r.stdout;
-    if (r.exitCode !== 0) {
-      process.stderr.write(`${stdout}\nbench:nvme: the guest side failed (exit ${r.exitCode}):\n${r.consoleTail.join('\n')}\n`);
-      return 1;
-    }
-  } catch (e) {
-    if (e instanceof GuestRunError) {
-      process.stderr.write(`${e.message}\n`);
-      return 1;
-    }
-    throw e;
-  }
-  const jsonLine = stdout.split('\n').find((l) => l.startsWith('BENCH_JSON '));
-  if (!jsonLine) {
-    process.stderr.write(`${stdout}\nbench:nvme: no BENCH_JSON line from the guest\n`);
-    return 1;
-  }
-  for (const l of stdout.split('\n')) if (l && !l.startsWith('BENCH_JSON ')) console.log(l);
-  const data = JSON.parse(jsonLine.slice('BENCH_JSON '.length)) as { node: string; cpus: number; results: CaseResult[] };
+  const data = await runGuestBench<{ node: string; cpus: number; results: CaseResult[] }>('nvme', {
+    devices: BENCH_DEVICES,
+    // 2 MiB pages for the DMA buffers (the kernel's O_DIRECT buffer is ordinary memory).
+    command: `echo 64 > /proc/sys/vm/nr_hugepages; node --expose-gc dist/bench/nvme/guest.js ${guestArgs.join(' ')}`,
+    timeoutMs: 20 * 60_000,
+    memoryMiB: Number(arg('--memory') ?? 1536),
+  });
+  if (!data) return 1;
   console.log('');
   console.log(`NVMe 4 KiB/128 KiB reads, QEMU nvme on null-co, guest with ${data.cpus} vCPUs (TCG), node ${data.node}; ${seconds} s per measurement; ${Math.round((Date.now() - t0) / 1000)} s in all`);
   console.log(`${'case'.padEnd(26)} ${'ours IOPS'.padStart(10)} ${'kernel IOPS'.padStart(12)} ${'ratio'.padStart(7)}   ${'callbacks'.padStart(9)} ${'ratio'.padStart(6)}  ${'waiting'.padStart(7)}   JS heap before -> after (promise run)`);
@@ -99,13 +55,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-if (require.main === module) {
-  installSignalHandlers();
-  main().then(
-    (code) => (process.exitCode = code),
-    (e: Error) => {
-      console.error(e.stack ?? e.message);
-      process.exitCode = 1;
-    },
-  );
-}
+benchMain(main);

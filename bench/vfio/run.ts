@@ -8,11 +8,7 @@
  *   node dist/bench/vfio/run.js irq     interrupt latency: the handler on the event loop (default),
  *                                       on the vector's dedicated thread, and the main thread polling
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { execFileSync } from 'node:child_process';
-import { runInGuest } from '../../scripts/guest/index';
-import { repoRoot } from '../../scripts/guest/util';
+import { benchMain, bootBench, buildStatic } from '../guest-bench';
 
 interface Case {
   name: string;
@@ -26,16 +22,9 @@ interface Case {
 const FIND_EDU = 'EDU=$(for d in /sys/bus/pci/devices/*; do [ "$(cat $d/vendor)" = 0x1234 ] && [ "$(cat $d/device)" = 0x11e8 ] && basename $d; done | head -n 1)';
 const ADDRESS = '$EDU';
 
-function buildBaseline(): string {
-  const out = path.join(repoRoot(), '.cache', 'bench', 'edu-baseline');
-  fs.mkdirSync(path.dirname(out), { recursive: true });
-  execFileSync('cc', ['-static', '-O2', '-Wall', '-o', out, path.join(repoRoot(), 'bench', 'vfio', 'edu-baseline.c')], { stdio: 'inherit' });
-  return out;
-}
-
-async function main(which: string): Promise<void> {
+async function main(which: string): Promise<number> {
   if (which !== 'vfio' && which !== 'irq') throw new Error('usage: run.js vfio|irq');
-  const baseline = buildBaseline();
+  const baseline = buildStatic('bench/vfio/edu-baseline.c');
   const ours = 'node dist/bench/vfio/guest.js';
   const bind = `${FIND_EDU}\n[ -n "$EDU" ] || { echo "no edu device in the guest"; exit 1; }\nnode -e "require('./dist/src/pci/bind.js').bindToVfio(process.argv[1])" "$EDU"`;
   // Alternate the two sides so neither gets a warmer machine.
@@ -51,8 +40,8 @@ async function main(which: string): Promise<void> {
       for (const m of oursModes(mode)) lines.push(`echo "TS ${m} $(${ours} ${m} ${ADDRESS} ${n})"`);
     }
   }
-  const { stdout, exitCode } = await runInGuest({ devices: ['-device', 'edu'], command: `set -e\n${lines.join('\n')}`, timeoutMs: 15 * 60_000 });
-  if (exitCode !== 0) throw new Error(`benchmark failed in the guest (exit ${exitCode}):\n${stdout}`);
+  const stdout = await bootBench(which, { devices: ['-device', 'edu'], command: `set -e\n${lines.join('\n')}`, timeoutMs: 15 * 60_000 });
+  if (stdout === undefined) return 1;
   // Keep the best of the rounds for each side (least disturbed by the emulator).
   const best: Record<string, Record<string, number>> = {};
   for (const line of stdout.split('\n')) {
@@ -93,6 +82,7 @@ async function main(which: string): Promise<void> {
     console.log(`  ${c.name.padEnd(46)} ours ${fmt(c.ours).padStart(10)} ${c.unit.padEnd(6)} C ${fmt(c.baseline).padStart(10)}  ratio ${c.ratio.toFixed(2)}`);
   }
   console.log(`RESULT ${JSON.stringify({ bench: which, cases: cases.map((c) => ({ ...c, ours: round(c.ours), baseline: round(c.baseline), ratio: round(c.ratio) })) })}`);
+  return 0;
 }
 
 function fmt(v: number): string {
@@ -103,7 +93,4 @@ function round(v: number): number {
   return Math.round(v * 1000) / 1000;
 }
 
-main(process.argv[2] ?? 'vfio').catch((err) => {
-  console.error(err instanceof Error ? err.message : err);
-  process.exit(1);
-});
+benchMain(() => main(process.argv[2] ?? 'vfio'));

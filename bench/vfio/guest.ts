@@ -43,9 +43,7 @@ async function main(): Promise<void> {
     const lat = mode === 'irq' ? await latencyEventLoop(bar, vector!, n) : mode === 'irq-thread' ? await latencyThread(bar, vector!, n) : latencyPolled(bar, vector!, n);
     lat.sort();
     const pct = (p: number) => lat[Math.floor((n * p) / 100)]! / 1e3;
-    const prefix = mode === 'irq' ? '' : mode === 'irq-thread' ? 'thread' : 'polled';
-    const key = (k: string) => (prefix ? prefix + k[0]!.toUpperCase() + k.slice(1) : k);
-    console.log(JSON.stringify({ [key('p50Us')]: pct(50), [key('p90Us')]: pct(90), [key('p99Us')]: pct(99) }));
+    console.log(JSON.stringify({ p50Us: pct(50), p90Us: pct(90), p99Us: pct(99) }));
   } else {
     throw new Error(`unknown mode ${mode}`);
   }

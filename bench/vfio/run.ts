@@ -42,39 +42,35 @@ async function main(which: string): Promise<number> {
   }
   const stdout = await bootBench(which, { devices: ['-device', 'edu'], command: `set -e\n${lines.join('\n')}`, timeoutMs: 15 * 60_000 });
   if (stdout === undefined) return 1;
-  // Keep the best of the rounds for each side (least disturbed by the emulator).
-  const best: Record<string, Record<string, number>> = {};
+  // Keep the best of the rounds for each side and mode (least disturbed by the emulator).
+  const best = new Map<string, number>();
   for (const line of stdout.split('\n')) {
     const m = /^(C|TS) ([\w-]+) (\{.*\})$/.exec(line.trim());
     if (!m) continue;
-    const values = JSON.parse(m[3]!) as Record<string, number>;
-    for (const [k, v] of Object.entries(values)) {
-      const key = `${m[1]}:${k}`;
+    for (const [k, v] of Object.entries(JSON.parse(m[3]!) as Record<string, number>)) {
+      const key = `${m[1]} ${m[2]} ${k}`;
       const lowerIsBetter = k.endsWith('Ns') || k.endsWith('Us');
-      const prev = best[key]?.value;
-      if (prev === undefined || (lowerIsBetter ? v < prev : v > prev)) best[key] = { value: v };
+      const prev = best.get(key);
+      if (prev === undefined || (lowerIsBetter ? v < prev : v > prev)) best.set(key, v);
     }
   }
-  const get = (side: 'C' | 'TS', k: string) => {
-    const v = best[`${side}:${k}`]?.value;
-    if (v === undefined) throw new Error(`no ${side} figure for ${k} in:\n${stdout}`);
+  const get = (side: 'C' | 'TS', mode: string, k: string) => {
+    const v = best.get(`${side} ${mode} ${k}`);
+    if (v === undefined) throw new Error(`no ${side} ${mode} figure for ${k} in:\n${stdout}`);
     return v;
   };
   const cases: Case[] = [];
-  const time = (name: string, k: string, unit: string, oursKey = k) => cases.push({ name, ours: get('TS', oursKey), baseline: get('C', k), unit, ratio: get('C', k) / get('TS', oursKey) });
-  const rate = (name: string, k: string, unit: string) => cases.push({ name, ours: get('TS', k), baseline: get('C', k), unit, ratio: get('TS', k) / get('C', k) });
+  const time = (name: string, mode: string, k: string, unit: string, oursMode = mode) => cases.push({ name, ours: get('TS', oursMode, k), baseline: get('C', mode, k), unit, ratio: get('C', mode, k) / get('TS', oursMode, k) });
+  const rate = (name: string, mode: string, k: string, unit: string) => cases.push({ name, ours: get('TS', mode, k), baseline: get('C', mode, k), unit, ratio: get('TS', mode, k) / get('C', mode, k) });
   if (which === 'vfio') {
-    time('edu BAR read32', 'readNs', 'ns/op');
-    time('edu BAR write32', 'writeNs', 'ns/op');
-    rate('coherent 4 KiB buffer alloc+map+unmap+free', 'coherentPerSec', 'ops/s');
-    rate('streaming 4 KiB map+unmap', 'streamingPerSec', 'ops/s');
+    time('edu BAR read32', 'regs', 'readNs', 'ns/op');
+    time('edu BAR write32', 'regs', 'writeNs', 'ns/op');
+    rate('coherent 4 KiB buffer alloc+map+unmap+free', 'dma', 'coherentPerSec', 'ops/s');
+    rate('streaming 4 KiB map+unmap', 'dma', 'streamingPerSec', 'ops/s');
   } else {
     // C blocks in read(2) on the eventfd; ours: the event loop (default), a dedicated thread, polling.
-    for (const [label, prefix] of [['event loop', ''], ['dedicated thread', 'thread'], ['polled', 'polled']] as const) {
-      for (const p of ['p50', 'p90', 'p99']) {
-        const key = `${p}Us`;
-        time(`MSI latency ${p}, ${label} (raise to handler)`, key, 'us', prefix ? `${prefix}${key[0]!.toUpperCase()}${key.slice(1)}` : key);
-      }
+    for (const [label, mode] of [['event loop', 'irq'], ['dedicated thread', 'irq-thread'], ['polled', 'irq-polled']] as const) {
+      for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, ${label} (raise to handler)`, 'irq', `${p}Us`, 'us', mode);
     }
   }
   console.log(`\n${which} benchmark (edu in a TCG guest; C = same operations in C through VFIO)`);

@@ -84,13 +84,13 @@ export function guestCacheDir(): string {
   return path.join(repoRoot(), '.cache', 'guest');
 }
 
+/** Asset sets of other trees are removed only after this long unused (see the prune below). */
+const UNUSED_ASSETS_PRUNED_AFTER_MS = 24 * 3600_000;
+
 /**
  * Kernel packages and built assets, shared by every checkout on the machine (CI clones afresh
  * each run): keyed by their inputs, so a shared copy is never a stale one.
  */
-/** Asset sets of other trees are removed only after this long unused (see the prune below). */
-const UNUSED_ASSETS_PRUNED_AFTER_MS = 24 * 3600_000;
-
 export function assetCacheDir(): string {
   return process.env.USERPCI_CACHE_DIR ?? path.join(os.homedir(), '.cache', 'userpci', 'guest');
 }
@@ -129,7 +129,7 @@ async function resolveKernel(debDir: string, line: GuestKernel): Promise<KernelS
     return { pkg: newest.pkg, version: newest.version, deb: newest.file };
   }
   throw new Error(
-    `guest assets: cannot resolve the Debian kernel package (apt-cache depends ${meta} gave nothing; ` + +
+    `guest assets: cannot resolve the Debian kernel package (apt-cache depends ${meta} gave nothing; ` +
       'run .ci/install-guest-deps.sh, which runs apt-get update)',
   );
 }

@@ -7,7 +7,7 @@
 
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
-import { ensureGuestAssets, GuestAssets, GuestKernel } from './assets';
+import { GuestAssets, GuestKernel } from './assets';
 import { bootGuest, BootResult } from './vm';
 import { repoRoot, shQuote } from './util';
 
@@ -110,6 +110,7 @@ export async function runGuestTests(run: GuestRun, opts: OutputOptions = {}): Pr
     memlockKiB: run.memlockKiB,
     env: { ...defaultColorEnv(), ...run.env },
     onConsole: opts.onConsole ?? ((l) => process.stdout.write(l + '\n')),
+    kernel: run.kernel,
     assets: opts.assets,
   });
   const tap = r.files.get('tap.txt')?.toString();
@@ -133,7 +134,7 @@ export interface InGuestOptions {
   /** Default 10 minutes. */
   timeoutMs?: number;
   env?: Record<string, string>;
-  /** Which kernel the guest boots (ignored when assets are given); default 'default'. */
+  /** Which kernel the guest boots; default: the assets' line, else 'default'. */
   kernel?: GuestKernel;
   memoryMiB?: number;
   memlockKiB?: number | 'unlimited';
@@ -172,7 +173,8 @@ export async function runInGuest(opts: InGuestOptions): Promise<InGuestResult> {
     memlockKiB: opts.memlockKiB,
     env: { NO_COLOR: '1', ...opts.env },
     onConsole: opts.onConsole ?? ((l) => process.stderr.write(l + '\n')),
-    assets: opts.assets ?? (await ensureGuestAssets({ kernel: opts.kernel })),
+    kernel: opts.kernel ?? opts.assets?.line,
+    assets: opts.assets,
   });
   if (r.failure || r.exitCode === null) throw new GuestRunError(r.failure ?? 'guest failed', r);
   return {

@@ -11,7 +11,7 @@ import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
-import { ensureGuestAssets, guestCacheDir, GuestAssets } from './assets';
+import { ensureGuestAssets, guestCacheDir, GuestAssets, GuestKernel } from './assets';
 import { P9_OPTS } from './init-script';
 import { repoRoot, shQuote } from './util';
 
@@ -31,6 +31,9 @@ export interface BootOptions {
   memlockKiB?: number | 'unlimited';
   /** Each console line as it arrives (kernel messages and the job's terminal output). */
   onConsole?: (line: string) => void;
+  /** Which kernel the guest boots; default 'default'. Given assets must be of this line. */
+  kernel?: GuestKernel;
+  /** Default: ensureGuestAssets for `kernel`. */
   assets?: GuestAssets;
 }
 
@@ -88,7 +91,9 @@ report $?
 
 /** Boots a guest for one job; never throws for the guest's failures, only for the host's. */
 export async function bootGuest(opts: BootOptions): Promise<BootResult> {
-  const assets = opts.assets ?? (await ensureGuestAssets());
+  const kernel = opts.kernel ?? 'default';
+  if (opts.assets && opts.assets.line !== kernel) throw new Error(`guest harness: assets of kernel ${opts.assets.line} given for a ${kernel} boot`);
+  const assets = opts.assets ?? (await ensureGuestAssets({ kernel }));
   const repo = repoRoot();
   if (opts.memlockKiB !== undefined && opts.memlockKiB !== 'unlimited' && !Number.isInteger(opts.memlockKiB)) {
     throw new Error(`memlockKiB must be an integer or 'unlimited'`);

@@ -21,12 +21,46 @@ function scratch(name: string): string {
   return path.join(guestCacheDir(), 'scratch', name);
 }
 
+/** A run's setup making its drive images afresh: sparse files of the given sizes. */
+function freshImages(images: readonly (readonly [name: string, bytes: number])[]): () => Promise<void> {
+  return async () => {
+    await fsp.mkdir(path.dirname(scratch('x')), { recursive: true });
+    for (const [name, size] of images) {
+      await fsp.rm(scratch(name), { force: true });
+      await fsp.writeFile(scratch(name), '');
+      await fsp.truncate(scratch(name), size);
+    }
+  };
+}
+
+/** The VFIO core suite's devices: an edu with its default 28-bit DMA mask, one with a 24-bit mask. */
+const EDU_PAIR = ['-device', 'edu', '-device', 'edu,dma_mask=0xffffff'];
+
+/**
+ * The drives the NVMe suites find by serial (images PREFIX-{a,b,export}.img): 512-byte LBAs,
+ * MDTS 7; 4096-byte LBAs, MDTS 10 for chained PRP lists; one to export (NBD or ublk).
+ */
+function nvmeSuiteDrives(prefix: string): { qemu: string[]; images: [string, number][] } {
+  const [a, b, x] = [`${prefix}-a.img`, `${prefix}-b.img`, `${prefix}-export.img`] as const;
+  return {
+    qemu: [
+      '-drive', `file=${scratch(a)},if=none,id=nvmea,format=raw`, '-device', 'nvme,drive=nvmea,serial=userpci-a',
+      '-drive', `file=${scratch(b)},if=none,id=nvmeb,format=raw`, '-device', 'nvme,drive=nvmeb,serial=userpci-b,mdts=10,logical_block_size=4096,physical_block_size=4096',
+      '-drive', `file=${scratch(x)},if=none,id=nvmen,format=raw`, '-device', 'nvme,drive=nvmen,serial=userpci-nbd',
+    ],
+    images: [[a, 64 << 20], [b, 32 << 20], [x, 64 << 20]],
+  };
+}
+
+const NVME_DRIVES = nvmeSuiteDrives('nvme');
+const UBLK_DRIVES = nvmeSuiteDrives('ublk');
+
 export const SUITES: GuestRun[] = [
   {
     // Everything that needs only QEMU's edu device shares this boot: one edu with its default
     // 28-bit DMA mask, one started with a 24-bit mask.
     name: 'edu',
-    qemuDevices: ['-device', 'edu', '-device', 'edu,dma_mask=0xffffff'],
+    qemuDevices: EDU_PAIR,
     tests: ['dist/test/guest/smoke.test.js', 'dist/test/guest/vfio-edu.test.js', 'dist/test/guest/irq-edu.test.js', 'dist/test/guest/vfio-dma.test.js', 'dist/test/guest/dma-safety.test.js', 'dist/test/guest/proxy-edu.test.js'],
     timeoutMs: 15 * MIN, // a hang guard: a busy machine (several guests at once) takes far longer than CI
   },
@@ -39,26 +73,16 @@ export const SUITES: GuestRun[] = [
     timeoutMs: 5 * MIN,
   },
   {
-    // QEMU's nvme: file-backed drives for the driver (512-byte LBAs, MDTS 7; 4096-byte LBAs,
-    // MDTS 10 for chained PRP lists), one for the NBD export, and a sparse 4 TiB one for the
+    // QEMU's nvme: the NVMe suites' drives (nvmeSuiteDrives) and a sparse 4 TiB one for the
     // fault rounds (removal, rescan, kill -9) and verify without a span; fresh images each run.
     name: 'nvme',
     qemuDevices: [
-      '-drive', `file=${scratch('nvme-a.img')},if=none,id=nvmea,format=raw`, '-device', 'nvme,drive=nvmea,serial=userpci-a',
-      '-drive', `file=${scratch('nvme-b.img')},if=none,id=nvmeb,format=raw`, '-device', 'nvme,drive=nvmeb,serial=userpci-b,mdts=10,logical_block_size=4096,physical_block_size=4096',
-      '-drive', `file=${scratch('nvme-nbd.img')},if=none,id=nvmen,format=raw`, '-device', 'nvme,drive=nvmen,serial=userpci-nbd',
+      ...NVME_DRIVES.qemu,
       '-drive', `file=${scratch('nvme-fault.img')},if=none,id=nvmef,format=raw`, '-device', 'nvme,drive=nvmef,serial=userpci-fault',
     ],
     tests: ['dist/test/guest/nvme.test.js', 'dist/test/guest/nvme-cli.test.js', 'dist/test/guest/nbd.test.js', 'dist/test/guest/bind-mounted-nvme.test.js', 'dist/test/guest/nvme-faults.test.js'],
     timeoutMs: 15 * MIN,
-    setup: async () => {
-      await fsp.mkdir(path.dirname(scratch('x')), { recursive: true });
-      for (const [name, size] of [['nvme-a.img', 64 << 20], ['nvme-b.img', 32 << 20], ['nvme-nbd.img', 64 << 20], ['nvme-fault.img', 4 * 2 ** 40]] as const) {
-        await fsp.rm(scratch(name), { force: true });
-        await fsp.writeFile(scratch(name), '');
-        await fsp.truncate(scratch(name), size);
-      }
-    },
+    setup: freshImages([...NVME_DRIVES.images, ['nvme-fault.img', 4 * 2 ** 40]]),
   },
   {
     // virtio-net on one QEMU hub (no host networking): ours through vfio-pci, the kernel's
@@ -78,22 +102,10 @@ export const SUITES: GuestRun[] = [
     // on two edus and the NVMe driver suite (drives as in the nvme run) show them on 6.12 too.
     name: 'ublk',
     kernel: '6.12',
-    qemuDevices: [
-      '-device', 'edu', '-device', 'edu,dma_mask=0xffffff',
-      '-drive', `file=${scratch('ublk-a.img')},if=none,id=nvmea,format=raw`, '-device', 'nvme,drive=nvmea,serial=userpci-a',
-      '-drive', `file=${scratch('ublk-b.img')},if=none,id=nvmeb,format=raw`, '-device', 'nvme,drive=nvmeb,serial=userpci-b,mdts=10,logical_block_size=4096,physical_block_size=4096',
-      '-drive', `file=${scratch('ublk.img')},if=none,id=nvmeu,format=raw`, '-device', 'nvme,drive=nvmeu,serial=userpci-nbd',
-    ],
+    qemuDevices: [...EDU_PAIR, ...UBLK_DRIVES.qemu],
     tests: ['dist/test/guest/vfio-edu.test.js', 'dist/test/guest/nvme.test.js', 'dist/test/guest/ublk.test.js'],
     timeoutMs: 12 * MIN,
-    setup: async () => {
-      await fsp.mkdir(path.dirname(scratch('x')), { recursive: true });
-      for (const [name, size] of [['ublk-a.img', 64 << 20], ['ublk-b.img', 32 << 20], ['ublk.img', 64 << 20]] as const) {
-        await fsp.rm(scratch(name), { force: true });
-        await fsp.writeFile(scratch(name), '');
-        await fsp.truncate(scratch(name), size);
-      }
-    },
+    setup: freshImages(UBLK_DRIVES.images),
   },
 ];
 

@@ -272,7 +272,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
 
   /** Largest frame accepted for sending: the MTU plus the Ethernet header (no FCS). */
   get maxFrameSize(): number {
-    return Math.min(this.mtu + N.ETH_HEADER, TX_SLOT - 16);
+    return Math.min(this.mtu + N.ETH_HEADER, this.tx[0]!.maxFrame);
   }
 
   get closed(): boolean {

@@ -9,6 +9,7 @@
 #include <node_api.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -577,49 +578,45 @@ static napi_value n_eventfd_write(napi_env env, napi_callback_info info) {
 }
 
 /*
- * eventfdWait(fds: Int32Array, counts: Float64Array, timeoutMs) -> how many fds had a count.
- * Blocks this thread in poll() until one of the (non-blocking) eventfds is signalled, then
- * reads every ready one into counts[i] (0 for the others). For a thread whose only job is to
- * take interrupts: no event loop in between, and nothing allocated per wake-up.
+ * eventfdTake(fd) -> the counter. One read(2), retried on EINTR: on a blocking eventfd it blocks
+ * this thread in the kernel until the eventfd is signalled (a thread whose only job is to take
+ * interrupts: one system call per interrupt, as a C driver's, and nothing allocated); on a
+ * non-blocking one it returns 0 when nothing was signalled.
  */
-static napi_value n_eventfd_wait(napi_env env, napi_callback_info info) {
-  GET_ARGS(3);
-  napi_typedarray_type type;
-  size_t n, m, offset;
-  void *fd_data, *count_data;
-  napi_value ab;
-  int32_t timeout;
-  if (napi_get_typedarray_info(env, argv[0], &type, &n, &fd_data, &ab, &offset) != napi_ok || type != napi_int32_array)
-    return throw_type(env, "fds must be an Int32Array");
-  if (napi_get_typedarray_info(env, argv[1], &type, &m, &count_data, &ab, &offset) != napi_ok || type != napi_float64_array || m < n)
-    return throw_type(env, "counts must be a Float64Array at least as long as fds");
-  if (!get_i32(env, argv[2], &timeout)) return throw_type(env, "timeoutMs must be an integer");
-  if (n == 0 || n > 16) return throw_errno(env, EINVAL, "poll");
-  const int32_t *fds = fd_data;
-  double *counts = count_data;
-  struct pollfd pfds[16];
-  for (size_t i = 0; i < n; i++) {
-    pfds[i].fd = fds[i];
-    pfds[i].events = POLLIN;
-    pfds[i].revents = 0;
-    counts[i] = 0;
-  }
-  int r;
+static napi_value n_eventfd_take(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int32_t fd;
+  if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
+  uint64_t value;
+  ssize_t n;
   do {
-    r = poll(pfds, n, timeout);
-  } while (r < 0 && errno == EINTR);
-  if (r < 0) return throw_errno(env, errno, "poll");
-  int ready = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (pfds[i].revents & POLLNVAL) return throw_errno(env, EBADF, "poll");
-    if (!(pfds[i].revents & POLLIN)) continue;
-    uint64_t value = 0;
-    if (read(pfds[i].fd, &value, sizeof value) == sizeof value && value > 0) {
-      counts[i] = (double)value;
-      ready++;
-    }
+    n = read(fd, &value, sizeof value);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN) return make_num(env, 0);
+    return throw_errno(env, errno, "read");
   }
-  return make_i32(env, ready);
+  return make_num(env, (double)value);
+}
+
+/* setThreadAffinity(cpus: Int32Array): the calling thread runs only on these CPUs (sched_setaffinity). */
+static napi_value n_set_thread_affinity(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  napi_typedarray_type type;
+  size_t n, offset;
+  void *data;
+  napi_value ab;
+  if (napi_get_typedarray_info(env, argv[0], &type, &n, &data, &ab, &offset) != napi_ok || type != napi_int32_array)
+    return throw_type(env, "cpus must be an Int32Array");
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  const int32_t *cpus = data;
+  for (size_t i = 0; i < n; i++) {
+    if (cpus[i] < 0 || cpus[i] >= CPU_SETSIZE) return throw_errno(env, EINVAL, "sched_setaffinity");
+    CPU_SET(cpus[i], &set);
+  }
+  if (sched_setaffinity(0, sizeof set, &set) < 0) return throw_errno(env, errno, "sched_setaffinity");
+  return make_undefined(env);
 }
 
 /* dup(fd) -> a new fd for the same file, close-on-exec (a thread that must keep it open on its own). */
@@ -1055,7 +1052,7 @@ static napi_value init(napi_env env, napi_value exports) {
     F("mmap", n_mmap), F("munmap", n_munmap), F("madvise", n_madvise), F("mlock", n_mlock),
     F("munlock", n_munlock), F("addressOf", n_address_of), F("mappingStats", n_mapping_stats), F("getrlimit", n_getrlimit),
     F("eventfd", n_eventfd), F("eventfdRead", n_eventfd_read), F("eventfdWrite", n_eventfd_write),
-    F("eventfdWait", n_eventfd_wait), F("dup", n_dup),
+    F("eventfdTake", n_eventfd_take), F("setThreadAffinity", n_set_thread_affinity), F("dup", n_dup),
     F("watch", n_watch), F("watchStop", n_watch_stop), F("watchRef", n_watch_ref),
     F("unixListen", n_unix_listen), F("unixAccept", n_unix_accept), F("unixConnect", n_unix_connect),
     F("socketpair", n_socketpair), F("sendmsg", n_sendmsg), F("recvmsg", n_recvmsg),

@@ -6,7 +6,9 @@
  *
  *   node dist/bench/vfio/run.js vfio    register access and DMA map/unmap
  *   node dist/bench/vfio/run.js irq     interrupt latency: the handler on the event loop (default),
- *                                       on the vector's dedicated thread, and the main thread polling
+ *                                       on the vector's dedicated thread, and the main thread polling;
+ *                                       every side raises from the CPU the kernel takes the MSI on
+ *                                       (a wake-up of another, halted vCPU costs tens of us under TCG)
  */
 import { benchMain, bootBench, buildStatic } from '../guest-bench';
 

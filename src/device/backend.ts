@@ -101,6 +101,11 @@ export interface Backend {
   disableIrqs(index: number): void;
   /** Unmask (INTx after the driver acknowledged the device). */
   unmaskIrq(index: number, vector: number): void;
+  /**
+   * CPUs the host kernel takes this vector's interrupt on (kernel VFIO: its IRQ's effective
+   * affinity), where a handler thread is best woken; undefined when unknown (vfio-user).
+   */
+  irqCpus?(index: number, vector: number): number[] | undefined;
   reset(): void;
   close(): void;
   /**

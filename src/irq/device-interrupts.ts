@@ -71,7 +71,7 @@ export class DeviceInterrupts {
     const vectors = keep;
     for (let i = vectors.length; i < count; i++) {
       const unmask = mode === 'intx' ? () => this.backend.unmaskIrq(index, 0) : undefined;
-      vectors.push(new InterruptVector(mode, i, unmask));
+      vectors.push(new InterruptVector(mode, i, unmask, () => this.backend.irqCpus?.(index, i)));
     }
     try {
       this.backend.setIrqEventfds(index, 0, vectors.map((v) => v.fd));

@@ -7,15 +7,16 @@
  * - 'polled': no watcher; the driver calls poll() when it wants (one read of the eventfd), and
  *   what it finds is delivered there and then, to the same waits, listeners and counters.
  * - 'thread': a handler runs on a dedicated thread blocked in the kernel on the eventfd (a worker
- *   thread waiting in poll(2) inside the addon): no event-loop turn between the interrupt and the
- *   handler. The handler is a function exported by a module, loaded in that thread.
+ *   thread in read(2) inside the addon, pinned to the CPUs that take the interrupt): no event-loop
+ *   turn between the interrupt and the handler. The handler is a function exported by a module,
+ *   loaded in that thread.
  */
 import { EventEmitter } from 'node:events';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { native, constants, type WatchHandle } from '../native/index';
 import { DeviceGoneError, InvalidArgumentError, UserpciError } from '../errors';
-import type { ThreadWorkerData } from './thread-worker';
+import { STOP_TOKEN, type ThreadWorkerData } from './thread-protocol';
 
 export type InterruptDelivery = 'event-loop' | 'polled' | 'thread';
 
@@ -27,15 +28,20 @@ export interface ThreadHandler {
   export?: string;
   /** Handed to the handler as its second argument (structured clone: SharedArrayBuffers are shared). */
   data?: unknown;
+  /**
+   * CPUs the thread runs on. Default: those the host kernel takes this vector's interrupt on
+   * (kernel VFIO; as the kernel pins its own threaded handlers), else wherever it is scheduled.
+   */
+  cpus?: readonly number[];
 }
 
-/** Threads still running at exit are stopped, so the process never waits on a blocked one. */
+/** Eventfds of threads still running at exit: each is told to stop, so the process never waits on a blocked one. */
 const liveThreads = new Set<number>();
 let exitHookInstalled = false;
 function stopThreadsAtExit(): void {
   for (const fd of liveThreads) {
     try {
-      native.eventfdWrite(fd, 1);
+      native.eventfdWrite(fd, STOP_TOKEN);
     } catch {
       // Its vector is closing it right now.
     }
@@ -71,11 +77,12 @@ export class InterruptVector extends EventEmitter<InterruptVectorEvents> impleme
   private watch: WatchHandle | null;
   private deliveryMode: InterruptDelivery = 'event-loop';
   private worker: Worker | null = null;
-  /** Settles when the current (or last) handler thread has ended. */
+  /** Settles when the current (or last) handler thread has ended and the eventfd is ours again. */
   private threadEnded: Promise<void> = Promise.resolve();
-  /** Thread delivery: the eventfd that tells the thread to stop, and its interrupt count (shared). */
-  private stopFd = -1;
+  /** Thread delivery: the thread's interrupt count (shared), until the thread has ended. */
   private threadCount: Float64Array | null = null;
+  /** The thread was told to stop (and must not be told twice). */
+  private threadStopping = false;
   /** Handler errors in 'thread' delivery (each is also emitted as 'handler-error'). */
   handlerErrors = 0;
   private readonly waiters: Waiter[] = [];
@@ -89,6 +96,8 @@ export class InterruptVector extends EventEmitter<InterruptVectorEvents> impleme
     readonly vector: number,
     /** INTx only: the kernel masks the line on each interrupt until the driver unmasks it. */
     private readonly unmaskLine?: () => void,
+    /** The CPUs the host takes this vector's interrupt on, when the backend can tell. */
+    private readonly cpusOf?: () => number[] | undefined,
   ) {
     super();
     this.fd = native.eventfd(0, constants.EFD_NONBLOCK);
@@ -103,6 +112,15 @@ export class InterruptVector extends EventEmitter<InterruptVectorEvents> impleme
   /** Interrupts seen since the vector was set up, whatever the delivery. */
   get total(): number {
     return this.taken + (this.threadCount !== null ? this.threadCount[0]! : 0);
+  }
+
+  /**
+   * The CPUs the host kernel takes this vector's interrupt on (kernel VFIO: its IRQ's effective
+   * affinity, read now); undefined when unknown. A thread that polls or waits for this vector is
+   * woken soonest there.
+   */
+  hostCpus(): number[] | undefined {
+    return this.cpusOf?.();
   }
 
   get delivery(): InterruptDelivery {
@@ -142,33 +160,43 @@ export class InterruptVector extends EventEmitter<InterruptVectorEvents> impleme
     this.checkOpen();
     if (this.deliveryMode === 'thread') throw new UserpciError('EBUSY', `${this.kind} vector ${this.vector} already delivers on a thread`);
     if (!handler || typeof handler.module !== 'string' || handler.module.length === 0) throw new InvalidArgumentError('a thread handler needs the module that exports it');
-    // The thread gets its own dups of both fds and closes them when it ends; ours stay valid
-    // until we close them, so a late stop signal can never hit a reused fd number.
-    const stopFd = native.eventfd(0, constants.EFD_NONBLOCK);
-    let fd = -1;
-    let threadStopFd = -1;
+    const cpusAsked = handler.cpus !== undefined;
+    if (cpusAsked && (!Array.isArray(handler.cpus) || handler.cpus.some((c) => !Number.isInteger(c) || c < 0))) {
+      throw new InvalidArgumentError(`thread handler cpus must be an array of CPU numbers, got ${String(handler.cpus)}`);
+    }
+    const cpus = cpusAsked ? [...handler.cpus!] : this.hostCpus();
+    // The thread gets its own dup (and closes it when it ends); ours stays valid until we close
+    // it, so a late stop token can never hit a reused fd number.
+    const fd = native.dup(this.fd);
+    const count = new Float64Array(new SharedArrayBuffer(8));
+    const workerData: ThreadWorkerData = { fd, count: count.buffer as SharedArrayBuffer, module: handler.module, exportName: handler.export, data: handler.data, cpus, cpusAsked };
+    this.stopWatching();
+    // The file is shared with the dup: the thread's read(2) blocks in the kernel. Nothing on this
+    // thread reads it until the thread has ended (poll() and wait() refuse 'thread' delivery).
+    native.setNonBlocking(this.fd, false);
+    let worker: Worker;
     try {
-      fd = native.dup(this.fd);
-      threadStopFd = native.dup(stopFd);
+      worker = new Worker(path.join(__dirname, 'thread-worker.js'), { workerData });
     } catch (err) {
-      for (const f of [stopFd, fd]) if (f >= 0) native.close(f);
+      native.close(fd);
+      native.setNonBlocking(this.fd, true);
+      this.startWatching();
       throw err;
     }
-    const count = new Float64Array(new SharedArrayBuffer(8));
-    const workerData: ThreadWorkerData = { fd, stopFd: threadStopFd, count: count.buffer as SharedArrayBuffer, module: handler.module, exportName: handler.export, data: handler.data };
-    const worker = new Worker(path.join(__dirname, 'thread-worker.js'), { workerData });
-    this.threadEnded = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
-    this.stopWatching();
     this.rejectWaiters(new UserpciError('EBUSY', `${this.kind} vector ${this.vector} now delivers on a thread`));
     this.deliveryMode = 'thread';
     this.worker = worker;
-    this.stopFd = stopFd;
     this.threadCount = count;
-    liveThreads.add(stopFd);
+    this.threadStopping = false;
+    liveThreads.add(this.fd);
     if (!exitHookInstalled) {
       exitHookInstalled = true;
       process.once('exit', stopThreadsAtExit);
     }
+    this.threadEnded = new Promise<void>((resolve) => worker.once('exit', () => {
+      this.threadGone(worker);
+      resolve();
+    }));
     worker.on('message', (m: { error?: string }) => {
       if (m.error === undefined) return;
       this.handlerErrors++;
@@ -183,26 +211,37 @@ export class InterruptVector extends EventEmitter<InterruptVectorEvents> impleme
       };
       const onError = (err: Error) => {
         worker.off('message', onReady);
-        this.endThread();
-        this.deliveryMode = 'event-loop';
-        if (!this.closedBy) this.startWatching();
-        reject(new UserpciError('EINVAL', `${this.kind} vector ${this.vector}: the interrupt thread could not start: ${err.message}`, { cause: err }));
+        this.stopThread();
+        // Back on the event loop once the thread is gone and the eventfd non-blocking again.
+        void this.threadEnded.then(() => {
+          if (!this.closedBy && this.deliveryMode === 'thread' && this.worker === null) this.backToEventLoop();
+          reject(new UserpciError('EINVAL', `${this.kind} vector ${this.vector}: the interrupt thread could not start: ${err.message}`, { cause: err }));
+        });
       };
       worker.on('message', onReady);
       worker.once('error', onError);
     });
+    // An uncaught error ends the thread ('exit' then brings the vector back to the event loop).
+    worker.on('error', (err: Error) => {
+      this.handlerErrors++;
+      if (this.listenerCount('handler-error') > 0) this.emit('handler-error', new UserpciError('EIO', `${this.kind} vector ${this.vector} interrupt thread: ${err.message}`, { cause: err }));
+    });
     worker.unref();
   }
 
-  /** Back to the default: watched on the event loop (stops a handler thread, resolves when it has ended). */
+  /** Back to the default: watched on the event loop (stops a handler thread; resolves once it has ended). */
   async deliverOnEventLoop(): Promise<void> {
     this.checkOpen();
+    if (this.deliveryMode !== 'thread') {
+      this.deliveryMode = 'event-loop';
+      this.startWatching();
+      return;
+    }
     // Keep the process alive until the thread has ended (it was unref'ed while it ran).
     this.worker?.ref();
-    this.endThread();
-    this.deliveryMode = 'event-loop';
-    this.startWatching();
+    this.stopThread();
     await this.threadEnded;
+    if (!this.closedBy && this.deliveryMode === 'thread') this.backToEventLoop();
   }
 
   /**
@@ -296,7 +335,9 @@ export class InterruptVector extends EventEmitter<InterruptVectorEvents> impleme
     if (this.closedBy) return;
     this.closedBy = reason;
     this.stopWatching();
-    this.endThread();
+    this.stopThread();
+    this.worker = null;
+    liveThreads.delete(this.fd);
     native.close(this.fd);
     this.rejectWaiters(reason);
     this.emit('close');
@@ -329,16 +370,38 @@ export class InterruptVector extends EventEmitter<InterruptVectorEvents> impleme
     this.referenced = false;
   }
 
-  /** Tell the handler thread to end (it closes its own fds); idempotent. */
-  private endThread(): void {
-    if (this.stopFd < 0) return;
-    liveThreads.delete(this.stopFd);
-    native.eventfdWrite(this.stopFd, 1);
-    native.close(this.stopFd);
+  /** Tell the handler thread to end (it closes its own fd); idempotent. */
+  private stopThread(): void {
+    if (this.worker === null || this.threadStopping) return;
+    this.threadStopping = true;
+    native.eventfdWrite(this.fd, STOP_TOKEN);
+  }
+
+  /**
+   * The handler thread has ended: count what it took, and make the eventfd ours again (non-blocking,
+   * stop tokens it did not read taken back off, interrupts left in it kept for the event loop).
+   */
+  private threadGone(worker: Worker): void {
     if (this.threadCount !== null) this.taken += this.threadCount[0]!;
     this.threadCount = null;
-    this.stopFd = -1;
+    if (this.closedBy) return; // the fd is closed (its number may be another file's now)
+    liveThreads.delete(this.fd);
+    native.setNonBlocking(this.fd, true);
+    const left = native.eventfdRead(this.fd) % STOP_TOKEN;
+    if (left > 0) native.eventfdWrite(this.fd, left);
+    const unexpected = this.worker === worker && !this.threadStopping;
     this.worker = null;
+    if (unexpected) {
+      // The thread died by itself (the handler ended it): never leave the vector unwatched.
+      this.backToEventLoop();
+      this.handlerErrors++;
+      if (this.listenerCount('handler-error') > 0) this.emit('handler-error', new UserpciError('EIO', `${this.kind} vector ${this.vector}: the interrupt thread ended; back on the event loop`));
+    }
+  }
+
+  private backToEventLoop(): void {
+    this.deliveryMode = 'event-loop';
+    this.startWatching();
   }
 
   /** `using vector = ...`: close() at the end of the scope. */

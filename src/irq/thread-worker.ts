@@ -1,22 +1,14 @@
 /**
  * The dedicated interrupt thread of a vector in 'thread' delivery (see interrupt-vector.ts):
- * blocks in the kernel (poll(2) in the addon) on the vector's eventfd and a stop eventfd, and
- * runs the handler on this thread as soon as the interrupt arrives. Nothing is allocated per
- * interrupt here; the thread owns (and finally closes) both fds it was given.
+ * pinned to the CPUs that take its interrupt (when known), it blocks in the kernel in read(2) on
+ * the vector's eventfd (made blocking for the purpose) and calls the handler as soon as the
+ * read returns: one system call per interrupt, as a C driver's thread, and nothing allocated.
+ * It is told to end by a count of STOP_TOKEN or more on the same eventfd; the thread owns (and
+ * finally closes) the fd it was given.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { native } from '../native/index';
-
-export interface ThreadWorkerData {
-  /** The thread's own dup of the vector's eventfd. */
-  fd: number;
-  stopFd: number;
-  /** Float64Array[1] shared with the vector: interrupts taken here. */
-  count: SharedArrayBuffer;
-  module: string;
-  exportName: string | undefined;
-  data: unknown;
-}
+import { STOP_TOKEN, type ThreadWorkerData } from './thread-protocol';
 
 type Handler = (count: number, data: unknown) => void;
 
@@ -30,29 +22,41 @@ function loadHandler(d: ThreadWorkerData): Handler {
   return fn as Handler;
 }
 
+function pin(d: ThreadWorkerData): void {
+  if (d.cpus === undefined || d.cpus.length === 0) return;
+  try {
+    native.setThreadAffinity(Int32Array.from(d.cpus));
+  } catch (err) {
+    if (d.cpusAsked) throw new Error(`cannot run on CPUs ${d.cpus.join(',')}: ${(err as Error).message}`);
+    // The IRQ's CPUs are a hint (one may have gone offline): the thread runs unpinned.
+  }
+}
+
 function run(d: ThreadWorkerData): void {
   const port = parentPort!;
-  const fds = new Int32Array([d.fd, d.stopFd]);
-  const counts = new Float64Array(2);
+  const fd = d.fd;
   const total = new Float64Array(d.count);
+  const data = d.data;
   try {
+    pin(d);
     const handler = loadHandler(d);
     port.postMessage('ready');
     for (;;) {
-      native.eventfdWait(fds, counts, -1);
-      if (counts[1] !== 0) break;
-      const n = counts[0]!;
-      if (n === 0) continue;
-      total[0] = total[0]! + n;
-      try {
-        handler(n, d.data);
-      } catch (err) {
-        port.postMessage({ error: err instanceof Error ? err.message : String(err) });
+      let n = native.eventfdTake(fd);
+      const stop = n >= STOP_TOKEN;
+      if (stop) n %= STOP_TOKEN; // interrupts that came with the stop are still this thread's
+      if (n > 0) {
+        total[0] = total[0]! + n;
+        try {
+          handler(n, data);
+        } catch (err) {
+          port.postMessage({ error: err instanceof Error ? err.message : String(err) });
+        }
       }
+      if (stop) break;
     }
   } finally {
-    native.close(d.fd);
-    native.close(d.stopFd);
+    native.close(fd);
   }
 }
 

@@ -61,10 +61,12 @@ export interface NativeAddon {
   eventfdRead(fd: number): number;
   eventfdWrite(fd: number, value: number): void;
   /**
-   * Block this thread until one of the non-blocking eventfds is signalled (or timeoutMs passes;
-   * -1: forever), read each ready one into counts[i] (0 for the rest); how many had a count.
+   * One read(2) of an eventfd, retried on EINTR: blocks this thread until it is signalled when the
+   * fd is blocking (0 when a non-blocking one holds nothing). Returns the counter.
    */
-  eventfdWait(fds: Int32Array, counts: Float64Array, timeoutMs: number): number;
+  eventfdTake(fd: number): number;
+  /** The calling thread runs only on these CPUs from now on (sched_setaffinity). */
+  setThreadAffinity(cpus: Int32Array): void;
   /** A second fd for the same file (close-on-exec). */
   dup(fd: number): number;
   /**

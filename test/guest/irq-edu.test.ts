@@ -1,7 +1,7 @@
 /**
  * Interrupts and revocation on the real edu device through the guest's vfio-pci: the three ways
- * to consume a vector, INTx masking, a 10,000-interrupt soak, and hot removal. (Interrupt-driven
- * factorial and DMA completion are in the shared edu driver suite, run by vfio-edu.test.ts.)
+ * to consume a vector, the thread and polled deliveries, INTx masking, a 10,000-interrupt soak,
+ * and hot removal. (Interrupt-driven factorial and DMA completion are in the shared edu driver suite, run by vfio-edu.test.ts.)
  */
 import { test, before } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -110,6 +110,47 @@ test('10,000-interrupt soak: no lost or duplicated completion, stable fds and me
   assert.equal(openFds(), fdsBefore);
   const growth = process.memoryUsage().rss - rssBefore;
   assert.ok(growth < 16 << 20, `RSS grew ${growth} bytes over 9,000 interrupts`);
+});
+
+test('msi on a dedicated thread and polled: each interrupt reaches the handler once while the main thread blocks; the thread runs on the CPUs the kernel takes the IRQ on', { timeout: 120_000 }, async () => {
+  await using device = await openDevice(edu0);
+  const edu = new EduDriver(device);
+  const [v] = device.enableInterrupts('msi');
+  const irqCpus = v!.hostCpus();
+  // What the kernel says, read here independently of the library.
+  const line = fs.readFileSync('/proc/interrupts', 'utf8').split('\n').find((l) => l.trimEnd().endsWith(` vfio-msi[0](${edu0})`));
+  assert.ok(line, 'the kernel lists the MSI');
+  const effective = fs.readFileSync(`/proc/irq/${parseInt(line, 10)}/effective_affinity_list`, 'utf8').trim();
+  const expanded = effective.split(',').flatMap((part) => {
+    const [a, b = a] = part.split('-').map(Number) as [number, number?];
+    return Array.from({ length: b! - a + 1 }, (_, k) => a + k);
+  });
+  assert.deepEqual(irqCpus, expanded, 'hostCpus() is the IRQ\'s effective affinity');
+  const words = new SharedArrayBuffer(12);
+  const w = new Int32Array(words);
+  await v!.deliverOnThread({ module: path.resolve(__dirname, '../support/irq-thread-handler.js'), export: 'affinity', data: { words } });
+  for (let i = 1; i <= 200; i++) {
+    edu.raiseInterrupt(0x1);
+    // The main thread blocks: no event-loop turn until the thread's handler has run.
+    for (let k = 0; k < 100 && Atomics.load(w, 1) < i; k++) Atomics.wait(w, 1, i - 1, 100);
+    assert.equal(Atomics.load(w, 1), i, `interrupt ${i} handled on the thread`);
+    assert.equal(edu.acknowledgeInterrupt(), 0x1);
+  }
+  assert.equal(Atomics.load(w, 0), 200, 'each interrupt counted once');
+  let mask = 0;
+  for (const c of irqCpus!) mask |= 1 << c;
+  assert.equal(Atomics.load(w, 2), mask, 'the thread runs on the IRQ\'s CPUs');
+  await v!.deliverOnEventLoop();
+  assert.equal(v!.total, 200);
+  v!.deliverPolled();
+  for (let i = 0; i < 200; i++) {
+    edu.raiseInterrupt(0x1);
+    let n = 0;
+    while (n === 0) n = v!.poll(); // the test's timeout guards a hang
+    assert.equal(n, 1);
+    assert.equal(edu.acknowledgeInterrupt(), 0x1);
+  }
+  assert.equal(v!.total, 400);
 });
 
 test('armed interrupts do not keep the process alive', () => {

@@ -15,3 +15,24 @@ export function failing(_count: number, data: { words: SharedArrayBuffer }): voi
   Atomics.notify(w, 1);
   throw new Error('handler failed on purpose');
 }
+
+/** Word 2: the CPUs this thread may run on, as a bit mask (CPUs 0-30). */
+export function affinity(count: number, data: { words: SharedArrayBuffer }): void {
+  const w = new Int32Array(data.words);
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const status = (require('node:fs') as typeof import('node:fs')).readFileSync('/proc/thread-self/status', 'utf8');
+  const list = /^Cpus_allowed_list:\s*(\S+)$/m.exec(status)![1]!;
+  let mask = 0;
+  for (const part of list.split(',')) {
+    const [a, b = a] = part.split('-').map(Number) as [number, number?];
+    for (let c = a; c <= b! && c < 31; c++) mask |= 1 << c;
+  }
+  Atomics.store(w, 2, mask);
+  handler(count, data);
+}
+
+/** Ends its own thread (as a handler calling process.exit() would). */
+export function exiting(count: number, data: { words: SharedArrayBuffer }): void {
+  handler(count, data);
+  process.exit(0);
+}

@@ -5,6 +5,7 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { native } from '../../src/native/index';
 import { InterruptVector } from '../../src/irq/interrupt-vector';
@@ -192,4 +193,70 @@ test('thread delivery: handler errors are reported and the thread goes on; a bad
   native.eventfdWrite(u.fd, 1);
   assert.equal(await next, 1);
   u.close();
+});
+
+test('thread delivery: the thread runs on the CPUs asked for, by default on those the host takes the interrupt on; CPUs that cannot be used fail the switch', async () => {
+  const cpu = os.availableParallelism() > 1 ? 1 : 0;
+  const words = new SharedArrayBuffer(12);
+  const w = new Int32Array(words);
+  const asked = new InterruptVector('msix', 5);
+  await asked.deliverOnThread({ module: HANDLERS, export: 'affinity', data: { words }, cpus: [cpu] });
+  native.eventfdWrite(asked.fd, 1);
+  assert.ok(blockUntil(w, 1, 1));
+  assert.equal(Atomics.load(w, 2), 1 << cpu, 'pinned to the CPU asked for');
+  asked.close();
+
+  const fromIrq = new InterruptVector('msix', 6, undefined, () => [cpu]);
+  await fromIrq.deliverOnThread({ module: HANDLERS, export: 'affinity', data: { words } });
+  native.eventfdWrite(fromIrq.fd, 1);
+  assert.ok(blockUntil(w, 1, 2));
+  assert.equal(Atomics.load(w, 2), 1 << cpu, 'pinned to the CPU the IRQ is delivered on');
+  fromIrq.close();
+
+  const bad = new InterruptVector('msix', 7);
+  await assert.rejects(bad.deliverOnThread({ module: HANDLERS, cpus: [-1] }), (e: any) => e.code === 'EINVAL');
+  await assert.rejects(bad.deliverOnThread({ module: HANDLERS, cpus: [1000] }), (e: any) => e.code === 'EINVAL' && /could not start.*CPUs 1000/.test(e.message));
+  assert.equal(bad.delivery, 'event-loop');
+  const next = bad.wait({ timeoutMs: 5000 });
+  native.eventfdWrite(bad.fd, 1);
+  assert.equal(await next, 1, 'the eventfd is watched again after the failed switch');
+  bad.close();
+});
+
+test('thread delivery: interrupts racing the switch back are taken once, by the thread or the event loop, and the eventfd is non-blocking again', async () => {
+  const v = new InterruptVector('msix', 8);
+  const words = new SharedArrayBuffer(8);
+  const w = new Int32Array(words);
+  for (let round = 0; round < 20; round++) {
+    await v.deliverOnThread({ module: HANDLERS, data: { words } });
+    const before = Atomics.load(w, 0);
+    native.eventfdWrite(v.fd, 5);
+    await v.deliverOnEventLoop();
+    const byThread = Atomics.load(w, 0) - before;
+    const byLoop = byThread < 5 ? await v.wait({ timeoutMs: 5000 }) : 0;
+    assert.equal(byThread + byLoop, 5, `round ${round}: ${byThread} by the thread, ${byLoop} by the event loop`);
+  }
+  assert.equal(v.total, 100);
+  v.deliverPolled();
+  assert.equal(v.poll(), 0, 'an empty eventfd reads as nothing (it would block this thread if still blocking)');
+  v.close();
+});
+
+test('thread delivery: a thread that ends by itself brings the vector back to the event loop, with an error reported', async () => {
+  const v = new InterruptVector('msix', 9);
+  const words = new SharedArrayBuffer(8);
+  const w = new Int32Array(words);
+  const errors: Error[] = [];
+  v.on('handler-error', (e: Error) => errors.push(e));
+  await v.deliverOnThread({ module: HANDLERS, export: 'exiting', data: { words } });
+  native.eventfdWrite(v.fd, 1);
+  assert.ok(blockUntil(w, 1, 1));
+  for (let i = 0; i < 500 && v.delivery === 'thread'; i++) await tick();
+  assert.equal(v.delivery, 'event-loop');
+  assert.match(errors[0]!.message, /interrupt thread ended/);
+  const next = v.wait({ timeoutMs: 5000 });
+  native.eventfdWrite(v.fd, 2);
+  assert.equal(await next, 2);
+  assert.equal(v.total, 3);
+  v.close();
 });

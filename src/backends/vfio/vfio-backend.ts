@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { native, constants } from '../../native/index';
 import { InvalidArgumentError, UserpciError, wrapSystemError } from '../../errors';
 import { formatPciAddress, parsePciAddress } from '../../pci/address';
+import { kernelIrqCpus } from '../../irq/irq-affinity';
 import { boundDriver, groupBlockers, iommuGroupOf, VFIO_DRIVER } from '../../pci/bind';
 import * as V from '../../uapi/vfio';
 import type { Backend, BackendDeviceInfo, BackendDmaMapRequest, BackendIrqInfo, BackendRegionInfo, IommuAperture } from '../../device/backend';
@@ -184,6 +185,13 @@ export class VfioBackend implements Backend {
   /** Any VFIO_DEVICE_SET_IRQS (the proxy passes its client's requests through as they come). */
   setIrqs(fields: V.VfioIrqSetFields): void {
     this.ioctlSetIrqs(V.encodeIrqSet(fields), `setting interrupts ${fields.index}.${fields.start ?? 0}`);
+  }
+
+  /** vfio-pci names its IRQs vfio-intx(ADDR), vfio-msi[N](ADDR) and vfio-msix[N](ADDR). */
+  irqCpus(index: number, vector: number): number[] | undefined {
+    const kind = index === 0 ? 'intx' : index === 1 ? 'msi' : index === 2 ? 'msix' : undefined;
+    if (kind === undefined) return undefined;
+    return kernelIrqCpus(kind === 'intx' ? `vfio-intx(${this.name})` : `vfio-${kind}[${vector}](${this.name})`);
   }
 
   reset(): void {

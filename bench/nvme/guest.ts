@@ -188,8 +188,14 @@ interface ProfileNode {
   children?: number[];
 }
 
+export interface CpuProfile {
+  nodes: ProfileNode[];
+  samples: number[];
+  timeDeltas: number[];
+}
+
 /** Self time by function from a V8 CPU profile, top entries, as text lines. */
-function summarizeProfile(profile: { nodes: ProfileNode[]; samples: number[]; timeDeltas: number[] }, top = 18): string[] {
+export function summarizeProfile(profile: CpuProfile, top = 18): string[] {
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const self = new Map<string, number>();
   let total = 0;

@@ -1,0 +1,206 @@
+/**
+ * Runs INSIDE a 6.12 guest (bench/blk/run.ts boots it): the kernel's block layer on one QEMU
+ * nvme (null-co) three ways, read with the static C program bench:nvme uses (io_uring,
+ * O_DIRECT, fixed queue depth):
+ *   ublk   /dev/ublkb0, served by `userpci nvme ublk` (our NVMe driver, one queue)
+ *   nbd    /dev/nbd0, nbd-client on `userpci nvme export --socket` (our NVMe driver)
+ *   kernel /dev/nvme0n1, the kernel's own nvme driver
+ * Each server is the CLI in its own process, started once per target and stopped with SIGTERM.
+ *
+ *   node dist/bench/blk/guest.js --baseline PATH [--seconds S] [--warmup S] [--rounds N] [--profile]
+ *
+ * --profile runs the ublk and NBD servers under node --cpu-prof and prints their self time by
+ * function. Prints a line per measurement and, last, `BENCH_JSON {...}` for the host runner.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { bindToVfio, boundDriver, unbindFromVfio } from '../../src/pci/bind';
+import { summarizeProfile, type CpuProfile } from '../nvme/guest';
+
+export interface BlkCase {
+  name: string;
+  mode: 'randread' | 'seqread';
+  bs: number;
+  qd: number;
+}
+
+export const CASES: BlkCase[] = [
+  { name: '4k-randread-qd1', mode: 'randread', bs: 4096, qd: 1 },
+  { name: '4k-randread-qd32', mode: 'randread', bs: 4096, qd: 32 },
+  { name: '128k-seqread-qd32', mode: 'seqread', bs: 128 * 1024, qd: 32 },
+];
+
+export type Target = 'ublk' | 'nbd' | 'kernel';
+export const TARGETS: Target[] = ['ublk', 'nbd', 'kernel'];
+
+/** IOPS per case per target (the best of the rounds), and the servers' profiles. */
+export interface BlkResults {
+  node: string;
+  cpus: number;
+  kernel: string;
+  iops: Record<string, Record<Target, number>>;
+  rounds: Record<string, Record<Target, number[]>>;
+  profiles: Partial<Record<Target, string[]>>;
+}
+
+const SYS = '/sys/bus/pci/devices';
+const CLI = path.resolve(__dirname, '../../src/cli/commands/nvme.js');
+const SOCKET = '/tmp/userpci-bench-nbd.sock';
+const PROFILE_DIR = '/tmp/userpci-bench-prof';
+
+function arg(name: string, fallback?: string): string | undefined {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function nvmeFunction(serial: string): string {
+  for (const addr of fs.readdirSync(SYS).sort()) {
+    try {
+      const c = fs.readdirSync(path.join(SYS, addr, 'nvme'))[0]!;
+      if (fs.readFileSync(path.join(SYS, addr, 'nvme', c, 'serial'), 'utf8').trim() === serial) return addr;
+    } catch {
+      // not an nvme function on the kernel driver
+    }
+  }
+  throw new Error(`no NVMe function with serial ${serial}`);
+}
+
+async function kernelDisk(addr: string): Promise<string> {
+  if (boundDriver(addr) === 'vfio-pci') unbindFromVfio(addr);
+  for (let i = 0; i < 400; i++) {
+    const dir = path.join(SYS, addr, 'nvme');
+    const c = fs.existsSync(dir) ? fs.readdirSync(dir)[0] : undefined;
+    if (c && fs.existsSync(`/dev/${c}n1`)) return `/dev/${c}n1`;
+    await sleep(25);
+  }
+  throw new Error(`${addr}: the kernel nvme driver did not attach a namespace`);
+}
+
+interface Server {
+  child: ChildProcess;
+  out: () => string;
+  exited: Promise<number | null>;
+}
+
+async function startServer(args: string[], ready: string, profile: boolean): Promise<Server> {
+  const node = profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, '--cpu-prof-interval=200'] : [];
+  const child = spawn(process.execPath, [...node, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  for (let i = 0; !out.includes(ready); i++) {
+    if (child.exitCode !== null) throw new Error(`server ${args.join(' ')} exited ${child.exitCode}: ${out}`);
+    if (i > 6000) throw new Error(`server ${args.join(' ')} did not start: ${out}`);
+    await sleep(20);
+  }
+  return { child, out: () => out, exited };
+}
+
+async function stopServer(s: Server): Promise<void> {
+  s.child.kill('SIGTERM');
+  const code = await s.exited;
+  if (code !== 0) throw new Error(`server exited ${code}: ${s.out()}`);
+}
+
+function runBaseline(baseline: string, disk: string, c: BlkCase, seconds: number, warmup: number): number {
+  const out = execFileSync(baseline, [disk, c.mode, String(c.bs), String(c.qd), String(seconds), String(warmup)], { encoding: 'utf8', timeout: (seconds + warmup + 120) * 1000 });
+  return (JSON.parse(out.trim().split('\n').pop()!) as { iops: number }).iops;
+}
+
+/** The newest profile the server left, as self-time lines. */
+function readProfile(): string[] {
+  const files = fs.readdirSync(PROFILE_DIR).filter((f) => f.endsWith('.cpuprofile')).map((f) => path.join(PROFILE_DIR, f));
+  files.sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs);
+  if (files.length === 0) return ['(no profile written)'];
+  const lines = summarizeProfile(JSON.parse(fs.readFileSync(files[0]!, 'utf8')) as CpuProfile, 20);
+  for (const f of files) fs.rmSync(f);
+  return lines;
+}
+
+/** Serves the disk for `target` and runs every case on it; the server is stopped after. */
+async function measureTarget(target: Target, addr: string, baseline: string, seconds: number, warmup: number, profile: boolean): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  const each = (disk: string) => {
+    for (const c of CASES) {
+      out[c.name] = runBaseline(baseline, disk, c, seconds, warmup);
+      console.log(`${c.name} ${target}: ${Math.round(out[c.name]!)} IOPS (${disk})`);
+    }
+  };
+  if (target === 'kernel') {
+    each(await kernelDisk(addr));
+    return out;
+  }
+  if (boundDriver(addr) !== 'vfio-pci') bindToVfio(addr);
+  if (target === 'ublk') {
+    const s = await startServer(['ublk', addr, '--id', '0', '--queues', '1', '--depth', '64'], 'ublk: serving', profile);
+    try {
+      each('/dev/ublkb0');
+    } finally {
+      await stopServer(s);
+    }
+    return out;
+  }
+  fs.rmSync(SOCKET, { force: true });
+  const s = await startServer(['export', addr, '--socket', SOCKET, '--name', 'disk'], 'nbd: serving', profile);
+  try {
+    execFileSync('nbd-client', ['-N', 'disk', '-u', SOCKET, '/dev/nbd0'], { stdio: 'ignore', timeout: 60_000 });
+    for (let i = 0; Number(fs.readFileSync('/sys/block/nbd0/size', 'utf8')) === 0; i++) {
+      if (i > 2000) throw new Error('/dev/nbd0 did not come up');
+      await sleep(25);
+    }
+    try {
+      each('/dev/nbd0');
+    } finally {
+      execFileSync('nbd-client', ['-d', '/dev/nbd0'], { stdio: 'ignore', timeout: 60_000 });
+    }
+  } finally {
+    await stopServer(s);
+  }
+  return out;
+}
+
+async function main(): Promise<void> {
+  const baseline = arg('--baseline');
+  if (!baseline || !fs.existsSync(baseline)) throw new Error(`--baseline PATH of the static kernel-baseline program is required (got ${baseline})`);
+  const seconds = Number(arg('--seconds', '5'));
+  const warmup = Number(arg('--warmup', '1'));
+  const rounds = Number(arg('--rounds', '1'));
+  const profile = process.argv.includes('--profile');
+  if (profile) fs.mkdirSync(PROFILE_DIR, { recursive: true });
+  const addr = nvmeFunction('bench-blk');
+  const results: BlkResults = { node: process.version, cpus: os.cpus().length, kernel: os.release(), iops: {}, rounds: {}, profiles: {} };
+  for (const c of CASES) {
+    results.rounds[c.name] = { ublk: [], nbd: [], kernel: [] };
+  }
+  // Rounds alternate the targets, so a busy host slows all three alike.
+  for (let r = 0; r < rounds; r++) {
+    for (const t of TARGETS) {
+      const got = await measureTarget(t, addr, baseline, seconds, warmup, profile && r === 0 && t !== 'kernel');
+      for (const c of CASES) results.rounds[c.name]![t].push(got[c.name]!);
+      if (profile && r === 0 && t !== 'kernel') results.profiles[t] = readProfile();
+    }
+  }
+  for (const c of CASES) {
+    const per = results.rounds[c.name]!;
+    results.iops[c.name] = { ublk: Math.max(...per.ublk), nbd: Math.max(...per.nbd), kernel: Math.max(...per.kernel) };
+  }
+  for (const [t, lines] of Object.entries(results.profiles)) {
+    console.log(`profile of the ${t} server over all cases (self time):`);
+    for (const l of lines) console.log(`  ${l}`);
+  }
+  console.log(`BENCH_JSON ${JSON.stringify(results)}`);
+}
+
+if (require.main === module) {
+  main().catch((e: Error) => {
+    console.error(e.stack ?? e.message);
+    process.exitCode = 1;
+  });
+}

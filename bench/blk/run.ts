@@ -1,0 +1,102 @@
+/**
+ * `npm run bench:blk`: the kernel's block layer on our NVMe driver, one 6.12 guest, one QEMU
+ * nvme on a null-co backend. 4 KiB random reads at QD1 and QD32 and 128 KiB sequential reads at
+ * QD32, io_uring O_DIRECT (bench:nvme's static C program), on /dev/ublkb0 (`userpci nvme ublk`),
+ * /dev/nbd0 (`userpci nvme export` + nbd-client) and /dev/nvme0n1 (the kernel's nvme driver).
+ *
+ * Last line:
+ *   RESULT {"bench": "blk", "cases": [
+ *     {"name": "ublk-vs-kernel/<case>", "ours", "baseline", "unit": "IOPS", "ratio": ours/baseline},
+ *     {"name": "ublk-vs-nbd/<case>", "ours", "baseline", "unit": "IOPS", "ratio": ublk/nbd, "target": 3}]}
+ *
+ * Options: --seconds S (per measurement, default 5), --warmup S (default 1), --rounds N (each
+ * target N times, alternating; the best counts; default 1), --profile (the servers under
+ * node --cpu-prof: self time by function), --verbose (guest console).
+ */
+import { runInGuest, GuestRunError } from '../../scripts/guest/index';
+import { installSignalHandlers } from '../../scripts/guest/suites';
+import { buildBaseline } from '../nvme/run';
+import { CASES, TARGETS, type BlkResults } from './guest';
+
+const NULL_SIZE = 8 * 1024 * 1024 * 1024;
+
+export const BLK_DEVICES = [
+  '-blockdev', `driver=null-co,node-name=nullblk,size=${NULL_SIZE},read-zeroes=on`,
+  '-device', 'nvme,drive=nullblk,serial=bench-blk',
+];
+
+function arg(name: string): string | undefined {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+
+async function main(): Promise<number> {
+  const seconds = Number(arg('--seconds') ?? 5);
+  const warmup = Number(arg('--warmup') ?? 1);
+  const rounds = Number(arg('--rounds') ?? 1);
+  const baseline = buildBaseline();
+  const guestArgs = ['--baseline', baseline, '--seconds', String(seconds), '--warmup', String(warmup), '--rounds', String(rounds)];
+  if (process.argv.includes('--profile')) guestArgs.push('--profile');
+  const t0 = Date.now();
+  let stdout: string;
+  try {
+    const r = await runInGuest({
+      kernel: '6.12',
+      devices: BLK_DEVICES,
+      command: `echo 64 > /proc/sys/vm/nr_hugepages; node dist/bench/blk/guest.js ${guestArgs.join(' ')}`,
+      timeoutMs: 30 * 60_000,
+      memoryMiB: 1536,
+      onConsole: (l) => {
+        if (process.argv.includes('--verbose')) process.stderr.write(`${l}\n`);
+      },
+    });
+    stdout = r.stdout;
+    if (r.exitCode !== 0) {
+      process.stderr.write(`${stdout}\nbench:blk: the guest side failed (exit ${r.exitCode}):\n${r.consoleTail.join('\n')}\n`);
+      return 1;
+    }
+  } catch (e) {
+    if (e instanceof GuestRunError) {
+      process.stderr.write(`${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  }
+  const jsonLine = stdout.split('\n').find((l) => l.startsWith('BENCH_JSON '));
+  if (!jsonLine) {
+    process.stderr.write(`${stdout}\nbench:blk: no BENCH_JSON line from the guest\n`);
+    return 1;
+  }
+  for (const l of stdout.split('\n')) if (l && !l.startsWith('BENCH_JSON ')) console.log(l);
+  const data = JSON.parse(jsonLine.slice('BENCH_JSON '.length)) as BlkResults;
+  console.log('');
+  console.log(`Block layer reads (io_uring, O_DIRECT), QEMU nvme on null-co, Linux ${data.kernel}, ${data.cpus} vCPUs (TCG), node ${data.node}; ${seconds} s per measurement, ${rounds} round(s); ${Math.round((Date.now() - t0) / 1000)} s in all`);
+  console.log(`${'case'.padEnd(20)} ${TARGETS.map((t) => `${t} IOPS`.padStart(12)).join(' ')} ${'ublk/kernel'.padStart(12)} ${'ublk/nbd'.padStart(9)}`);
+  const cases: object[] = [];
+  for (const c of CASES) {
+    const r = data.iops[c.name]!;
+    console.log(`${c.name.padEnd(20)} ${TARGETS.map((t) => String(Math.round(r[t])).padStart(12)).join(' ')} ${(r.ublk / r.kernel).toFixed(2).padStart(12)} ${(r.ublk / r.nbd).toFixed(2).padStart(9)}`);
+  }
+  for (const c of CASES) {
+    const r = data.iops[c.name]!;
+    cases.push({ name: `ublk-vs-kernel/${c.name}`, ours: Math.round(r.ublk), baseline: Math.round(r.kernel), unit: 'IOPS', ratio: Number((r.ublk / r.kernel).toFixed(3)) });
+  }
+  for (const c of CASES) {
+    const r = data.iops[c.name]!;
+    cases.push({ name: `ublk-vs-nbd/${c.name}`, ours: Math.round(r.ublk), baseline: Math.round(r.nbd), unit: 'IOPS', ratio: Number((r.ublk / r.nbd).toFixed(3)), target: 3 });
+  }
+  console.log('ours = /dev/ublkb0 on our NVMe driver; baseline = the kernel nvme driver (ublk-vs-kernel) or /dev/nbd0 on our NVMe driver (ublk-vs-nbd).');
+  console.log(`RESULT ${JSON.stringify({ bench: 'blk', cases })}`);
+  return 0;
+}
+
+if (require.main === module) {
+  installSignalHandlers();
+  main().then(
+    (code) => (process.exitCode = code),
+    (e: Error) => {
+      console.error(e.stack ?? e.message);
+      process.exitCode = 1;
+    },
+  );
+}

@@ -98,12 +98,13 @@ export const SUITES: GuestRun[] = [
   },
   {
     // ublk needs Linux 6.0+: this boot is the 6.12 kernel's. Beside the ublk suite (QEMU's nvme
-    // served as /dev/ublkb0, ext4 across restarts, a killed server, removal), the VFIO core suite
-    // on two edus and the NVMe driver suite (drives as in the nvme run) show them on 6.12 too.
+    // served as /dev/ublkb0, ext4 across restarts, a killed server, removal), the VFIO core and
+    // interrupt suites on two edus and the NVMe driver suite (drives as in the nvme run) show
+    // them on 6.12 too.
     name: 'ublk',
     kernel: '6.12',
     qemuDevices: [...EDU_PAIR, ...UBLK_DRIVES.qemu],
-    tests: ['dist/test/guest/vfio-edu.test.js', 'dist/test/guest/nvme.test.js', 'dist/test/guest/ublk.test.js'],
+    tests: ['dist/test/guest/vfio-edu.test.js', 'dist/test/guest/irq-edu.test.js', 'dist/test/guest/nvme.test.js', 'dist/test/guest/ublk.test.js'],
     timeoutMs: 12 * MIN,
     setup: freshImages(UBLK_DRIVES.images),
   },

@@ -35,14 +35,23 @@ export const CASES: BlkCase[] = [
 export type Target = 'ublk' | 'nbd' | 'kernel';
 export const TARGETS: Target[] = ['ublk', 'nbd', 'kernel'];
 
-/** IOPS per case per target (the best of the rounds), and the servers' profiles. */
+/** IOPS per case per target (the best of the rounds), the servers' CPU per I/O, their profiles. */
 export interface BlkResults {
   node: string;
   cpus: number;
   kernel: string;
+  clocksource: string;
   iops: Record<string, Record<Target, number>>;
   rounds: Record<string, Record<Target, number[]>>;
+  /** Server process CPU time per I/O (user, system), µs, in the round with the best IOPS. */
+  serverCpu: Record<string, Partial<Record<Target, { userUs: number; sysUs: number }>>>;
   profiles: Partial<Record<Target, string[]>>;
+}
+
+interface Measured {
+  iops: number;
+  userUs?: number;
+  sysUs?: number;
 }
 
 const SYS = '/sys/bus/pci/devices';
@@ -86,6 +95,15 @@ interface Server {
   child: ChildProcess;
   out: () => string;
   exited: Promise<number | null>;
+  /** From spawn to ready, ms (the profile's start-up part). */
+  startMs: number;
+}
+
+/** utime and stime of a process, µs (/proc/PID/stat, clock ticks of 10 ms). */
+function cpuTimes(pid: number): { user: number; sys: number } {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { user: Number(f[11]) * 10_000, sys: Number(f[12]) * 10_000 };
 }
 
 async function startServer(args: string[], ready: string, profile: boolean): Promise<Server> {
@@ -95,12 +113,13 @@ async function startServer(args: string[], ready: string, profile: boolean): Pro
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  const t0 = performance.now();
   for (let i = 0; !out.includes(ready); i++) {
     if (child.exitCode !== null) throw new Error(`server ${args.join(' ')} exited ${child.exitCode}: ${out}`);
     if (i > 6000) throw new Error(`server ${args.join(' ')} did not start: ${out}`);
     await sleep(20);
   }
-  return { child, out: () => out, exited };
+  return { child, out: () => out, exited, startMs: performance.now() - t0 };
 }
 
 async function stopServer(s: Server): Promise<void> {
@@ -109,43 +128,52 @@ async function stopServer(s: Server): Promise<void> {
   if (code !== 0) throw new Error(`server exited ${code}: ${s.out()}`);
 }
 
-function runBaseline(baseline: string, disk: string, c: BlkCase, seconds: number, warmup: number): number {
+/** The C program on `disk`; with `serverPid`, that process's CPU time per I/O over the run. */
+function runBaseline(baseline: string, disk: string, c: BlkCase, seconds: number, warmup: number, serverPid?: number): Measured {
+  const before = serverPid ? cpuTimes(serverPid) : null;
   const out = execFileSync(baseline, [disk, c.mode, String(c.bs), String(c.qd), String(seconds), String(warmup)], { encoding: 'utf8', timeout: (seconds + warmup + 120) * 1000 });
-  return (JSON.parse(out.trim().split('\n').pop()!) as { iops: number }).iops;
+  const j = JSON.parse(out.trim().split('\n').pop()!) as { iops: number; ios: number; seconds: number };
+  if (!before) return { iops: j.iops };
+  // The warm-up's I/Os count too: estimated at the measured rate.
+  const ios = j.iops * (seconds + warmup);
+  const after = cpuTimes(serverPid!);
+  return { iops: j.iops, userUs: (after.user - before.user) / ios, sysUs: (after.sys - before.sys) / ios };
 }
 
-/** The newest profile the server left, as self-time lines. */
-function readProfile(): string[] {
+/** The newest profile the server left, as self-time lines (start-up left out). */
+function readProfile(skipMs: number): string[] {
   const files = fs.readdirSync(PROFILE_DIR).filter((f) => f.endsWith('.cpuprofile')).map((f) => path.join(PROFILE_DIR, f));
   files.sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs);
   if (files.length === 0) return ['(no profile written)'];
-  const lines = summarizeProfile(JSON.parse(fs.readFileSync(files[0]!, 'utf8')) as CpuProfile, 20);
+  const lines = summarizeProfile(JSON.parse(fs.readFileSync(files[0]!, 'utf8')) as CpuProfile, 20, skipMs);
   for (const f of files) fs.rmSync(f);
   return lines;
 }
 
 /** Serves the disk for `target` and runs every case on it; the server is stopped after. */
-async function measureTarget(target: Target, addr: string, baseline: string, seconds: number, warmup: number, profile: boolean): Promise<Record<string, number>> {
-  const out: Record<string, number> = {};
-  const each = (disk: string) => {
+async function measureTarget(target: Target, addr: string, baseline: string, seconds: number, warmup: number, profile: boolean): Promise<{ cases: Record<string, Measured>; startMs: number }> {
+  const out: Record<string, Measured> = {};
+  const each = (disk: string, pid?: number) => {
     for (const c of CASES) {
-      out[c.name] = runBaseline(baseline, disk, c, seconds, warmup);
-      console.log(`${c.name} ${target}: ${Math.round(out[c.name]!)} IOPS (${disk})`);
+      const m = runBaseline(baseline, disk, c, seconds, warmup, pid);
+      out[c.name] = m;
+      const cpu = m.userUs === undefined ? '' : `; server CPU per I/O: user ${m.userUs.toFixed(0)} µs, system ${m.sysUs!.toFixed(0)} µs`;
+      console.log(`${c.name} ${target}: ${Math.round(m.iops)} IOPS (${disk}${cpu})`);
     }
   };
   if (target === 'kernel') {
     each(await kernelDisk(addr));
-    return out;
+    return { cases: out, startMs: 0 };
   }
   if (boundDriver(addr) !== 'vfio-pci') bindToVfio(addr);
   if (target === 'ublk') {
     const s = await startServer(['ublk', addr, '--id', '0', '--queues', '1', '--depth', '64'], 'ublk: serving', profile);
     try {
-      each('/dev/ublkb0');
+      each('/dev/ublkb0', s.child.pid);
     } finally {
       await stopServer(s);
     }
-    return out;
+    return { cases: out, startMs: s.startMs };
   }
   fs.rmSync(SOCKET, { force: true });
   const s = await startServer(['export', addr, '--socket', SOCKET, '--name', 'disk'], 'nbd: serving', profile);
@@ -156,14 +184,14 @@ async function measureTarget(target: Target, addr: string, baseline: string, sec
       await sleep(25);
     }
     try {
-      each('/dev/nbd0');
+      each('/dev/nbd0', s.child.pid);
     } finally {
       execFileSync('nbd-client', ['-d', '/dev/nbd0'], { stdio: 'ignore', timeout: 60_000 });
     }
   } finally {
     await stopServer(s);
   }
-  return out;
+  return { cases: out, startMs: s.startMs };
 }
 
 async function main(): Promise<void> {
@@ -171,25 +199,32 @@ async function main(): Promise<void> {
   if (!baseline || !fs.existsSync(baseline)) throw new Error(`--baseline PATH of the static kernel-baseline program is required (got ${baseline})`);
   const seconds = Number(arg('--seconds', '5'));
   const warmup = Number(arg('--warmup', '1'));
-  const rounds = Number(arg('--rounds', '1'));
+  const rounds = Number(arg('--rounds', '2'));
   const profile = process.argv.includes('--profile');
   if (profile) fs.mkdirSync(PROFILE_DIR, { recursive: true });
   const addr = nvmeFunction('bench-blk');
-  const results: BlkResults = { node: process.version, cpus: os.cpus().length, kernel: os.release(), iops: {}, rounds: {}, profiles: {} };
+  const clocksource = fs.readFileSync('/sys/devices/system/clocksource/clocksource0/current_clocksource', 'utf8').trim();
+  const results: BlkResults = { node: process.version, cpus: os.cpus().length, kernel: os.release(), clocksource, iops: {}, rounds: {}, serverCpu: {}, profiles: {} };
   for (const c of CASES) {
     results.rounds[c.name] = { ublk: [], nbd: [], kernel: [] };
+    results.iops[c.name] = { ublk: 0, nbd: 0, kernel: 0 };
+    results.serverCpu[c.name] = {};
   }
-  // Rounds alternate the targets, so a busy host slows all three alike.
+  // Rounds alternate the targets, so a busy host slows all three alike; the best round counts.
   for (let r = 0; r < rounds; r++) {
     for (const t of TARGETS) {
-      const got = await measureTarget(t, addr, baseline, seconds, warmup, profile && r === 0 && t !== 'kernel');
-      for (const c of CASES) results.rounds[c.name]![t].push(got[c.name]!);
-      if (profile && r === 0 && t !== 'kernel') results.profiles[t] = readProfile();
+      const prof = profile && r === 0 && t !== 'kernel';
+      const got = await measureTarget(t, addr, baseline, seconds, warmup, prof);
+      for (const c of CASES) {
+        const m = got.cases[c.name]!;
+        results.rounds[c.name]![t].push(m.iops);
+        if (m.iops >= results.iops[c.name]![t]) {
+          results.iops[c.name]![t] = m.iops;
+          if (m.userUs !== undefined) results.serverCpu[c.name]![t] = { userUs: m.userUs, sysUs: m.sysUs! };
+        }
+      }
+      if (prof) results.profiles[t] = readProfile(got.startMs);
     }
-  }
-  for (const c of CASES) {
-    const per = results.rounds[c.name]!;
-    results.iops[c.name] = { ublk: Math.max(...per.ublk), nbd: Math.max(...per.nbd), kernel: Math.max(...per.kernel) };
   }
   for (const [t, lines] of Object.entries(results.profiles)) {
     console.log(`profile of the ${t} server over all cases (self time):`);

@@ -10,7 +10,7 @@
  *     {"name": "ublk-vs-nbd/<case>", "ours", "baseline", "unit": "IOPS", "ratio": ublk/nbd, "target": 3}]}
  *
  * Options: --seconds S (per measurement, default 5), --warmup S (default 1), --rounds N (each
- * target N times, alternating; the best counts; default 1), --profile (the servers under
+ * target N times, alternating; the best counts; default 2), --profile (the servers under
  * node --cpu-prof: self time by function), --verbose (guest console).
  */
 import { runInGuest, GuestRunError } from '../../scripts/guest/index';
@@ -33,7 +33,7 @@ function arg(name: string): string | undefined {
 async function main(): Promise<number> {
   const seconds = Number(arg('--seconds') ?? 5);
   const warmup = Number(arg('--warmup') ?? 1);
-  const rounds = Number(arg('--rounds') ?? 1);
+  const rounds = Number(arg('--rounds') ?? 2);
   const baseline = buildBaseline();
   const guestArgs = ['--baseline', baseline, '--seconds', String(seconds), '--warmup', String(warmup), '--rounds', String(rounds)];
   if (process.argv.includes('--profile')) guestArgs.push('--profile');
@@ -43,7 +43,7 @@ async function main(): Promise<number> {
     const r = await runInGuest({
       kernel: '6.12',
       devices: BLK_DEVICES,
-      command: `echo 64 > /proc/sys/vm/nr_hugepages; node dist/bench/blk/guest.js ${guestArgs.join(' ')}`,
+      command: `modprobe ublk_drv; echo 64 > /proc/sys/vm/nr_hugepages; node dist/bench/blk/guest.js ${guestArgs.join(' ')}`,
       timeoutMs: 30 * 60_000,
       memoryMiB: 1536,
       onConsole: (l) => {
@@ -70,13 +70,16 @@ async function main(): Promise<number> {
   for (const l of stdout.split('\n')) if (l && !l.startsWith('BENCH_JSON ')) console.log(l);
   const data = JSON.parse(jsonLine.slice('BENCH_JSON '.length)) as BlkResults;
   console.log('');
-  console.log(`Block layer reads (io_uring, O_DIRECT), QEMU nvme on null-co, Linux ${data.kernel}, ${data.cpus} vCPUs (TCG), node ${data.node}; ${seconds} s per measurement, ${rounds} round(s); ${Math.round((Date.now() - t0) / 1000)} s in all`);
-  console.log(`${'case'.padEnd(20)} ${TARGETS.map((t) => `${t} IOPS`.padStart(12)).join(' ')} ${'ublk/kernel'.padStart(12)} ${'ublk/nbd'.padStart(9)}`);
+  console.log(`Block layer reads (io_uring, O_DIRECT), QEMU nvme on null-co, Linux ${data.kernel}, ${data.cpus} vCPUs (TCG, clocksource ${data.clocksource}), node ${data.node}; ${seconds} s per measurement, best of ${rounds} round(s); ${Math.round((Date.now() - t0) / 1000)} s in all`);
+  console.log(`${'case'.padEnd(20)} ${TARGETS.map((t) => `${t} IOPS`.padStart(12)).join(' ')} ${'ublk/kernel'.padStart(12)} ${'ublk/nbd'.padStart(9)}   server CPU per I/O, user+sys µs (ublk, nbd)`);
   const cases: object[] = [];
+  const cpu = (x: { userUs: number; sysUs: number } | undefined) => (x ? `${x.userUs.toFixed(0)}+${x.sysUs.toFixed(0)}` : '-');
   for (const c of CASES) {
     const r = data.iops[c.name]!;
-    console.log(`${c.name.padEnd(20)} ${TARGETS.map((t) => String(Math.round(r[t])).padStart(12)).join(' ')} ${(r.ublk / r.kernel).toFixed(2).padStart(12)} ${(r.ublk / r.nbd).toFixed(2).padStart(9)}`);
+    const sc = data.serverCpu[c.name]!;
+    console.log(`${c.name.padEnd(20)} ${TARGETS.map((t) => String(Math.round(r[t])).padStart(12)).join(' ')} ${(r.ublk / r.kernel).toFixed(2).padStart(12)} ${(r.ublk / r.nbd).toFixed(2).padStart(9)}   ${cpu(sc.ublk)}, ${cpu(sc.nbd)}`);
   }
+  for (const c of CASES) console.log(`  rounds ${c.name}: ${TARGETS.map((t) => `${t} ${data.rounds[c.name]![t].map(Math.round).join('/')}`).join('; ')}`);
   for (const c of CASES) {
     const r = data.iops[c.name]!;
     cases.push({ name: `ublk-vs-kernel/${c.name}`, ours: Math.round(r.ublk), baseline: Math.round(r.kernel), unit: 'IOPS', ratio: Number((r.ublk / r.kernel).toFixed(3)) });

@@ -195,13 +195,17 @@ export interface CpuProfile {
 }
 
 /** Self time by function from a V8 CPU profile, top entries, as text lines. */
-export function summarizeProfile(profile: CpuProfile, top = 18): string[] {
+export function summarizeProfile(profile: CpuProfile, top = 18, skipMs = 0): string[] {
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const self = new Map<string, number>();
   let total = 0;
+  let at = 0;
   for (let i = 0; i < profile.samples.length; i++) {
     const n = byId.get(profile.samples[i]!)!;
     const dt = profile.timeDeltas[i] ?? 0;
+    // Samples in the first skipMs (start-up) are left out.
+    at += dt;
+    if (at < skipMs * 1000) continue;
     total += dt;
     const f = n.callFrame;
     const where = f.url ? `${path.basename(f.url)}:${f.lineNumber + 1}` : '';

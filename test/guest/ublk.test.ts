@@ -14,6 +14,8 @@ import * as crypto from 'node:crypto';
 import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
 import { bindToVfio, boundDriver, unbindFromVfio } from '../../src/pci/bind';
 import { fillPattern } from '../../src/drivers/nvme/workload';
+import { UblkServer } from '../../src/exports/ublk/server';
+import { MemoryBlockDevice } from '../../src/exports/nbd/block-device';
 import { requireGuest } from './guest-env';
 
 const CLI = path.resolve(__dirname, '../../src/cli/commands/nvme.js');
@@ -52,13 +54,16 @@ function waitOutput(s: Server, check: () => boolean, what: string, ms = 120_000)
   });
 }
 
-async function startServer(extra: string[] = []): Promise<Server> {
-  const child = spawn(process.execPath, [CLI, 'ublk', dev, '--id', '0', '--queues', '2', '--verbose', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+async function startServer(extra: string[] = [], id = ['--id', '0']): Promise<Server> {
+  const child = spawn(process.execPath, [CLI, 'ublk', dev, ...id, '--queues', '2', '--verbose', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  const exited = new Promise<number | null>((r) => child.once('exit', (c, signal) => {
+    if (signal) err += `(ended by ${signal})`;
+    r(c);
+  }));
   const s: Server = { child, stdout: () => out, stderr: () => err, exited };
   await waitOutput(s, () => out.includes('ublk: serving'), 'ublk server start');
   assert.ok(fs.existsSync(DISK), `${DISK} exists once the server says it serves`);
@@ -135,7 +140,10 @@ test('ublk: parameters from the namespace, two queues; mkfs.ext4, mount, write, 
   compareTree(MNT, expected);
   sh('umount', [MNT]);
   const out = await stopServer(s);
-  assert.match(out, /ublk: SIGTERM: \/dev\/ublkb0 deleted after \d+ requests/);
+  const m = /ublk: SIGTERM: \/dev\/ublkb0 deleted after (\d+) requests \((\d+) on the driver's callback path\)/.exec(out);
+  assert.ok(m, out);
+  // mkfs and the file writes are plain reads and writes: they take the callback path.
+  assert.ok(Number(m[2]) > Number(m[1]) / 2, `most requests on the callback path: ${m[0]}`);
   assert.ok(!fs.existsSync(DISK), 'disk gone');
   assert.ok(!fs.existsSync('/dev/ublkc0'), 'ublk device deleted');
 });
@@ -163,6 +171,28 @@ test('ublk: a killed server leaves a disk that fails I/O (no hang); the next sta
   sh('e2fsck', ['-fn', DISK]);
   await stopServer(again);
   assert.ok(!fs.existsSync('/dev/ublkc0'));
+});
+
+test('ublk: the next start without --id deletes the device a killed server left, never a live server\'s', { timeout: 300_000 }, async () => {
+  const killed = await startServer();
+  const pid = killed.child.pid!;
+  killed.child.kill('SIGKILL');
+  await killed.exited;
+  assert.ok(fs.existsSync('/dev/ublkc0'), 'the killed server left /dev/ublkc0');
+  // A live UblkServer of another process (this one), on a small disk in memory.
+  const mem = await UblkServer.start(new MemoryBlockDevice(8 << 20, 512), { depth: 4, maxIoBytes: 64 << 10, reclaim: false });
+  try {
+    assert.notEqual(mem.id, 0);
+    const next = await startServer([], []);
+    assert.match(next.stdout(), new RegExp(`ublk: deleted /dev/ublkb0, left by process ${pid} \\(no longer running\\)`));
+    assert.doesNotMatch(next.stdout(), new RegExp(`deleted /dev/ublkb${mem.id},`));
+    assert.match(next.stdout(), /as \/dev\/ublkb0 /, 'the freed id is the one the driver picks');
+    assert.ok(fs.existsSync(`/dev/ublkc${mem.id}`), 'the live server\'s device is still there');
+    await stopServer(next);
+  } finally {
+    await mem.close();
+  }
+  assert.ok(!fs.existsSync(`/dev/ublkc${mem.id}`));
 });
 
 test('ublk: removing the NVMe function ends the server cleanly and deletes the disk', { timeout: 240_000 }, async () => {

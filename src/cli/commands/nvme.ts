@@ -44,8 +44,8 @@ that first and leaves it bound: \`userpci unbind ADDRESS\` gives it back to the 
   ublk ADDRESS [--id N] [--queues N] [--read-only]
       serve the namespace as the kernel block device /dev/ublkbN (Linux 6.0+, modprobe ublk_drv),
       one ublk queue per NVMe I/O queue pair, until SIGINT/SIGTERM or the device's removal; then
-      the disk is removed and the ublk device deleted. --id reuses an id (a leftover of a killed
-      server is deleted first)
+      the disk is removed and the ublk device deleted. Devices that killed servers of ours left
+      are deleted first; --id reuses an id (a dead server's leftover with it is deleted first)
 
 Common options:
   --nsid N        namespace (default 1)
@@ -294,6 +294,7 @@ async function exportUblk(address: string, values: Values): Promise<number> {
   try {
     const ns = await ctrl.namespace(parseCount(values.nsid, '--nsid') ?? 1);
     server = await serveNamespaceOverUblk(ctrl, ns, { id, queues, depth: parseCount(values.depth, '--depth') ?? 64, readOnly: values['read-only'] });
+    for (const r of server.reclaimed) print(`ublk: deleted /dev/ublkb${r.id}, left by process ${r.pid} (no longer running)`);
     print(`ublk: serving ${ctrl.name} namespace ${ns.nsid} (${ns.size} bytes, ${ns.blockSize}-byte blocks) as ${server.diskPath} (${server.queues.length} queue(s) of depth ${server.info.depth}, requests up to ${server.info.maxIoBytes} bytes)`);
     const why = await new Promise<string>((resolve) => {
       process.once('SIGINT', () => resolve('SIGINT'));
@@ -303,7 +304,8 @@ async function exportUblk(address: string, values: Values): Promise<number> {
     if (values.verbose) process.stderr.write(`ublk: ${why}: stopping ${server.diskPath}\n`);
     await server.close();
     if (why !== 'device removed') await ns.flush().catch(() => undefined);
-    print(`ublk: ${why}: ${server.diskPath} deleted after ${server.requests} requests`);
+    const callbacks = server.queues.reduce((n, q) => n + q.stats.callbacks, 0);
+    print(`ublk: ${why}: ${server.diskPath} deleted after ${server.requests} requests (${callbacks} on the driver's callback path)`);
     return 0;
   } finally {
     await server?.close().catch(() => undefined);

@@ -6,6 +6,9 @@ import type { BlockDevice } from '../nbd/block-device';
 
 export type { BlockDevice };
 
+/** The end of one request on the callback path: its error, or null (an NVMe CompletionCallback fits). */
+export type UblkIoDone = (error: Error | null) => void;
+
 export interface UblkBlockDevice extends BlockDevice {
   /**
    * Memory the device transfers to and from without a copy of its own (DMA buffers): each tag's
@@ -15,6 +18,17 @@ export interface UblkBlockDevice extends BlockDevice {
   freeIoBuffer?(buffer: Uint8Array): void;
   /** Read into `target` (preferred over read(), which returns new memory). */
   readInto?(offset: number, target: Uint8Array): Promise<void>;
+  /**
+   * The callback path, no promise and no allocation per request: a number standing for one of
+   * the buffers allocIoBuffer gave (asked once per tag, e.g. its IOVA)...
+   */
+  ioBufferHandle?(buffer: Uint8Array): number;
+  /**
+   * ...and a request on it: `op` is a UBLK_IO_OP_*, offset and length in bytes (whole logical
+   * blocks, as the kernel sends them). Returns false to leave the request to the promise
+   * methods (an op it does not take this way); otherwise `done` is called exactly once.
+   */
+  startIo?(op: number, offset: number, length: number, fua: boolean, handle: number, done: UblkIoDone): boolean;
   /** Writes are cached until flushed (announced to the kernel: flushes and FUA are sent). */
   readonly volatileCache?: boolean;
 }

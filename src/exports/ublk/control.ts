@@ -21,6 +21,12 @@ export interface UblkDeviceInfo {
   maxIoBytes: number;
   serverPid: number;
   flags: number;
+  /**
+   * ublksrv_flags, the 64 bits the driver keeps for the server's own use, as two 32-bit halves:
+   * UblkServer puts its mark in the high half and the adding process's pid in the low one.
+   */
+  serverFlagsHigh: number;
+  serverFlagsLow: number;
 }
 
 /** struct ublk_params (basic, discard), in bytes and flags. */
@@ -86,7 +92,7 @@ export class UblkControl {
   }
 
   /** ADD_DEV: devId -1 lets the driver pick. Resolves with what the driver made of the request. */
-  async add(req: { devId: number; queues: number; depth: number; maxIoBytes: number; flags: number }): Promise<UblkDeviceInfo> {
+  async add(req: { devId: number; queues: number; depth: number; maxIoBytes: number; flags: number; serverFlagsHigh?: number; serverFlagsLow?: number }): Promise<UblkDeviceInfo> {
     const buf = new Uint8Array(U.DEV_INFO_SIZE);
     const v = new DataView(buf.buffer);
     v.setUint16(U.DEV_INFO.nr_hw_queues, req.queues, true);
@@ -94,6 +100,8 @@ export class UblkControl {
     v.setUint32(U.DEV_INFO.max_io_buf_bytes, req.maxIoBytes, true);
     v.setUint32(U.DEV_INFO.dev_id, req.devId >>> 0, true);
     v.setUint32(U.DEV_INFO.flags, req.flags, true);
+    v.setUint32(U.DEV_INFO.ublksrv_flags, (req.serverFlagsLow ?? 0) >>> 0, true);
+    v.setUint32(U.DEV_INFO.ublksrv_flags + 4, (req.serverFlagsHigh ?? 0) >>> 0, true);
     await this.command(U.UBLK_U_CMD_ADD_DEV, req.devId >>> 0, buf, 0, 'ADD_DEV');
     return decodeInfo(v);
   }
@@ -189,6 +197,8 @@ function decodeInfo(v: DataView): UblkDeviceInfo {
     maxIoBytes: v.getUint32(U.DEV_INFO.max_io_buf_bytes, true),
     serverPid: v.getInt32(U.DEV_INFO.ublksrv_pid, true),
     flags: v.getUint32(U.DEV_INFO.flags, true),
+    serverFlagsLow: v.getUint32(U.DEV_INFO.ublksrv_flags, true),
+    serverFlagsHigh: v.getUint32(U.DEV_INFO.ublksrv_flags + 4, true),
   };
 }
 

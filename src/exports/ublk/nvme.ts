@@ -8,7 +8,8 @@ import type { NvmeNamespace } from '../../drivers/nvme/namespace';
 import type { NvmeQueue } from '../../drivers/nvme/queue';
 import type { DmaBuffer } from '../../dma/dma-space';
 import { NvmeBlockDevice } from '../nbd/nvme-device';
-import type { UblkBlockDevice } from './block-device';
+import { UBLK_IO_OP_READ, UBLK_IO_OP_WRITE } from '../../uapi/ublk';
+import type { UblkBlockDevice, UblkIoDone } from './block-device';
 import { UblkServer, type UblkServerOptions } from './server';
 
 export class NvmeUblkDevice extends NvmeBlockDevice implements UblkBlockDevice {
@@ -39,6 +40,32 @@ export class NvmeUblkDevice extends NvmeBlockDevice implements UblkBlockDevice {
     } catch {
       // released with its device
     }
+  }
+
+  /** The buffer's IOVA (-1 for memory that is not ours: such requests take the promise path). */
+  ioBufferHandle(view: Uint8Array): number {
+    const buf = this.dma.get(view.buffer as ArrayBuffer);
+    return buf ? buf.iova + view.byteOffset : -1;
+  }
+
+  /**
+   * Reads and plain writes go straight to the NVMe queue through the driver's callback API
+   * (namespace.submit): the tag's `done` is the completion callback. FUA writes, flush, discard
+   * and write zeroes are rare and take the promise methods.
+   */
+  startIo(op: number, offset: number, length: number, fua: boolean, iova: number, done: UblkIoDone): boolean {
+    const q = this.q;
+    const write = op === UBLK_IO_OP_WRITE;
+    if (q === undefined || iova < 0 || (op !== UBLK_IO_OP_READ && (!write || fua || this.readOnly))) return false;
+    const bs = this.blockSize;
+    if (offset % bs !== 0) return false;
+    try {
+      this.namespace.submit(write, offset / bs, iova, length, q, done);
+    } catch (e) {
+      // Validation (a request past the end, a bad length): refused before it reached the queue.
+      done(e as Error);
+    }
+    return true;
   }
 
   readInto(offset: number, target: Uint8Array): Promise<void> {

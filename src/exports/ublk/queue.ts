@@ -6,12 +6,16 @@
  * from and into them. Requests are read from the queue's descriptor array, mapped read-only.
  *
  * Commits produced in one turn are submitted together: one io_uring_enter per batch.
+ *
+ * A device with the callback path (startIo) serves reads and writes without a promise or any
+ * allocation per request: each tag's completion callback and buffer handle are made once, here;
+ * everything else goes through the device's promise methods.
  */
 import { wrapSystemError } from '../../errors';
 import { IoUring } from '../../io-uring/io-uring';
 import { constants as C, native } from '../../native';
 import * as U from '../../uapi/ublk';
-import type { UblkBlockDevice } from './block-device';
+import type { UblkBlockDevice, UblkIoDone } from './block-device';
 
 const EIO = 5;
 const EOPNOTSUPP = 95;
@@ -20,6 +24,8 @@ const ERRNO: Record<string, number> = { EPERM: 1, EIO: 5, ENOMEM: 12, EACCES: 13
 export interface UblkQueueStats {
   requests: number;
   errors: number;
+  /** Requests served on the device's callback path (no promise). */
+  callbacks: number;
 }
 
 export class UblkQueue {
@@ -28,13 +34,18 @@ export class UblkQueue {
   private readonly descU32: Uint32Array;
   private readonly buffers: Uint8Array[] = [];
   private readonly addrs: number[] = [];
+  /** Per tag: the device's handle of its buffer, the op and byte count in flight, its callback. */
+  private readonly handles: Float64Array;
+  private readonly ops: Uint8Array;
+  private readonly lengths: Int32Array;
+  private readonly doneFns: UblkIoDone[] = [];
   /** Tags whose fetch the kernel still holds (not aborted). */
   private live = 0;
   private inflight = 0;
   private submitScheduled = false;
   private idleWaiters: (() => void)[] = [];
   private abortedWaiters: (() => void)[] = [];
-  readonly stats: UblkQueueStats = { requests: 0, errors: 0 };
+  readonly stats: UblkQueueStats = { requests: 0, errors: 0, callbacks: 0 };
 
   constructor(
     readonly qid: number,
@@ -53,10 +64,15 @@ export class UblkQueue {
     }
     this.descU32 = new Uint32Array(this.descs);
     this.ring = new IoUring(depth);
+    this.handles = new Float64Array(depth).fill(-1);
+    this.ops = new Uint8Array(depth);
+    this.lengths = new Int32Array(depth);
     for (let tag = 0; tag < depth; tag++) {
       const buf = device.allocIoBuffer ? device.allocIoBuffer(bufferSize) : new Uint8Array(bufferSize);
       this.buffers.push(buf);
       this.addrs.push(native.addressOf(buf));
+      if (device.startIo && device.ioBufferHandle) this.handles[tag] = device.ioBufferHandle(buf);
+      this.doneFns.push((err) => this.done(tag, err));
     }
   }
 
@@ -120,14 +136,35 @@ export class UblkQueue {
     const length = sectors * 512;
     this.inflight++;
     this.stats.requests++;
+    const handle = this.handles[tag]!;
+    if (handle >= 0) {
+      this.ops[tag] = op;
+      this.lengths[tag] = length;
+      if (this.device.startIo!(op, offset, length, fua, handle, this.doneFns[tag]!)) {
+        this.stats.callbacks++;
+        return;
+      }
+    }
     this.run(op, offset, length, fua, tag).then(
       (result) => this.commit(tag, result),
-      (err) => {
-        this.stats.errors++;
-        const code = (err as { code?: string } | null)?.code;
-        this.commit(tag, -(code !== undefined && ERRNO[code] ? ERRNO[code]! : EIO));
-      },
+      (err) => this.commit(tag, this.errno(err)),
     );
+  }
+
+  /** The callback path's end of a request. */
+  private done(tag: number, err: Error | null): void {
+    if (err !== null) {
+      this.commit(tag, this.errno(err));
+      return;
+    }
+    const op = this.ops[tag]!;
+    this.commit(tag, op === U.UBLK_IO_OP_READ || op === U.UBLK_IO_OP_WRITE ? this.lengths[tag]! : 0);
+  }
+
+  private errno(err: unknown): number {
+    this.stats.errors++;
+    const code = (err as { code?: string } | null)?.code;
+    return -(code !== undefined && ERRNO[code] ? ERRNO[code]! : EIO);
   }
 
   private async run(op: number, offset: number, length: number, fua: boolean, tag: number): Promise<number> {

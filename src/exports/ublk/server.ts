@@ -9,9 +9,11 @@
  *   await server.close();                                  // disk removed, device deleted
  *
  * A killed server leaves its disk failing every request with EIO (the kernel aborts the queues
- * when the io_urings go away); `start({ id })` with the same id deletes such a leftover first.
+ * when the io_urings go away). Every start deletes such leftovers that a UblkServer added (its
+ * mark in the device's ublksrv_flags) in a process that is gone; `start({ id })` also deletes a
+ * dead server's leftover with that id whoever added it.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { EventEmitter } from 'node:events';
 import { InvalidArgumentError, UserpciError } from '../../errors';
 import { constants as C, native } from '../../native';
@@ -29,7 +31,19 @@ export interface UblkServerOptions {
   maxIoBytes?: number;
   /** Announce a volatile write cache (flush, FUA); default: the device's volatileCache. */
   writeCache?: boolean;
+  /** Delete the devices UblkServers of dead processes left behind (default true). */
+  reclaim?: boolean;
 }
+
+/** A device a dead server left, deleted at start. */
+export interface ReclaimedDevice {
+  id: number;
+  /** The process that added it. */
+  pid: number;
+}
+
+/** The high half of ublksrv_flags on the devices UblkServer adds: 'upci'. The low half is the pid. */
+export const UBLK_OWNER_MARK = 0x75706369;
 
 export class UblkServer extends EventEmitter {
   private state: 'running' | 'closing' | 'closed' = 'running';
@@ -41,6 +55,8 @@ export class UblkServer extends EventEmitter {
     private readonly cdevFd: number,
     readonly queues: UblkQueue[],
     readonly devices: UblkBlockDevice[],
+    /** Leftovers of dead servers this start deleted. */
+    readonly reclaimed: ReclaimedDevice[],
   ) {
     super();
   }
@@ -82,8 +98,12 @@ export class UblkServer extends EventEmitter {
     try {
       const features = await control.features();
       if (!(features & U.UBLK_F_CMD_IOCTL_ENCODE)) throw new UserpciError('ENOTSUP', 'ublk: this driver lacks ioctl-encoded commands (Linux 6.1 or later needed)');
+      const reclaimed = options.reclaim === false ? [] : await reclaimDeadOwned(control);
       if (options.id !== undefined) await reclaimLeftover(control, options.id);
-      info = await control.add({ devId: options.id ?? -1, queues: devs.length, depth, maxIoBytes: maxIo, flags: U.UBLK_F_CMD_IOCTL_ENCODE });
+      info = await control.add({
+        devId: options.id ?? -1, queues: devs.length, depth, maxIoBytes: maxIo, flags: U.UBLK_F_CMD_IOCTL_ENCODE,
+        serverFlagsHigh: UBLK_OWNER_MARK, serverFlagsLow: process.pid,
+      });
       const volatileCache = options.writeCache ?? first.volatileCache ?? false;
       await control.setParams(info.devId, {
         logicalBlockSize: bs, physicalBlockSize: bs, size: first.size, maxIoBytes: info.maxIoBytes, readOnly: first.readOnly,
@@ -100,7 +120,7 @@ export class UblkServer extends EventEmitter {
       for (const q of queues) q.start();
       await control.start(info.devId, process.pid);
       if (failed) throw failed;
-      const server = new UblkServer(info, control, cdevFd, queues, devs.slice(0, info.queues));
+      const server = new UblkServer(info, control, cdevFd, queues, devs.slice(0, info.queues), reclaimed);
       return server;
     } catch (e) {
       for (const q of queues) q.close();
@@ -172,6 +192,38 @@ async function openCdev(devId: number): Promise<number> {
     }
     await new Promise((r) => setTimeout(r, 10));
   }
+}
+
+/**
+ * Every device a UblkServer added (our mark in ublksrv_flags) whose adding process and server
+ * are both gone: stopped and deleted. Best effort: a device that vanishes or refuses meanwhile
+ * is left alone (another process may be reclaiming it too).
+ */
+async function reclaimDeadOwned(control: UblkControl): Promise<ReclaimedDevice[]> {
+  let names: string[];
+  try {
+    names = readdirSync('/sys/class/ublk-char');
+  } catch {
+    return [];
+  }
+  const out: ReclaimedDevice[] = [];
+  for (const name of names) {
+    const m = /^ublkc(\d+)$/.exec(name);
+    if (!m) continue;
+    const id = Number(m[1]);
+    try {
+      const info = await control.info(id);
+      if (info.serverFlagsHigh !== UBLK_OWNER_MARK) continue;
+      const pid = info.serverFlagsLow;
+      if (processAlive(pid) || (info.serverPid > 0 && processAlive(info.serverPid))) continue;
+      await control.stop(id).catch(() => undefined);
+      await control.delete(id);
+      out.push({ id, pid });
+    } catch {
+      // gone meanwhile, or not ours to delete
+    }
+  }
+  return out;
 }
 
 /** A device with this id whose server is gone (killed): stop and delete it so the id can be reused. */

@@ -7,7 +7,7 @@
  *   kernel /dev/nvme0n1, the kernel's own nvme driver
  * Each server is the CLI in its own process, started once per target and stopped with SIGTERM.
  *
- *   node dist/bench/blk/guest.js --baseline PATH [--seconds S] [--warmup S] [--rounds N] [--profile]
+ *   node dist/bench/blk/guest.js --baseline PATH [--seconds S] [--warmup S] [--rounds N] [--profile] [--targets a,b]
  *
  * --profile runs the ublk and NBD servers under node --cpu-prof and prints their self time by
  * function. Prints a line per measurement and, last, `BENCH_JSON {...}` for the host runner.
@@ -32,7 +32,8 @@ export const CASES: BlkCase[] = [
   { name: '128k-seqread-qd32', mode: 'seqread', bs: 128 * 1024, qd: 32 },
 ];
 
-export type Target = 'ublk' | 'nbd' | 'kernel';
+/** ublk-irq: `userpci nvme ublk --interrupts` (NVMe completions by MSI-X, no polling); only when asked for. */
+export type Target = 'ublk' | 'nbd' | 'kernel' | 'ublk-irq';
 export const TARGETS: Target[] = ['ublk', 'nbd', 'kernel'];
 
 /** IOPS per case per target (the best of the rounds), the servers' CPU per I/O, their profiles. */
@@ -41,8 +42,9 @@ export interface BlkResults {
   cpus: number;
   kernel: string;
   clocksource: string;
-  iops: Record<string, Record<Target, number>>;
-  rounds: Record<string, Record<Target, number[]>>;
+  targets: Target[];
+  iops: Record<string, Partial<Record<Target, number>>>;
+  rounds: Record<string, Partial<Record<Target, number[]>>>;
   /** Server process CPU time per I/O (user, system), µs, in the round with the best IOPS. */
   serverCpu: Record<string, Partial<Record<Target, { userUs: number; sysUs: number }>>>;
   profiles: Partial<Record<Target, string[]>>;
@@ -166,8 +168,9 @@ async function measureTarget(target: Target, addr: string, baseline: string, sec
     return { cases: out, startMs: 0 };
   }
   if (boundDriver(addr) !== 'vfio-pci') bindToVfio(addr);
-  if (target === 'ublk') {
-    const s = await startServer(['ublk', addr, '--id', '0', '--queues', '1', '--depth', '64'], 'ublk: serving', profile);
+  if (target === 'ublk' || target === 'ublk-irq') {
+    const irq = target === 'ublk-irq' ? ['--interrupts'] : [];
+    const s = await startServer(['ublk', addr, '--id', '0', '--queues', '1', '--depth', '64', ...irq], 'ublk: serving', profile);
     try {
       each('/dev/ublkb0', s.child.pid);
     } finally {
@@ -202,23 +205,24 @@ async function main(): Promise<void> {
   const rounds = Number(arg('--rounds', '2'));
   const profile = process.argv.includes('--profile');
   if (profile) fs.mkdirSync(PROFILE_DIR, { recursive: true });
+  const targets = (arg('--targets')?.split(',') ?? TARGETS) as Target[];
   const addr = nvmeFunction('bench-blk');
   const clocksource = fs.readFileSync('/sys/devices/system/clocksource/clocksource0/current_clocksource', 'utf8').trim();
-  const results: BlkResults = { node: process.version, cpus: os.cpus().length, kernel: os.release(), clocksource, iops: {}, rounds: {}, serverCpu: {}, profiles: {} };
+  const results: BlkResults = { node: process.version, cpus: os.cpus().length, kernel: os.release(), clocksource, targets, iops: {}, rounds: {}, serverCpu: {}, profiles: {} };
   for (const c of CASES) {
-    results.rounds[c.name] = { ublk: [], nbd: [], kernel: [] };
-    results.iops[c.name] = { ublk: 0, nbd: 0, kernel: 0 };
+    results.rounds[c.name] = Object.fromEntries(targets.map((t) => [t, []]));
+    results.iops[c.name] = Object.fromEntries(targets.map((t) => [t, 0]));
     results.serverCpu[c.name] = {};
   }
   // Rounds alternate the targets, so a busy host slows all three alike; the best round counts.
   for (let r = 0; r < rounds; r++) {
-    for (const t of TARGETS) {
+    for (const t of targets) {
       const prof = profile && r === 0 && t !== 'kernel';
       const got = await measureTarget(t, addr, baseline, seconds, warmup, prof);
       for (const c of CASES) {
         const m = got.cases[c.name]!;
-        results.rounds[c.name]![t].push(m.iops);
-        if (m.iops >= results.iops[c.name]![t]) {
+        results.rounds[c.name]![t]!.push(m.iops);
+        if (m.iops >= results.iops[c.name]![t]!) {
           results.iops[c.name]![t] = m.iops;
           if (m.userUs !== undefined) results.serverCpu[c.name]![t] = { userUs: m.userUs, sysUs: m.sysUs! };
         }

@@ -11,12 +11,13 @@
  *
  * Options: --seconds S (per measurement, default 5), --warmup S (default 1), --rounds N (each
  * target N times, alternating; the best counts; default 2), --profile (the servers under
- * node --cpu-prof: self time by function), --verbose (guest console).
+ * node --cpu-prof: self time by function), --targets ublk,nbd,kernel[,ublk-irq] (ublk-irq: the
+ * ublk server with MSI-X NVMe completions instead of polling), --verbose (guest console).
  */
 import { runInGuest, GuestRunError } from '../../scripts/guest/index';
 import { installSignalHandlers } from '../../scripts/guest/suites';
 import { buildBaseline } from '../nvme/run';
-import { CASES, TARGETS, type BlkResults } from './guest';
+import { CASES, type BlkResults } from './guest';
 
 const NULL_SIZE = 8 * 1024 * 1024 * 1024;
 
@@ -37,6 +38,8 @@ async function main(): Promise<number> {
   const baseline = buildBaseline();
   const guestArgs = ['--baseline', baseline, '--seconds', String(seconds), '--warmup', String(warmup), '--rounds', String(rounds)];
   if (process.argv.includes('--profile')) guestArgs.push('--profile');
+  const targets = arg('--targets');
+  if (targets) guestArgs.push('--targets', targets);
   const t0 = Date.now();
   let stdout: string;
   try {
@@ -71,21 +74,25 @@ async function main(): Promise<number> {
   const data = JSON.parse(jsonLine.slice('BENCH_JSON '.length)) as BlkResults;
   console.log('');
   console.log(`Block layer reads (io_uring, O_DIRECT), QEMU nvme on null-co, Linux ${data.kernel}, ${data.cpus} vCPUs (TCG, clocksource ${data.clocksource}), node ${data.node}; ${seconds} s per measurement, best of ${rounds} round(s); ${Math.round((Date.now() - t0) / 1000)} s in all`);
-  console.log(`${'case'.padEnd(20)} ${TARGETS.map((t) => `${t} IOPS`.padStart(12)).join(' ')} ${'ublk/kernel'.padStart(12)} ${'ublk/nbd'.padStart(9)}   server CPU per I/O, user+sys µs (ublk, nbd)`);
+  const shown = data.targets;
+  console.log(`${'case'.padEnd(20)} ${shown.map((t) => `${t} IOPS`.padStart(14)).join(' ')} ${'ublk/kernel'.padStart(12)} ${'ublk/nbd'.padStart(9)}   server CPU per I/O, user+sys µs`);
   const cases: object[] = [];
   const cpu = (x: { userUs: number; sysUs: number } | undefined) => (x ? `${x.userUs.toFixed(0)}+${x.sysUs.toFixed(0)}` : '-');
+  const n = (x: number | undefined) => x ?? NaN;
   for (const c of CASES) {
     const r = data.iops[c.name]!;
     const sc = data.serverCpu[c.name]!;
-    console.log(`${c.name.padEnd(20)} ${TARGETS.map((t) => String(Math.round(r[t])).padStart(12)).join(' ')} ${(r.ublk / r.kernel).toFixed(2).padStart(12)} ${(r.ublk / r.nbd).toFixed(2).padStart(9)}   ${cpu(sc.ublk)}, ${cpu(sc.nbd)}`);
+    console.log(`${c.name.padEnd(20)} ${shown.map((t) => String(Math.round(n(r[t]))).padStart(14)).join(' ')} ${(n(r.ublk) / n(r.kernel)).toFixed(2).padStart(12)} ${(n(r.ublk) / n(r.nbd)).toFixed(2).padStart(9)}   ${shown.filter((t) => t !== 'kernel').map((t) => `${t} ${cpu(sc[t])}`).join(', ')}`);
   }
-  for (const c of CASES) console.log(`  rounds ${c.name}: ${TARGETS.map((t) => `${t} ${data.rounds[c.name]![t].map(Math.round).join('/')}`).join('; ')}`);
+  for (const c of CASES) console.log(`  rounds ${c.name}: ${shown.map((t) => `${t} ${data.rounds[c.name]![t]!.map(Math.round).join('/')}`).join('; ')}`);
   for (const c of CASES) {
     const r = data.iops[c.name]!;
+    if (r.ublk === undefined || r.kernel === undefined) continue;
     cases.push({ name: `ublk-vs-kernel/${c.name}`, ours: Math.round(r.ublk), baseline: Math.round(r.kernel), unit: 'IOPS', ratio: Number((r.ublk / r.kernel).toFixed(3)) });
   }
   for (const c of CASES) {
     const r = data.iops[c.name]!;
+    if (r.ublk === undefined || r.nbd === undefined) continue;
     cases.push({ name: `ublk-vs-nbd/${c.name}`, ours: Math.round(r.ublk), baseline: Math.round(r.nbd), unit: 'IOPS', ratio: Number((r.ublk / r.nbd).toFixed(3)), target: 3 });
   }
   console.log('ours = /dev/ublkb0 on our NVMe driver; baseline = the kernel nvme driver (ublk-vs-kernel) or /dev/nbd0 on our NVMe driver (ublk-vs-nbd).');

@@ -51,6 +51,7 @@ Common options:
   --nsid N        namespace (default 1)
   --depth N       I/O queue depth (default 64)
   --bind          bind ADDRESS to vfio-pci first
+  --interrupts    I/O queues complete by MSI-X interrupt instead of polling
   --verbose       log NBD connections (export)
 
 Numbers take K, M, G suffixes (powers of 1024) and 0x prefixes.`;
@@ -81,6 +82,7 @@ const OPTIONS = {
   verbose: { type: 'boolean', default: false },
   id: { type: 'string' },
   queues: { type: 'string' },
+  interrupts: { type: 'boolean', default: false },
 } as const;
 
 type Values = ReturnType<typeof parse>['values'];
@@ -107,7 +109,7 @@ async function openController(address: string, values: Values): Promise<NvmeCont
     });
   }
   const depth = parseCount(values.depth, '--depth') ?? 64;
-  return NvmeController.open(address, { defaultQueue: { depth }, queuePairs: 4 });
+  return NvmeController.open(address, { defaultQueue: { depth, interrupts: values.interrupts }, queuePairs: 4 });
 }
 
 async function withNamespace<T>(address: string, values: Values, fn: (ns: NvmeNamespace, ctrl: NvmeController) => Promise<T>): Promise<T> {
@@ -293,7 +295,7 @@ async function exportUblk(address: string, values: Values): Promise<number> {
   let server: UblkServer | undefined;
   try {
     const ns = await ctrl.namespace(parseCount(values.nsid, '--nsid') ?? 1);
-    server = await serveNamespaceOverUblk(ctrl, ns, { id, queues, depth: parseCount(values.depth, '--depth') ?? 64, readOnly: values['read-only'] });
+    server = await serveNamespaceOverUblk(ctrl, ns, { id, queues, depth: parseCount(values.depth, '--depth') ?? 64, readOnly: values['read-only'], interrupts: values.interrupts });
     for (const r of server.reclaimed) print(`ublk: deleted /dev/ublkb${r.id}, left by process ${r.pid} (no longer running)`);
     print(`ublk: serving ${ctrl.name} namespace ${ns.nsid} (${ns.size} bytes, ${ns.blockSize}-byte blocks) as ${server.diskPath} (${server.queues.length} queue(s) of depth ${server.info.depth}, requests up to ${server.info.maxIoBytes} bytes)`);
     const why = await new Promise<string>((resolve) => {

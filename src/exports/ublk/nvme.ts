@@ -79,18 +79,19 @@ export class NvmeUblkDevice extends NvmeBlockDevice implements UblkBlockDevice {
 
 /**
  * Serves `namespace` as /dev/ublkbN with one ublk queue per NVMe I/O queue pair: the
- * controller's existing pairs, plus new ones of `depth` up to `queues` (default 1). The driver
+ * controller's existing pairs, plus new ones of `depth` up to `queues` (default 1; completing by
+ * MSI-X with `interrupts`, else polled). The driver
  * grants at most one ublk queue per CPU; pairs beyond that go unused.
  */
 export async function serveNamespaceOverUblk(
   controller: NvmeController,
   namespace: NvmeNamespace,
-  options: UblkServerOptions & { queues?: number; readOnly?: boolean } = {},
+  options: UblkServerOptions & { queues?: number; readOnly?: boolean; interrupts?: boolean } = {},
 ): Promise<UblkServer> {
   const want = options.queues ?? 1;
   const depth = options.depth ?? 64;
   const queues = [...controller.queues];
-  while (queues.length < want) queues.push(await controller.createQueuePair({ depth }));
+  while (queues.length < want) queues.push(await controller.createQueuePair({ depth, interrupts: options.interrupts }));
   const devices = queues.slice(0, want).map((q) => new NvmeUblkDevice(namespace, q, options.readOnly));
   return UblkServer.start(devices, { ...options, depth: Math.min(depth, ...queues.slice(0, want).map((q) => q.depth)) });
 }

@@ -14,9 +14,7 @@
  * node --cpu-prof: self time by function), --targets ublk,nbd,kernel[,ublk-irq] (ublk-irq: the
  * ublk server with MSI-X NVMe completions instead of polling), --verbose (guest console).
  */
-import { runInGuest, GuestRunError } from '../../scripts/guest/index';
-import { installSignalHandlers } from '../../scripts/guest/suites';
-import { buildBaseline } from '../nvme/run';
+import { arg, benchMain, buildStatic, runGuestBench } from '../guest-bench';
 import { CASES, type BlkResults } from './guest';
 
 const NULL_SIZE = 8 * 1024 * 1024 * 1024;
@@ -26,52 +24,24 @@ export const BLK_DEVICES = [
   '-device', 'nvme,drive=nullblk,serial=bench-blk',
 ];
 
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? process.argv[i + 1] : undefined;
-}
-
 async function main(): Promise<number> {
   const seconds = Number(arg('--seconds') ?? 5);
   const warmup = Number(arg('--warmup') ?? 1);
   const rounds = Number(arg('--rounds') ?? 2);
-  const baseline = buildBaseline();
+  const baseline = buildStatic('bench/nvme/kernel-baseline.c');
   const guestArgs = ['--baseline', baseline, '--seconds', String(seconds), '--warmup', String(warmup), '--rounds', String(rounds)];
   if (process.argv.includes('--profile')) guestArgs.push('--profile');
   const targets = arg('--targets');
   if (targets) guestArgs.push('--targets', targets);
   const t0 = Date.now();
-  let stdout: string;
-  try {
-    const r = await runInGuest({
-      kernel: '6.12',
-      devices: BLK_DEVICES,
-      command: `modprobe ublk_drv; echo 64 > /proc/sys/vm/nr_hugepages; node dist/bench/blk/guest.js ${guestArgs.join(' ')}`,
-      timeoutMs: 30 * 60_000,
-      memoryMiB: 1536,
-      onConsole: (l) => {
-        if (process.argv.includes('--verbose')) process.stderr.write(`${l}\n`);
-      },
-    });
-    stdout = r.stdout;
-    if (r.exitCode !== 0) {
-      process.stderr.write(`${stdout}\nbench:blk: the guest side failed (exit ${r.exitCode}):\n${r.consoleTail.join('\n')}\n`);
-      return 1;
-    }
-  } catch (e) {
-    if (e instanceof GuestRunError) {
-      process.stderr.write(`${e.message}\n`);
-      return 1;
-    }
-    throw e;
-  }
-  const jsonLine = stdout.split('\n').find((l) => l.startsWith('BENCH_JSON '));
-  if (!jsonLine) {
-    process.stderr.write(`${stdout}\nbench:blk: no BENCH_JSON line from the guest\n`);
-    return 1;
-  }
-  for (const l of stdout.split('\n')) if (l && !l.startsWith('BENCH_JSON ')) console.log(l);
-  const data = JSON.parse(jsonLine.slice('BENCH_JSON '.length)) as BlkResults;
+  const data = await runGuestBench<BlkResults>('blk', {
+    kernel: '6.12',
+    devices: BLK_DEVICES,
+    command: `modprobe ublk_drv; echo 64 > /proc/sys/vm/nr_hugepages; node dist/bench/blk/guest.js ${guestArgs.join(' ')}`,
+    timeoutMs: 30 * 60_000,
+    memoryMiB: 1536,
+  });
+  if (!data) return 1;
   console.log('');
   console.log(`Block layer reads (io_uring, O_DIRECT), QEMU nvme on null-co, Linux ${data.kernel}, ${data.cpus} vCPUs (TCG, clocksource ${data.clocksource}), node ${data.node}; ${seconds} s per measurement, best of ${rounds} round(s); ${Math.round((Date.now() - t0) / 1000)} s in all`);
   const shown = data.targets;
@@ -100,13 +70,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-if (require.main === module) {
-  installSignalHandlers();
-  main().then(
-    (code) => (process.exitCode = code),
-    (e: Error) => {
-      console.error(e.stack ?? e.message);
-      process.exitCode = 1;
-    },
-  );
-}
+benchMain(main);

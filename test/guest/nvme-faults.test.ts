@@ -85,6 +85,24 @@ async function rescanAndBind(): Promise<void> {
   assert.equal(boundDriver(dev), 'vfio-pci');
 }
 
+/**
+ * Open the controller of a device just brought back by a rescan. Once (a busy host, after a
+ * round with the NBD export) VFIO refused the first open with ENODEV though the device was bound
+ * to vfio-pci; a few later tries are allowed and reported, any other error fails at once.
+ */
+async function openAfterRescan(options: Parameters<typeof NvmeController.open>[1]): Promise<NvmeController> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const ctrl = await NvmeController.open(dev, options);
+      if (attempt > 1) console.log(`# open after the rescan took ${attempt} attempts (ENODEV before)`);
+      return ctrl;
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'ENODEV' || attempt === 20) throw err;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+}
+
 /** Record a round and print it at once (a later failure must not hide what earlier rounds showed). */
 function note(rounds: string[], line: string): void {
   rounds.push(line);
@@ -121,7 +139,7 @@ test('sysfs remove at a random point of a QD32 load (promise/callback, polled/MS
   for (let round = 0; round < 8; round++) {
     const [api, interrupts] = combos[round % 4]!;
     const rnd = prng(0x9e57 + round * 31);
-    const ctrl = await NvmeController.open(dev, { defaultQueue: false, queuePairs: 2 });
+    const ctrl = await openAfterRescan({ defaultQueue: false, queuePairs: 2 });
     const ns = await ctrl.namespace(1);
     const queue = await ctrl.createQueuePair({ depth: 32, interrupts });
     const buffer = ctrl.allocBuffer(32 * 4096);
@@ -174,7 +192,7 @@ test('sysfs remove while the kernel makes a filesystem on, or copies onto, the N
       served = () => 0;
       finished = cli.done.then((r) => `CLI export exit ${r.code}: ${r.out.trim().split('\n').slice(-4).join(' | ')}`);
     } else {
-      ctrl = await NvmeController.open(dev, { defaultQueue: { depth: 32 } });
+      ctrl = await openAfterRescan({ defaultQueue: { depth: 32 } });
       const ns = await ctrl.namespace(1);
       server = new NbdServer([{ name: 'disk', device: new NvmeBlockDevice(ns) }]);
       await server.listen({ path: sock });

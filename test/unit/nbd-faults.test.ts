@@ -91,6 +91,8 @@ test(`NBD export, device removed at a random point of a pipelined burst (${ROUND
   process.on('unhandledRejection', onUnhandled);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbd-faults-'));
   const seen: string[] = [];
+  // Whatever a failed round leaves open is closed, so the test's process can exit.
+  const cleanups: (() => unknown)[] = [];
   try {
     for (let round = 0; round < ROUNDS; round++) {
       const rnd = prng(0xbd0 + round * 7);
@@ -98,10 +100,12 @@ test(`NBD export, device removed at a random point of a pipelined burst (${ROUND
       const ctrl = await NvmeController.open(device, { defaultQueue: { depth: 16 } });
       const ns = await ctrl.namespace(1);
       const server = new NbdServer([{ name: 'disk', device: new NvmeBlockDevice(ns) }]);
+      cleanups.push(() => server.close(), () => ctrl.close());
       const lost = new Promise<string>((r) => server.once('device-lost', (name: string) => r(name)));
       const sock = path.join(dir, `s${round}.sock`);
       await server.listen({ path: sock });
       const client = await connect(sock);
+      cleanups.push(() => client.socket.destroy());
       assert.equal(await client.go('disk'), P.REP_ACK);
       // A burst of reads, writes (some unaligned: read-modify-write) and flushes, pipelined.
       const sent = new Map<bigint, number>();
@@ -135,7 +139,12 @@ test(`NBD export, device removed at a random point of a pipelined burst (${ROUND
       assert.ok(sim.requestRemoval());
       while (await within(takeReply(), 15_000, 'a reply or the close')) { /* until the server closes */ }
       await within(client.closedByServer, 15_000, 'the server closes the connection');
-      assert.equal(replies.size, sent.size, `every request answered (${replies.size}/${sent.size})`);
+      // Every request the server took is answered once. It hangs up once the line has been quiet
+      // a while after the loss, so on a starved machine the tail of the burst may still sit
+      // unread in the socket: those were never taken (nor acknowledged), and are counted apart.
+      const taken = Object.values(server.counts).reduce((a, b) => a + b, 0);
+      assert.ok(taken >= before && taken <= sent.size, `the server took ${taken} of ${sent.size} requests`);
+      assert.equal(replies.size, taken, `every request the server took is answered (${replies.size}/${taken})`);
       const errors = [...replies.values()].filter((e) => e !== 0);
       assert.ok(errors.length > 0, 'the removal failed something');
       assert.ok(errors.every((e) => e === P.ESHUTDOWN), `failures are ESHUTDOWN: ${errors.join(',')}`);
@@ -146,12 +155,21 @@ test(`NBD export, device removed at a random point of a pipelined burst (${ROUND
       late.socket.destroy();
       await within(server.close(), 15_000, 'server.close()');
       await within(ctrl.close(), 15_000, 'ctrl.close()');
-      seen.push(`round ${round}: ${replies.size - errors.length} ok, ${errors.length} ESHUTDOWN, removal after ${before} replies`);
+      cleanups.length = 0;
+      seen.push(`round ${round}: ${replies.size - errors.length} ok, ${errors.length} ESHUTDOWN, removal after ${before} replies` +
+        (taken < sent.size ? `, ${sent.size - taken} sent after the hang-up` : ''));
     }
     await new Promise((r) => setImmediate(r));
     assert.deepEqual(unhandled, [], 'no unhandled rejection');
     console.log(`# ${seen.join('\n# ')}`);
   } finally {
+    for (const c of cleanups.reverse()) {
+      try {
+        await Promise.resolve(c()).catch(() => undefined);
+      } catch {
+        // Closing twice is harmless; a failure to close must not hide the test's own.
+      }
+    }
     process.off('unhandledRejection', onUnhandled);
     fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -361,14 +361,20 @@ export class NbdServer extends EventEmitter {
     // nothing is in flight and the line has been quiet a moment, hang up (the client's socket
     // dies, so it stops waiting for a server that cannot serve).
     let quiet: NodeJS.Timeout | null = null;
+    let requestsRead = 0;
     const hangUpIfIdle = () => {
       if (!lost || inflight > 0 || socket.destroyed || socket.writableEnded) return;
       if (quiet) clearTimeout(quiet);
       quiet = setTimeout(() => {
-        if (inflight > 0 || socket.destroyed || socket.writableEnded) return;
-        this.lostConnections++;
-        socket.end();
-        setTimeout(() => socket.destroy(), 1000).unref();
+        // A starved process runs expired timers before the I/O that waited meanwhile: let one
+        // poll phase read what the client had already sent before deciding the line is quiet.
+        const seen = requestsRead;
+        setImmediate(() => {
+          if (requestsRead !== seen || inflight > 0 || socket.destroyed || socket.writableEnded) return;
+          this.lostConnections++;
+          socket.end();
+          setTimeout(() => socket.destroy(), 1000).unref();
+        });
       }, LOST_QUIET_MS);
       quiet.unref();
     };
@@ -411,6 +417,7 @@ export class NbdServer extends EventEmitter {
         if (!req) throw new Error('request without the NBD request magic; disconnecting');
         const name = P.commandName(req.type);
         this.counts[name] = (this.counts[name] ?? 0) + 1;
+        requestsRead++;
         let payload: Buffer | undefined;
         if (req.type === P.CMD_WRITE) {
           if (req.length > dev.maxRequest) throw new Error(`WRITE of ${req.length} bytes exceeds the ${dev.maxRequest}-byte maximum; disconnecting`);

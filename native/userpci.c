@@ -198,7 +198,10 @@ static napi_value n_pwrite(napi_env env, napi_callback_info info) {
   return positioned_io(env, info, 1);
 }
 
-/* read(fd, view) / write(fd, view) for sockets and pipes: -1 when it would block. */
+/*
+ * read(fd, view[, offset, length]) / write(...) for sockets, pipes and character devices: -1 when
+ * it would block. offset/length pick bytes of the view (no subarray per packet for a TAP).
+ */
 static napi_value stream_io(napi_env env, napi_callback_info info, int write_mode) {
   GET_ARGS(2);
   int32_t fd;
@@ -206,6 +209,13 @@ static napi_value stream_io(napi_env env, napi_callback_info info, int write_mod
   size_t len;
   if (!get_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an integer");
   if (!get_bytes(env, argv[1], &data, &len)) return throw_type(env, "buffer must be an ArrayBuffer view");
+  if (argc > 2) {
+    uint64_t offset, count;
+    if (argc < 4 || !get_u64(env, argv[2], &offset) || !get_u64(env, argv[3], &count)) return throw_type(env, "offset and length must be non-negative integers");
+    if (offset > len || count > len - offset) return throw_type(env, "offset + length lies outside the buffer");
+    data = (char *)data + offset;
+    len = (size_t)count;
+  }
   ssize_t n = write_mode ? write(fd, data, len) : read(fd, data, len);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return make_i32(env, -1);

@@ -40,8 +40,9 @@ export interface NativeAddon {
   pread(fd: number, buffer: Bytes, offset: number): number;
   pwrite(fd: number, buffer: Bytes, offset: number): number;
   /** -1 when the fd is non-blocking and nothing is ready. */
-  read(fd: number, buffer: Bytes): number;
-  write(fd: number, buffer: Bytes): number;
+  read(fd: number, buffer: Bytes, offset?: number, length?: number): number;
+  /** offset/length (both or neither) pick bytes of the view, so a caller need not make a subarray per call. */
+  write(fd: number, buffer: Bytes, offset?: number, length?: number): number;
   ftruncate(fd: number, size: number): void;
   memfdCreate(name: string, flags: number): number;
   /** An ArrayBuffer over the new mapping; release it with munmap (views detach first). */

@@ -144,3 +144,22 @@ test('poll waits for readiness with a timeout; setNonBlocking and fstat', () => 
   assert.throws(() => native.poll([], constants.POLLIN, 0), (e: any) => e.code === 'EINVAL');
   for (const fd of [a, b, memfd]) native.close(fd);
 });
+
+test('read/write take an optional offset and length inside the view, and refuse one outside it', () => {
+  const [a, b] = native.socketpair();
+  try {
+    native.setNonBlocking(b, true);
+    const out = Uint8Array.from([9, 8, 7, 6, 5, 4]);
+    assert.equal(native.write(a, out, 2, 3), 3);
+    const into = new Uint8Array(8);
+    assert.equal(native.read(b, into, 4, 4), 3);
+    assert.deepEqual([...into], [0, 0, 0, 0, 7, 6, 5, 0]);
+    assert.equal(native.read(b, into, 0, 8), -1, 'nothing more: would block');
+    assert.throws(() => native.write(a, out, 4, 3), /outside the buffer/);
+    assert.throws(() => native.read(b, into, 9, 0), /outside the buffer/);
+    assert.throws(() => native.write(a, out, 1), /offset and length/);
+  } finally {
+    native.close(a);
+    native.close(b);
+  }
+});

@@ -350,6 +350,49 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
   }
 
   /**
+   * Calls `ready()` on the event loop whenever receive queue `queue` may hold frames, for a
+   * caller that takes them itself with rxBurst (a bridge, a poll loop that sleeps when idle):
+   * on the queue's MSI-X interrupt, or polling every millisecond without MSI-X. Frames already waiting
+   * get one call soon after. Returns the function that stops the calls.
+   */
+  onReceive(queue: number, ready: () => void): () => void {
+    this.checkQueue(queue);
+    const q = this.rx[queue]!;
+    let stopped = false;
+    const call = () => {
+      if (!stopped && !this.closedReason) ready();
+    };
+    let stop: () => void;
+    if (this.interruptMode === 'msix') {
+      const vector = this.vectors[1 + queue]!;
+      vector.on('interrupt', call);
+      vector.ref();
+      q.setInterrupts(true);
+      stop = () => {
+        if (!this.closedReason) q.setInterrupts(false);
+        vector.off('interrupt', call);
+        vector.unref();
+      };
+    } else {
+      // Again at once while frames remain (the caller took a batch's worth), else in a millisecond.
+      let timer: NodeJS.Timeout | undefined;
+      const poll = () => {
+        call();
+        if (!stopped) timer = setTimeout(poll, q.ready > 0 ? 0 : 1);
+      };
+      timer = setTimeout(poll, 1);
+      stop = () => clearTimeout(timer);
+    }
+    // Frames that arrived before raised no interrupt: look once now.
+    setImmediate(call);
+    return () => {
+      if (stopped) return;
+      stopped = true;
+      stop();
+    };
+  }
+
+  /**
    * Emit 'frame' (a Buffer of its own, and the queue) for every frame received on queue 0, until
    * stopListening(). Wakes on the queue's MSI-X interrupt, or polls without MSI-X.
    */
@@ -359,38 +402,12 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
     const batch = new PacketBatch(64, 65536 - 16);
     const q = this.rx[0]!;
     const drain = () => {
-      if (this.closedReason) return 0;
-      let total = 0;
       for (let n = q.burst(batch); n > 0; n = q.burst(batch)) {
-        total += n;
         for (let i = 0; i < n; i++) this.emit('frame', Buffer.from(batch.data.subarray(batch.offset(i), batch.offset(i) + batch.lengths[i]!)), 0);
         if (!this.listening) break;
       }
-      return total;
     };
-    let stop: () => void;
-    if (this.interruptMode === 'msix') {
-      const vector = this.vectors[1]!;
-      const onInterrupt = () => drain();
-      vector.on('interrupt', onInterrupt);
-      vector.ref();
-      q.setInterrupts(true);
-      stop = () => {
-        q.setInterrupts(false);
-        vector.off('interrupt', onInterrupt);
-        vector.unref();
-      };
-    } else {
-      let timer: NodeJS.Timeout | undefined;
-      const poll = () => {
-        timer = setTimeout(poll, drain() > 0 ? 0 : 1);
-      };
-      timer = setTimeout(poll, 0);
-      stop = () => clearTimeout(timer);
-    }
-    this.listening = { batch, stop };
-    // Frames that arrived before we listened raised no interrupt: take them now.
-    setImmediate(drain);
+    this.listening = { batch, stop: this.onReceive(0, drain) };
   }
 
   stopListening(): void {

@@ -5,10 +5,11 @@
 #   e2fsprogs        mkfs.ext4/e2fsck copied into the guest for filesystem tests
 #   cpio             handy for inspecting the initramfs (the harness writes it itself)
 #   nbd-client       copied into the guest: the NBD test attaches our export to /dev/nbd0
+#   iproute2         its ip is copied into the guest: the TAP test needs network namespaces
 # The kernel is not installed: the harness `apt-get download`s it, so the apt lists must be
 # present; they are refreshed when missing. Idempotent, and quick when all is in place.
 set -euo pipefail
-packages=(qemu-system-x86 busybox-static e2fsprogs cpio nbd-client)
+packages=(qemu-system-x86 busybox-static e2fsprogs cpio nbd-client iproute2)
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 

@@ -44,4 +44,5 @@ export { serveVfioUser, createModel } from './vfio-user/server/index';
 export * as nvme from './drivers/nvme/index';
 export * as nbd from './exports/nbd/index';
 export * as ublk from './exports/ublk/index';
+export * as tap from './exports/tap/index';
 export * as virtioNet from './drivers/virtio-net/index';

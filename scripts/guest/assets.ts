@@ -66,6 +66,8 @@ const OPTIONAL_TOOLS: { name: string; guest: string; links?: string[] }[] = [
   { name: 'nbd-client', guest: '/usr/local/sbin/nbd-client' },
   { name: 'lspci', guest: '/usr/local/bin/lspci' },
   { name: 'setpci', guest: '/usr/local/bin/setpci' },
+  // iproute2's ip: network namespaces (busybox ip has no netns), for the TAP test.
+  { name: 'ip', guest: '/usr/local/sbin/ip' },
 ];
 const OPTIONAL_DATA = ['/etc/mke2fs.conf', '/usr/share/misc/pci.ids'];
 

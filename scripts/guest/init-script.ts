@@ -8,6 +8,7 @@ export const INCLUDED_MODULES = [
   'nvme', 'nbd', 'loop', 'e1000e', 'virtio_net',
   'ext4', 'crc32c_generic', 'crc32c-intel',
   'pktgen', // bench:net's kernel baseline; loaded by the bench, not at boot
+  'tun', // userpci net tap's TAP interface; loaded by its test, not at boot
 ];
 
 /** Copied in (with their dependencies) when the kernel has them: ublk_drv exists from 6.0 on. */

@@ -10,6 +10,8 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as dgram from 'node:dgram';
+import * as net from 'node:net';
+import * as crypto from 'node:crypto';
 import { execFileSync, spawn } from 'node:child_process';
 import { VirtioNet } from '../../src/drivers/virtio-net/net-device';
 import { PacketBatch } from '../../src/drivers/virtio-net/packet-batch';
@@ -335,6 +337,98 @@ test('userpci net info|send|recv against the kernel NIC', async (t) => {
     clearInterval(timer);
     sock.close();
   }
+});
+
+/** Runs a command to its end: exit code and output. */
+function run(cmd: string, args: string[], timeoutMs = 120_000): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const guard = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
+    p.on('exit', (code) => {
+      clearTimeout(guard);
+      resolve({ code, out });
+    });
+  });
+}
+
+// The TCP peer in the TAP's namespace: sends BYTES of a seeded pattern, then prints the SHA-256 of
+// what it sent and of what came back.
+const TCP_CLIENT = `
+const net = require('node:net'), crypto = require('node:crypto');
+const [host, port, bytes] = process.argv.slice(1);
+const data = Buffer.alloc(Number(bytes));
+let x = 12345;
+for (let i = 0; i < data.length; i++) { x = (x * 1103515245 + 12345) >>> 0; data[i] = x >>> 24; }
+const back = crypto.createHash('sha256');
+const s = net.connect(Number(port), host, () => s.end(data));
+s.on('data', (d) => back.update(d));
+s.on('end', () => console.log(JSON.stringify({ sent: crypto.createHash('sha256').update(data).digest('hex'), back: back.digest('hex') })));
+s.on('error', (e) => { console.error(e.message); process.exit(1); });
+`;
+
+test('userpci net tap: the kernel in its own network namespace reaches the other NIC through our driver (ping; TCP both ways, SHA-256 compared)', { timeout: 600_000 }, async () => {
+  execFileSync('modprobe', ['tun']);
+  fs.mkdirSync('/var/run/netns', { recursive: true });
+  execFileSync('ip', ['netns', 'add', 'tapns']);
+  const tap = spawn(process.execPath, [CLI, 'net', 'tap', ours, '--name', 'utap0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  tap.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  tap.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number | null>((r) => tap.on('exit', (code) => r(code)));
+  const server = net.createServer();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const check = () => (out.includes('\n') ? resolve() : undefined);
+      tap.stdout.on('data', check);
+      void exited.then((code) => reject(new Error(`net tap exited ${code}: ${err}`)));
+    });
+    const first = JSON.parse(out.split('\n')[0]!) as { interface: string; mac: string };
+    assert.equal(first.interface, 'utap0');
+    assert.equal(first.mac, OUR_MAC);
+    assert.equal(fs.readFileSync('/sys/class/net/utap0/address', 'utf8').trim(), OUR_MAC, "the TAP carries the NIC's MAC");
+    const ipns = (...a: string[]) => execFileSync('ip', ['-n', 'tapns', ...a]);
+    execFileSync('ip', ['link', 'set', 'utap0', 'netns', 'tapns']);
+    ipns('addr', 'add', `${OUR_IP}/24`, 'dev', 'utap0');
+    ipns('link', 'set', 'lo', 'up');
+    ipns('link', 'set', 'utap0', 'up');
+    assert.ok(!fs.existsSync('/sys/class/net/utap0'), 'utap0 left the root namespace');
+
+    const ping = await run('ip', ['netns', 'exec', 'tapns', 'ping', '-c', '3', '-W', '30', KERNEL_IP]);
+    assert.equal(ping.code, 0, ping.out);
+    assert.match(ping.out, /3 packets received/);
+
+    // TCP: 1 MiB from the namespace to the kernel NIC's address, 256 KiB back.
+    const BYTES = 1 << 20;
+    const got = crypto.createHash('sha256');
+    let received = 0;
+    const reply = Buffer.alloc(256 << 10, 0x5a);
+    for (let i = 0; i < reply.length; i++) reply[i] = (i * 13 + (i >> 9)) & 0xff;
+    server.on('connection', (s) => {
+      s.on('data', (d: Buffer) => {
+        got.update(d);
+        received += d.length;
+      });
+      s.on('end', () => s.end(reply));
+    });
+    await new Promise<void>((r) => server.listen(5002, KERNEL_IP, () => r()));
+    const client = await run('ip', ['netns', 'exec', 'tapns', process.execPath, '-e', TCP_CLIENT, KERNEL_IP, '5002', String(BYTES)], 480_000);
+    assert.equal(client.code, 0, client.out);
+    const sums = JSON.parse(client.out.trim().split('\n').pop()!) as { sent: string; back: string };
+    assert.equal(received, BYTES);
+    assert.equal(got.digest('hex'), sums.sent, 'what the kernel NIC received is what the namespace sent');
+    assert.equal(sums.back, crypto.createHash('sha256').update(reply).digest('hex'), 'what came back through our driver is what was sent');
+  } finally {
+    server.close();
+    tap.kill('SIGTERM');
+  }
+  assert.equal(await exited, 0, err);
+  const last = JSON.parse(out.trim().split('\n').pop()!) as Record<string, number>;
+  assert.ok(last.toWire > 0 && last.toKernel > 0, out);
+  execFileSync('ip', ['netns', 'del', 'tapns']);
 });
 
 function child(mode: string): { proc: ReturnType<typeof spawn>; lines: Record<string, unknown>[]; waitFor: (event: string, ms: number) => Promise<Record<string, unknown>> } {

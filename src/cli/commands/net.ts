@@ -1,6 +1,7 @@
 /**
- * `userpci net info|send|recv ADDRESS`: a quick look at a virtio-net NIC through the user-space
- * driver. ADDRESS is the PCI address of a function bound to vfio-pci (--bind binds it first).
+ * `userpci net info|send|recv|tap ADDRESS`: a quick look at a virtio-net NIC through the user-space
+ * driver, and a TAP interface that lends it to the kernel's network stack. ADDRESS is the PCI
+ * address of a function bound to vfio-pci (--bind binds it first).
  */
 import { parseArgs } from 'node:util';
 import { isValidPciAddress } from '../../pci/address.js';
@@ -10,11 +11,12 @@ import { virtioDeviceType } from '../../drivers/virtio/transport.js';
 import { VIRTIO_VENDOR_ID } from '../../drivers/virtio/constants.js';
 import { VIRTIO_NET_DEVICE_TYPE } from '../../drivers/virtio-net/constants.js';
 import { PacketBatch } from '../../drivers/virtio-net/packet-batch.js';
+import { NetTap } from '../../exports/tap/tap.js';
 import { UsageError, hex, parseCount, print, toJson } from '../format.js';
 import type { CliCommand } from '../main.js';
 import { requireVfioBinding, sysfsNumber } from '../vfio-target.js';
 
-const USAGE = `userpci net info|send|recv ADDRESS [options]
+const USAGE = `userpci net info|send|recv|tap ADDRESS [options]
 
 Drive a virtio-net NIC (virtio 1.x, with VIRTIO_F_ACCESS_PLATFORM: QEMU's iommu_platform=on)
 from user space. The device must be bound to vfio-pci; --bind does that first and leaves it
@@ -31,6 +33,12 @@ bound (\`userpci unbind ADDRESS\` gives it back to the kernel).
       print each frame received (source, destination, ethertype, length; --hex: the bytes)
       until --count frames (default 10) or --timeout-ms (default 10000) passed; exit 1 on timeout
       with fewer frames
+  tap ADDRESS [--name IFNAME] [--json]
+      create the TAP interface IFNAME (default utapN) with the NIC's MAC and carry every frame
+      between it and the NIC until SIGINT/SIGTERM (exit 0) or the NIC's removal (exit 3): the
+      kernel's network stack sends and receives through the user-space driver. Configure the
+      interface as any other (ip addr add ... dev IFNAME; ip link set IFNAME up; or move it
+      into a namespace). The first line says the interface's name; the last, frames moved.
 
 Common options:
   --bind          bind ADDRESS to vfio-pci first`;
@@ -45,6 +53,7 @@ const OPTIONS = {
   hex: { type: 'boolean', default: false },
   frame: { type: 'string' },
   'timeout-ms': { type: 'string' },
+  name: { type: 'string' },
 } as const;
 
 type Values = ReturnType<typeof parse>['values'];
@@ -176,14 +185,39 @@ async function recv(address: string, values: Values): Promise<number> {
   }
 }
 
+async function tap(address: string, values: Values): Promise<number> {
+  const net = await openNic(address, values);
+  try {
+    const bridge = NetTap.attach(net, { name: values.name });
+    const line = { interface: bridge.name, address: net.name, mac: net.macString, link: net.linkUp };
+    if (values.json) print(toJson(line).replace(/\n\s*/g, ' '));
+    else print(`tap: ${bridge.name} carries ${net.name} (${net.macString}, link ${net.linkUp ? 'up' : 'down'}) through the user-space driver`);
+    const why = await new Promise<string>((resolve) => {
+      process.once('SIGINT', () => resolve('SIGINT'));
+      process.once('SIGTERM', () => resolve('SIGTERM'));
+      bridge.once('closed', (reason: string) => resolve(reason));
+    });
+    const lost = bridge.closed;
+    bridge.close();
+    const s = bridge.stats;
+    const counts = `${s.toWire} frame(s) to the wire, ${s.toKernel} to the kernel, dropped ${s.droppedToWire} + ${s.droppedToKernel}`;
+    if (lost) process.stderr.write(`userpci net tap: ${why}; ${bridge.name} removed\n`);
+    if (values.json) print(toJson({ stopped: why, deviceLost: lost, ...s }).replace(/\n\s*/g, ' '));
+    else print(lost ? `tap: stopped, device lost (${counts})` : `tap: ${why}: ${bridge.name} removed (${counts})`);
+    return lost ? 3 : 0;
+  } finally {
+    await net.close();
+  }
+}
+
 export const netCommand: CliCommand = {
   name: 'net',
-  summary: 'virtio-net through the user-space driver: info, send, recv',
+  summary: 'virtio-net through the user-space driver: info, send, recv, tap',
   usage: USAGE,
   async run(args: string[]): Promise<number> {
     const { values, positionals } = parse(args);
     const [action, address, ...rest] = positionals;
-    if (action === undefined) throw new UsageError('missing info|send|recv');
+    if (action === undefined) throw new UsageError('missing info|send|recv|tap');
     if (address === undefined) throw new UsageError('missing ADDRESS');
     const frame = values.frame;
     if (rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
@@ -191,7 +225,8 @@ export const netCommand: CliCommand = {
       case 'info': return info(address, values);
       case 'send': return send(address, frame, values);
       case 'recv': return recv(address, values);
-      default: throw new UsageError(`unknown action "${action}" (info, send, recv)`);
+      case 'tap': return tap(address, values);
+      default: throw new UsageError(`unknown action "${action}" (info, send, recv, tap)`);
     }
   },
 };

@@ -94,7 +94,7 @@ export const SUITES: GuestRun[] = [
       '-netdev', 'hubport,id=h2,hubid=1', '-device', 'virtio-net-pci,netdev=h2,disable-legacy=on,mac=52:54:00:00:77:03',
     ],
     tests: ['dist/test/guest/virtio-net.test.js'],
-    timeoutMs: 8 * MIN,
+    timeoutMs: 12 * MIN, // a hang guard: 4-5 min on a busy machine, the TAP test (ping, TCP) included
   },
   {
     // ublk needs Linux 6.0+: this boot is the 6.12 kernel's. Beside the ublk suite (QEMU's nvme

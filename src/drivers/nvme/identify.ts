@@ -112,7 +112,8 @@ export function parseNamespaceIdentity(nsid: number, data: Uint8Array): Namespac
   for (let i = 0; i < Math.min(nlbaf, 64); i++) {
     const d = v.getUint32(128 + 4 * i, true);
     const lbads = (d >>> 16) & 0xff;
-    lbaFormats.push({ index: i, metadataSize: d & 0xffff, blockSize: lbads >= 9 && lbads < 32 ? 2 ** lbads : 0, relativePerformance: (d >>> 24) & 3 });
+    // A shift, not 2 ** n (a heap number): the block size reaches the I/O path's integer arithmetic.
+    lbaFormats.push({ index: i, metadataSize: d & 0xffff, blockSize: lbads >= 9 && lbads < 32 ? (lbads < 30 ? 1 << lbads : 2 ** lbads) : 0, relativePerformance: (d >>> 24) & 3 });
   }
   // FLBAS: format index in bits 3:0, with bits 6:5 as its upper bits when more than 16 formats exist.
   const formatIndex = (flbas & 0xf) | (nlbaf > 16 ? ((flbas >>> 5) & 3) << 4 : 0);

@@ -172,6 +172,10 @@ export class NvmeQueue {
   private readonly prpMem: DmaBuffer | null;
   private readonly prp: Uint32Array | null;
   private readonly prpSlotBytes: number;
+  /** Controller page size - 1 (a power of two). */
+  private readonly pageMask: number;
+  /** Hands an IOVA to and from prpList (see writeCommand); 0.5 makes it a double field from the start, updated in place. */
+  private listIova = 0.5;
   private bounceMem: DmaBuffer | null = null;
   private bounce: Uint8Array | null = null;
   private bounceViews: (Uint8Array | null)[] = [];
@@ -263,6 +267,7 @@ export class NvmeQueue {
     // pages; PRP1 takes the first, the list the rest. Lists that fit a page get a power-of-two
     // share of one (never straddling a page); longer ones get whole pages chained by their last entry.
     const page = host.pageSize;
+    this.pageMask = page - 1;
     const entries = host.maxTransfer / page + 1;
     const perPage = page / 8;
     this.prpSlotBytes = entries * 8 <= page ? nextPow2(entries * 8) : Math.ceil(entries / (perPage - 1)) * page;
@@ -752,12 +757,13 @@ export class NvmeQueue {
     let cdw15 = 0;
     let n: number;
     if (r.kind === KIND_RW) {
+      const blockSize = r.blockSize;
       n = r.length - r.done;
       if (n > r.chunk) n = r.chunk;
-      const lba = r.lba + r.done / r.blockSize;
+      const lba = r.done === 0 ? r.lba : r.lba + r.done / blockSize;
       cdw10 = lba >>> 0;
-      cdw11 = (lba - cdw10) / TWO32;
-      cdw12 = ((n / r.blockSize - 1) | r.cdw12Flags) >>> 0;
+      if (lba > 0xffffffff) cdw11 = (lba - cdw10) / TWO32;
+      cdw12 = ((n / blockSize - 1) | r.cdw12Flags) >>> 0;
       if (r.opcode !== NVM_WRITE_ZEROES) {
         dataLength = n;
         if (r.view !== null) {
@@ -769,13 +775,15 @@ export class NvmeQueue {
           dataIova = r.iova + r.done;
           // Never more pages than maxTransfer / page: an unaligned start costs one extra
           // command rather than one extra page (QEMU refuses commands of over 1024 pages).
-          const page = this.host.pageSize;
-          let limit = this.host.maxTransfer - (dataIova % page);
-          limit -= limit % r.blockSize;
-          if (limit < r.blockSize) limit = r.blockSize;
+          // (n is a whole number of blocks: at most the raw limit means at most the rounded one.)
+          let limit = this.host.maxTransfer - pageOffset(dataIova, this.pageMask);
           if (n > limit) {
-            n = limit;
-            cdw12 = ((n / r.blockSize - 1) | r.cdw12Flags) >>> 0;
+            limit -= limit % blockSize;
+            if (limit < blockSize) limit = blockSize;
+            if (n > limit) {
+              n = limit;
+              cdw12 = ((n / blockSize - 1) | r.cdw12Flags) >>> 0;
+            }
           }
           dataLength = n;
         }
@@ -815,13 +823,28 @@ export class NvmeQueue {
 
     let prp1Lo = 0;
     let prp1Hi = 0;
-    let prp2 = 0;
+    let prp2Lo = 0;
+    let prp2Hi = 0;
     if (dataLength > 0) {
       prp1Lo = dataIova >>> 0;
-      prp1Hi = (dataIova - prp1Lo) / TWO32;
-      prp2 = this.buildPrp(cid, dataIova, dataLength);
+      if (dataIova > 0xffffffff) prp1Hi = (dataIova - prp1Lo) / TWO32;
+      // PRP2: nothing when the transfer fits the first page, the second page when it ends
+      // there, else the slot's PRP list (built by prpList, which takes the IOVA from a field:
+      // a double passed as an argument would be boxed, 16 bytes per command).
+      const first = this.pageMask + 1 - pageOffset(dataIova, this.pageMask);
+      if (dataLength > first) {
+        let prp2: number;
+        if (dataLength <= first + this.pageMask + 1) {
+          prp2 = dataIova + first;
+        } else {
+          this.listIova = dataIova;
+          this.prpList(cid, dataLength, first);
+          prp2 = this.listIova;
+        }
+        prp2Lo = prp2 >>> 0;
+        if (prp2 > 0xffffffff) prp2Hi = (prp2 - prp2Lo) / TWO32;
+      }
     }
-    const prp2Lo = prp2 >>> 0;
     sq[b] = (r.opcode | (cid << 16)) >>> 0;
     sq[b + 1] = r.nsid;
     sq[b + 2] = 0;
@@ -831,7 +854,7 @@ export class NvmeQueue {
     sq[b + 6] = prp1Lo;
     sq[b + 7] = prp1Hi;
     sq[b + 8] = prp2Lo;
-    sq[b + 9] = (prp2 - prp2Lo) / TWO32;
+    sq[b + 9] = prp2Hi;
     sq[b + 10] = cdw10;
     sq[b + 11] = cdw11;
     sq[b + 12] = cdw12;
@@ -843,24 +866,21 @@ export class NvmeQueue {
   }
 
   /**
-   * PRP2 for a transfer of `length` bytes at `iova`: 0 when it fits the first page, the second
-   * page when it ends there, else the slot's PRP list (entries for every further page; a list
-   * longer than a page continues in the next page through its last entry).
+   * The slot's PRP list for a transfer of `length` bytes at `this.listIova` whose first page
+   * holds `first` of them: entries for every further page (a list longer than a page continues
+   * in the next page through its last entry). Leaves the list's IOVA (PRP2) in `this.listIova`.
    */
-  private buildPrp(cid: number, iova: number, length: number): number {
-    const page = this.host.pageSize;
-    const first = page - (iova % page);
-    if (length <= first) return 0;
-    if (length <= first + page) return iova + first;
+  private prpList(cid: number, length: number, first: number): void {
+    const page = this.pageMask + 1;
     const list = this.prp!;
     const listBase = this.prpMem!.iova + cid * this.prpSlotBytes;
     let w = (cid * this.prpSlotBytes) >>> 2;
     let at = listBase;
-    let addr = iova + first;
+    let addr = this.listIova + first;
     let remaining = length - first;
     while (remaining > 0) {
       let v: number;
-      if (at % page === page - 8 && remaining > page) {
+      if (pageOffset(at, this.pageMask) === page - 8 && remaining > page) {
         v = at + 8; // chain to the next list page
       } else {
         v = addr;
@@ -873,7 +893,7 @@ export class NvmeQueue {
       w += 2;
       at += 8;
     }
-    return listBase;
+    this.listIova = listBase;
   }
 
   private complete(cid: number, status: number, result: number): void {
@@ -1096,6 +1116,14 @@ export class NvmeQueue {
     for (let r = this.waitHead; r !== null; r = r.next) waiting++;
     return { sqTail: this.sqTail, cqHead: this.cqHead, phase: this.phase >>> 16, busy: this.busy, free: this.freeTop, waiting };
   }
+}
+
+/**
+ * `iova % pageSize` for a power-of-two page: the low 32 bits decide it, and `>>> 0` takes them
+ * exactly for any integer below 2^53 (`%` on a double above 2^31 is a slow fprem loop).
+ */
+function pageOffset(iova: number, pageMask: number): number {
+  return (iova >>> 0) & pageMask;
 }
 
 function nextPow2(n: number): number {

@@ -13,6 +13,9 @@
  * thread, polled) against C blocked in read(2) on an eventfd; the NVMe driver on an in-process
  * instant device (bench/native/instant-nvme.ts) at QD1/32/256 with the callback, batch and
  * promise APIs, against the same protocol in C.
+ *
+ * `node dist/bench/native/run.js [regs,dma,irq,nvme]` runs some groups only; NVME_QD=1,32 and
+ * NVME_API=callback,batch narrow the NVMe cases (while iterating).
  */
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -254,7 +257,7 @@ async function measure(drive: (ios: number) => Promise<void> | void, ios: number
 }
 
 async function benchNvme(bin: string): Promise<void> {
-  for (const qd of [1, 32, 256]) {
+  for (const qd of process.env.NVME_QD ? process.env.NVME_QD.split(',').map(Number) : [1, 32, 256]) {
     // A fresh device and controller per depth, so a failure at one depth leaves the others alone.
     const { device, nvme } = InstantNvme.open();
     // Bring-up: the driver polls on its own; the device answers on the event loop meanwhile.
@@ -281,7 +284,7 @@ async function benchNvme(bin: string): Promise<void> {
       const units = Math.floor(ns.blocks / 8);
       const c = runC(bin, ['nvme', String(qd), '2000000']);
       const ios = qd === 1 ? 300_000 : 1_000_000;
-      for (const api of ['callback', 'batch', 'promise'] as const) {
+      for (const api of (process.env.NVME_API ? process.env.NVME_API.split(',') : ['callback', 'batch', 'promise']) as ('callback' | 'batch' | 'promise')[]) {
         const drive = api === 'promise' ? promiseDriver(ns, q, nvme, buf.iova, qd, units) : callbackDriver(ns, q, nvme, buf.iova, qd, units, api === 'batch');
         const m = await measure(drive, ios);
         const target = qd === 32 ? (api === 'promise' ? 150 : 90) : qd === 1 ? (api === 'promise' ? 571 / 2 : 429 / 2) : null;
@@ -298,12 +301,15 @@ async function benchNvme(bin: string): Promise<void> {
   }
 }
 
-let lbaState = 0x2545f491;
+/** xorshift32 state in a typed array: an int32 kept in a variable is a heap number whenever it leaves the Smi range. */
+const lbaState = new Int32Array([0x2545f491]);
 function nextUnit(units: number): number {
-  lbaState ^= lbaState << 13;
-  lbaState ^= lbaState >>> 17;
-  lbaState ^= lbaState << 5;
-  return (lbaState >>> 0) % units;
+  let x = lbaState[0]!;
+  x ^= x << 13;
+  x ^= x >>> 17;
+  x ^= x << 5;
+  lbaState[0] = x;
+  return (x >>> 0) % units;
 }
 
 /** Callback API: each completion submits the next read of its slot (batch: resubmissions of one poll in one q.batch). */
@@ -311,17 +317,19 @@ function callbackDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova
   let done = 0;
   let target = 0;
   let failure: Error | null = null;
-  const again: number[] = [];
+  // Slots to resubmit after the poll (batch): a stack in a typed array (an array popped empty may give its storage back).
+  const again = new Int32Array(qd);
+  let pending = 0;
   const submit = (slot: number) => ns.submit(false, nextUnit(units) * 8, iova + slot * 4096, 4096, q, callbacks[slot]!);
   const callbacks = Array.from({ length: qd }, (_, slot) => (err: Error | null) => {
     if (err) failure ??= err;
     done++;
     if (done + q.outstanding >= target) return;
-    if (batched) again.push(slot);
+    if (batched) again[pending++] = slot;
     else submit(slot);
   });
   const resubmitAll = () => {
-    while (again.length > 0) submit(again.pop()!);
+    while (pending > 0) submit(again[--pending]!);
   };
   return (ios: number) => {
     done = 0;
@@ -332,7 +340,7 @@ function callbackDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova
     while (done < ios) {
       nvme.run();
       q.poll();
-      if (batched && again.length > 0) q.batch(resubmitAll);
+      if (batched && pending > 0) q.batch(resubmitAll);
       if (failure) throw failure;
     }
   };

@@ -180,6 +180,9 @@ export class NvmeQueue {
   private bounce: Uint8Array | null = null;
   private bounceViews: (Uint8Array | null)[] = [];
   private bounceChunkBytes = 0;
+  /** zeroCopyChunk's last answer. */
+  private chunkBlockSize = 0;
+  private chunkBytes = 0;
   private dsmMem: DmaBuffer | null = null;
   private dsm: Uint32Array | null = null;
 
@@ -322,6 +325,8 @@ export class NvmeQueue {
    */
   rw(opcode: number, nsid: number, blockSize: number, lba: number, iova: number, view: Uint8Array | null, length: number,
     cdw12Flags: number, callback: CompletionCallback | null): Promise<number> | undefined {
+    // Small enough to be inlined into the caller: the IOVA (a double above 2^30) goes straight
+    // into its field instead of being boxed as an argument of a call.
     const r = this.take();
     r.kind = KIND_RW;
     r.opcode = opcode;
@@ -332,20 +337,28 @@ export class NvmeQueue {
     r.view = view;
     r.length = length;
     r.cdw12Flags = cdw12Flags;
-    if (view !== null) {
-      if (this.deadReason === null) {
-        try {
-          this.ensureBounce(blockSize);
-        } catch (err) {
-          r.failure = err as Error;
-        }
-      }
-      r.chunk = this.bounceChunkBytes;
-    } else {
-      const max = Math.min(this.host.maxTransfer, 0x10000 * blockSize);
-      r.chunk = max - (max % blockSize);
-    }
+    if (view !== null) this.prepareBounce(r, blockSize);
+    else r.chunk = blockSize === this.chunkBlockSize ? this.chunkBytes : this.zeroCopyChunk(blockSize);
     return this.start(r, callback);
+  }
+
+  private prepareBounce(r: Request, blockSize: number): void {
+    if (this.deadReason === null) {
+      try {
+        this.ensureBounce(blockSize);
+      } catch (err) {
+        r.failure = err as Error;
+      }
+    }
+    r.chunk = this.bounceChunkBytes;
+  }
+
+  /** Zero-copy bytes per command for this block size (the last size asked is remembered). */
+  private zeroCopyChunk(blockSize: number): number {
+    const max = Math.min(this.host.maxTransfer, 0x10000 * blockSize);
+    this.chunkBlockSize = blockSize;
+    this.chunkBytes = max - (max % blockSize);
+    return this.chunkBytes;
   }
 
   /** Write Zeroes over `blocks` blocks (no data moves). */

@@ -35,6 +35,20 @@ import {
 
 const TWO32 = 0x1_0000_0000;
 
+/**
+ * Microtasks of the polling passes are queued with RESOLVED.then(fn), not queueMicrotask(fn):
+ * Node's queueMicrotask builds an AsyncResource and a bound function per call (hundreds of
+ * bytes and most of a pass's cost at QD1); a then() on a settled promise queues the job directly.
+ */
+const RESOLVED = Promise.resolve();
+
+/** An exception from inside such a microtask surfaces as uncaught, as it would from queueMicrotask. */
+function rethrowUncaught(err: unknown): void {
+  queueMicrotask(() => {
+    throw err;
+  });
+}
+
 /** What a queue needs from its controller. */
 export interface QueueHost {
   readonly name: string;
@@ -196,7 +210,13 @@ export class NvmeQueue {
   /** Commands written since the last SQ doorbell. */
   private unrung = 0;
   private readonly doorbellEvery: number;
-  private readonly unplugAutoBound = () => this.unplugAuto();
+  private readonly unplugAutoBound = () => {
+    try {
+      this.unplugAuto();
+    } catch (err) {
+      rethrowUncaught(err);
+    }
+  };
   private sqDirty = false;
   private reaping = false;
   private pollScheduled = false;
@@ -215,7 +235,13 @@ export class NvmeQueue {
   private completedAtTick = 0;
   private timer: NodeJS.Timeout | null = null;
 
-  private readonly pollTickBound = () => this.pollTick();
+  private readonly pollTickBound = () => {
+    try {
+      this.pollTick();
+    } catch (err) {
+      rethrowUncaught(err); // a caller's callback threw: as it would from queueMicrotask
+    }
+  };
   private readonly pollLoopBound = () => {
     this.burst = 0;
     this.pollTick();
@@ -499,7 +525,7 @@ export class NvmeQueue {
         this.completed += n;
         if (this.waitHead !== null) this.pump();
         if (deferUnplug) {
-          if (this.autoPlugged) queueMicrotask(this.unplugAutoBound);
+          if (this.autoPlugged) void RESOLVED.then(this.unplugAutoBound);
         } else {
           this.unplug();
         }
@@ -999,7 +1025,7 @@ export class NvmeQueue {
     this.pollScheduled = true;
     if (this.burst < this.pollBurst) {
       this.burst++;
-      queueMicrotask(this.pollTickBound);
+      void RESOLVED.then(this.pollTickBound);
     } else {
       setImmediate(this.pollLoopBound);
     }

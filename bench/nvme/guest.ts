@@ -1,8 +1,10 @@
 /**
  * Runs INSIDE the guest (bench/nvme/run.ts boots it): for each case, this driver (polled, one
- * thread, the promise API, zero-copy DMA buffers) against the kernel's nvme driver (io_uring,
- * O_DIRECT, the static C program), alternating on the same device, which is handed from
- * vfio-pci to the kernel driver and back between the two.
+ * thread, zero-copy DMA buffers; the promise API, the callback API, and the batch API with the
+ * caller polling) against the kernel's nvme driver (io_uring, O_DIRECT, the static C program),
+ * alternating on the same device, which is handed from vfio-pci to the kernel driver and back
+ * between the two. At QD1 also the callback API with the caller polling: the driver-polled
+ * runs' cost per I/O beyond it (1 - IOPS / its IOPS) is the share that is scheduling.
  *
  *   node --expose-gc dist/bench/nvme/guest.js --baseline PATH [--seconds S] [--warmup S] [--profile] [--cases a,b]
  *
@@ -29,6 +31,7 @@ export interface BenchCase {
 export const CASES: BenchCase[] = [
   { name: '4k-randread-qd1', serial: 'bench-512', mode: 'randread', bs: 4096, qd: 1 },
   { name: '4k-randread-qd32', serial: 'bench-512', mode: 'randread', bs: 4096, qd: 32 },
+  { name: '4k-randread-qd128', serial: 'bench-512', mode: 'randread', bs: 4096, qd: 128 },
   { name: '128k-seqread-qd32', serial: 'bench-512', mode: 'seqread', bs: 128 * 1024, qd: 32 },
   { name: '4k-randread-qd32-lba4096', serial: 'bench-4k', mode: 'randread', bs: 4096, qd: 32 },
 ];
@@ -41,8 +44,18 @@ export interface Measurement {
 
 export interface CaseResult {
   name: string;
+  /** Promise API, the driver polls on its own (microtask passes, event-loop turns). */
   ours: Measurement;
+  /** Callback API, the driver polls on its own. */
   oursCallbacks: Measurement;
+  /** Batch API: the caller polls in a loop (q.poll()) and resubmits each pass's completions in one q.batch. */
+  oursBatch: Measurement;
+  /**
+   * QD1 only: the callback API with the caller polling in a loop (no scheduling at all), and the
+   * share of the driver-polled runs' cost per I/O that is scheduling: 1 - IOPS / this IOPS.
+   */
+  oursCallerPolls?: Measurement;
+  schedulingShare?: { callback: number; promise: number };
   baseline: Measurement;
   ratio: number;
   heapBefore: number;
@@ -176,6 +189,62 @@ function runOursCallbacks(ns: NvmeNamespace, q: NvmeQueue, c: BenchCase, seconds
   });
 }
 
+/**
+ * The caller polls: a synchronous loop of q.poll() for warmup + seconds (the event loop waits).
+ * Callback mode resubmits from each completion's callback; batch mode collects the slots and
+ * resubmits them after the pass, in one q.batch (one doorbell).
+ */
+function runOursCallerPolls(ns: NvmeNamespace, q: NvmeQueue, c: BenchCase, seconds: number, warmup: number, batched: boolean): Measurement {
+  const buf = ns.controller.allocBuffer(Math.max(2 << 20, c.bs * c.qd), 'auto');
+  const units = Math.floor(ns.size / c.bs);
+  const blocksPerUnit = c.bs / ns.blockSize;
+  const nextUnit = unitSequence(c.mode === 'randread', units);
+  const iova = buf.iova;
+  let ios = 0;
+  let stop = false;
+  let failure: Error | null = null;
+  const again = new Int32Array(c.qd);
+  let pending = 0;
+  const submit = (slot: number) => ns.submit(false, nextUnit() * blocksPerUnit, iova + slot * c.bs, c.bs, q, callbacks[slot]!);
+  const callbacks = Array.from({ length: c.qd }, (_, slot) => (err: Error | null) => {
+    if (err) failure ??= err;
+    ios++;
+    if (stop || failure) return;
+    if (batched) again[pending++] = slot;
+    else submit(slot);
+  });
+  const resubmit = () => {
+    while (pending > 0) submit(again[--pending]!);
+  };
+  q.batch(() => {
+    for (let i = 0; i < c.qd; i++) submit(i);
+  });
+  const t0 = performance.now();
+  const measureFrom = t0 + warmup * 1000;
+  const end = measureFrom + seconds * 1000;
+  let start = 0;
+  let startIos = 0;
+  for (let i = 0; ; i++) {
+    q.poll();
+    if (pending > 0) q.batch(resubmit);
+    if (failure) break;
+    if ((i & 63) !== 0) continue;
+    const now = performance.now();
+    if (start === 0 && now >= measureFrom) {
+      start = now;
+      startIos = ios;
+    } else if (now >= end) break;
+  }
+  const elapsed = (performance.now() - start) / 1000;
+  const n = ios - startIos;
+  stop = true;
+  const hangGuard = performance.now() + 60_000;
+  while (q.outstanding > 0 && performance.now() < hangGuard) q.poll();
+  buf.free();
+  if (failure) throw failure;
+  return { ios: n, seconds: elapsed, iops: n / elapsed };
+}
+
 function runKernel(baseline: string, disk: string, c: BenchCase, seconds: number, warmup: number): Measurement {
   const out = execFileSync(baseline, [disk, c.mode, String(c.bs), String(c.qd), String(seconds), String(warmup)], { encoding: 'utf8', timeout: (seconds + warmup + 60) * 1000 });
   const j = JSON.parse(out.trim().split('\n').pop()!) as Measurement;
@@ -269,14 +338,25 @@ async function main(): Promise<void> {
     gc();
     const heapAfter = process.memoryUsage().heapUsed;
     const callbacks = await runOursCallbacks(ns, q, c, seconds, warmup);
+    const batch = runOursCallerPolls(ns, q, c, seconds, warmup, true);
+    let callerPolls: Measurement | undefined;
+    let schedulingShare: CaseResult['schedulingShare'];
+    if (c.qd === 1) {
+      callerPolls = runOursCallerPolls(ns, q, c, seconds, warmup, false);
+      schedulingShare = { callback: 1 - callbacks.iops / callerPolls.iops, promise: 1 - ours.iops / callerPolls.iops };
+    }
     await ctrl.close();
     console.log(`${c.name}: ours ${Math.round(ours.iops)} IOPS (promise API; ${ours.ios} I/Os in ${ours.seconds.toFixed(2)} s; ${doorbellsPerIo.toFixed(2)} SQ doorbells per I/O; ${(100 * spinShare).toFixed(0)}% of the time waiting for the device; heap ${(heapBefore / 1048576).toFixed(2)} -> ${(heapAfter / 1048576).toFixed(2)} MiB)`);
-    console.log(`${c.name}: ours ${Math.round(callbacks.iops)} IOPS (callback API, no allocation per I/O)`);
+    console.log(`${c.name}: ours ${Math.round(callbacks.iops)} IOPS (callback API, the driver polls)`);
+    console.log(`${c.name}: ours ${Math.round(batch.iops)} IOPS (batch API, the caller polls in a loop)`);
+    if (callerPolls && schedulingShare) {
+      console.log(`${c.name}: ours ${Math.round(callerPolls.iops)} IOPS (callback API, the caller polls in a loop); scheduling is ${(100 * schedulingShare.callback).toFixed(0)}% of the driver-polled callback run's cost per I/O, ${(100 * schedulingShare.promise).toFixed(0)}% of the promise run's`);
+    }
     // The kernel's driver on the same device.
     const disk = await kernelDisk(addr);
     const base = runKernel(baseline, disk, c, seconds, warmup);
     console.log(`${c.name}: kernel ${Math.round(base.iops)} IOPS (${base.ios} I/Os in ${base.seconds.toFixed(2)} s, ${disk})`);
-    results.push({ name: c.name, ours, oursCallbacks: callbacks, baseline: base, ratio: ours.iops / base.iops, heapBefore, heapAfter, doorbellsPerIo, emptyPolls, spinShare });
+    results.push({ name: c.name, ours, oursCallbacks: callbacks, oursBatch: batch, oursCallerPolls: callerPolls, schedulingShare, baseline: base, ratio: ours.iops / base.iops, heapBefore, heapAfter, doorbellsPerIo, emptyPolls, spinShare });
   }
   for (const [name, lines] of Object.entries(profiles)) {
     console.log(`profile of ours, ${name} (self time):`);

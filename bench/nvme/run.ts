@@ -6,7 +6,10 @@
  * boots one guest with two nvme devices (512- and 4096-byte LBA formats) and runs
  * bench/nvme/guest.ts there. Prints IOPS for both, the ratio per case, the JS heap before and
  * after, and last the RESULT line:
- *   RESULT {"bench": "nvme", "cases": [{"name", "ours", "baseline", "unit": "IOPS", "ratio"}]}
+ *   RESULT {"bench": "nvme", "cases": [{"name", "ours", "baseline", "unit": "IOPS", "ratio"}], "qd1SchedulingShare": {callback, promise}}
+ * Each case appears three times: the promise API (its plain name), `<name> callback` and
+ * `<name> batch` (the caller polls). qd1SchedulingShare: the share of the polled driver's cost
+ * per I/O at QD1 that is scheduling, 1 - IOPS / IOPS of the callback API with the caller polling.
  *
  * Options: --seconds S (per measurement, default 5), --warmup S (default 1), --profile (CPU
  * profile of ours on the QD32 cases, self time by function), --cases a,b, --memory MIB.
@@ -41,15 +44,27 @@ async function main(): Promise<number> {
   if (!data) return 1;
   console.log('');
   console.log(`NVMe 4 KiB/128 KiB reads, QEMU nvme on null-co, guest with ${data.cpus} vCPUs (TCG), node ${data.node}; ${seconds} s per measurement; ${Math.round((Date.now() - t0) / 1000)} s in all`);
-  console.log(`${'case'.padEnd(26)} ${'ours IOPS'.padStart(10)} ${'kernel IOPS'.padStart(12)} ${'ratio'.padStart(7)}   ${'callbacks'.padStart(9)} ${'ratio'.padStart(6)}  ${'waiting'.padStart(7)}   JS heap before -> after (promise run)`);
+  console.log(`${'case'.padEnd(26)} ${'kernel IOPS'.padStart(12)} ${'promise'.padStart(9)} ${'ratio'.padStart(6)} ${'callback'.padStart(9)} ${'ratio'.padStart(6)} ${'batch'.padStart(9)} ${'ratio'.padStart(6)}  ${'waiting'.padStart(7)}   JS heap before -> after (promise run)`);
   for (const r of data.results) {
-    console.log(`${r.name.padEnd(26)} ${Math.round(r.ours.iops).toString().padStart(10)} ${Math.round(r.baseline.iops).toString().padStart(12)} ${r.ratio.toFixed(2).padStart(7)}   ${Math.round(r.oursCallbacks.iops).toString().padStart(9)} ${(r.oursCallbacks.iops / r.baseline.iops).toFixed(2).padStart(6)}  ${`${(100 * r.spinShare).toFixed(0)}%`.padStart(7)}   ${(r.heapBefore / 1048576).toFixed(2)} -> ${(r.heapAfter / 1048576).toFixed(2)} MiB`);
+    const col = (m: { iops: number }) => `${Math.round(m.iops).toString().padStart(9)} ${(m.iops / r.baseline.iops).toFixed(2).padStart(6)}`;
+    console.log(`${r.name.padEnd(26)} ${Math.round(r.baseline.iops).toString().padStart(12)} ${col(r.ours)} ${col(r.oursCallbacks)} ${col(r.oursBatch)}  ${`${(100 * r.spinShare).toFixed(0)}%`.padStart(7)}   ${(r.heapBefore / 1048576).toFixed(2)} -> ${(r.heapAfter / 1048576).toFixed(2)} MiB`);
   }
-  console.log('ours = the promise API (RESULT); callbacks = the same driver through its callback API;');
+  console.log('promise = the promise API, callback = the callback API (the driver polls on its own in both);');
+  console.log('batch = the batch API with the caller polling in a loop (q.poll(), resubmissions of a pass in one q.batch);');
   console.log('waiting = share of the promise run spent polling an empty completion queue (the device, not us, was the limit).');
+  const qd1 = data.results.find((r) => r.schedulingShare !== undefined);
+  if (qd1?.schedulingShare && qd1.oursCallerPolls) {
+    console.log(`${qd1.name}: scheduling is ${(100 * qd1.schedulingShare.callback).toFixed(0)}% of the polled driver's cost per I/O with the callback API, ${(100 * qd1.schedulingShare.promise).toFixed(0)}% with the promise API`);
+    console.log(`  (1 - IOPS / ${Math.round(qd1.oursCallerPolls.iops)}, the IOPS of the callback API when the caller polls in a loop: same driver and device, no microtasks or event-loop turns)`);
+  }
   const result = {
     bench: 'nvme',
-    cases: data.results.map((r) => ({ name: r.name, ours: Math.round(r.ours.iops), baseline: Math.round(r.baseline.iops), unit: 'IOPS', ratio: Number(r.ratio.toFixed(3)) })),
+    cases: data.results.flatMap((r) => [
+      { name: r.name, ours: Math.round(r.ours.iops), baseline: Math.round(r.baseline.iops), unit: 'IOPS', ratio: Number(r.ratio.toFixed(3)) },
+      { name: `${r.name} callback`, ours: Math.round(r.oursCallbacks.iops), baseline: Math.round(r.baseline.iops), unit: 'IOPS', ratio: Number((r.oursCallbacks.iops / r.baseline.iops).toFixed(3)) },
+      { name: `${r.name} batch`, ours: Math.round(r.oursBatch.iops), baseline: Math.round(r.baseline.iops), unit: 'IOPS', ratio: Number((r.oursBatch.iops / r.baseline.iops).toFixed(3)) },
+    ]),
+    ...(qd1?.schedulingShare ? { qd1SchedulingShare: { callback: Number(qd1.schedulingShare.callback.toFixed(3)), promise: Number(qd1.schedulingShare.promise.toFixed(3)) } } : {}),
   };
   console.log(`RESULT ${JSON.stringify(result)}`);
   return 0;

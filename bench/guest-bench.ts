@@ -1,5 +1,5 @@
 /**
- * The host side every guest benchmark (bench:vfio, bench:irq, bench:nvme, bench:net) shares: its
+ * The host side every guest benchmark (bench:vfio, bench:irq, bench:nvme, bench:net, bench:blk) shares: its
  * C baseline built statically for the guest, one guest boot running the benchmark's guest half,
  * the guest's BENCH_JSON line, and a main that kills the guest on Ctrl-C.
  */

@@ -10,7 +10,7 @@
  *   node dist/bench/blk/guest.js --baseline PATH [--seconds S] [--warmup S] [--rounds N] [--profile] [--targets a,b]
  *
  * --profile runs the ublk and NBD servers under node --cpu-prof and prints their self time by
- * function. Prints a line per measurement and, last, `BENCH_JSON {...}` for the host runner.
+ * function while the cases ran (start-up and exit left out). Prints a line per measurement and, last, `BENCH_JSON {...}` for the host runner.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -97,8 +97,11 @@ interface Server {
   child: ChildProcess;
   out: () => string;
   exited: Promise<number | null>;
-  /** From spawn to ready, ms (the profile's start-up part). */
-  startMs: number;
+}
+
+/** The monotonic clock in µs: the one V8's CPU profiles count in. */
+function nowUs(): number {
+  return Number(process.hrtime.bigint() / 1000n);
 }
 
 /** utime and stime of a process, µs (/proc/PID/stat, clock ticks of 10 ms). */
@@ -115,13 +118,12 @@ async function startServer(args: string[], ready: string, profile: boolean): Pro
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
-  const t0 = performance.now();
   for (let i = 0; !out.includes(ready); i++) {
     if (child.exitCode !== null) throw new Error(`server ${args.join(' ')} exited ${child.exitCode}: ${out}`);
     if (i > 6000) throw new Error(`server ${args.join(' ')} did not start: ${out}`);
     await sleep(20);
   }
-  return { child, out: () => out, exited, startMs: performance.now() - t0 };
+  return { child, out: () => out, exited };
 }
 
 async function stopServer(s: Server): Promise<void> {
@@ -142,30 +144,33 @@ function runBaseline(baseline: string, disk: string, c: BlkCase, seconds: number
   return { iops: j.iops, userUs: (after.user - before.user) / ios, sysUs: (after.sys - before.sys) / ios };
 }
 
-/** The newest profile the server left, as self-time lines (start-up left out). */
-function readProfile(skipMs: number): string[] {
+/** The newest profile the server left, as self-time lines, for the samples in `window` only. */
+function readProfile(window: { fromUs: number; toUs: number }): string[] {
   const files = fs.readdirSync(PROFILE_DIR).filter((f) => f.endsWith('.cpuprofile')).map((f) => path.join(PROFILE_DIR, f));
   files.sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs);
   if (files.length === 0) return ['(no profile written)'];
-  const lines = summarizeProfile(JSON.parse(fs.readFileSync(files[0]!, 'utf8')) as CpuProfile, 20, skipMs);
+  const lines = summarizeProfile(JSON.parse(fs.readFileSync(files[0]!, 'utf8')) as CpuProfile, 20, window);
   for (const f of files) fs.rmSync(f);
   return lines;
 }
 
 /** Serves the disk for `target` and runs every case on it; the server is stopped after. */
-async function measureTarget(target: Target, addr: string, baseline: string, seconds: number, warmup: number, profile: boolean): Promise<{ cases: Record<string, Measured>; startMs: number }> {
+async function measureTarget(target: Target, addr: string, baseline: string, seconds: number, warmup: number, profile: boolean): Promise<{ cases: Record<string, Measured>; window: { fromUs: number; toUs: number } }> {
   const out: Record<string, Measured> = {};
+  const window = { fromUs: 0, toUs: 0 };
   const each = (disk: string, pid?: number) => {
+    window.fromUs = nowUs();
     for (const c of CASES) {
       const m = runBaseline(baseline, disk, c, seconds, warmup, pid);
       out[c.name] = m;
       const cpu = m.userUs === undefined ? '' : `; server CPU per I/O: user ${m.userUs.toFixed(0)} µs, system ${m.sysUs!.toFixed(0)} µs`;
       console.log(`${c.name} ${target}: ${Math.round(m.iops)} IOPS (${disk}${cpu})`);
     }
+    window.toUs = nowUs();
   };
   if (target === 'kernel') {
     each(await kernelDisk(addr));
-    return { cases: out, startMs: 0 };
+    return { cases: out, window };
   }
   if (boundDriver(addr) !== 'vfio-pci') bindToVfio(addr);
   if (target === 'ublk' || target === 'ublk-irq') {
@@ -176,7 +181,7 @@ async function measureTarget(target: Target, addr: string, baseline: string, sec
     } finally {
       await stopServer(s);
     }
-    return { cases: out, startMs: s.startMs };
+    return { cases: out, window };
   }
   fs.rmSync(SOCKET, { force: true });
   const s = await startServer(['export', addr, '--socket', SOCKET, '--name', 'disk'], 'nbd: serving', profile);
@@ -194,7 +199,7 @@ async function measureTarget(target: Target, addr: string, baseline: string, sec
   } finally {
     await stopServer(s);
   }
-  return { cases: out, startMs: s.startMs };
+  return { cases: out, window };
 }
 
 async function main(): Promise<void> {
@@ -227,7 +232,7 @@ async function main(): Promise<void> {
           if (m.userUs !== undefined) results.serverCpu[c.name]![t] = { userUs: m.userUs, sysUs: m.sysUs! };
         }
       }
-      if (prof) results.profiles[t] = readProfile(got.startMs);
+      if (prof) results.profiles[t] = readProfile(got.window);
     }
   }
   for (const [t, lines] of Object.entries(results.profiles)) {

@@ -258,23 +258,25 @@ interface ProfileNode {
 }
 
 export interface CpuProfile {
+  /** µs on the monotonic clock (process.hrtime's). */
+  startTime?: number;
   nodes: ProfileNode[];
   samples: number[];
   timeDeltas: number[];
 }
 
 /** Self time by function from a V8 CPU profile, top entries, as text lines. */
-export function summarizeProfile(profile: CpuProfile, top = 18, skipMs = 0): string[] {
+export function summarizeProfile(profile: CpuProfile, top = 18, window?: { fromUs: number; toUs: number }): string[] {
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const self = new Map<string, number>();
   let total = 0;
-  let at = 0;
+  let at = profile.startTime ?? 0;
   for (let i = 0; i < profile.samples.length; i++) {
     const n = byId.get(profile.samples[i]!)!;
     const dt = profile.timeDeltas[i] ?? 0;
-    // Samples in the first skipMs (start-up) are left out.
+    // Only samples inside the window (monotonic µs, e.g. the measurement without start-up and exit).
     at += dt;
-    if (at < skipMs * 1000) continue;
+    if (window && (at < window.fromUs || at > window.toUs)) continue;
     total += dt;
     const f = n.callFrame;
     const where = f.url ? `${path.basename(f.url)}:${f.lineNumber + 1}` : '';

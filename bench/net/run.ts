@@ -50,7 +50,7 @@ async function main(): Promise<number> {
     console.log(`${c.name.padEnd(14)} ${String(c.ours).padStart(10)} ${String(c.kernel).padStart(10)} ${c.unit.padEnd(4)}  ${c.ratio.toFixed(2).padStart(6)}   ${c.oursRounds ? `${c.oursRounds.join(' ')} | ${c.kernelRounds!.join(' ')}` : ''}`);
   }
   console.log('pps: ours on both NICs vs pktgen -> virtio_net, counted at the receiver; ratio ours/kernel.');
-  console.log('rtt: 60-byte frame ping-pong, ours on both NICs vs AF_PACKET on virtio_net; ratio kernel/ours (above 1: ours faster).');
+  console.log('rtt: 60-byte frame ping-pong, ours on both NICs (spinning; -irq: on the receive interrupt) vs AF_PACKET on virtio_net; ratio kernel/ours (above 1: ours faster).');
   const result = { bench: 'net', cases: data.cases.map((c) => ({ name: c.name, ours: c.ours, baseline: c.kernel, unit: c.unit, ratio: c.ratio })) };
   console.log(`RESULT ${JSON.stringify(result)}`);
   return 0;

@@ -6,8 +6,8 @@
  *   echo ADDRESS          send every received frame back with the MAC addresses swapped
  *   ping ADDRESS N        N round trips of a 60-byte frame through an echoing peer; prints
  *                         {"rttUs": [...]} (sorted)
- *   echo-irq, ping-irq    the same, sleeping on the receive queue's MSI-X interrupt (listen(),
- *                         'frame' events, send()) instead of spinning
+ *   echo-irq, ping-irq    the same, sleeping on the receive queue's MSI-X interrupt
+ *                         (onReceive(), then rxBurst/txBurst) instead of spinning
  * Every mode prints {"ready": true} once its NIC is up. All poll; nothing allocates per packet.
  */
 import * as readline from 'node:readline';
@@ -124,45 +124,64 @@ async function ping(net: VirtioNet, rounds: number): Promise<void> {
 
 async function echoIrq(net: VirtioNet): Promise<void> {
   const cmd = commands();
-  net.on('frame', (f: Buffer) => {
-    const t = Buffer.from(f.subarray(0, 6));
-    f.copy(f, 0, 6, 12);
-    t.copy(f, 6);
-    void net.send(f);
+  const batch = new PacketBatch(64);
+  // On the receive interrupt: take what is there, swap the MACs, send it back (bursts, no allocation).
+  const stop = net.onReceive(0, () => {
+    for (let n = net.rxBurst(0, batch); n > 0; n = net.rxBurst(0, batch)) {
+      for (let i = 0; i < n; i++) {
+        const o = batch.offset(i);
+        for (let k = 0; k < 6; k++) {
+          const t = batch.data[o + k]!;
+          batch.data[o + k] = batch.data[o + 6 + k]!;
+          batch.data[o + 6 + k] = t;
+        }
+      }
+      let done = 0;
+      while (done < n) done += net.txBurst(0, batch, done, n - done);
+    }
   });
-  net.listen();
   while (cmd.next() !== 'stop') await new Promise((r) => setTimeout(r, 20));
-  net.stopListening();
+  stop();
 }
 
 async function pingIrq(net: VirtioNet, rounds: number): Promise<void> {
-  const frame = Buffer.alloc(60);
+  const out = new PacketBatch(1);
+  const inb = new PacketBatch(8);
+  const frame = new Uint8Array(60);
   frame.fill(0xff, 0, 6);
   frame.set(net.mac, 6);
   frame.set(ETHERTYPE, 12);
-  let waiting: ((f: Buffer) => void) | undefined;
-  net.on('frame', (f: Buffer) => waiting?.(f));
-  net.listen();
+  out.add(frame);
+  let seq = 0;
+  let waiting: (() => void) | undefined;
+  // The interrupt handler looks for the echo of the current sequence number.
+  const stop = net.onReceive(0, () => {
+    for (let n = net.rxBurst(0, inb); n > 0; n = net.rxBurst(0, inb)) {
+      for (let i = 0; i < n; i++) {
+        const o = inb.offset(i);
+        if (inb.data[o + 12] === ETHERTYPE[0] && inb.data[o + 13] === ETHERTYPE[1] && inb.data[o + 14] === (seq & 0xff) && inb.data[o + 15] === ((seq >> 8) & 0xff)) waiting?.();
+      }
+    }
+  });
   const rtt = new Float64Array(rounds);
   for (let r = -100; r < rounds; r++) {
-    const seq = r + 100;
-    frame[14] = seq & 0xff;
-    frame[15] = (seq >> 8) & 0xff;
+    seq = (r + 100) & 0xffff;
+    out.data[14] = seq & 0xff;
+    out.data[15] = (seq >> 8) & 0xff;
     const t0 = performance.now();
     const got = new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, 200); // lost: counts as 200 ms
-      waiting = (f) => {
-        if (f[12] === ETHERTYPE[0] && f[13] === ETHERTYPE[1] && f[14] === frame[14] && f[15] === frame[15]) {
-          clearTimeout(timer);
-          resolve();
-        }
+      waiting = () => {
+        clearTimeout(timer);
+        waiting = undefined;
+        resolve();
       };
     });
-    await net.send(frame);
+    while (net.txBurst(0, out) === 0);
     await got;
     if (r >= 0) rtt[r] = (performance.now() - t0) * 1000;
   }
-  net.stopListening();
+  stop();
   say({ rttUs: [...rtt].sort((a, b) => a - b) });
 }
 

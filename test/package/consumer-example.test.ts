@@ -56,9 +56,11 @@ before(() => {
 after(() => rmSync(work, { recursive: true, force: true }));
 
 describe('the packed package', () => {
-  it('ships a LICENSE matching "license", the bin, the sources its source maps name, and no tests', () => {
-    const manifest = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { license: string };
+  it('ships a LICENSE matching "license", repository and keywords, the bin, the sources its source maps name, and no tests', () => {
+    const manifest = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { license: string; repository?: { url?: string }; keywords?: string[] };
     assert.equal(manifest.license, 'MIT');
+    assert.match(manifest.repository?.url ?? '', /userpci/, 'repository names the project');
+    assert.ok((manifest.keywords ?? []).includes('vfio'), 'keywords say what it is');
     assert.ok(packedFiles.includes('LICENSE'));
     assert.match(readFileSync(join(REPO, 'LICENSE'), 'utf8'), /^MIT License\n/);
     assert.ok(packedFiles.includes('bin/userpci.js'));

@@ -167,3 +167,53 @@ test('userpci demo fails clearly when the server dies in the middle of a DMA', a
   assert.match(stderr, /^userpci demo: FAILED at step "dma-to-device": .*(closed|gone|lost)/);
   await server.exited;
 });
+
+test('userpci serve --json: a "listening" line when ready, "stopped" with the count of clients at the end, failures as JSON', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userpci-serve-json-'));
+  tempDirs.push(dir);
+  const socket = path.join(dir, 'edu.sock');
+  const child = spawn(process.execPath, [ENTRY, 'serve', 'edu', '--socket', socket, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (d: Buffer) => {
+      stdout += d.toString();
+      if (stdout.includes('\n')) resolve();
+    });
+    child.on('exit', () => reject(new Error(`serve exited early: ${stderr}`)));
+  });
+  assert.deepEqual(JSON.parse(stdout.split('\n')[0]!), { event: 'listening', model: 'edu', socket, pid: child.pid });
+  const r = demo(['--socket', socket, '--json']);
+  assert.equal(r.status, 0, r.stderr);
+  child.kill('SIGTERM');
+  assert.equal(await exited, 0, stderr);
+  assert.deepEqual(stdout.trimEnd().split('\n').map((line) => JSON.parse(line)), [
+    { event: 'listening', model: 'edu', socket, pid: child.pid },
+    { event: 'stopped', clientsServed: 1 },
+  ]);
+  assert.equal(stderr, '', 'nothing on stderr under --json');
+
+  const bad = spawnSync(process.execPath, [ENTRY, 'serve', 'nosuchmodel', '--socket', socket, '--json'], { encoding: 'utf8' });
+  assert.notEqual(bad.status, 0);
+  assert.equal(JSON.parse(bad.stdout).error.code.length > 0, true);
+  assert.equal(bad.stderr, '');
+  const usage = spawnSync(process.execPath, [ENTRY, 'serve', 'edu', '--json'], { encoding: 'utf8' });
+  assert.equal(usage.status, 2);
+  assert.deepEqual(JSON.parse(usage.stdout), { error: { code: 'EINVAL', message: 'give exactly one of --socket PATH and --fd N' } });
+});
+
+test('userpci trace FILE --json: the events as one array; a file that is not a trace fails as JSON', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userpci-trace-json-'));
+  tempDirs.push(dir);
+  const events = [{ t: 1000, ev: 'reset' }, { t: 2000, ev: 'irq', index: 2, vector: 0, count: 1 }];
+  fs.writeFileSync(path.join(dir, 'trace'), events.map((event) => JSON.stringify(event)).join('\n') + '\n');
+  const r = spawnSync(process.execPath, [ENTRY, 'trace', path.join(dir, 'trace'), '--json'], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), events);
+  fs.writeFileSync(path.join(dir, 'text'), 'hello\n');
+  const bad = spawnSync(process.execPath, [ENTRY, 'trace', path.join(dir, 'text'), '--json'], { encoding: 'utf8' });
+  assert.equal(bad.status, 1);
+  assert.deepEqual(JSON.parse(bad.stdout), { error: { code: 'EINVAL', message: `${path.join(dir, 'text')} line 1 is not JSON: not a proxy trace` } });
+});

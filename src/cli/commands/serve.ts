@@ -2,7 +2,7 @@
  * `userpci serve MODEL --socket PATH`: serve a device model over vfio-user until SIGINT/SIGTERM.
  * Also accepts the vfio-user backend-program conventions (--socket-path=PATH, --fd=N).
  */
-import { UsageError, parseCommandLine, parseCount } from '../format.js';
+import { UsageError, parseCommandLine, parseCount, print } from '../format.js';
 import type { CliCommand } from '../main.js';
 import { createModel, modelNames } from '../../models/index.js';
 import { serveVfioUser } from '../../vfio-user/server/server.js';
@@ -22,7 +22,11 @@ Options:
   --dma-delay-ms MS                   edu: delay before a DMA runs (QEMU uses 100; default 0)
   --no-twin-socket                    do not offer twin-socket mode
   --max-data-xfer-size BYTES          largest transfer per message we accept (default 1048576)
-  --verbose                           log connections and device messages to stderr`;
+  --verbose                           log connections and device messages to stderr
+  --json                              report on stdout as JSON lines instead:
+                                      {"event":"listening","model","socket","pid"} when ready,
+                                      {"event":"stopped","clientsServed"} at the end; a failure is
+                                      {"error":{"code","message"}}`;
 
 export const serveCommand: CliCommand = {
   name: 'serve',
@@ -40,6 +44,7 @@ export const serveCommand: CliCommand = {
         'no-twin-socket': { type: 'boolean', default: false },
         'max-data-xfer-size': { type: 'string' },
         verbose: { type: 'boolean', default: false },
+        json: { type: 'boolean', default: false },
       },
       ['MODEL'],
     );
@@ -62,7 +67,8 @@ export const serveCommand: CliCommand = {
       maxDataXferSize: parseCount(values['max-data-xfer-size'], '--max-data-xfer-size'),
       log,
     });
-    if (socketPath !== undefined) process.stderr.write(`userpci serve: ${model.name} listening on ${socketPath}\n`);
+    if (values.json) print(JSON.stringify({ event: 'listening', model: model.name, socket: socketPath ?? null, pid: process.pid }));
+    else if (socketPath !== undefined) process.stderr.write(`userpci serve: ${model.name} listening on ${socketPath}\n`);
     await new Promise<void>((resolve) => {
       const stop = () => resolve();
       process.once('SIGINT', stop);
@@ -72,6 +78,7 @@ export const serveCommand: CliCommand = {
     // Ask a connected client to let go first (its request notifier), then close.
     server.requestRelease();
     await server.close();
+    if (values.json) print(JSON.stringify({ event: 'stopped', clientsServed: server.clientsServed }));
     return 0;
   },
 };

@@ -82,9 +82,10 @@ export function formatSubsystem(
   subsystemVendorId: number,
   subsystemId: number,
 ): string {
+  // pci.ids without this subsystem: lspci names the device itself, after the subsystem's vendor.
   return formatNamePair(
     ids.vendorName(subsystemVendorId),
-    ids.subsystemName(vendorId, deviceId, subsystemVendorId, subsystemId),
+    ids.subsystemName(vendorId, deviceId, subsystemVendorId, subsystemId) ?? ids.deviceName(vendorId, deviceId),
     `${hex(subsystemVendorId, 4)}:${hex(subsystemId, 4)}`,
   );
 }

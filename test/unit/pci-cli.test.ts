@@ -209,19 +209,23 @@ describe('userpci info', () => {
       '\tRegion 2: I/O ports at e000 [disabled] [size=32]',
       '\tRegion 4: Memory at fb100000 (64-bit, non-prefetchable) [size=16K]',
       '\tCapabilities: [40] Power Management version 3',
-      '\t\tState: D0 NoSoftRst+ PME-Enable- PME-Status-',
+      '\t\tFlags: PMEClk- DSI- D1- D2- AuxCurrent=0mA PME(D0+,D1-,D2-,D3hot+,D3cold+)',
+      '\t\tStatus: D0 NoSoftRst+ PME-Enable- DSel=0 DScale=0 PME-',
       '\tCapabilities: [50] MSI: Enable- Count=1/8 Maskable+ 64bit+',
       '\tCapabilities: [70] MSI-X: Enable+ Count=64 Masked-',
       '\t\tVector table: BAR=4 offset=00000000',
       '\t\tPBA: BAR=4 offset=00002000',
-      '\tCapabilities: [a0] PCI Express (v2) Endpoint, interrupt message 0',
-      '\t\tDevCap: MaxPayload 512 bytes, ExtTag+ FLReset+',
-      '\t\tLnkSta: Speed 5GT/s, Width x8, Training- DLActive-',
+      '\tCapabilities: [a0] Express (v2) Endpoint, MSI 00',
+      '\t\tDevCap:\tMaxPayload 512 bytes, PhantFunc 0, Latency L0s <256ns, L1 <64us',
+      '\t\t\tExtTag+ AttnBtn- AttnInd- PwrInd- RBE+ FLReset+ SlotPowerLimit 0W',
+      '\t\tLnkSta:\tSpeed 5GT/s, Width x8',
+      '\t\t\tTrErr- Train- SlotClk+ DLActive- BWMgmt- ABWMgmt-',
       '\tCapabilities: [100 v2] Advanced Error Reporting',
       '\tCapabilities: [140 v1] Device Serial Number 00-1b-21-ff-ff-4a-3c-90',
-      '\tCapabilities: [150 v1] Alternative Routing-ID Interpretation',
-      '\tCapabilities: [160 v1] Single Root I/O Virtualization',
+      '\tCapabilities: [150 v1] Alternative Routing-ID Interpretation (ARI)',
+      '\tCapabilities: [160 v1] Single Root I/O Virtualization (SR-IOV)',
       '\t\tInitial VFs: 64, Total VFs: 64, Number of VFs: 8, Function Dependency Link: 00',
+      '\t\tRegion 0: Memory at 0000000000000000 (64-bit, prefetchable)',
       '\tKernel driver in use: vfio-pci',
       '\tIOMMU group: 12',
       '\tNUMA node: 1',
@@ -239,9 +243,13 @@ describe('userpci info', () => {
     const result = userpci(['info', '0000:00:1c.0']);
     assert.equal(result.status, 0, result.stderr);
     assert.match(result.stdout, /^\tSubsystem: Device \[1462:7a72\]$/m);
-    assert.match(result.stdout, /^\tBus: primary=00, secondary=01, subordinate=01$/m);
-    assert.match(result.stdout, /^\tPrefetchable memory behind bridge: 00000000c0000000-00000000d1ffffff$/m);
-    assert.match(result.stdout, /^\tCapabilities: \[a0\] PCI Express \(v2\) Root Port \(slot\), interrupt message 0$/m);
+    assert.match(result.stdout, /^\tBus: primary=00, secondary=01, subordinate=01, sec-latency=0$/m);
+    assert.match(result.stdout, /^\tPrefetchable memory behind bridge: 00000000c0000000-00000000d1ffffff \[size=288M\] \[64-bit\]$/m);
+    assert.match(result.stdout, /^\tSecondary status: 66MHz- FastB2B- ParErr- DEVSEL=fast >TAbort- <TAbort- <MAbort- <SERR- <PERR-$/m);
+    assert.match(result.stdout, /^\tBridgeCtl: Parity- SERR- NoISA- VGA- VGA16\+ MAbort- >Reset- FastB2B-\n\t\tPriDiscTmr- SecDiscTmr- DiscTmrStat- DiscTmrSERREn-$/m);
+    assert.match(result.stdout, /^\tCapabilities: \[a0\] Express \(v2\) Root Port \(Slot\+\), MSI 00$/m);
+    assert.match(result.stdout, /^\t\tSltCap:\tAttnBtn/m);
+    assert.match(result.stdout, /^\t\tRootCtl: /m);
   });
 
   it('prints JSON: hex IDs, numeric offsets, 64-bit addresses as strings', () => {

@@ -8,8 +8,8 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { release, tmpdir } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
 import { describe, it } from 'node:test';
 import type { AcsFields, MsiFields, MsixFields, PciExpressFields, PowerManagementFields, SriovFields } from '../../src/pci/capabilities.js';
@@ -467,5 +467,105 @@ describe('userpci info -x/-xxx/-xxxx dumps as lspci -F does', () => {
         assert.equal(ours.length, Math.min({ '-x': 4, '-xxx': 16, '-xxxx': 256 }[level]!, config.length / 16));
       }
     }
+  });
+});
+
+/**
+ * `userpci info` text against `lspci -F -vvv` on the same bytes, line by line: the header lines
+ * (Control, Status, Latency, Interrupt routing, regions, bus numbers, bridge windows, secondary
+ * status, bridge control) and every line of each capability both decode in full.
+ */
+const HEADER_LABELS = ['Subsystem:', 'Control:', 'Status:', 'Latency:', 'Interrupt:', 'Region ', 'Expansion ROM', 'Bus:', 'I/O behind bridge:', 'Memory behind bridge:', 'Prefetchable memory behind bridge:', 'Secondary status:', 'BridgeCtl:'];
+const FULLY_DECODED = [/^Power Management version/, /^MSI: /, /^MSI-X: /, /^Express \(/, /^Subsystem: /, /^Hot-plug capable/, /^Advanced Error Reporting/, /^Alternative Routing-ID/, /^Single Root I\/O Virtualization/, /^Access Control Services/, /^Device Serial Number/];
+
+function headerLinesOf(text: string): string[] {
+  const lines = text.split('\n');
+  const firstCapability = lines.findIndex((line) => line.startsWith('\tCapabilities:'));
+  const header = firstCapability < 0 ? lines : lines.slice(0, firstCapability);
+  // BridgeCtl's second line is its continuation.
+  return header.filter((line, index) => HEADER_LABELS.some((label) => line.startsWith(`\t${label}`)) || (index > 0 && header[index - 1]!.startsWith('\tBridgeCtl:')));
+}
+
+function infoOnCapture(address: string, config: Uint8Array, extra: { irq?: number; modalias?: string; modulesRoot?: string } = {}): string {
+  const sysfs = makeFakeSysfs([{ address, config }]);
+  const directory = join(sysfs, 'bus', 'pci', 'devices', address);
+  if (extra.irq !== undefined) writeFileSync(join(directory, 'irq'), `${extra.irq}\n`);
+  if (extra.modalias !== undefined) writeFileSync(join(directory, 'modalias'), `${extra.modalias}\n`);
+  const result = spawnSync(process.execPath, [ENTRY, 'info', address], {
+    encoding: 'utf8',
+    env: { ...process.env, USERPCI_SYSFS_ROOT: sysfs, USERPCI_MODULES_ROOT: extra.modulesRoot ?? '/nonexistent' },
+  });
+  assert.equal(result.status, 0, result.stderr);
+  return result.stdout;
+}
+
+function lspciOnCapture(address: string, config: Uint8Array): string {
+  const directory = mkdtempSync(join(tmpdir(), 'userpci-lspci-'));
+  writeFileSync(join(directory, 'dump'), toLspciDump(config, address.slice(5)));
+  return lspci(['-F', join(directory, 'dump'), '-vvv', '-nn']);
+}
+
+/** Compares; returns the titles of the capabilities compared whole. */
+function assertInfoMatchesLspci(address: string, config: Uint8Array): string[] {
+  const ours = infoOnCapture(address, config);
+  const theirs = lspciOnCapture(address, config);
+  assert.deepEqual(headerLinesOf(ours), headerLinesOf(theirs), `${address}: header lines`);
+  const our = new Map(lspciCapabilities(ours).map((capability) => [capability.offset, capability]));
+  const compared: string[] = [];
+  for (const capability of lspciCapabilities(theirs)) {
+    if (!FULLY_DECODED.some((pattern) => pattern.test(capability.label))) continue;
+    assert.equal(our.get(capability.offset)?.text, capability.text, `${address}: capability [${capability.offset.toString(16)}]`);
+    compared.push(capability.label.split(/[:(,]/)[0]!.trim());
+  }
+  return compared;
+}
+
+const QEMU_CAPTURES = [
+  { file: 'qemu-pcie-root-port', address: '0000:00:03.0' },
+  { file: 'qemu-pcie-pci-bridge', address: '0000:00:05.0' },
+  { file: 'qemu-nvme-sriov-pf', address: '0000:01:00.0' },
+  { file: 'qemu-nvme-sriov-vf', address: '0000:01:00.1' },
+  { file: 'qemu-e1000e', address: '0000:02:00.0' },
+];
+const FIXTURES = resolve(REPO, 'test', 'fixtures', 'config');
+
+describe('userpci info matches lspci -vvv line by line', () => {
+  it('on captures of QEMU 7.2 devices: root port, PCIe-to-PCI bridge, NVMe with SR-IOV and its VF, e1000e', () => {
+    const compared = new Set<string>();
+    for (const { file, address } of QEMU_CAPTURES) {
+      const config = new Uint8Array(readFileSync(join(FIXTURES, `${file}.config`)));
+      assert.equal(config.length, 4096, file);
+      for (const title of assertInfoMatchesLspci(address, config)) compared.add(title);
+    }
+    // What the captures are for: each of these was compared in full somewhere.
+    for (const title of ['Power Management version 3', 'Power Management version 2', 'MSI', 'MSI-X', 'Express', 'Advanced Error Reporting', 'Alternative Routing-ID Interpretation', 'Single Root I/O Virtualization', 'Access Control Services', 'Device Serial Number 52-54-00-ff-ff-12-34-56', 'Subsystem', 'Hot-plug capable']) {
+      assert.ok(compared.has(title), `compared ${title}: ${[...compared].join(', ')}`);
+    }
+  });
+
+  it('on the hand-made fixtures: SR-IOV NIC, root port, conventional device', () => {
+    assertInfoMatchesLspci('0000:01:00.0', nicWithSriov());
+    assertInfoMatchesLspci('0000:00:1c.0', rootPort());
+    assertInfoMatchesLspci('0000:02:00.0', conventionalDevice());
+  });
+
+  it('routes the interrupt pin to the IRQ sysfs gives, and names the modules whose aliases match', () => {
+    const config = new Uint8Array(readFileSync(join(FIXTURES, 'qemu-nvme-sriov-pf.config')));
+    const modules = mkdtempSync(join(tmpdir(), 'userpci-modules-'));
+    mkdirSync(join(modules, release()), { recursive: true });
+    writeFileSync(
+      join(modules, release(), 'modules.alias'),
+      ['alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e', 'alias pci:v*d*sv*sd*bc01sc08i02* nvme', 'alias pci:v*d*sv*sd*bc01sc08i02* nvme', 'alias pci:v00001B36d00000010sv*sd*bc*sc*i* qemu_nvme_fake', 'alias virtio:d00000001v* virtio_net'].join('\n'),
+    );
+    // What the guest's lspci said about this function, read from its sysfs (qemu.lspci-vvv.txt).
+    const guest = readFileSync(join(FIXTURES, 'qemu.lspci-vvv.txt'), 'utf8');
+    const guestBlock = lspciBlocks(guest).get('0000:01:00.0')!;
+    const text = infoOnCapture('0000:01:00.0', config, { irq: 23, modalias: 'pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02', modulesRoot: modules });
+    assert.equal(/^\tInterrupt: .*$/m.exec(text)?.[0], /^\tInterrupt: .*$/m.exec(guestBlock)?.[0]);
+    assert.match(text, /^\tInterrupt: pin A routed to IRQ 23$/m);
+    assert.match(text, /^\tKernel modules: nvme, qemu_nvme_fake$/m);
+    // Without the sysfs attribute (a capture), lspci -F's answer: the Interrupt Line register.
+    assert.match(infoOnCapture('0000:01:00.0', config), new RegExp(`^\\tInterrupt: pin A routed to IRQ ${config[0x3c]}$`, 'm'));
+    assert.doesNotMatch(infoOnCapture('0000:01:00.0', config), /Kernel modules/);
   });
 });

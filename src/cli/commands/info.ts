@@ -7,7 +7,6 @@ import {
   deviceSummary,
   flag,
   formatDeviceLine,
-  formatFlags,
   formatSize,
   formatSubsystem,
   hex,
@@ -18,6 +17,20 @@ import {
   toJson,
 } from '../format.js';
 import type { CliCommand } from '../main.js';
+import { kernelModules, readIrq } from '../kernel-view.js';
+import {
+  ConfigRegisters,
+  type FunctionContext,
+  acsLines,
+  aerLines,
+  ariLines,
+  bridgeLines,
+  expressLines,
+  expressType,
+  headerLines,
+  powerManagementLines,
+  sriovLines,
+} from '../lspci-detail.js';
 
 const USAGE = `userpci info ADDRESS [--json] [--strict] [-x|-xxx|-xxxx]
 
@@ -54,17 +67,19 @@ export const infoCommand: CliCommand = {
       inspectPciDevice(positionals[0]!, { sysfsRoot: sysfsRoot(), strict: values.strict }),
     ]);
     const hexLevel = values.x?.length ?? 0;
-    if (values.json) print(toJson(infoJson(ids, inspected)));
-    else if (hexLevel === 0) print(infoText(ids, inspected));
-    else {
-      const { bytes } = await readConfigBytes(inspected.device.location, { sysfsRoot: sysfsRoot() });
-      print(`${infoText(ids, inspected)}\n${hexDump(bytes, hexLevel)}`);
+    const kernel = { irq: readIrq(inspected), modules: kernelModules(inspected.device.sysfsPath) };
+    if (values.json) {
+      print(toJson(infoJson(ids, inspected, kernel)));
+      return 0;
     }
+    const { bytes } = await readConfigBytes(inspected.device.location, { sysfsRoot: sysfsRoot() });
+    const text = infoText(ids, inspected, bytes, kernel);
+    print(hexLevel === 0 ? text : `${text}\n${hexDump(bytes, hexLevel)}`);
     return 0;
   },
 };
 
-function infoJson(ids: PciIds, { device, config, configRestricted, configFullSize }: InspectedDevice): Record<string, unknown> {
+function infoJson(ids: PciIds, { device, config, configRestricted, configFullSize }: InspectedDevice, kernel: KernelView): Record<string, unknown> {
   return {
     ...deviceSummary(ids, device),
     configBytesRead: config.length,
@@ -75,6 +90,10 @@ function infoJson(ids: PciIds, { device, config, configRestricted, configFullSiz
     command: config.command,
     status: config.status,
     interruptPin: config.interruptPin,
+    irq: kernel.irq,
+    latencyTimer: config.latencyTimer,
+    cacheLineSize: config.cacheLineSize,
+    kernelModules: kernel.modules,
     bars: config.bars.map((bar) => ({ ...bar, size: bar.size ?? null })),
     expansionRom: config.expansionRom ? { ...config.expansionRom, size: config.expansionRom.size ?? null } : null,
     bridge: config.bridge ?? null,
@@ -86,7 +105,14 @@ function infoJson(ids: PciIds, { device, config, configRestricted, configFullSiz
   };
 }
 
-function infoText(ids: PciIds, { device, config, configRestricted, configFullSize }: InspectedDevice): string {
+/** What sysfs says beyond config space: the IRQ the kernel routed pin INTx to, the modules that match. */
+interface KernelView {
+  readonly irq: number;
+  readonly modules: readonly string[];
+}
+
+function infoText(ids: PciIds, { device, config, configRestricted, configFullSize }: InspectedDevice, bytes: Uint8Array, kernel: KernelView): string {
+  const r = new ConfigRegisters(bytes);
   const lines = [formatDeviceLine(ids, device)];
   const detail = (text: string) => lines.push(`\t${text}`);
   const progIfName = ids.progIfName(config.baseClass, config.subclass, config.progIf);
@@ -97,23 +123,14 @@ function infoText(ids: PciIds, { device, config, configRestricted, configFullSiz
     detail(`Subsystem: ${formatSubsystem(ids, device.vendorId, device.deviceId, subsystem.vendorId, subsystem.id)}`);
   }
   detail(`Header: type ${config.headerType} (${headerName(config.headerType)})${config.multiFunction ? ', multi-function' : ''}`);
-  detail(`Control: ${formatFlags(config.command, regs.PCI_COMMAND_BIT_NAMES)}`);
-  detail(`Status: ${formatFlags(config.status, regs.PCI_STATUS_BIT_NAMES)} DEVSEL=${devselName(config.status)}`);
-  if (config.interruptPin !== 0) detail(`Interrupt: pin ${String.fromCharCode(0x40 + config.interruptPin)}`);
+  for (const line of headerLines(r, config, kernel.irq)) detail(line);
   for (const bar of config.bars) detail(formatBar(bar, config));
   if (config.expansionRom) {
     const rom = config.expansionRom;
     detail(`Expansion ROM at ${rom.address.toString(16)}${rom.enabled ? '' : ' [disabled]'}${rom.size ? ` [size=${formatSize(rom.size)}]` : ''}`);
   }
-  if (config.bridge) {
-    const bridge = config.bridge;
-    detail(`Bus: primary=${hex(bridge.primaryBus, 2)}, secondary=${hex(bridge.secondaryBus, 2)}, subordinate=${hex(bridge.subordinateBus, 2)}`);
-    const windowText = (window: { base: bigint; limit: bigint } | undefined, digits: number) =>
-      window ? `${window.base.toString(16).padStart(digits, '0')}-${window.limit.toString(16).padStart(digits, '0')}` : '[disabled]';
-    const ioDigits = (bridge.ioWindow?.limit ?? 0n) > 0xffffn ? 8 : 4;
-    detail(`I/O behind bridge: ${windowText(bridge.ioWindow, ioDigits)}`);
-    detail(`Memory behind bridge: ${windowText(bridge.memoryWindow, 8)}`);
-    detail(`Prefetchable memory behind bridge: ${windowText(bridge.prefetchableWindow, bridge.prefetchableWindow?.is64Bit ? 16 : 8)}`);
+  if (config.headerType === regs.PCI_HEADER_TYPE_BRIDGE && bytes.length >= regs.PCI_CFG_SIZE_UNPRIVILEGED) {
+    for (const line of bridgeLines(r)) detail(line);
   }
   if (configRestricted && (config.status & regs.PCI_STATUS_CAP_LIST) !== 0) {
     detail(
@@ -122,10 +139,17 @@ function infoText(ids: PciIds, { device, config, configRestricted, configFullSiz
   } else if (!config.capabilitiesReadable) {
     detail(`Capabilities: <only ${config.length} config bytes available; the list may be incomplete>`);
   }
-  for (const capability of config.capabilities) lines.push(...formatCapability(capability));
-  for (const capability of config.extendedCapabilities) lines.push(...formatExtendedCapability(capability));
+  const context: FunctionContext = {
+    device: device.location.device,
+    function: device.location.function,
+    hasMemoryBar: config.bars.some((bar) => bar.kind === 'memory'),
+  };
+  const type = expressType(r, config);
+  for (const capability of config.capabilities) lines.push(...formatCapability(ids, device, r, capability, context));
+  for (const capability of config.extendedCapabilities) lines.push(...formatExtendedCapability(r, capability, type));
   for (const warning of config.warnings) detail(`Warning: ${warning.message}`);
   detail(`Kernel driver in use: ${device.driver ?? 'none'}`);
+  if (kernel.modules.length > 0) detail(`Kernel modules: ${kernel.modules.join(', ')}`);
   detail(`IOMMU group: ${device.iommuGroup ?? 'none'}`);
   detail(`NUMA node: ${device.numaNode ?? 'none'}`);
   return lines.join('\n');
@@ -144,10 +168,6 @@ function subsystemOf(
   return fields?.kind === 'ssvid' ? { vendorId: fields.subsystemVendorId, id: fields.subsystemId } : undefined;
 }
 
-function devselName(status: number): string {
-  return ['fast', 'medium', 'slow', 'reserved'][(status & regs.PCI_STATUS_DEVSEL_MASK) >> 9]!;
-}
-
 function headerName(type: number): string {
   return ['endpoint', 'PCI-to-PCI bridge', 'CardBus bridge'][type] ?? 'unknown';
 }
@@ -156,38 +176,60 @@ function formatBar(bar: Bar, config: ConfigSpace): string {
   const size = bar.size ? ` [size=${formatSize(bar.size)}]` : '';
   if (bar.kind === 'io') {
     const disabled = (config.command & regs.PCI_COMMAND_IO) === 0 ? ' [disabled]' : '';
-    return `Region ${bar.index}: I/O ports at ${bar.address.toString(16)}${disabled}${size}`;
+    return `Region ${bar.index}: I/O ports at ${bar.address.toString(16).padStart(4, '0')}${disabled}${size}`;
   }
-  const width = bar.is64Bit ? '64-bit' : bar.below1M ? 'below 1M' : '32-bit';
+  const width = bar.is64Bit ? '64-bit' : bar.below1M ? 'low-1M' : '32-bit';
   const disabled = (config.command & regs.PCI_COMMAND_MEMORY) === 0 ? ' [disabled]' : '';
-  return `Region ${bar.index}: Memory at ${bar.address.toString(16)} (${width}, ${bar.prefetchable ? 'prefetchable' : 'non-prefetchable'})${disabled}${size}`;
+  return `Region ${bar.index}: Memory at ${bar.address.toString(16).padStart(8, '0')} (${width}, ${bar.prefetchable ? 'prefetchable' : 'non-prefetchable'})${disabled}${size}`;
 }
 
-function formatCapability(capability: Capability): string[] {
-  const title = `\tCapabilities: [${hex(capability.offset, 2)}] ${capability.name}`;
+/** A capability lspci decodes in full gets its wording; the others our summary. */
+function formatCapability(ids: PciIds, device: InspectedDevice['device'], r: ConfigRegisters, capability: Capability, context: FunctionContext): string[] {
+  const title = `\tCapabilities: [${hex(capability.offset, 2)}] `;
+  const lspciStyle = (lines: string[]) => [`${title}${lines[0]}`, ...lines.slice(1).map((line) => `\t${line}`)];
+  switch (capability.id) {
+    case regs.PCI_CAP_ID_PM:
+      return lspciStyle(powerManagementLines(r, capability.offset));
+    case regs.PCI_CAP_ID_EXP:
+      return lspciStyle(expressLines(r, capability.offset, context));
+    case regs.PCI_CAP_ID_SHPC:
+      return [`${title}Hot-plug capable`];
+  }
   const fields = capability.fields;
-  if (!fields) return [title];
+  if (fields?.kind === 'ssvid') {
+    return [`${title}Subsystem: ${formatSubsystem(ids, device.vendorId, device.deviceId, fields.subsystemVendorId, fields.subsystemId)}`];
+  }
+  if (!fields) return [`${title}${capability.name}`];
   const [summary, ...details] = describeCapability(fields);
-  return [`${title}${summary ? `${summary}` : ''}`, ...details.map((line) => `\t\t${line}`)];
+  return [`${title}${capability.name}${summary ?? ''}`, ...details.map((line) => `\t\t${line}`)];
 }
 
-function formatExtendedCapability(capability: ExtendedCapability): string[] {
-  const title = `\tCapabilities: [${hex(capability.offset, 3)} v${capability.version}] ${capability.name}`;
+function formatExtendedCapability(r: ConfigRegisters, capability: ExtendedCapability, expressType: number | undefined): string[] {
+  const title = `\tCapabilities: [${hex(capability.offset, 3)} v${capability.version}] `;
+  const lspciStyle = (lines: string[]) => [`${title}${lines[0]}`, ...lines.slice(1).map((line) => `\t${line}`)];
+  switch (capability.id) {
+    case regs.PCI_EXT_CAP_ID_ERR:
+      return lspciStyle(aerLines(r, capability.offset, expressType));
+    case regs.PCI_EXT_CAP_ID_ARI:
+      return lspciStyle(ariLines(r, capability.offset));
+    case regs.PCI_EXT_CAP_ID_SRIOV:
+      return lspciStyle(sriovLines(r, capability.offset));
+    case regs.PCI_EXT_CAP_ID_ACS:
+      return lspciStyle(acsLines(r, capability.offset));
+  }
   const fields = capability.fields;
-  if (!fields) return [title];
+  if (!fields) return [`${title}${capability.name}`];
   const [summary, ...details] = describeExtendedCapability(fields);
-  return [`${title}${summary ?? ''}`, ...details.map((line) => `\t\t${line}`)];
+  return [`${title}${capability.name}${summary ?? ''}`, ...details.map((line) => `\t\t${line}`)];
 }
 
 /** First element continues the title line; the rest are detail lines. */
 function describeCapability(fields: CapabilityFields): string[] {
   switch (fields.kind) {
     case 'pm':
-      return [
-        ` version ${fields.version}`,
-        `State: ${fields.powerState} NoSoftRst${flag(fields.noSoftReset)} PME-Enable${flag(fields.pmeEnabled)} PME-Status${flag(fields.pmeStatus)}`,
-        `Supports: D1${flag(fields.d1Supported)} D2${flag(fields.d2Supported)} PME from ${fields.pmeSupport.join(',') || 'none'}`,
-      ];
+    case 'pcie':
+    case 'ssvid':
+      return ['']; // written in lspci's words by formatCapability
     case 'msi': {
       const lines = [
         `: Enable${flag(fields.enabled)} Count=${fields.vectorsEnabled}/${fields.vectorsCapable} Maskable${flag(fields.perVectorMasking)} 64bit${flag(fields.is64Bit)}`,
@@ -204,61 +246,24 @@ function describeCapability(fields: CapabilityFields): string[] {
         `Vector table: BAR=${fields.tableBar} offset=${hex(fields.tableOffset, 8)}`,
         `PBA: BAR=${fields.pbaBar} offset=${hex(fields.pbaOffset, 8)}`,
       ];
-    case 'pcie': {
-      const errors = fields.errorsDetected;
-      const lines = [
-        ` (v${fields.version}) ${fields.deviceTypeName}${fields.slotImplemented ? ' (slot)' : ''}, interrupt message ${fields.interruptMessageNumber}`,
-        `DevCap: MaxPayload ${fields.maxPayloadSupported} bytes, ExtTag${flag(fields.extendedTagSupported)} FLReset${flag(fields.flrCapable)}`,
-        `DevCtl: MaxPayload ${fields.maxPayloadSize} bytes, MaxReadReq ${fields.maxReadRequestSize} bytes, RlxdOrd${flag(fields.relaxedOrdering)} NoSnoop${flag(fields.noSnoop)}`,
-        `DevSta: CorrErr${flag(errors.correctable)} NonFatalErr${flag(errors.nonFatal)} FatalErr${flag(errors.fatal)} UnsupReq${flag(errors.unsupportedRequest)} TransPend${flag(fields.transactionsPending)}`,
-      ];
-      if (fields.link) {
-        const link = fields.link;
-        lines.push(
-          `LnkCap: Port #${link.portNumber}, Speed ${speed(link.maxSpeedGts)}, Width x${link.maxWidth}, ASPM ${link.aspmSupport}`,
-          `LnkCtl: ASPM ${link.aspmControl}, Disabled${flag(link.disabled)}`,
-          `LnkSta: Speed ${speed(link.speedGts)}, Width x${link.width}, Training${flag(link.training)} DLActive${flag(link.dataLinkActive)}`,
-        );
-      }
-      return lines;
-    }
     case 'virtio': {
       const multiplier = fields.notifyOffMultiplier === undefined ? '' : ` multiplier=${hex(fields.notifyOffMultiplier, 8)}`;
       return [`: VirtIO ${fields.cfgTypeName}`, `BAR=${fields.bar} offset=${hex(fields.offset, 8)} size=${hex(fields.size, 8)}${multiplier}`];
     }
     case 'vendor':
       return [`: length ${fields.length}`];
-    case 'ssvid':
-      return [`: ${hex(fields.subsystemVendorId, 4)}:${hex(fields.subsystemId, 4)}`];
   }
 }
 
 function describeExtendedCapability(fields: ExtendedCapabilityFields): string[] {
   switch (fields.kind) {
     case 'aer':
-      return [
-        '',
-        `UESta: ${hex(fields.uncorrectableStatus, 8)} UEMsk: ${hex(fields.uncorrectableMask, 8)} UESvrt: ${hex(fields.uncorrectableSeverity, 8)}`,
-        `CESta: ${hex(fields.correctableStatus, 8)} CEMsk: ${hex(fields.correctableMask, 8)}`,
-        `First error pointer: ${hex(fields.firstErrorPointer, 2)}`,
-      ];
+    case 'acs':
+    case 'sriov':
+      return ['']; // written in lspci's words by formatExtendedCapability
     case 'dsn':
       return [` ${fields.serialNumber}`];
-    case 'acs':
-      return ['', `ACSCap: ${fields.capabilities.join(' ') || 'none'}`, `ACSCtl: ${fields.enabled.join(' ') || 'none'}`];
-    case 'sriov':
-      return [
-        '',
-        `IOVCtl: Enable${flag(fields.vfEnabled)} Memory${flag(fields.vfMemorySpaceEnabled)} ARIHierarchy${flag(fields.ariHierarchy)}`,
-        `Initial VFs: ${fields.initialVfs}, Total VFs: ${fields.totalVfs}, Number of VFs: ${fields.numVfs}, Function Dependency Link: ${hex(fields.functionDependencyLink, 2)}`,
-        `VF offset: ${fields.firstVfOffset}, stride: ${fields.vfStride}, Device ID: ${hex(fields.vfDeviceId, 4)}`,
-        `Supported page sizes: ${hex(fields.supportedPageSizes, 8)}, System page size: ${hex(fields.systemPageSize, 8)}`,
-      ];
   }
-}
-
-function speed(gts: number | undefined): string {
-  return gts === undefined ? 'unknown' : `${gts}GT/s`;
 }
 
 /**

@@ -191,6 +191,11 @@ export class InstantNvme implements Backend {
 
   // ---------------------------------------------------------------- Backend
 
+  /** The instant controller reads and writes the process's memory directly. */
+  mapsAnyMemory(): boolean {
+    return true;
+  }
+
   deviceInfo(): BackendDeviceInfo {
     return { numRegions: 9, numIrqs: 0, flags: 0x3, canReset: false };
   }

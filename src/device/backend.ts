@@ -83,6 +83,12 @@ export interface Backend {
    * are faulted in writable before the pin. False or absent when the peer reaches memory by fd or by messages (vfio-user).
    */
   readonly pinsDmaMemory?: boolean;
+  /**
+   * Whether dmaMap reaches any memory of the process (kernel VFIO pins it; a vfio-user server
+   * reaches memory without an fd by DMA_READ/DMA_WRITE), or only memory with an fd: a vfio-user
+   * server whose device is real (`userpci proxy`) refuses the rest with ENOTSUP.
+   */
+  mapsAnyMemory(): boolean;
   deviceInfo(): BackendDeviceInfo;
   regionInfo(index: number): BackendRegionInfo;
   /** mmap [offset, offset+size) of a region; the ArrayBuffer is released with unmapRegion. */

@@ -204,6 +204,17 @@ export class PciDevice extends EventEmitter<PciDeviceEvents> implements AsyncDis
     return this.dma.allocate(size, options);
   }
 
+  /**
+   * Whether mapDma takes any memory of the process (kernel VFIO; a vfio-user server that serves
+   * DMA_READ/DMA_WRITE), or only memory this library allocated, such as views of an allocDma
+   * buffer: a real device lent by `userpci proxy` reaches memory only through its memfd, and
+   * other memory is refused with ENOTSUP. Asked of the backend once (vfio-user: one map and unmap).
+   */
+  get mapsAnyMemory(): boolean {
+    this.checkOpen();
+    return this.backend.mapsAnyMemory();
+  }
+
   /** Streaming map of memory the caller already has; the IOMMU enforces the direction. */
   mapDma(memory: DmaMappable, direction: DmaDirection): DmaMapping {
     this.checkOpen();

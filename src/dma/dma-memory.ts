@@ -102,6 +102,7 @@ function tryAllocate(size: number, huge: boolean, lock: boolean): DmaMemory {
     buffer = native.mmap(length, constants.PROT_READ | constants.PROT_WRITE, constants.MAP_SHARED | constants.MAP_POPULATE, fd, 0);
     native.madvise(buffer, constants.MADV_DONTFORK);
     if (lock) native.mlock(buffer);
+    memfds.set(buffer, { fd, address: native.addressOf(new Uint8Array(buffer)), size: length, pageSize });
     return { buffer, fd, size: length, pageSize };
   } catch (err) {
     if (buffer) native.munmap(buffer);
@@ -151,7 +152,27 @@ export function allocateDmaMemory(size: number, hugePagesOrOptions: HugePagePoli
   }
 }
 
+/** A memfd mapping this library made: where it lies in the process, its fd and page size. */
+export interface Memfd {
+  fd: number;
+  address: number;
+  size: number;
+  pageSize: number;
+}
+
+/**
+ * Memory this library allocated, by its ArrayBuffer: a streaming map of (a view of) it can hand
+ * the memfd on, so that a vfio-user server reaching memory only by fd (a proxy for a real device)
+ * can map it too.
+ */
+const memfds = new WeakMap<ArrayBufferLike, Memfd>();
+
+export function memfdOf(buffer: ArrayBufferLike): Memfd | undefined {
+  return memfds.get(buffer);
+}
+
 export function releaseDmaMemory(memory: DmaMemory): void {
+  memfds.delete(memory.buffer);
   native.munmap(memory.buffer);
   native.close(memory.fd);
 }

@@ -10,7 +10,7 @@ import { native, constants } from '../native/index';
 import { DeviceGoneError, InvalidArgumentError, UserpciError, isSystemError, wrapSystemError } from '../errors';
 import type { Backend } from '../device/backend';
 import { IovaAllocator, alignUp } from './iova-allocator';
-import { allocateDmaMemory, checkDmaMemoryFits, checkHugePagePolicy, memlockError, releaseDmaMemory, type DmaMemory, type HugePagePolicy } from './dma-memory';
+import { allocateDmaMemory, checkDmaMemoryFits, memfdOf, checkHugePagePolicy, memlockError, releaseDmaMemory, type DmaMemory, type HugePagePolicy } from './dma-memory';
 
 /** linux/mman.h (asm-generic, so x86-64 and arm64 alike); Linux 5.14 and later. */
 const MADV_POPULATE_WRITE = 23;
@@ -315,10 +315,16 @@ export class DmaSpace {
     const size = alignUp(address + length, page) - vaddr;
     const pageIova = this.allocator.take(size, page, this.highest);
     const firstByteIova = pageIova + (address - vaddr);
+    // A backend that pins pages needs no fd. For one that may reach memory only by fd (a proxy
+    // for a real device), memory this library allocated hands its memfd on, where the map's
+    // pages are whole pages of it (a hugetlb memfd maps only at 2 MiB offsets).
+    const memfd = this.backend.pinsDmaMemory === true ? undefined : memfdOf(view.buffer);
+    const fdOffset = memfd === undefined ? 0 : vaddr - memfd.address;
+    const byFd = memfd !== undefined && fdOffset % memfd.pageSize === 0 && size % memfd.pageSize === 0 && fdOffset + size <= memfd.size;
     try {
       if (direction === 'to-device' && this.backend.pinsDmaMemory === true) faultInWritable(view);
       this.backend.dmaMap({
-        iova: pageIova, size, vaddr, memory: view, memoryIova: firstByteIova,
+        iova: pageIova, size, vaddr, memory: view, memoryIova: firstByteIova, fd: byFd ? memfd.fd : undefined, fdOffset,
         deviceReads: direction !== 'from-device', deviceWrites: direction !== 'to-device',
       });
     } catch (err) {

@@ -262,6 +262,11 @@ export class NvmeSimulator implements Backend {
 
   // ---------------------------------------------------------------- Backend
 
+  /** The simulated controller reads and writes the process's memory directly. */
+  mapsAnyMemory(): boolean {
+    return true;
+  }
+
   deviceInfo(): BackendDeviceInfo {
     return { numRegions: 9, numIrqs: 5, flags: 0x3, canReset: true };
   }

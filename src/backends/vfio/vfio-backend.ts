@@ -86,6 +86,11 @@ export class VfioBackend implements Backend {
     return { offset: r.offset, size: r.size, flags: r.flags, sparseAreas: r.sparseMmapAreas };
   }
 
+  /** VFIO_IOMMU_MAP_DMA takes any virtual address of the process. */
+  mapsAnyMemory(): boolean {
+    return true;
+  }
+
   deviceInfo(): BackendDeviceInfo {
     return {
       numRegions: this.info.numRegions,

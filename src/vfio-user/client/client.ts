@@ -108,6 +108,8 @@ export class VfioUserClient implements Backend {
   private readonly regions = new Map<number, CachedRegion>();
   private readonly mappedRegions = new Set<ArrayBuffer>();
   private dmaMaps: ClientDmaMapping[] = [];
+  /** What the server answered a map without fd (mapsAnyMemory), once asked. */
+  private anyMemory: boolean | undefined;
   private closed = false;
   /** Why the server is gone, once it is (not set by our own close()). */
   private lostReason: DeviceGoneError | undefined;
@@ -373,6 +375,29 @@ export class VfioUserClient implements Backend {
       throw err;
     }
     this.dmaMaps.push({ iova, size, bytes, bytesIova, deviceReads: request.deviceReads, deviceWrites: request.deviceWrites });
+  }
+
+  /**
+   * The protocol has no word for it, so the server is asked the one way it can answer: a page
+   * mapped without fd (device reads only, at an IOVA no map of ours uses) and unmapped at once.
+   * A server that serves DMA_READ/DMA_WRITE takes it; one whose device is real refuses ENOTSUP.
+   */
+  mapsAnyMemory(): boolean {
+    if (this.anyMemory !== undefined) return this.anyMemory;
+    const page = smallestPageSize(this.server.pgsizes);
+    let iova = 0;
+    for (const m of [...this.dmaMaps].sort((a, b) => a.iova - b.iova)) {
+      if (iova + page <= m.iova) break;
+      iova = Math.max(iova, Math.ceil((m.iova + m.size) / page) * page);
+    }
+    try {
+      this.call(Command.DMA_MAP, [encodeDmaMap({ flags: DmaFlags.READ, offset: 0, address: iova, size: page })]);
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'ENOTSUP') throw err;
+      return (this.anyMemory = false);
+    }
+    this.call(Command.DMA_UNMAP, [encodeDmaUnmap({ address: iova, size: page })]);
+    return (this.anyMemory = true);
   }
 
   dmaUnmap(iova: number, size: number): void {

@@ -1,9 +1,10 @@
 /**
  * `userpci proxy` against the real thing: QEMU's edu behind the guest kernel's vfio-pci, held by
  * the proxy in one process and driven over vfio-user by the edu driver in another (this test
- * process, or a child killed mid-DMA). With and without --trace.
+ * process, or a child killed mid-DMA). The shared edu suite runs through it with and without
+ * --trace.
  */
-import { test, before } from 'node:test';
+import { test, before, after, describe } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -14,7 +15,7 @@ import { openDevice } from '../../src/device/open';
 import { EduDriver } from '../../src/drivers/edu/edu-driver';
 import { EDU_DEVICE_ID, EDU_VENDOR_ID, DMA_BUFFER_USABLE } from '../../src/drivers/edu/registers';
 import { requireGuest, boundDevices } from './guest-env';
-import { pattern } from '../shared/edu-driver-suite';
+import { pattern, registerEduDriverSuite } from '../shared/edu-driver-suite';
 
 const CLI = path.resolve(__dirname, '../../../bin/userpci.js');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userpci-proxy-'));
@@ -45,73 +46,94 @@ async function stopProxy(proc: ChildProcess): Promise<void> {
   assert.equal(code, 0, 'the proxy exits cleanly');
 }
 
-/** The edu driver through the proxy: registers, interrupts both ways, DMA through the real IOMMU. */
+/** A short drive of the edu driver through the proxy: registers, interrupts, DMA through the real IOMMU. */
 async function driveEdu(socket: string): Promise<{ mappable: boolean }> {
   await using device = await openDevice(socket, { dmaMask: 0xfffffff });
   assert.equal(device.kind, 'vfio-user');
   const edu = new EduDriver(device);
   assert.equal(edu.identify().id, 0x010000ed);
-  assert.ok(edu.checkLiveness(0x12345678));
   assert.equal(await edu.factorial(10), 3628800);
-  for (const mode of ['msi', 'intx'] as const) {
-    edu.useInterrupts(mode);
-    assert.equal(await edu.factorial(12), 479001600, `factorial by ${mode}`);
-    edu.useInterrupts(undefined);
-  }
+  edu.useInterrupts('msi');
+  assert.equal(await edu.factorial(12), 479001600);
+  edu.useInterrupts(undefined);
   const data = pattern(DMA_BUFFER_USABLE, 7);
   await edu.copyToDevice(data, 0);
   assert.deepEqual(await edu.copyFromDevice(0, DMA_BUFFER_USABLE), data, 'DMA both ways through the coherent buffer, mapped in the real IOMMU');
-  // Plain JS memory has no fd: a real IOMMU cannot reach it through the proxy, and says so.
-  assert.throws(() => device.mapDma(new Uint8Array(4096), 'from-device'), (e: any) => e.code === 'ENOTSUP' && /without an fd/.test(e.message));
   edu.release();
   return { mappable: device.backend.regionInfo(0).mappable };
 }
 
-test('proxy: the edu driver in this process drives the real edu held by the proxy; the client maps the BAR itself', async () => {
+/**
+ * The shared edu suite (the same test bodies as against VFIO directly and the vfio-user model),
+ * with the driver in this process and the real edu held by `userpci proxy` in another. The
+ * real IOMMU enforces maps and directions (fullIommu); memory reaches it only by memfd.
+ */
+describe('through userpci proxy', () => {
   const socket = path.join(dir, 'plain.sock');
-  const proxy = await startProxy(socket);
-  try {
-    const { mappable } = await driveEdu(socket);
-    assert.equal(mappable, true, 'BAR0 offered for mmap (VFIO allows it)');
-    // A second client after the first closed.
-    await driveEdu(socket);
-  } finally {
-    await stopProxy(proxy);
-  }
+  let proxy: ChildProcess;
+  before(async () => (proxy = await startProxy(socket)));
+  after(() => stopProxy(proxy));
+
+  registerEduDriverSuite({
+    label: 'proxy, QEMU edu',
+    open: () => openDevice(socket, { dmaMask: 0xfffffff }),
+    fullIommu: true,
+    mapsAnyMemory: false,
+    timeoutMs: 60_000, // a hang guard, as for VFIO directly (a busy host's TCG guest can be slow)
+  });
+
+  test('proxy: BAR0 is offered for mmap (VFIO allows it), so the client maps it itself', async () => {
+    await using device = await openDevice(socket, { dmaMask: 0xfffffff });
+    assert.equal(device.backend.regionInfo(0).mappable, true);
+  });
 });
 
-test('proxy --trace: every access, DMA map and interrupt is written; `userpci trace` prints it', async () => {
+describe('through userpci proxy --trace', () => {
   const socket = path.join(dir, 'traced.sock');
   const trace = path.join(dir, 'edu.trace');
-  const proxy = await startProxy(socket, trace);
-  try {
+  let proxy: ChildProcess | undefined;
+  before(async () => (proxy = await startProxy(socket, trace)));
+  after(async () => {
+    if (proxy) await stopProxy(proxy);
+  });
+
+  registerEduDriverSuite({
+    label: 'proxy --trace, QEMU edu',
+    open: () => openDevice(socket, { dmaMask: 0xfffffff }),
+    fullIommu: true,
+    mapsAnyMemory: false,
+    timeoutMs: 60_000, // a hang guard, as for VFIO directly (a busy host's TCG guest can be slow)
+  });
+
+  test('proxy --trace: nothing is offered for mmap; no reset where VFIO has none', async () => {
     const { mappable } = await driveEdu(socket);
     assert.equal(mappable, false, 'with a trace nothing is mapped by the client');
-    {
-      // QEMU's edu offers VFIO no reset method: the proxy passes that on, as VFIO would say it.
-      await using device = await openDevice(socket, { dmaMask: 0xfffffff });
-      assert.equal(device.backend.deviceInfo().canReset, false);
-      assert.throws(() => device.reset(), (e: any) => e.code === 'ENOTSUP');
-    }
-  } finally {
-    await stopProxy(proxy);
-  }
-  const events = fs.readFileSync(trace, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-  const has = (pred: (e: any) => boolean, what: string) => assert.ok(events.some(pred), `trace has ${what}`);
-  assert.ok(events.every((e) => typeof e.t === 'number' && typeof e.ev === 'string'), 'each line has a timestamp and an event');
-  has((e) => e.ev === 'read' && e.region === 0 && e.offset === 0 && e.data === 'ed000001', 'the ID register read');
-  has((e) => e.ev === 'write' && e.region === 7 && e.offset === 4, 'a config write (command register)');
-  has((e) => e.ev === 'dma-map' && e.fd === true && !e.error, 'a DMA map by fd');
-  has((e) => e.ev === 'dma-map' && e.fd === false && e.error === 'ENOTSUP', 'the refused fd-less map');
-  has((e) => e.ev === 'dma-unmap', 'a DMA unmap');
-  has((e) => e.ev === 'irq' && e.index === 1, 'an MSI');
-  has((e) => e.ev === 'irq' && e.index === 0, 'an INTx');
-  has((e) => e.ev === 'stop-dma', 'bus mastering off when a client left');
-  const printed = spawnSync(process.execPath, [CLI, 'trace', trace], { encoding: 'utf8' });
-  assert.equal(printed.status, 0, printed.stderr);
-  assert.match(printed.stdout, /bar0\s+read32\s+\[0x0\] = 0x010000ed/);
-  assert.match(printed.stdout, /dma map\s+iova 0x[0-9a-f]+ \+0x1000 rw/);
-  assert.match(printed.stdout, /irq\s+msi\[0\] x\d+/);
+    // QEMU's edu offers VFIO no reset method: the proxy passes that on, as VFIO would say it.
+    await using device = await openDevice(socket, { dmaMask: 0xfffffff });
+    assert.equal(device.backend.deviceInfo().canReset, false);
+    assert.throws(() => device.reset(), (e: any) => e.code === 'ENOTSUP');
+  });
+
+  test('proxy --trace: every access, DMA map and interrupt of the suite was written; `userpci trace` prints it', async () => {
+    await stopProxy(proxy!);
+    proxy = undefined;
+    const events = fs.readFileSync(trace, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const has = (pred: (e: any) => boolean, what: string) => assert.ok(events.some(pred), `trace has ${what}`);
+    assert.ok(events.every((e) => typeof e.t === 'number' && typeof e.ev === 'string'), 'each line has a timestamp and an event');
+    has((e) => e.ev === 'read' && e.region === 0 && e.offset === 0 && e.data === 'ed000001', 'the ID register read');
+    has((e) => e.ev === 'write' && e.region === 7 && e.offset === 4, 'a config write (command register)');
+    has((e) => e.ev === 'dma-map' && e.fd === true && !e.error, 'a DMA map by fd');
+    has((e) => e.ev === 'dma-map' && e.fd === false && e.error === 'ENOTSUP', 'the refused fd-less map');
+    has((e) => e.ev === 'dma-unmap', 'a DMA unmap');
+    has((e) => e.ev === 'irq' && e.index === 1, 'an MSI');
+    has((e) => e.ev === 'irq' && e.index === 0, 'an INTx');
+    has((e) => e.ev === 'stop-dma', 'bus mastering off when a client left');
+    const printed = spawnSync(process.execPath, [CLI, 'trace', trace], { encoding: 'utf8' });
+    assert.equal(printed.status, 0, printed.stderr);
+    assert.match(printed.stdout, /bar0\s+read32\s+\[0x0\] = 0x010000ed/);
+    assert.match(printed.stdout, /dma map\s+iova 0x[0-9a-f]+ \+0x1000 rw/);
+    assert.match(printed.stdout, /irq\s+msi\[0\] x\d+/);
+  });
 });
 
 test('proxy: kill -9 of the driver mid-DMA leaves the proxy serving the next client', async () => {

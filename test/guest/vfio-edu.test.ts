@@ -55,6 +55,7 @@ registerEduDriverSuite({
   // A hang guard, not the driver's 5 s: on a TCG guest of a host busy with other guests an
   // INTx has been seen to take over 5 s to reach the process (6.12 guest, load average 17).
   timeoutMs: 60_000,
+  mapsAnyMemory: true,
 });
 
 test('IOMMU isolation: DMA to an unmapped IOVA changes no memory of the process', async () => {

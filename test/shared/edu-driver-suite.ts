@@ -25,6 +25,12 @@ export interface EduSuiteTarget {
    * what keeps the device to the client's maps, and this suite checks that it does.
    */
   fullIommu: boolean;
+  /**
+   * What the device must say of `mapsAnyMemory`: false through `userpci proxy`, whose real device
+   * reaches memory only by memfd. The streaming-map tests then map memory the library allocated
+   * (views of an allocDma buffer), and check that plain JS memory is refused with ENOTSUP.
+   */
+  mapsAnyMemory: boolean;
   /** Per-operation timeout handed to the driver (default the driver's 5000 ms). */
   timeoutMs?: number;
 }
@@ -65,6 +71,21 @@ async function provesDelivery(edu: EduDriver, vector: InterruptVector, completio
  */
 function assertNoExtraMsi(vector: InterruptVector, events: number): void {
   if (vector.kind === 'msi') assert.ok(vector.total <= events, `msi: ${vector.total} interrupts for ${events} events`);
+}
+
+/**
+ * Memory of the caller's for a streaming map: its own ArrayBuffer where the backend maps any
+ * memory; else an allocDma buffer's memfd pages, the memory a proxy's real IOMMU can reach
+ * (mapped again at the streaming map's own IOVA). Zeroed either way; freed when the device closes.
+ */
+function callerMemory(device: PciDevice, bytes: number): ArrayBuffer {
+  return device.mapsAnyMemory ? new ArrayBuffer(bytes) : device.allocDma(bytes).buffer;
+}
+
+function callerBytes(device: PciDevice, bytes: number, fill?: Uint8Array): Uint8Array {
+  const view = new Uint8Array(callerMemory(device, bytes), 0, bytes);
+  if (fill) view.set(fill);
+  return view;
 }
 
 /** A status bit of edu's that neither factorial nor DMA uses. */
@@ -135,7 +156,7 @@ export function registerEduDriverSuite(target: EduSuiteTarget): void {
       await edu.copyToDevice(data, 0, opts);
       assert.deepEqual(await edu.copyFromDevice(0, 4000, opts), data);
       // A streaming map of the caller's memory completes by interrupt too.
-      const mine = new Uint8Array(4096);
+      const mine = callerBytes(device, 4096);
       const m = device.mapDma(mine, 'from-device');
       await edu.dma('from-device', m.iova, 0, 4000, opts);
       assert.deepEqual(mine.subarray(0, 4000), data);
@@ -164,7 +185,7 @@ export function registerEduDriverSuite(target: EduSuiteTarget): void {
   test(`${label}: DMA both ways through a streaming map of the caller's buffer (mapDma)`, async () => {
     await using device = await target.open();
     const edu = new EduDriver(device);
-    const backing = new ArrayBuffer(3 * 4096);
+    const backing = callerMemory(device, 3 * 4096);
     const view = new Uint8Array(backing, 4096 - 100, 300); // straddles a page boundary
     view.set(pattern(300, 3));
     const m = device.mapDma(view, 'bidirectional');
@@ -182,13 +203,36 @@ export function registerEduDriverSuite(target: EduSuiteTarget): void {
     m.unmap();
     assert.equal(m.mapped, false);
     // One-way maps work in their direction.
-    const source = device.mapDma(pattern(4096, 42), 'to-device');
+    const source = device.mapDma(callerBytes(device, 4096, pattern(4096, 42)), 'to-device');
     await edu.dma('to-device', source.iova, 0, 4095, opts);
     source.unmap();
-    const sink = device.mapDma(new Uint8Array(4096), 'from-device');
+    const sink = device.mapDma(callerBytes(device, 4096), 'from-device');
     await edu.dma('from-device', sink.iova, 0, 4095, opts);
     assert.deepEqual(sink.view.subarray(0, 4095), pattern(4095, 42));
     sink.unmap();
+  });
+
+  test(`${label}: streaming maps of plain JS memory: ${target.mapsAnyMemory ? 'mapped, the device writes into them' : 'refused with ENOTSUP naming the missing fd; library memory maps'}`, async () => {
+    await using device = await target.open();
+    assert.equal(device.mapsAnyMemory, target.mapsAnyMemory, 'the backend declares what it can map');
+    const edu = new EduDriver(device);
+    await edu.copyToDevice(pattern(512, 61), 0, opts);
+    const plain = new Uint8Array(4096);
+    if (target.mapsAnyMemory) {
+      const m = device.mapDma(plain, 'from-device');
+      await edu.dma('from-device', m.iova, 0, 512, opts);
+      m.unmap();
+      assert.deepEqual(plain.subarray(0, 512), pattern(512, 61));
+    } else {
+      assert.throws(() => device.mapDma(plain, 'from-device'), (e: any) => e.code === 'ENOTSUP' && /without an fd/.test(e.message));
+      assert.throws(() => device.mapDma(plain.buffer, 'bidirectional'), (e: any) => e.code === 'ENOTSUP', 'every direction alike');
+      // The refused maps left no IOVA behind and the device works: library memory maps.
+      const lib = callerBytes(device, 4096);
+      const m = device.mapDma(lib, 'from-device');
+      await edu.dma('from-device', m.iova, 0, 512, opts);
+      m.unmap();
+      assert.deepEqual(lib.subarray(0, 512), pattern(512, 61));
+    }
   });
 
   test(`${label}: the driver refuses DMA outside the device's buffer with EINVAL and starts nothing`, async () => {

@@ -66,12 +66,14 @@ registerEduDriverSuite({
   label: 'vfio-user, server on a worker thread',
   open: () => openDevice(threadSocket, { dmaMask: EDU_DEFAULT_DMA_MASK }),
   fullIommu: false,
+  mapsAnyMemory: true,
 });
 
 registerEduDriverSuite({
   label: 'vfio-user, `userpci serve edu` in a child process',
   open: () => openDevice(childSocket, { dmaMask: EDU_DEFAULT_DMA_MASK }),
   fullIommu: false,
+  mapsAnyMemory: true,
 });
 
 test('`userpci serve edu --fd 3`: an inherited blocking socket is served, and the server exits when its client leaves', async () => {

@@ -80,8 +80,8 @@ export const SUITES: GuestRun[] = [
       ...NVME_DRIVES.qemu,
       '-drive', `file=${scratch('nvme-fault.img')},if=none,id=nvmef,format=raw`, '-device', 'nvme,drive=nvmef,serial=userpci-fault',
     ],
-    tests: ['dist/test/guest/nvme.test.js', 'dist/test/guest/nvme-cli.test.js', 'dist/test/guest/nbd.test.js', 'dist/test/guest/bind-mounted-nvme.test.js', 'dist/test/guest/nvme-faults.test.js'],
-    timeoutMs: 15 * MIN,
+    tests: ['dist/test/guest/nvme.test.js', 'dist/test/guest/proxy-nvme.test.js', 'dist/test/guest/nvme-cli.test.js', 'dist/test/guest/nbd.test.js', 'dist/test/guest/bind-mounted-nvme.test.js', 'dist/test/guest/nvme-faults.test.js'],
+    timeoutMs: 25 * MIN, // a hang guard; the NVMe suite runs three times (vfio-pci, through the proxy, and traced)
     setup: freshImages([...NVME_DRIVES.images, ['nvme-fault.img', 4 * 2 ** 40]]),
   },
   {

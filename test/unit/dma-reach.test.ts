@@ -82,6 +82,19 @@ test('vfio-user mapsAnyMemory: any other failure is the caller\'s to hear, not a
   }
 });
 
+test('vfio-user IOVAs stay where any IOMMU behind a server can map them: below 2^39, outside the x86 MSI window', () => {
+  const { client, peer } = scripted();
+  try {
+    const { ranges } = client.iommuAperture();
+    assert.ok(ranges.every((r) => r.start <= r.end && r.end < 2 ** 39), JSON.stringify(ranges));
+    assert.ok(ranges.every((r) => r.end < 0xfee00000 || r.start > 0xfeefffff), 'the MSI window is left out');
+    assert.ok(ranges.some((r) => r.start === 0) && ranges.some((r) => r.end === 2 ** 39 - 1), 'and nothing else');
+  } finally {
+    client.close();
+    native.close(peer);
+  }
+});
+
 /** A backend that reaches memory only by fd, as the proxy's server does, and records each map. */
 function fdOnlyBackend(): { backend: Backend; maps: BackendDmaMapRequest[] } {
   const maps: BackendDmaMapRequest[] = [];

@@ -96,6 +96,16 @@ interface CachedRegion {
   mmapOffset: number;
 }
 
+/**
+ * IOVAs any IOMMU a vfio-user server's device may sit behind can map: below 2^39 (VT-d's
+ * narrowest address width, and QEMU's intel-iommu default) and outside the x86 MSI window, as
+ * the kernel reserves it. 512 GiB of IOVA space.
+ */
+const PORTABLE_IOVA_RANGES: { start: number; end: number }[] = [
+  { start: 0, end: 0xfedfffff },
+  { start: 0xfef00000, end: 2 ** 39 - 1 },
+];
+
 export class VfioUserClient implements Backend {
   readonly kind = 'vfio-user' as const;
   readonly name: string;
@@ -345,8 +355,10 @@ export class VfioUserClient implements Backend {
   }
 
   iommuAperture(): IommuAperture {
-    // Each connection is its own IOVA space: the server sees only this client's maps.
-    return { domain: this, ranges: [{ start: 0, end: Number.MAX_SAFE_INTEGER }], pageSize: smallestPageSize(this.server.pgsizes) };
+    // Each connection is its own IOVA space: the server sees only this client's maps. The
+    // protocol names no usable ranges, and a server's device may sit behind a real IOMMU (`userpci
+    // proxy` maps each IOVA into it as it came), so keep to what every x86-64 IOMMU translates.
+    return { domain: this, ranges: PORTABLE_IOVA_RANGES, pageSize: smallestPageSize(this.server.pgsizes) };
   }
 
   dmaMap(request: BackendDmaMapRequest): void {

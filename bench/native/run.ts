@@ -374,9 +374,10 @@ function promiseDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova:
     let issued = 0;
     let done = 0;
     const worker = async (slot: number) => {
+      const slotIova = iova + slot * 4096; // computed once, as for the callback API
       while (issued < ios) {
         issued++;
-        await ns.readIova(nextUnit(units) * 8, iova + slot * 4096, 4096, q);
+        await ns.readIova(nextUnit(units) * 8, slotIova, 4096, q);
         done++;
       }
     };

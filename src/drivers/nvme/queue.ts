@@ -42,6 +42,9 @@ const TWO32 = 0x1_0000_0000;
  */
 const RESOLVED = Promise.resolve();
 
+/** x86 does not reorder loads with loads: reap reads the CQ status word with a plain load there. */
+const PLAIN_CQ_LOAD = process.arch === 'x64' || process.arch === 'ia32';
+
 /** An exception from inside such a microtask surfaces as uncaught, as it would from queueMicrotask. */
 function rethrowUncaught(err: unknown): void {
   queueMicrotask(() => {
@@ -490,8 +493,11 @@ export class NvmeQueue {
       // A caller's callback may close the controller (which frees this memory): stop then.
       while (this.deadReason === null) {
         const head = this.cqHead;
-        // Atomics: the status word is read once, full width, before the rest of the entry.
-        const dw3 = Atomics.load(cq, head * 4 + 3);
+        // The status word is read once, full width, before the rest of the entry. On x86 a plain
+        // load does that (Atomics.load is a builtin call in Node 20): V8 cannot narrow it to a
+        // byte test, as the value has three uses (phase, CID, status), x86 keeps loads in order,
+        // and test/unit/v8-codegen.test.ts checks the optimized code. Elsewhere: Atomics (acquire).
+        const dw3 = PLAIN_CQ_LOAD ? cq[head * 4 + 3]! : Atomics.load(cq, head * 4 + 3);
         if ((dw3 & CQE_PHASE) !== this.phase) break;
         const result = cq[head * 4]!;
         if (head + 1 === this.cqEntries) {
@@ -940,14 +946,13 @@ export class NvmeQueue {
     const state = this.slotState[cid]!;
     if (state === SLOT_FREE) return;
     const r = this.slotReq[cid]!;
-    const viewOffset = this.slotViewOffset[cid]!;
-    const length = this.slotLength[cid]!;
     this.releaseSlot(cid);
     if (state === SLOT_ABANDONED) return; // its caller was already told it timed out
     if (status !== 0) {
       if (r.status === 0) r.status = status;
     } else if (r.view !== null && r.opcode === NVM_READ && r.failure === null) {
-      this.copyOut(r.view, viewOffset, length, cid * this.bounceChunkBytes, cid);
+      // The slot's chunk stays as it is until the slot is reused (nothing submits before this).
+      this.copyOut(r.view, this.slotViewOffset[cid]!, this.slotLength[cid]!, cid * this.bounceChunkBytes, cid);
     }
     r.result = result;
     if (--r.pending === 0 && r.done >= r.length) this.finish(r);
@@ -1049,7 +1054,7 @@ export class NvmeQueue {
     let n = this.reap(true);
     if (n === 0 && this.pollSpinMs > 0) {
       // Plain reads of the phase word (RAM; the compiler does not hoist a polling load out of a
-      // loop with calls in it); the full entry is read with Atomics by reap.
+      // loop with calls in it); the full entry is read by reap.
       const cq = this.cq;
       const at = this.cqHead * 4 + 3;
       const phase = this.phase;

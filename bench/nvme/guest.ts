@@ -8,12 +8,17 @@
  *
  *   node --expose-gc dist/bench/nvme/guest.js --baseline PATH [--seconds S] [--warmup S] [--profile] [--cases a,b]
  *
+ * Each case also runs this driver with the device held by `userpci proxy` in another process
+ * (skip with --no-proxy), followed by a fresh direct run to compare it with (same API, same
+ * warm-up, adjacent in time on a machine whose load varies).
+ *
  * Prints a line per measurement and, last, `BENCH_JSON {...}` for the host runner.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as inspector from 'node:inspector';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import { bindToVfio, boundDriver, unbindFromVfio } from '../../src/pci/bind';
 import { NvmeController } from '../../src/drivers/nvme/controller';
 import type { NvmeNamespace } from '../../src/drivers/nvme/namespace';
@@ -47,6 +52,10 @@ export interface CaseResult {
   /** Promise API, the driver polls on its own (microtask passes, event-loop turns). */
   ours: Measurement;
   /** Callback API, the driver polls on its own. */
+  /** The promise API with the device held by `userpci proxy` in another process (no --trace). */
+  viaProxy?: Measurement;
+  /** The promise API on vfio-pci again, opened afresh right after the proxy run: what viaProxy is compared with. */
+  vfioBeside?: Measurement;
   oursCallbacks: Measurement;
   /** Batch API: the caller polls in a loop (q.poll()) and resubmits each pass's completions in one q.batch. */
   oursBatch: Measurement;
@@ -66,6 +75,57 @@ export interface CaseResult {
 }
 
 const SYS = '/sys/bus/pci/devices';
+const CLI = path.resolve(__dirname, '../../../bin/userpci.js');
+
+/** `userpci proxy ADDRESS --socket PATH`, once it listens. */
+async function startProxy(addr: string, socket: string): Promise<ChildProcess> {
+  const proc = spawn(process.execPath, [CLI, 'proxy', addr, '--socket', socket], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  await new Promise<void>((resolve, reject) => {
+    proc.stderr!.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+      if (stderr.includes('listening')) resolve();
+    });
+    proc.on('exit', (code) => reject(new Error(`userpci proxy ${addr} exited (${code}): ${stderr}`)));
+  });
+  return proc;
+}
+
+async function stopProxy(proc: ChildProcess): Promise<void> {
+  const exited = once(proc, 'exit');
+  proc.kill('SIGTERM');
+  await exited;
+}
+
+/** The promise-API run on vfio-pci directly, opened afresh as the proxy run is. */
+async function runDirect(addr: string, c: BenchCase, seconds: number, warmup: number): Promise<Measurement> {
+  const ctrl = await NvmeController.open(addr, { defaultQueue: { depth: c.qd } });
+  try {
+    const ns = await ctrl.namespace(1);
+    await runOurs(ns, ctrl.defaultQueue!, { ...c }, 0.3, 0.2);
+    return await runOurs(ns, ctrl.defaultQueue!, c, seconds, warmup);
+  } finally {
+    await ctrl.close();
+  }
+}
+
+/** The promise-API run with the driver here and the device held by a proxy in another process. */
+async function runThroughProxy(addr: string, c: BenchCase, seconds: number, warmup: number): Promise<Measurement> {
+  const socket = path.join(fs.mkdtempSync('/tmp/userpci-bench-'), 'proxy.sock');
+  const proxy = await startProxy(addr, socket);
+  try {
+    const ctrl = await NvmeController.open(socket, { defaultQueue: { depth: c.qd } });
+    try {
+      const ns = await ctrl.namespace(1);
+      await runOurs(ns, ctrl.defaultQueue!, { ...c }, 0.3, 0.2); // JIT and connection warm-up
+      return await runOurs(ns, ctrl.defaultQueue!, c, seconds, warmup);
+    } finally {
+      await ctrl.close();
+    }
+  } finally {
+    await stopProxy(proxy);
+  }
+}
 
 function arg(name: string, fallback?: string): string | undefined {
   const i = process.argv.indexOf(name);
@@ -306,6 +366,7 @@ async function main(): Promise<void> {
   const warmup = Number(arg('--warmup', '1'));
   const wanted = arg('--cases')?.split(',');
   const profile = process.argv.includes('--profile');
+  const proxy = !process.argv.includes('--no-proxy');
   const cases = CASES.filter((c) => !wanted || wanted.includes(c.name));
   const devices = devicesBySerial();
   const results: CaseResult[] = [];
@@ -348,6 +409,11 @@ async function main(): Promise<void> {
       schedulingShare = { callback: 1 - callbacks.iops / callerPolls.iops, promise: 1 - ours.iops / callerPolls.iops };
     }
     await ctrl.close();
+    // The same run through `userpci proxy` (BARs mapped by this process, DMA memory by memfd),
+    // then direct again, opened the same way and as warm, so that the two sit side by side.
+    const viaProxy = proxy ? await runThroughProxy(addr, c, seconds, warmup) : undefined;
+    const vfioBeside = proxy ? await runDirect(addr, c, seconds, warmup) : undefined;
+    if (viaProxy && vfioBeside) console.log(`${c.name}: through userpci proxy ${Math.round(viaProxy.iops)} IOPS, direct VFIO beside it ${Math.round(vfioBeside.iops)} IOPS (${(viaProxy.iops / vfioBeside.iops).toFixed(3)})`);
     console.log(`${c.name}: ours ${Math.round(ours.iops)} IOPS (promise API; ${ours.ios} I/Os in ${ours.seconds.toFixed(2)} s; ${doorbellsPerIo.toFixed(2)} SQ doorbells per I/O; ${(100 * spinShare).toFixed(0)}% of the time waiting for the device; heap ${(heapBefore / 1048576).toFixed(2)} -> ${(heapAfter / 1048576).toFixed(2)} MiB)`);
     console.log(`${c.name}: ours ${Math.round(callbacks.iops)} IOPS (callback API, the driver polls)`);
     console.log(`${c.name}: ours ${Math.round(batch.iops)} IOPS (batch API, the caller polls in a loop)`);
@@ -358,7 +424,7 @@ async function main(): Promise<void> {
     const disk = await kernelDisk(addr);
     const base = runKernel(baseline, disk, c, seconds, warmup);
     console.log(`${c.name}: kernel ${Math.round(base.iops)} IOPS (${base.ios} I/Os in ${base.seconds.toFixed(2)} s, ${disk})`);
-    results.push({ name: c.name, ours, oursCallbacks: callbacks, oursBatch: batch, oursCallerPolls: callerPolls, schedulingShare, baseline: base, ratio: ours.iops / base.iops, heapBefore, heapAfter, doorbellsPerIo, emptyPolls, spinShare });
+    results.push({ name: c.name, ours, viaProxy, vfioBeside, oursCallbacks: callbacks, oursBatch: batch, oursCallerPolls: callerPolls, schedulingShare, baseline: base, ratio: ours.iops / base.iops, heapBefore, heapAfter, doorbellsPerIo, emptyPolls, spinShare });
   }
   for (const [name, lines] of Object.entries(profiles)) {
     console.log(`profile of ours, ${name} (self time):`);

@@ -10,9 +10,11 @@
  * Each case appears three times: the promise API (its plain name), `<name> callback` and
  * `<name> batch` (the caller polls). qd1SchedulingShare: the share of the polled driver's cost
  * per I/O at QD1 that is scheduling, 1 - IOPS / IOPS of the callback API with the caller polling.
+ * `proxy`: the same driver with the device held by `userpci proxy` in another process, against a
+ * direct VFIO run opened afresh right after it (ratio = proxy / vfio; issue 13 asks >= 0.9).
  *
  * Options: --seconds S (per measurement, default 5), --warmup S (default 1), --profile (CPU
- * profile of ours on the QD32 cases, self time by function), --cases a,b, --memory MIB.
+ * profile of ours on the QD32 cases, self time by function), --cases a,b, --memory MIB, --no-proxy.
  */
 import { arg, benchMain, buildStatic, runGuestBench } from '../guest-bench';
 import type { CaseResult } from './guest';
@@ -33,6 +35,7 @@ async function main(): Promise<number> {
   if (process.argv.includes('--profile')) guestArgs.push('--profile');
   const cases = arg('--cases');
   if (cases) guestArgs.push('--cases', cases);
+  if (process.argv.includes('--no-proxy')) guestArgs.push('--no-proxy');
   const t0 = Date.now();
   const data = await runGuestBench<{ node: string; cpus: number; results: CaseResult[] }>('nvme', {
     devices: BENCH_DEVICES,
@@ -48,6 +51,14 @@ async function main(): Promise<number> {
   for (const r of data.results) {
     const col = (m: { iops: number }) => `${Math.round(m.iops).toString().padStart(9)} ${(m.iops / r.baseline.iops).toFixed(2).padStart(6)}`;
     console.log(`${r.name.padEnd(26)} ${Math.round(r.baseline.iops).toString().padStart(12)} ${col(r.ours)} ${col(r.oursCallbacks)} ${col(r.oursBatch)}  ${`${(100 * r.spinShare).toFixed(0)}%`.padStart(7)}   ${(r.heapBefore / 1048576).toFixed(2)} -> ${(r.heapAfter / 1048576).toFixed(2)} MiB`);
+  }
+  const proxied = data.results.filter((r) => r.viaProxy && r.vfioBeside);
+  if (proxied.length) {
+    console.log('');
+    console.log(`${'case'.padEnd(26)} ${'vfio IOPS'.padStart(10)} ${'proxy IOPS'.padStart(12)} ${'ratio'.padStart(7)}`);
+    for (const r of proxied) console.log(`${r.name.padEnd(26)} ${Math.round(r.vfioBeside!.iops).toString().padStart(10)} ${Math.round(r.viaProxy!.iops).toString().padStart(12)} ${(r.viaProxy!.iops / r.vfioBeside!.iops).toFixed(2).padStart(7)}`);
+    console.log('proxy = the promise API with the device held by `userpci proxy` in another process, no --trace;');
+    console.log('vfio = the same run on vfio-pci directly, opened afresh right after the proxy run.');
   }
   console.log('promise = the promise API, callback = the callback API (the driver polls on its own in both);');
   console.log('batch = the batch API with the caller polling in a loop (q.poll(), resubmissions of a pass in one q.batch);');
@@ -65,6 +76,7 @@ async function main(): Promise<number> {
       { name: `${r.name} batch`, ours: Math.round(r.oursBatch.iops), baseline: Math.round(r.baseline.iops), unit: 'IOPS', ratio: Number((r.oursBatch.iops / r.baseline.iops).toFixed(3)) },
     ]),
     ...(qd1?.schedulingShare ? { qd1SchedulingShare: { callback: Number(qd1.schedulingShare.callback.toFixed(3)), promise: Number(qd1.schedulingShare.promise.toFixed(3)) } } : {}),
+    ...(proxied.length ? { proxy: proxied.map((r) => ({ name: r.name, proxy: Math.round(r.viaProxy!.iops), vfio: Math.round(r.vfioBeside!.iops), unit: 'IOPS', ratio: Number((r.viaProxy!.iops / r.vfioBeside!.iops).toFixed(3)) })) } : {}),
   };
   console.log(`RESULT ${JSON.stringify(result)}`);
   return 0;

@@ -13,6 +13,7 @@ import { VIRTIO_NET_DEVICE_TYPE } from '../../drivers/virtio-net/constants.js';
 import { PacketBatch } from '../../drivers/virtio-net/packet-batch.js';
 import { NetTap } from '../../exports/tap/tap.js';
 import { UsageError, hex, parseCount, print, toJson } from '../format.js';
+import { stopSignal } from '../stop-signal.js';
 import type { CliCommand } from '../main.js';
 import { requireVfioBinding, sysfsNumber } from '../vfio-target.js';
 
@@ -189,12 +190,12 @@ async function tap(address: string, values: Values): Promise<number> {
   const net = await openNic(address, values);
   try {
     const bridge = NetTap.attach(net, { name: values.name });
+    const stop = stopSignal();
     const line = { interface: bridge.name, address: net.name, mac: net.macString, link: net.linkUp };
     if (values.json) print(toJson(line).replace(/\n\s*/g, ' '));
     else print(`tap: ${bridge.name} carries ${net.name} (${net.macString}, link ${net.linkUp ? 'up' : 'down'}) through the user-space driver`);
     const why = await new Promise<string>((resolve) => {
-      process.once('SIGINT', () => resolve('SIGINT'));
-      process.once('SIGTERM', () => resolve('SIGTERM'));
+      void stop.then(resolve);
       bridge.once('closed', (reason: string) => resolve(reason));
     });
     const lost = bridge.closed;

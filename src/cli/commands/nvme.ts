@@ -16,6 +16,7 @@ import { NvmeBlockDevice } from '../../exports/nbd/nvme-device.js';
 import { serveNamespaceOverUblk } from '../../exports/ublk/nvme.js';
 import type { UblkServer } from '../../exports/ublk/server.js';
 import { UsageError, formatSize, parseCount, print, toJson } from '../format.js';
+import { stopSignal } from '../stop-signal.js';
 import type { CliCommand } from '../main.js';
 import { requireVfioBinding, sysfsNumber } from '../vfio-target.js';
 
@@ -255,13 +256,12 @@ async function exportNbd(address: string, values: Values): Promise<number> {
     server = new NbdServer([{ name, description: `${ctrl.identity.model} ${ctrl.identity.serial} nsid ${ns.nsid}`, device }], { log });
     const where = values.socket !== undefined ? values.socket : `${values.host ?? '127.0.0.1'}:${port}`;
     await server.listen(values.socket !== undefined ? { path: values.socket } : { port: port!, host: values.host });
+    const stop = stopSignal();
     print(`nbd: serving ${ctrl.name} namespace ${ns.nsid} (${ns.size} bytes, ${ns.blockSize}-byte blocks${device.readOnly ? ', read-only' : ''}) as "${name}" on ${where}`);
     const srv = server;
     const counts = () => Object.entries(srv.counts).map(([k, v]) => `${k} ${v}`).join(', ') || 'no requests';
     const event = await new Promise<{ signal: string } | { lost: Error }>((resolve) => {
-      const on = (s: string) => resolve({ signal: s });
-      process.once('SIGINT', on);
-      process.once('SIGTERM', on);
+      void stop.then((signal) => resolve({ signal }));
       // The device went away (unplugged, reset under us): the server answers what is
       // outstanding with ESHUTDOWN and hangs up on its clients; then this process ends.
       srv.once('device-lost', (_name: string, error: Error) => resolve({ lost: error }));
@@ -296,11 +296,11 @@ async function exportUblk(address: string, values: Values): Promise<number> {
   try {
     const ns = await ctrl.namespace(parseCount(values.nsid, '--nsid') ?? 1);
     server = await serveNamespaceOverUblk(ctrl, ns, { id, queues, depth: parseCount(values.depth, '--depth') ?? 64, readOnly: values['read-only'], interrupts: values.interrupts });
+    const stop = stopSignal();
     for (const r of server.reclaimed) print(`ublk: deleted /dev/ublkb${r.id}, left by process ${r.pid} (no longer running)`);
     print(`ublk: serving ${ctrl.name} namespace ${ns.nsid} (${ns.size} bytes, ${ns.blockSize}-byte blocks) as ${server.diskPath} (${server.queues.length} queue(s) of depth ${server.info.depth}, requests up to ${server.info.maxIoBytes} bytes)`);
     const why = await new Promise<string>((resolve) => {
-      process.once('SIGINT', () => resolve('SIGINT'));
-      process.once('SIGTERM', () => resolve('SIGTERM'));
+      void stop.then(resolve);
       ctrl.device.once('removed', () => resolve('device removed'));
     });
     if (values.verbose) process.stderr.write(`ublk: ${why}: stopping ${server.diskPath}\n`);

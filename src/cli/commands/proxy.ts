@@ -5,6 +5,7 @@
 import * as fs from 'node:fs';
 import { UserpciError, toErrorCode } from '../../errors.js';
 import { UsageError, parseCommandLine, print } from '../format.js';
+import { stopSignal } from '../stop-signal.js';
 import type { CliCommand } from '../main.js';
 import { ProxyHost } from '../../vfio-user/proxy/proxy-host.js';
 import { TraceWriter, formatTrace } from '../../vfio-user/proxy/trace.js';
@@ -43,12 +44,10 @@ export const proxyCommand: CliCommand = {
     const trace = values.trace ? new TraceWriter(values.trace) : undefined;
     const host = ProxyHost.open(positionals[0]!, { trace, log: (m) => process.stderr.write(`userpci proxy: ${m}\n`) });
     const server = serveHost(host, { socketPath: values.socket, log });
+    const stop = stopSignal();
     if (values.json) print(JSON.stringify({ event: 'listening', device: host.backend.name, socket: values.socket, trace: trace?.path ?? null, pid: process.pid }));
     else process.stderr.write(`userpci proxy: ${host.backend.name} listening on ${values.socket}${trace ? ` (tracing to ${trace.path})` : ''}\n`);
-    await new Promise<void>((resolve) => {
-      process.once('SIGINT', () => resolve());
-      process.once('SIGTERM', () => resolve());
-    });
+    await stop;
     await server.close();
     if (values.json) print(JSON.stringify({ event: 'stopped' }));
     return 0;

@@ -3,6 +3,7 @@
  * Also accepts the vfio-user backend-program conventions (--socket-path=PATH, --fd=N).
  */
 import { UsageError, parseCommandLine, parseCount, print } from '../format.js';
+import { stopSignal } from '../stop-signal.js';
 import type { CliCommand } from '../main.js';
 import { createModel, modelNames } from '../../models/index.js';
 import { serveVfioUser } from '../../vfio-user/server/server.js';
@@ -67,12 +68,11 @@ export const serveCommand: CliCommand = {
       maxDataXferSize: parseCount(values['max-data-xfer-size'], '--max-data-xfer-size'),
       log,
     });
+    const stop = stopSignal();
     if (values.json) print(JSON.stringify({ event: 'listening', model: model.name, socket: socketPath ?? null, pid: process.pid }));
     else if (socketPath !== undefined) process.stderr.write(`userpci serve: ${model.name} listening on ${socketPath}\n`);
     await new Promise<void>((resolve) => {
-      const stop = () => resolve();
-      process.once('SIGINT', stop);
-      process.once('SIGTERM', stop);
+      void stop.then(() => resolve());
       if (fd !== undefined) void server.whenIdle().then(() => server.clientsServed > 0 && resolve());
     });
     // Ask a connected client to let go first (its request notifier), then close.

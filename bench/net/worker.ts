@@ -74,17 +74,7 @@ async function echo(net: VirtioNet): Promise<void> {
   for (let spin = 0; ; spin++) {
     const n = net.rxBurst(0, batch);
     if (n > 0) {
-      for (let i = 0; i < n; i++) {
-        const o = batch.offset(i);
-        // Swap source and destination MACs in place.
-        for (let k = 0; k < 6; k++) {
-          const t = batch.data[o + k]!;
-          batch.data[o + k] = batch.data[o + 6 + k]!;
-          batch.data[o + 6 + k] = t;
-        }
-      }
-      let done = 0;
-      while (done < n) done += net.txBurst(0, batch, done, n - done);
+      echoBack(net, batch, n);
     }
     if ((spin & 1023) === 0) {
       await tick();
@@ -122,22 +112,27 @@ async function ping(net: VirtioNet, rounds: number): Promise<void> {
   say({ rttUs: [...rtt].sort((a, b) => a - b) });
 }
 
+/** Send the batch's first `n` frames back where they came from: MACs swapped in place, every one sent. */
+function echoBack(net: VirtioNet, batch: PacketBatch, n: number): void {
+  for (let i = 0; i < n; i++) {
+    const o = batch.offset(i);
+    for (let k = 0; k < 6; k++) {
+      const t = batch.data[o + k]!;
+      batch.data[o + k] = batch.data[o + 6 + k]!;
+      batch.data[o + 6 + k] = t;
+    }
+  }
+  let done = 0;
+  while (done < n) done += net.txBurst(0, batch, done, n - done);
+}
+
 async function echoIrq(net: VirtioNet): Promise<void> {
   const cmd = commands();
   const batch = new PacketBatch(64);
   // On the receive interrupt: take what is there, swap the MACs, send it back (bursts, no allocation).
   const stop = net.onReceive(0, () => {
     for (let n = net.rxBurst(0, batch); n > 0; n = net.rxBurst(0, batch)) {
-      for (let i = 0; i < n; i++) {
-        const o = batch.offset(i);
-        for (let k = 0; k < 6; k++) {
-          const t = batch.data[o + k]!;
-          batch.data[o + k] = batch.data[o + 6 + k]!;
-          batch.data[o + 6 + k] = t;
-        }
-      }
-      let done = 0;
-      while (done < n) done += net.txBurst(0, batch, done, n - done);
+      echoBack(net, batch, n);
     }
   });
   while (cmd.next() !== 'stop') await new Promise((r) => setTimeout(r, 20));

@@ -171,8 +171,9 @@ export function memfdOf(buffer: ArrayBufferLike): Memfd | undefined {
   return memfds.get(buffer);
 }
 
-export function releaseDmaMemory(memory: DmaMemory): void {
+/** `keepPages`: close only the fd; the pages go when the ArrayBuffer is collected (still mapped elsewhere). */
+export function releaseDmaMemory(memory: DmaMemory, { keepPages = false } = {}): void {
   memfds.delete(memory.buffer);
-  native.munmap(memory.buffer);
+  if (!keepPages) native.munmap(memory.buffer);
   native.close(memory.fd);
 }

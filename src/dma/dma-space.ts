@@ -199,12 +199,31 @@ function remember(view: Uint8Array, address: number): void {
 /** One allocator per IOMMU domain (VFIO container or vfio-user connection). */
 const allocators = new WeakMap<object, IovaAllocator>();
 
+/**
+ * Every open DmaSpace of the process, weakly: freeing a buffer asks each whether one of its live
+ * streaming mappings covers the buffer's memory (a device may map another device's buffer). The
+ * scan costs a free, never a map or an unmap.
+ */
+const openSpaces = new Set<WeakRef<DmaSpace>>();
+
+/** How many live streaming mappings of all open devices cover `buffer`'s memory. */
+function mappingsOf(buffer: ArrayBufferLike): number {
+  let n = 0;
+  for (const ref of openSpaces) {
+    const space = ref.deref();
+    if (space === undefined) openSpaces.delete(ref);
+    else n += space.mappingsOf(buffer);
+  }
+  return n;
+}
+
 export class DmaSpace {
   private readonly buffers = new Set<DmaBuffer>();
   /** Live mappings, each at its `slot` (a Set would hash on every map and unmap). */
   private readonly mappings: DmaMapping[] = [];
   private readonly allocator: IovaAllocator;
   private closed: string | undefined;
+  private readonly ref = new WeakRef(this);
   /** Highest IOVA the device can reach (its DMA mask), inclusive. */
   private highest: number;
 
@@ -224,6 +243,7 @@ export class DmaSpace {
       allocators.set(aperture.domain, allocator);
     }
     this.allocator = allocator;
+    openSpaces.add(this.ref);
   }
 
   /** Highest IOVA the device can reach (its DMA mask), inclusive. */
@@ -279,9 +299,26 @@ export class DmaSpace {
     return buffer;
   }
 
-  /** @internal via DmaBuffer.free */
+  /** @internal How many of this space's live streaming mappings lie in `buffer`. */
+  mappingsOf(buffer: ArrayBufferLike): number {
+    let n = 0;
+    for (const m of this.mappings) if (m.view.buffer === buffer) n++;
+    return n;
+  }
+
+  /**
+   * @internal via DmaBuffer.free. A buffer that a live streaming mapping covers (of this device
+   * or another) is refused with EBUSY and stays as it was: the device may still be writing into
+   * it, and freeing would leave those writes in pages the process no longer sees (or, through a
+   * vfio-user server holding the memfd, in memory nobody accounts for). Unmap first.
+   */
   freeBuffer(buffer: DmaBuffer): void {
-    if (!this.buffers.delete(buffer)) throw new InvalidArgumentError('this DMA buffer belongs to another device');
+    if (!this.buffers.has(buffer)) throw new InvalidArgumentError('this DMA buffer belongs to another device');
+    const live = mappingsOf(buffer.buffer);
+    if (live > 0) {
+      throw new UserpciError('EBUSY', `cannot free the DMA buffer at IOVA 0x${buffer.iova.toString(16)}: ${live} streaming mapping${live === 1 ? '' : 's'} of its memory ${live === 1 ? 'is' : 'are'} still live (the device may still be using ${live === 1 ? 'it' : 'them'}); unmap ${live === 1 ? 'it' : 'them'} first`);
+    }
+    this.buffers.delete(buffer);
     const memory = buffer.takeMemory();
     try {
       this.backend.dmaUnmap(buffer.iova, buffer.size);
@@ -356,8 +393,14 @@ export class DmaSpace {
     }
   }
 
-  /** Take every mapping down (the device must already be stopped from mastering the bus). */
+  /**
+   * Take every mapping down (the device must already be stopped from mastering the bus). A
+   * buffer that another open device still maps keeps its memory: only its fd is closed, and the
+   * other mapping's view holds the pages until that mapping is dropped and collected (the addon
+   * unmaps an ArrayBuffer collected without munmap).
+   */
   releaseAll(reason: string, unmapInIommu = true): void {
+    openSpaces.delete(this.ref);
     for (const m of this.mappings.splice(0)) {
       m.slot = -1;
       if (unmapInIommu) ignore(() => this.backend.dmaUnmap(m.pageIova, m.pageSize));
@@ -366,7 +409,8 @@ export class DmaSpace {
       this.buffers.delete(b);
       const memory = b.takeMemory();
       if (unmapInIommu) ignore(() => this.backend.dmaUnmap(b.iova, b.size));
-      releaseDmaMemory(memory);
+      if (mappingsOf(memory.buffer) > 0) releaseDmaMemory(memory, { keepPages: true });
+      else releaseDmaMemory(memory);
     }
     this.closed = reason;
   }

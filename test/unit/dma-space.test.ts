@@ -78,3 +78,52 @@ test('live mappings are counted and taken down right in any unmap order; unmappi
   assert.ok(maps.every((m) => !m.mapped));
   assert.deepEqual(new Set(unmaps.slice(3).map(([iova]) => iova)), new Set([1, 3, 4].map((i) => maps[i]!.pageIova)));
 });
+
+test('a DMA buffer a live streaming mapping covers (of its own device or another) is not freed: EBUSY, and it stays usable', () => {
+  const { space, unmaps } = recordingSpace();
+  const other = recordingSpace().space;
+  const buf = space.allocate(3 * 4096);
+  const bytes = new Uint8Array(buf.buffer);
+  bytes[100] = 7;
+  const own = space.map(bytes.subarray(4096, 8192), 'from-device');
+  const foreign = other.map(buf.buffer, 'to-device');
+  assert.throws(() => buf.free(), (e: any) => e.code === 'EBUSY' && /2 streaming mappings/.test(e.message) && /unmap them first/.test(e.message));
+  assert.equal(buf.freed, false);
+  assert.equal(space.liveBuffers, 1);
+  assert.equal(bytes[100], 7, 'the memory is still there');
+  assert.ok(!unmaps.some(([iova]) => iova === buf.iova), 'the buffer stays mapped for the device');
+  own.unmap();
+  assert.throws(() => buf.free(), (e: any) => e.code === 'EBUSY' && /1 streaming mapping of/.test(e.message));
+  foreign.unmap();
+  buf.free();
+  assert.equal(buf.freed, true);
+  assert.equal(space.liveBuffers, 0);
+  assert.equal(bytes.byteLength, 0, 'freed memory is detached');
+  assert.deepEqual(unmaps[unmaps.length - 1], [buf.iova, buf.size]);
+  space.releaseAll('closed');
+  other.releaseAll('closed');
+});
+
+test('closing a device whose buffer another device still maps leaves that memory to the mapping; a closed device\'s mappings no longer hold a free', () => {
+  const a = recordingSpace().space;
+  const b = recordingSpace().space;
+  const shared = a.allocate(4096);
+  const view = new Uint8Array(shared.buffer);
+  const map = b.map(view, 'bidirectional');
+  a.releaseAll('a is closed');
+  assert.equal(shared.freed, true);
+  assert.equal(view.byteLength, 4096, 'the pages another device maps are not unmapped under it');
+  view[0] = 42;
+  assert.equal(view[0], 42);
+  map.unmap();
+  b.releaseAll('b is closed');
+
+  const c = recordingSpace().space;
+  const d = recordingSpace().space;
+  const buf = c.allocate(4096);
+  d.map(buf.buffer, 'from-device');
+  d.releaseAll('d is closed'); // its mappings are gone with it
+  buf.free();
+  assert.equal(buf.freed, true);
+  c.releaseAll('c is closed');
+});

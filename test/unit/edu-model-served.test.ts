@@ -290,6 +290,10 @@ test('MSI on an eventfd: enabling sets the capability\'s enable bit; factorial i
     c.setIrqEventfds(Vfio.PCI_MSI_IRQ_INDEX, 0, [efd]);
     assert.ok(read32(c, CONFIG, 0x40) & (1 << 16), 'MSI enable');
     write32(c, BAR0, EduReg.IRQ_RAISE, 0x40);
+    assert.equal(native.eventfdRead(efd), 0, 'an MSI is a memory write: none leaves with bus mastering off');
+    write32(c, BAR0, EduReg.IRQ_ACK, 0x40);
+    enableBusMaster(c);
+    write32(c, BAR0, EduReg.IRQ_RAISE, 0x40);
     assert.equal(native.eventfdRead(efd), 1);
     write32(c, BAR0, EduReg.IRQ_RAISE, 0x40);
     assert.equal(native.eventfdRead(efd), 1, 'MSI is an edge per raise, no masking');

@@ -35,6 +35,12 @@ function read32(c: VfioUserClient, region: number, offset: number): number {
   return new DataView(b.buffer).getUint32(0, true);
 }
 
+/** Command.BusMaster: MSI and MSI-X messages are memory writes, sent only with it on (as DMA). */
+function setBusMaster(c: VfioUserClient, on: boolean): void {
+  const command = read32(c, Vfio.PCI_CONFIG_REGION_INDEX, 0x04) & 0xffff;
+  c.regionWrite(Vfio.PCI_CONFIG_REGION_INDEX, 0x04, new Uint8Array([on ? command | 0x4 : command & ~0x4, command >> 8]));
+}
+
 test('sparse mmap: mappable pages are shared memory, the others trap to the model', () => {
   const c = connectVfioUser(server.socketPath);
   try {
@@ -94,6 +100,7 @@ test('MSI-X: vectors on their eventfds, -1 leaves a vector unrouted, masks hold 
   try {
     assert.deepEqual(c.irqInfo(Vfio.PCI_MSIX_IRQ_INDEX), { index: 2, count: 4, flags: Vfio.IRQ_INFO_EVENTFD | Vfio.IRQ_INFO_NORESIZE });
     c.setIrqEventfds(Vfio.PCI_MSIX_IRQ_INDEX, 0, [fds[0]!, -1, fds[2]!, fds[3]!]);
+    setBusMaster(c, true);
     const notify = (v: number) => c.regionWrite(0, TestdevReg.NOTIFY, u32(v));
     notify(0);
     notify(3);
@@ -132,6 +139,7 @@ test('MSI with per-vector masking: two vectors, mask bits hold, pending bits del
   try {
     assert.equal(c.irqInfo(Vfio.PCI_MSI_IRQ_INDEX).count, 2);
     c.setIrqEventfds(Vfio.PCI_MSI_IRQ_INDEX, 0, fds);
+    setBusMaster(c, true);
     const cap = findCapability(c, 0x05);
     const maskAt = cap + 16; // 64-bit layout: control, address lo/hi, data, reserved, mask, pending
     c.regionWrite(0, TestdevReg.NOTIFY, u32(1));
@@ -155,6 +163,7 @@ test('eventfds are split to the server\'s max_msg_fds (1 here), each vector stil
   const fds = [0, 1, 2, 3].map(() => native.eventfd(0, constants.EFD_NONBLOCK));
   try {
     c.setIrqEventfds(Vfio.PCI_MSIX_IRQ_INDEX, 0, fds);
+    setBusMaster(c, true);
     for (const v of [3, 1, 0, 2]) c.regionWrite(0, TestdevReg.NOTIFY, u32(v));
     assert.deepEqual(fds.map((fd) => native.eventfdRead(fd)), [1, 1, 1, 1]);
     // DMA maps still pass their one fd.
@@ -169,6 +178,50 @@ test('eventfds are split to the server\'s max_msg_fds (1 here), each vector stil
     c.close();
     fds.forEach((fd) => native.close(fd));
     await narrow.stop();
+  }
+});
+
+test('with bus mastering off no MSI or MSI-X message leaves the device (a masked vector still goes pending); INTx is unaffected', () => {
+  const c = connectVfioUser(server.socketPath);
+  const fds = [0, 1, 2, 3].map(() => native.eventfd(0, constants.EFD_NONBLOCK));
+  const notify = (v: number) => c.regionWrite(0, TestdevReg.NOTIFY, u32(v));
+  try {
+    assert.equal(read32(c, Vfio.PCI_CONFIG_REGION_INDEX, 0x04) & 0x4, 0, 'a new client finds mastering off');
+    c.setIrqEventfds(Vfio.PCI_MSIX_IRQ_INDEX, 0, fds);
+    notify(0);
+    notify(3);
+    assert.deepEqual(fds.map((fd) => native.eventfdRead(fd)), [0, 0, 0, 0], 'MSI-X dropped');
+    assert.equal(read32(c, 2, 0x800), 0, 'an unmasked vector dropped is not pending either');
+    c.regionWrite(2, 1 * 16 + 12, u32(1));
+    notify(1);
+    assert.equal(read32(c, 2, 0x800), 0b10, 'a masked vector still goes pending');
+    setBusMaster(c, true);
+    notify(0);
+    assert.equal(native.eventfdRead(fds[0]!), 1, 'delivered once mastering is on');
+    c.regionWrite(2, 1 * 16 + 12, u32(0));
+    assert.equal(native.eventfdRead(fds[1]!), 1, 'the pending one on unmask, with mastering on');
+    setBusMaster(c, false);
+    notify(2);
+    assert.equal(native.eventfdRead(fds[2]!), 0, 'dropped again once mastering is off');
+    c.disableIrqs(Vfio.PCI_MSIX_IRQ_INDEX);
+
+    c.setIrqEventfds(Vfio.PCI_MSI_IRQ_INDEX, 0, fds.slice(0, 2));
+    notify(1);
+    assert.equal(native.eventfdRead(fds[1]!), 0, 'MSI dropped');
+    setBusMaster(c, true);
+    notify(1);
+    assert.equal(native.eventfdRead(fds[1]!), 1, 'MSI delivered with mastering on');
+    c.disableIrqs(Vfio.PCI_MSI_IRQ_INDEX);
+
+    setBusMaster(c, false);
+    c.setIrqEventfds(Vfio.PCI_INTX_IRQ_INDEX, 0, [fds[3]!]);
+    c.regionWrite(0, TestdevReg.INTX, u32(1));
+    assert.equal(native.eventfdRead(fds[3]!), 1, 'INTx is a wire, not a write: delivered regardless');
+    c.regionWrite(0, TestdevReg.INTX, u32(0));
+    c.disableIrqs(Vfio.PCI_INTX_IRQ_INDEX);
+  } finally {
+    c.close();
+    fds.forEach((fd) => native.close(fd));
   }
 });
 

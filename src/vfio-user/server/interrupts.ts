@@ -5,6 +5,10 @@
  * the line is still asserted; MSI and MSI-X vectors signal the eventfd the client assigned.
  * Assigning eventfds enables the type in the emulated capability, as the host kernel would
  * program real hardware; a client writing the enable bits directly is honoured too.
+ * MSI and MSI-X messages are memory writes: with Bus Master Enable clear the function cannot
+ * send them, and an unmasked vector's message is dropped (as QEMU's disabled bus-master address
+ * space drops it); a masked one still sets its pending bit. INTx is a wire, not a write: it
+ * ignores bus mastering.
  */
 import { native } from '../../native/index';
 import { Errno, MAX_IRQ_VECTORS, Vfio, type SetIrqsMessage } from '../protocol/codec';
@@ -97,7 +101,7 @@ export class InterruptController implements DeviceIrq {
       this.config.setU32(msi.pendingOffset, (this.config.u32(msi.pendingOffset) | (1 << vector)) >>> 0);
       return;
     }
-    this.signal(this.active === Vfio.PCI_MSI_IRQ_INDEX ? this.vectorFds[vector] : undefined);
+    if (this.mastering) this.signal(this.active === Vfio.PCI_MSI_IRQ_INDEX ? this.vectorFds[vector] : undefined);
   }
 
   private notifyMsix(vector: number): void {
@@ -108,7 +112,12 @@ export class InterruptController implements DeviceIrq {
       this.msixPba[vector >> 3]! |= 1 << (vector & 7);
       return;
     }
-    this.signal(this.active === Vfio.PCI_MSIX_IRQ_INDEX ? this.vectorFds[vector] : undefined);
+    if (this.mastering) this.signal(this.active === Vfio.PCI_MSIX_IRQ_INDEX ? this.vectorFds[vector] : undefined);
+  }
+
+  /** Bus Master Enable: without it no memory write, so no MSI/MSI-X message, leaves the function. */
+  private get mastering(): boolean {
+    return (this.config.u16(ConfigReg.COMMAND) & Command.MASTER) !== 0;
   }
 
   private entryMasked(vector: number): boolean {

@@ -190,3 +190,48 @@ test('virtio split queue: descriptors and rings keep their widths, the avail ind
   assert.equal(take.filter((l) => /\btest[bw] \[r\w+\+r\w+\*/.test(l)).length, 0, `no narrowed read of the used ring${show(take)}`);
   assert.ok(take.filter((l) => /\bmovl r\w+,\[r\w+\+r\w+\*(1|4)(\+0x[0-9a-f]+)?\]/.test(l)).length >= 2, `used id and length are 32-bit loads${show(take)}`);
 });
+
+test('virtio packed queue: descriptors keep their widths, the held-back flags store comes last, then the device event flags are loaded (Atomics) and the doorbell is one 16-bit store; used flags are reloaded full width', () => {
+  const dist = path.resolve(__dirname, '../..');
+  const code = optimizedCode(`
+    const { PackedQueue, packedQueueLayout } = require(${JSON.stringify(path.join(dist, 'src/drivers/virtio/packed-queue.js'))});
+    const { Region } = require(${JSON.stringify(path.join(dist, 'src/device/region.js'))});
+    const { native, constants } = require(${JSON.stringify(path.join(dist, 'src/native/index.js'))});
+    const anon = (size) => native.mmap(size, constants.PROT_READ | constants.PROT_WRITE, constants.MAP_SHARED | constants.MAP_ANONYMOUS, -1, 0);
+    const bar = new Region({ mapRegion: (i, o, s) => anon(s), unmapRegion: (b) => native.munmap(b) }, { index: 0, size: 0x4000, readable: true, writable: true, mappable: true, sparseAreas: undefined }, 'bar');
+    const size = 256;
+    const memory = anon(65536);
+    const q = new PackedQueue(0, size, memory, 0, 0x100000, () => bar.write16(0x3004, 0));
+    const ring = new Uint16Array(memory, 0, 8 * size);
+    let wrap = 0x8080;
+    // The device: marks the descriptor at position p used with its wrap bits.
+    function device(p) { ring[8 * p + 7] = wrap; if (p === size - 1) wrap ^= 0x8080; }
+    function offer(i) { const id = i & 255; q.setDescriptor(id, 0x200000 + id * 4096, 4096, 2); q.push(id); q.publish(); q.kick(); }
+    function take() { const n = q.usedCount(); let sum = 0; for (let k = 0; k < n; k++) sum += q.usedId(k) + q.usedLength(k); q.consume(n); return sum; }
+    let sum = 0;
+    for (let i = 0; i < 200000; i++) { offer(i); device(i & 255); sum += take(); }
+    if (sum < 0) console.log(sum);`);
+  const s = sections(code, ['offer', 'take', 'usedCount']);
+  const offer = s.get('offer')!;
+  // usedCount is either inlined into take or optimized on its own: check whichever holds the scan.
+  const take = [...s.get('take')!, ...s.get('usedCount')!];
+  const show = (lines: string[]) => `\n${lines.join('\n')}`;
+  const index = (re: RegExp) => offer.findIndex((l) => re.test(l));
+  const lastIndex = (re: RegExp) => offer.reduce((last, l, i) => (re.test(l) ? i : last), -1);
+  // Descriptor: address low/high and length as 32-bit stores, id and flags as 16-bit stores.
+  assert.ok(offer.filter((l) => /\bmovl \[r\w+\+r\w+\*(1|4)(\+0x[0-9a-f]+)?\],/.test(l)).length >= 3, `descriptor dwords are 32-bit stores${show(offer)}`);
+  const wordStores = /\bmovw \[r\w+\+r\w+\*(1|2)(\+0x[0-9a-f]+)?\],/;
+  assert.ok(offer.filter((l) => wordStores.test(l)).length >= 2, `id and flags are 16-bit stores${show(offer)}`);
+  const lastDword = lastIndex(/\bmovl \[r\w+\+r\w+\*(1|4)(\+0x[0-9a-f]+)?\],/);
+  const flagsLoad = index(/\(AtomicsLoad\)/);
+  const doorbell = index(/\bmovw \[r\w+\+r\w+\*1\+0x3004\],/);
+  const lastRingWord = offer.reduce((last, l, i) => (wordStores.test(l) && !/\+0x3004\]/.test(l) && i < flagsLoad ? i : last), -1);
+  assert.ok(lastDword >= 0 && lastRingWord > lastDword, `a 16-bit store (the flags) comes after the descriptor's dwords${show(offer)}`);
+  assert.ok(flagsLoad > lastRingWord, `the device event flags are read (Atomics.load) after the flags store${show(offer)}`);
+  assert.ok(doorbell > flagsLoad, `the doorbell is one 16-bit store, after the flags check${show(offer)}`);
+  assert.equal(offer.filter((l) => /\bxchg/.test(l)).length, 0, `no locked stores${show(offer)}`);
+  assert.ok(take.some((l) => /\(AtomicsLoad\)/.test(l)), `used flags are reloaded on every call (Atomics.load)${show(take)}`);
+  assert.equal(take.filter((l) => /\btest[bw] \[r\w+\+r\w+\*/.test(l)).length, 0, `no narrowed read of the ring${show(take)}`);
+  assert.ok(take.some((l) => /\bmovzxwl r\w+,\[r\w+\+r\w+\*(1|2)(\+0x[0-9a-f]+)?\]/.test(l)), `the buffer id is a 16-bit load${show(take)}`);
+  assert.ok(take.some((l) => /\bmovl r\w+,\[r\w+\+r\w+\*(1|4)(\+0x[0-9a-f]+)?\]/.test(l)), `the used length is a 32-bit load${show(take)}`);
+});

@@ -24,7 +24,8 @@ from user space. The device must be bound to vfio-pci; --bind does that first an
 bound (\`userpci unbind ADDRESS\` gives it back to the kernel).
 
   info ADDRESS [--json]
-      MAC, link, MTU, queues, and the features offered and negotiated
+      MAC, link, MTU, queues and their ring format (split or packed), and the features offered
+      and negotiated
   send ADDRESS [--dst MAC] [--ethertype N] [--size BYTES] [--count N] [--frame HEX]
       send --count frames (default 1) of --size bytes (default 60; 14..1514) from the NIC's
       MAC to --dst (default broadcast) with --ethertype (default 0x88b5, local experimental);
@@ -42,7 +43,8 @@ bound (\`userpci unbind ADDRESS\` gives it back to the kernel).
       into a namespace). The first line says the interface's name; the last, frames moved.
 
 Common options:
-  --bind          bind ADDRESS to vfio-pci first`;
+  --bind          bind ADDRESS to vfio-pci first
+  --split-ring    use split virtqueues even when the device offers packed ones (RING_PACKED)`;
 
 const OPTIONS = {
   json: { type: 'boolean', default: false },
@@ -55,6 +57,7 @@ const OPTIONS = {
   frame: { type: 'string' },
   'timeout-ms': { type: 'string' },
   name: { type: 'string' },
+  'split-ring': { type: 'boolean', default: false },
 } as const;
 
 type Values = ReturnType<typeof parse>['values'];
@@ -74,7 +77,7 @@ async function openNic(address: string, values: Values): Promise<VirtioNet> {
       throw new UserpciError('EINVAL', `${address} is not a virtio network card (${hex(vendor, 4)}:${hex(device, 4)}, virtio-net is 1af4:1041): not binding it; find one with \`userpci list --vendor 1af4 --device 1041\``);
     }
   });
-  return VirtioNet.open(address);
+  return VirtioNet.open(address, { packedRing: !values['split-ring'] });
 }
 
 function parseMac(text: string): Uint8Array {
@@ -95,7 +98,7 @@ async function info(address: string, values: Values): Promise<number> {
     else {
       print([
         `${i.address}: virtio-net ${i.mac}, link ${i.linkUp ? 'up' : 'down'}, MTU ${i.mtu} (frames up to ${i.maxFrameSize} bytes)`,
-        `  queue pairs ${i.queuePairs} of ${i.maxQueuePairs}, ${i.queueSize} entries each, receive buffers of ${i.rxBufferSize} bytes, interrupts: ${i.interrupts}`,
+        `  queue pairs ${i.queuePairs} of ${i.maxQueuePairs}, ${i.ring} rings of ${i.queueSize} entries, receive buffers of ${i.rxBufferSize} bytes, interrupts: ${i.interrupts}`,
         `  offered:    ${i.offered.join(' ')}`,
         `  negotiated: ${i.negotiated.join(' ')}`,
       ].join('\n'));

@@ -24,7 +24,7 @@ import type { PciDevice } from '../../device/device';
 import type { DmaBuffer } from '../../dma/dma-space';
 import type { InterruptVector } from '../../irq/interrupt-vector';
 import { VirtioPciTransport } from '../virtio/transport';
-import type { SplitQueue } from '../virtio/split-queue';
+import type { Virtqueue } from '../virtio/virtqueue';
 import * as V from '../virtio/constants';
 import * as N from './constants';
 import { PacketBatch } from './packet-batch';
@@ -42,6 +42,11 @@ export interface VirtioNetOptions {
   rxBufferSize?: number;
   /** Negotiate MRG_RXBUF when offered; default true. */
   mergeableRxBuffers?: boolean;
+  /**
+   * Take packed virtqueues (RING_PACKED, virtio 1.1) when the device offers them; default true.
+   * false keeps split rings.
+   */
+  packedRing?: boolean;
   /** Negotiate CSUM/GUEST_CSUM when offered, so checksum flags pass through; default true. */
   checksumOffload?: boolean;
   /** 'msix' (default when the device has enough vectors): an interrupt per receive queue and one for configuration changes; 'poll': none. */
@@ -61,6 +66,8 @@ export interface VirtioNetInfo {
   queueSize: number;
   rxBufferSize: number;
   interrupts: 'msix' | 'poll';
+  /** Virtqueue format in use: 'packed' when RING_PACKED was negotiated. */
+  ring: 'split' | 'packed';
   offered: string[];
   negotiated: string[];
 }
@@ -146,6 +153,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
     }
     let want = V.featureBit(N.NET_F_MAC) | V.featureBit(N.NET_F_STATUS) | V.featureBit(N.NET_F_MTU);
     if (mergeable) want |= V.featureBit(N.NET_F_MRG_RXBUF);
+    if (options.packedRing ?? true) want |= V.featureBit(V.F_RING_PACKED);
     if (options.checksumOffload ?? true) want |= V.featureBit(N.NET_F_CSUM) | V.featureBit(N.NET_F_GUEST_CSUM);
     if (pairs > 1) want |= V.featureBit(N.NET_F_MQ) | V.featureBit(N.NET_F_CTRL_VQ);
     // VERSION_1 (the modern interface) and ACCESS_PLATFORM (DMA through the IOMMU, so our IOVAs
@@ -188,7 +196,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
       const txVq = t.setupQueue(2 * p + 1, { size, msixVector: V.NO_VECTOR });
       this.tx.push(new TxQueue(txVq, this.slots(txVq, TX_SLOT), TX_SLOT));
     }
-    let ctrl: SplitQueue | undefined;
+    let ctrl: Virtqueue | undefined;
     if (this.queuePairs > 1) ctrl = t.setupQueue(2 * this.maxQueuePairs, { size: 16 });
     this.readConfig();
     t.driverOk();
@@ -196,7 +204,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
     if (ctrl) this.setQueuePairs(ctrl);
   }
 
-  private slots(vq: SplitQueue, slotSize: number): DmaBuffer {
+  private slots(vq: Virtqueue, slotSize: number): DmaBuffer {
     const m = this.transport.device.allocDma(vq.size * slotSize);
     this.slotMemory.push(m);
     return m;
@@ -217,7 +225,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
   }
 
   /** Tell a multiqueue device how many pairs we use (control queue: class MQ, VQ_PAIRS_SET). */
-  private setQueuePairs(ctrl: SplitQueue): void {
+  private setQueuePairs(ctrl: Virtqueue): void {
     const mem = this.transport.device.allocDma(64);
     this.slotMemory.push(mem);
     const u8 = new Uint8Array(mem.buffer);
@@ -283,7 +291,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
     return {
       address: this.name, mac: this.macString, linkUp: this.linkUp, mtu: this.mtu, maxFrameSize: this.maxFrameSize,
       queuePairs: this.queuePairs, maxQueuePairs: this.maxQueuePairs, queueSize: this.rx[0]?.vq.size ?? 0,
-      rxBufferSize: this.rxBufferSize, interrupts: this.interruptMode,
+      rxBufferSize: this.rxBufferSize, interrupts: this.interruptMode, ring: this.transport.ringFormat,
       offered: V.featureNames(this.offered, N.NET_FEATURE_NAMES), negotiated: V.featureNames(this.features, N.NET_FEATURE_NAMES),
     };
   }

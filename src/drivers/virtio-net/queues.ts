@@ -7,7 +7,7 @@
  * 16-byte aligned and copy word by word.
  */
 import type { DmaBuffer } from '../../dma/dma-space';
-import type { SplitQueue } from '../virtio/split-queue';
+import type { Virtqueue } from '../virtio/virtqueue';
 import { DESC_F_WRITE } from '../virtio/constants';
 import { copyBytes, type PacketBatch } from './packet-batch';
 import { HDR_CSUM_OFFSET, HDR_CSUM_START, HDR_NUM_BUFFERS, NET_HDR_SIZE } from './constants';
@@ -35,7 +35,7 @@ export class RxQueue {
   private readonly u32: Uint32Array;
 
   constructor(
-    readonly vq: SplitQueue,
+    readonly vq: Virtqueue,
     private readonly memory: DmaBuffer,
     /** Bytes per slot (a multiple of 16); the device gets slotSize - 4 of each. */
     readonly slotSize: number,
@@ -123,7 +123,7 @@ export class TxQueue {
   private freeCount: number;
 
   constructor(
-    readonly vq: SplitQueue,
+    readonly vq: Virtqueue,
     private readonly memory: DmaBuffer,
     readonly slotSize: number,
   ) {

@@ -1,5 +1,5 @@
 /**
- * Virtio 1.x numbers the PCI transport and split virtqueues need (virtio specification 1.2,
+ * Virtio 1.x numbers the PCI transport and split and packed virtqueues need (virtio specification 1.2,
  * sections 2 and 4.1). Values only; the layouts are described where they are used.
  */
 
@@ -68,6 +68,20 @@ export const AVAIL_F_NO_INTERRUPT = 1;
 export const USED_F_NO_NOTIFY = 1;
 /** Largest split queue. */
 export const MAX_QUEUE_SIZE = 32768;
+
+/**
+ * Packed virtqueue descriptor flags (spec 2.8.1): available when AVAIL matches the driver's wrap
+ * counter and USED does not; used when both match the device's.
+ */
+export const PACKED_DESC_F_AVAIL = 1 << 7;
+export const PACKED_DESC_F_USED = 1 << 15;
+/** Event suppression flags of a packed virtqueue (spec 2.8.10). */
+export const RING_EVENT_FLAGS_ENABLE = 0;
+export const RING_EVENT_FLAGS_DISABLE = 1;
+/** Only with RING_EVENT_IDX: an event at one descriptor position. */
+export const RING_EVENT_FLAGS_DESC = 2;
+/** Largest packed queue (2^15 entries). */
+export const MAX_PACKED_QUEUE_SIZE = 32768;
 
 /** Modern (virtio 1.x only) PCI device ids are 0x1040 + the virtio device type. */
 export const VIRTIO_VENDOR_ID = 0x1af4;

@@ -14,6 +14,7 @@
 import { InvalidArgumentError } from '../../errors';
 import { alignUp } from '../../dma/iova-allocator';
 import { AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, MAX_QUEUE_SIZE, USED_F_NO_NOTIFY } from './constants';
+import type { Virtqueue } from './virtqueue';
 
 export interface QueueLayout {
   descOffset: number;
@@ -35,7 +36,8 @@ export function splitQueueLayout(size: number): QueueLayout {
   return { descOffset, availOffset, usedOffset, bytes };
 }
 
-export class SplitQueue {
+export class SplitQueue implements Virtqueue {
+  readonly format = 'split' as const;
   readonly mask: number;
   readonly descIova: number;
   readonly availIova: number;

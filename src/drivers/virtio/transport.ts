@@ -16,6 +16,8 @@ import { parseConfigSpace } from '../../pci/config-space';
 import type { VirtioCapabilityFields } from '../../pci/capabilities';
 import * as C from './constants';
 import { SplitQueue, splitQueueLayout } from './split-queue';
+import { PackedQueue, packedQueueLayout } from './packed-queue';
+import type { Virtqueue } from './virtqueue';
 
 interface Window {
   region: Region;
@@ -204,11 +206,16 @@ export class VirtioPciTransport {
     return r.read16(this.common.base + C.COMMON_QUEUE_SIZE);
   }
 
+  /** The ring format negotiate() settled on: packed when both sides took RING_PACKED. */
+  get ringFormat(): 'split' | 'packed' {
+    return C.hasFeature(this.negotiated, C.F_RING_PACKED) ? 'packed' : 'split';
+  }
+
   /**
-   * Puts queue `index` in fresh DMA memory, tells the device where its three parts are, routes its
-   * interrupts, and enables it. Between FEATURES_OK and DRIVER_OK only.
+   * Puts queue `index` in fresh DMA memory, in the negotiated ring format, tells the device where
+   * its three parts are, routes its interrupts, and enables it. Between FEATURES_OK and DRIVER_OK only.
    */
-  setupQueue(index: number, setup: QueueSetup): SplitQueue {
+  setupQueue(index: number, setup: QueueSetup): Virtqueue {
     const r = this.common.region;
     const b = this.common.base;
     if (!Number.isInteger(index) || index < 0 || index >= this.queueCount) throw new InvalidArgumentError(`${this.name} has no virtqueue ${index}`);
@@ -217,9 +224,10 @@ export class VirtioPciTransport {
     if (max === 0) throw new UserpciError('ENOTSUP', `${this.name}: virtqueue ${index} is not available`);
     if (r.read16(b + C.COMMON_QUEUE_ENABLE) !== 0) throw new UserpciError('EBUSY', `${this.name}: virtqueue ${index} is already enabled (reset first)`);
     let size = Math.min(setup.size, max);
-    size = 2 ** Math.floor(Math.log2(size)); // the split ring needs a power of two
-    const layout = splitQueueLayout(size);
-    const memory = this.device.allocDma(layout.bytes);
+    size = 2 ** Math.floor(Math.log2(size)); // the split ring needs a power of two (the packed one does not mind)
+    const packed = this.ringFormat === 'packed';
+    const bytes = packed ? packedQueueLayout(size).bytes : splitQueueLayout(size).bytes;
+    const memory = this.device.allocDma(bytes);
     this.queueMemory.push(memory);
     new Uint8Array(memory.buffer).fill(0);
     const notifyOff = r.read16(b + C.COMMON_QUEUE_NOTIFY_OFF);
@@ -227,11 +235,22 @@ export class VirtioPciTransport {
     if (doorbell + 2 > this.notifyWindow.size) throw new UserpciError('EILSEQ', `${this.name}: virtqueue ${index}'s doorbell lies outside the notify block`);
     const bar = this.notifyWindow.region;
     const at = this.notifyWindow.base + doorbell;
-    const queue = new SplitQueue(index, size, memory.buffer, 0, memory.iova, () => bar.write16(at, index));
+    const notify = () => bar.write16(at, index);
+    let queue: Virtqueue;
     r.write16(b + C.COMMON_QUEUE_SIZE, size);
-    this.write64(C.COMMON_QUEUE_DESC, queue.descIova);
-    this.write64(C.COMMON_QUEUE_DRIVER, queue.availIova);
-    this.write64(C.COMMON_QUEUE_DEVICE, queue.usedIova);
+    if (packed) {
+      const q = new PackedQueue(index, size, memory.buffer, 0, memory.iova, notify);
+      this.write64(C.COMMON_QUEUE_DESC, q.descIova);
+      this.write64(C.COMMON_QUEUE_DRIVER, q.driverIova);
+      this.write64(C.COMMON_QUEUE_DEVICE, q.deviceIova);
+      queue = q;
+    } else {
+      const q = new SplitQueue(index, size, memory.buffer, 0, memory.iova, notify);
+      this.write64(C.COMMON_QUEUE_DESC, q.descIova);
+      this.write64(C.COMMON_QUEUE_DRIVER, q.availIova);
+      this.write64(C.COMMON_QUEUE_DEVICE, q.usedIova);
+      queue = q;
+    }
     const vector = setup.msixVector ?? C.NO_VECTOR;
     r.write16(b + C.COMMON_QUEUE_MSIX_VECTOR, vector);
     if (r.read16(b + C.COMMON_QUEUE_MSIX_VECTOR) !== vector) {

@@ -1,0 +1,38 @@
+/**
+ * What a virtio driver does with a virtqueue, whichever ring format carries it: split
+ * (`split-queue.ts`, spec 2.7) or packed (`packed-queue.ts`, spec 2.8). Descriptors are named by
+ * a driver-chosen id below the queue size; a chain is offered by its head id and comes back with
+ * it. Nothing here allocates: drivers call these per packet.
+ */
+export interface Virtqueue {
+  readonly index: number;
+  /** Entries in the ring: at most this many descriptors are with the device at once. */
+  readonly size: number;
+  /** Ring format, for information. */
+  readonly format: 'split' | 'packed';
+
+  /** Describe descriptor `id` (DESC_F_WRITE, DESC_F_NEXT with `next`); the device sees it only once offered. */
+  setDescriptor(id: number, iova: number, length: number, flags: number, next?: number): void;
+  /** Change only the length of descriptor `id`. */
+  setLength(id: number, length: number): void;
+  /** Offer the chain starting at descriptor `head`; the device sees it after publish(). */
+  push(head: number): void;
+  /** Make everything pushed since the last publish visible to the device at once. */
+  publish(): void;
+  /** Ring the doorbell unless the device said it needs none; true if rung. */
+  kick(): boolean;
+
+  /** Chains the device has returned that we have not consumed. */
+  usedCount(): number;
+  /** Head id of the k-th unconsumed returned chain (k < usedCount()). */
+  usedId(k: number): number;
+  /** Bytes the device wrote into the k-th unconsumed chain's buffers. */
+  usedLength(k: number): number;
+  /** Done with the first n returned chains. */
+  consume(n: number): void;
+  /** Chains offered and not yet returned. */
+  readonly outstanding: number;
+
+  /** Ask the device for an interrupt when it returns chains (or not: polling). */
+  setInterrupts(on: boolean): void;
+}

@@ -14,11 +14,11 @@ import * as net from 'node:net';
 import * as crypto from 'node:crypto';
 import { execFileSync, spawn } from 'node:child_process';
 import { VirtioNet } from '../../src/drivers/virtio-net/net-device';
-import { PacketBatch } from '../../src/drivers/virtio-net/packet-batch';
 import { UserpciError } from '../../src/errors';
 import { bindToVfio } from '../../src/pci/bind';
 import { requireGuest, findDevices } from './guest-env';
 import * as F from './net-frames';
+import { ALL_SIZES, MERGE_SIZES, badInput, extraMergeBuffers, interfaceOf, kernelToUs, receive as receiveFrom, sendFrame, usToKernel, type NetPeers } from './net-peer';
 
 const OUR_IP = '10.77.0.2';
 const KERNEL_IP = '10.77.0.1';
@@ -31,29 +31,16 @@ let noIommu: string;
 let kernelIf: string;
 let kernelMac: Uint8Array;
 
-function macOf(address: string): string | undefined {
-  // A function's MAC as the kernel shows it, or, for ours, QEMU's 'mac=' (read from the device later).
-  const dir = `/sys/bus/pci/devices/${address}`;
-  for (const v of fs.readdirSync(dir).filter((d) => d.startsWith('virtio'))) {
-    const netDir = path.join(dir, v, 'net');
-    if (!fs.existsSync(netDir)) continue;
-    const ifname = fs.readdirSync(netDir)[0]!;
-    return `${ifname} ${fs.readFileSync(`/sys/class/net/${ifname}/address`, 'utf8').trim()}`;
-  }
-  return undefined;
-}
-
 before(() => {
   requireGuest();
   const nics = findDevices(0x1af4, 0x1041);
-  assert.equal(nics.length, 3, `three modern virtio-net functions, found ${nics.join(', ')}`);
-  // All three start on virtio_net: tell them apart by the MACs QEMU gave them.
+  assert.equal(nics.length, 5, `five modern virtio-net functions (two of them packed, for virtio-net-packed.test), found ${nics.join(', ')}`);
+  // All start on virtio_net: tell them apart by the MACs QEMU gave them.
   const byMac = new Map<string, { address: string; ifname: string }>();
   for (const a of nics) {
-    const m = macOf(a);
+    const m = interfaceOf(a);
     assert.ok(m, `${a} is bound to virtio_net at boot`);
-    const [ifname, mac] = m.split(' ');
-    byMac.set(mac!, { address: a, ifname: ifname! });
+    byMac.set(m.mac, { address: a, ifname: m.ifname });
   }
   ours = byMac.get(OUR_MAC)!.address;
   noIommu = byMac.get(NO_IOMMU_MAC)!.address;
@@ -69,40 +56,8 @@ const mac = () => F.macBytes(OUR_MAC);
 const ourIp = F.ipBytes(OUR_IP);
 const kernelIp = F.ipBytes(KERNEL_IP);
 
-/** Sends one frame through a 1-slot batch. */
-function sendFrame(net: VirtioNet, frame: Uint8Array, batch = new PacketBatch(1)): void {
-  batch.clear();
-  batch.add(frame);
-  assert.equal(net.txBurst(0, batch), 1);
-}
-
-/**
- * Polls for frames (answering the kernel's ARP requests for our address on the way) until
- * `want` returns true for `count` of them; resolves with copies of those.
- */
-async function receive(net: VirtioNet, want: (f: Uint8Array) => boolean, count = 1, timeoutMs = 20_000): Promise<Uint8Array[]> {
-  const batch = new PacketBatch(64);
-  const reply = new PacketBatch(1);
-  const got: Uint8Array[] = [];
-  const deadline = Date.now() + timeoutMs;
-  while (got.length < count) {
-    const n = net.rxBurst(0, batch);
-    for (let i = 0; i < n; i++) {
-      const f = batch.frame(i);
-      const arp = F.parseArp(f);
-      if (arp && arp.op === 1 && arp.targetIp === OUR_IP) {
-        sendFrame(net, F.arpReply(mac(), ourIp, arp.senderMac, F.ipBytes(arp.senderIp)), reply);
-        continue;
-      }
-      if (want(f)) got.push(f.slice());
-    }
-    if (n === 0) {
-      if (Date.now() > deadline) throw new Error(`timed out: ${got.length} of ${count} frames received`);
-      await new Promise((r) => setImmediate(r));
-    }
-  }
-  return got;
-}
+const peers = (): NetPeers => ({ ourMac: mac(), ourIp: OUR_IP, kernelMac, kernelIp: KERNEL_IP });
+const receive = (net: VirtioNet, want: (f: Uint8Array) => boolean, count = 1) => receiveFrom(net, peers(), want, count);
 
 test('bring-up: VERSION_1 and ACCESS_PLATFORM negotiated, MAC and link from the device', async () => {
   await using net = await VirtioNet.open(ours);
@@ -113,6 +68,7 @@ test('bring-up: VERSION_1 and ACCESS_PLATFORM negotiated, MAC and link from the 
   assert.equal(info.linkUp, true);
   assert.equal(info.maxFrameSize, 1514);
   assert.ok(info.queueSize >= 64, `queue size ${info.queueSize}`);
+  assert.equal(info.ring, 'split', 'this NIC offers no RING_PACKED');
 });
 
 test('a NIC without iommu_platform=on (no ACCESS_PLATFORM) is refused with ENOTSUP, and left usable', async () => {
@@ -144,124 +100,28 @@ test('ARP and ICMP echo: the kernel answers frames we build', async () => {
   }
 });
 
-const pattern = (size: number) => (i: number) => (i * 31 + size) & 0xff;
-
 test('every frame size 60..1514 from us to the kernel arrives intact (UDP, the kernel checks every checksum)', async () => {
   await using net = await VirtioNet.open(ours);
-  const sock = dgram.createSocket('udp4');
-  await new Promise<void>((r) => sock.bind(5001, KERNEL_IP, () => r()));
-  const received = new Map<number, Buffer>();
-  let wake: (() => void) | undefined;
-  sock.on('message', (msg) => {
-    received.set(msg.length + 42, msg);
-    wake?.();
-  });
-  try {
-    const batch = new PacketBatch(64);
-    for (let size = 60; size <= 1514; ) {
-      batch.clear();
-      const first = size;
-      for (; size <= 1514 && batch.count < batch.capacity; size++) {
-        batch.add(F.udpFrame(kernelMac, mac(), ourIp, kernelIp, 4000, 5001, size, pattern(size)));
-      }
-      let sent = 0;
-      while (sent < batch.count) {
-        sent += net.txBurst(0, batch, sent);
-        if (sent < batch.count) await new Promise((r) => setImmediate(r));
-      }
-      // The hub drops what the receiver has no room for: pace by what the kernel delivered.
-      const deadline = Date.now() + 20_000;
-      while ([...Array(size - first).keys()].some((k) => !received.has(first + k))) {
-        if (Date.now() > deadline) throw new Error(`sizes ${first}..${size - 1}: the kernel received only ${[...received.keys()].filter((s) => s >= first).length}`);
-        await new Promise<void>((r) => {
-          wake = r;
-          setTimeout(r, 100);
-        });
-      }
-    }
-    for (let size = 60; size <= 1514; size++) {
-      const msg = received.get(size)!;
-      const expect = Uint8Array.from({ length: size - 42 }, (_, i) => pattern(size)(i));
-      assert.ok(Buffer.from(expect).equals(msg), `payload of the ${size}-byte frame`);
-    }
-    assert.equal(received.size, 1514 - 60 + 1);
-  } finally {
-    sock.close();
-  }
+  await usToKernel(net, peers());
 });
-
-/** The kernel sends a UDP datagram per frame size to us; we check each whole frame. */
-async function kernelToUs(net: VirtioNet, sizes: number[]): Promise<void> {
-  // Announce ourselves so the kernel knows our MAC without asking first.
-  sendFrame(net, F.arpRequest(mac(), ourIp, kernelIp));
-  await receive(net, (f) => F.parseArp(f)?.op === 2);
-  const sock = dgram.createSocket('udp4');
-  await new Promise<void>((r) => sock.bind(5002, KERNEL_IP, () => r()));
-  try {
-    for (let i = 0; i < sizes.length; i += 32) {
-      const chunk = sizes.slice(i, i + 32);
-      for (const size of chunk) {
-        const payload = Buffer.from(Uint8Array.from({ length: size - 42 }, (_, k) => pattern(size)(k)));
-        sock.send(payload, 6000, OUR_IP);
-      }
-      const frames = await receive(net, (f) => F.parseIpv4(f)?.proto === 17, chunk.length);
-      for (const f of frames) {
-        const ip = F.parseIpv4(f)!;
-        const size = f.length;
-        assert.ok(chunk.includes(size), `a ${size}-byte frame, sent ${chunk.join(',')}`);
-        assert.deepEqual([...f.subarray(0, 6)], [...mac()], 'destination MAC');
-        assert.deepEqual([...f.subarray(6, 12)], [...kernelMac], 'source MAC');
-        assert.equal(ip.src, KERNEL_IP);
-        assert.equal(ip.dst, OUR_IP);
-        assert.ok(ip.headerOk, 'IP header checksum');
-        assert.equal(ip.length, size - 34, 'IP length matches the frame');
-        const udp = ip.offset;
-        assert.equal((f[udp + 2]! << 8) | f[udp + 3]!, 6000, 'UDP port');
-        const expect = Uint8Array.from({ length: size - 42 }, (_, k) => pattern(size)(k));
-        assert.ok(Buffer.from(expect).equals(f.subarray(42)), `payload of the ${size}-byte frame`);
-      }
-    }
-  } finally {
-    sock.close();
-  }
-}
 
 test('every frame size 60..1514 from the kernel to us arrives intact', async () => {
   await using net = await VirtioNet.open(ours);
-  await kernelToUs(net, Array.from({ length: 1514 - 60 + 1 }, (_, i) => 60 + i));
+  await kernelToUs(net, peers(), ALL_SIZES);
 });
 
 test('mergeable receive buffers: with 256-byte buffers, large frames span several and arrive whole', async () => {
   await using net = await VirtioNet.open(ours, { rxBufferSize: 256 });
   assert.ok(net.info().negotiated.includes('MRG_RXBUF'));
-  const sizes = [60, 239, 240, 241, 492, 493, 1000, 1400, 1513, 1514];
-  await kernelToUs(net, sizes);
+  await kernelToUs(net, peers(), MERGE_SIZES);
   const rx = net.stats().rx;
   // The first buffer holds the 12-byte header and 240 bytes of frame (256 less 4 of padding),
   // each further one 252. The ARP exchange before the sizes took one buffer.
-  assert.equal(rx.buffers - rx.packets, sizes.reduce((n, s) => n + Math.max(0, Math.ceil((s - 240) / 252)), 0), JSON.stringify(rx));
+  assert.equal(rx.buffers - rx.packets, extraMergeBuffers(MERGE_SIZES), JSON.stringify(rx));
 });
 
 test('bad input: oversized and short frames, empty batches, a closed device: UserpciErrors, nothing sent', async () => {
-  const net = await VirtioNet.open(ours);
-  const batch = new PacketBatch(4);
-  batch.add(new Uint8Array(1515));
-  assert.throws(() => net.txBurst(0, batch), (e: UserpciError) => e.code === 'EMSGSIZE');
-  batch.clear();
-  batch.add(F.arpRequest(mac(), ourIp, kernelIp));
-  batch.add(new Uint8Array(0));
-  assert.throws(() => net.txBurst(0, batch), (e: UserpciError) => e.code === 'EINVAL', 'a zero-length frame');
-  assert.equal(net.stats().tx.packets, 0, 'the valid frame before it was not sent either');
-  batch.clear();
-  assert.throws(() => net.txBurst(0, batch), (e: UserpciError) => e.code === 'EINVAL', 'an empty batch');
-  assert.throws(() => new PacketBatch(0), (e: UserpciError) => e.code === 'EINVAL');
-  assert.throws(() => net.rxBurst(1, batch), (e: UserpciError) => e.code === 'EINVAL', 'no queue pair 1');
-  await assert.rejects(net.send(new Uint8Array(2000)), (e: UserpciError) => e.code === 'EMSGSIZE');
-  await net.close();
-  batch.add(F.arpRequest(mac(), ourIp, kernelIp));
-  assert.throws(() => net.txBurst(0, batch), (e: UserpciError) => e.code === 'ENODEV');
-  assert.throws(() => net.rxBurst(0, batch), (e: UserpciError) => e.code === 'ENODEV');
-  await assert.rejects(net.send(batch.frame(0)), (e: UserpciError) => e.code === 'ENODEV');
+  await badInput(await VirtioNet.open(ours), peers());
 });
 
 test('event API: listen() delivers frames on the receive interrupt; send() sends', async () => {

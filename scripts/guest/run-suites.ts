@@ -96,7 +96,6 @@ export const SUITES: GuestRun[] = [
       '-netdev', 'hubport,id=h3,hubid=2', '-device', 'virtio-net-pci,netdev=h3,disable-legacy=on,iommu_platform=on,packed=on,mac=52:54:00:00:78:01',
       '-netdev', 'hubport,id=h4,hubid=2', '-device', 'virtio-net-pci,netdev=h4,disable-legacy=on,iommu_platform=on,packed=on,mac=52:54:00:00:78:02',
     ],
-    // virtio-net.test first: it finds all five NICs still on virtio_net.
     tests: ['dist/test/guest/virtio-net.test.js', 'dist/test/guest/virtio-net-packed.test.js'],
     timeoutMs: 12 * MIN, // a hang guard: 4-5 min on a busy machine, the TAP test (ping, TCP) included
   },

@@ -32,8 +32,12 @@ export const CASES: BlkCase[] = [
   { name: '128k-seqread-qd32', mode: 'seqread', bs: 128 * 1024, qd: 32 },
 ];
 
-/** ublk-irq: `userpci nvme ublk --interrupts` (NVMe completions by MSI-X, no polling); only when asked for. */
-export type Target = 'ublk' | 'nbd' | 'kernel' | 'ublk-irq';
+/**
+ * ublk-irq: `userpci nvme ublk --interrupts` (NVMe completions by MSI-X, no polling); ublk-alt:
+ * `userpci nvme ublk` from another build (--alt DIR, a package root under the checkout: A/B in
+ * one boot); only when asked for.
+ */
+export type Target = 'ublk' | 'nbd' | 'kernel' | 'ublk-irq' | 'ublk-alt';
 export const TARGETS: Target[] = ['ublk', 'nbd', 'kernel'];
 
 /** IOPS per case per target (the best of the rounds), the servers' CPU per I/O, their profiles. */
@@ -111,9 +115,9 @@ function cpuTimes(pid: number): { user: number; sys: number } {
   return { user: Number(f[11]) * 10_000, sys: Number(f[12]) * 10_000 };
 }
 
-async function startServer(args: string[], ready: string, profile: boolean): Promise<Server> {
+async function startServer(args: string[], ready: string, profile: boolean, cli = CLI): Promise<Server> {
   const node = profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, '--cpu-prof-interval=200'] : [];
-  const child = spawn(process.execPath, [...node, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...node, cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
@@ -130,6 +134,9 @@ async function stopServer(s: Server): Promise<void> {
   s.child.kill('SIGTERM');
   const code = await s.exited;
   if (code !== 0) throw new Error(`server exited ${code}: ${s.out()}`);
+  // Its summary (requests, io_uring_enter calls, doorbells...).
+  const last = s.out().trim().split('\n').pop();
+  if (last) console.log(`  server: ${last}`);
 }
 
 /** The C program on `disk`; with `serverPid`, that process's CPU time per I/O over the run. */
@@ -173,9 +180,13 @@ async function measureTarget(target: Target, addr: string, baseline: string, sec
     return { cases: out, window };
   }
   if (boundDriver(addr) !== 'vfio-pci') bindToVfio(addr);
-  if (target === 'ublk' || target === 'ublk-irq') {
+  if (target === 'ublk' || target === 'ublk-irq' || target === 'ublk-alt') {
     const irq = target === 'ublk-irq' ? ['--interrupts'] : [];
-    const s = await startServer(['ublk', addr, '--id', '0', '--queues', '1', '--depth', '64', ...irq], 'ublk: serving', profile);
+    const alt = arg('--alt');
+    if (target === 'ublk-alt' && !alt) throw new Error('target ublk-alt needs --alt DIR');
+    const cli = target === 'ublk-alt' ? path.resolve(__dirname, '../../..', alt!, 'dist/src/cli/commands/nvme.js') : CLI;
+    const extra = arg('--ublk-args')?.split(' ').filter(Boolean) ?? [];
+    const s = await startServer(['ublk', addr, '--id', '0', '--queues', '1', '--depth', '64', ...irq, ...(target === 'ublk' ? extra : [])], 'ublk: serving', profile, cli);
     try {
       each('/dev/ublkb0', s.child.pid);
     } finally {

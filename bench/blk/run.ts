@@ -12,7 +12,9 @@
  * Options: --seconds S (per measurement, default 5), --warmup S (default 1), --rounds N (each
  * target N times, alternating; the best counts; default 2), --profile (the servers under
  * node --cpu-prof: self time by function), --targets ublk,nbd,kernel[,ublk-irq] (ublk-irq: the
- * ublk server with MSI-X NVMe completions instead of polling), --verbose (guest console).
+ * ublk server with MSI-X NVMe completions instead of polling; ublk-alt: the ublk server of
+ * another build, --alt DIR, a package root inside the checkout with dist/ and build/, for an A/B
+ * in one boot), --ublk-args "..." (extra options for the ublk target's server), --verbose (guest console).
  */
 import { arg, benchMain, buildStatic, runGuestBench } from '../guest-bench';
 import { CASES, type BlkResults } from './guest';
@@ -33,6 +35,10 @@ async function main(): Promise<number> {
   if (process.argv.includes('--profile')) guestArgs.push('--profile');
   const targets = arg('--targets');
   if (targets) guestArgs.push('--targets', targets);
+  const alt = arg('--alt');
+  if (alt) guestArgs.push('--alt', alt);
+  const ublkArgs = arg('--ublk-args');
+  if (ublkArgs) guestArgs.push('--ublk-args', `'${ublkArgs}'`);
   const t0 = Date.now();
   const data = await runGuestBench<BlkResults>('blk', {
     kernel: '6.12',

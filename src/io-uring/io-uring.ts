@@ -11,17 +11,34 @@
 import { wrapSystemError, UserpciError } from '../errors';
 import { constants as C, native, type WatchHandle } from '../native';
 import {
-  CQ_OFF, CQE, CQE_SIZE, IO_URING_PARAMS_SIZE, IORING_FEAT_SINGLE_MMAP, IORING_OFF_CQ_RING, IORING_OFF_SQ_RING,
-  IORING_OFF_SQES, IORING_OP_URING_CMD, IORING_REGISTER_EVENTFD, IORING_SETUP_CQSIZE, IORING_SETUP_SQE128, PARAMS,
-  SQ_OFF, SQE, SQE128_SIZE,
+  CQ_OFF, CQE, CQE_SIZE, IO_URING_PARAMS_SIZE, IORING_ENTER_GETEVENTS, IORING_FEAT_SINGLE_MMAP, IORING_OFF_CQ_RING,
+  IORING_OFF_SQ_RING, IORING_OFF_SQES, IORING_OP_URING_CMD, IORING_REGISTER_EVENTFD, IORING_SETUP_CQSIZE,
+  IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_SQE128, IORING_SETUP_TASKRUN_FLAG, IORING_SQ_TASKRUN,
+  PARAMS, SQ_OFF, SQE, SQE128_SIZE,
 } from '../uapi/io-uring';
 
 /** Called once per completion: user_data (low 32 bits), res (a negative errno on failure), flags. */
 export type CompletionHandler = (userData: number, res: number, flags: number) => void;
 
+/**
+ * Brackets each drain that finds completions: `begin` before the first is handed over, `end`
+ * after the last (also when a handler threw). E.g. to hold a device's doorbell over the batch.
+ */
+export interface DrainBatch {
+  begin(): void;
+  end(): void;
+}
+
 export interface IoUringOptions {
   /** Completion queue entries (default: twice the submission entries, the kernel's own default). */
   cqEntries?: number;
+  /**
+   * IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG (Linux 6.1+): the kernel's work
+   * for this ring (posting completions of commands it finished elsewhere) waits until this
+   * thread enters the ring, instead of interrupting it (an IPI) per completion. submit() and
+   * drain() enter as needed; only the creating thread may use the ring.
+   */
+  deferTaskrun?: boolean;
 }
 
 export class IoUring {
@@ -41,6 +58,8 @@ export class IoUring {
   private readonly sqTail: number;
   private readonly sqMask: number;
   private readonly sqArray: number;
+  private readonly sqFlags: number;
+  private readonly deferTaskrun: boolean;
   private readonly cqHead: number;
   private readonly cqTail: number;
   private readonly cqMask: number;
@@ -51,12 +70,17 @@ export class IoUring {
   private eventfd = -1;
   private watcher: WatchHandle | null = null;
   private handler: CompletionHandler | null = null;
+  private batch: DrainBatch | null = null;
   private closed = false;
+  /** io_uring_enter calls made by submit() since creation. */
+  enters = 0;
 
   constructor(entries: number, options: IoUringOptions = {}) {
     const params = new Uint8Array(IO_URING_PARAMS_SIZE);
     const pv = new DataView(params.buffer);
     let flags = IORING_SETUP_SQE128;
+    this.deferTaskrun = options.deferTaskrun === true;
+    if (this.deferTaskrun) flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
     if (options.cqEntries !== undefined) {
       flags |= IORING_SETUP_CQSIZE;
       pv.setUint32(PARAMS.cq_entries, options.cqEntries, true);
@@ -97,6 +121,7 @@ export class IoUring {
       this.sqTail = sq(SQ_OFF.tail) >> 2;
       this.sqMask = this.sqU32[sq(SQ_OFF.ring_mask) >> 2]!;
       this.sqArray = sq(SQ_OFF.array) >> 2;
+      this.sqFlags = sq(SQ_OFF.flags) >> 2;
       this.cqHead = cq(CQ_OFF.head) >> 2;
       this.cqTail = cq(CQ_OFF.tail) >> 2;
       this.cqMask = this.cqU32[cq(CQ_OFF.ring_mask) >> 2]!;
@@ -143,8 +168,10 @@ export class IoUring {
     if (n === 0 && minComplete === 0) return 0;
     Atomics.store(this.sqU32, this.sqTail, this.localTail);
     this.unsubmitted = 0;
+    this.enters++;
     try {
-      return native.ioUringEnter(this.fd, n, minComplete, minComplete > 0 ? 1 /* IORING_ENTER_GETEVENTS */ : 0);
+      // Deferred task work runs only in an enter with GETEVENTS (minComplete 0: it does not wait).
+      return native.ioUringEnter(this.fd, n, minComplete, minComplete > 0 || this.deferTaskrun ? IORING_ENTER_GETEVENTS : 0);
     } catch (e) {
       throw wrapSystemError(e, 'io_uring_enter');
     }
@@ -157,11 +184,13 @@ export class IoUring {
 
   /**
    * Delivers completions to `handler` on the event loop: an eventfd registered with the ring,
-   * watched by libuv. `keepAlive`: whether the watcher keeps the process running.
+   * watched by libuv. `keepAlive`: whether the watcher keeps the process running. `batch`
+   * brackets every drain that finds completions (the watcher's and drain()'s without a handler).
    */
-  onCompletion(handler: CompletionHandler, keepAlive = true): void {
+  onCompletion(handler: CompletionHandler, keepAlive = true, batch: DrainBatch | null = null): void {
     if (this.watcher) throw new UserpciError('EBUSY', 'io_uring already has a completion handler');
     this.handler = handler;
+    this.batch = batch;
     this.eventfd = native.eventfd(0, C.EFD_NONBLOCK);
     try {
       native.ioUringRegister(this.fd, IORING_REGISTER_EVENTFD, new Int32Array([this.eventfd]), 1);
@@ -181,24 +210,63 @@ export class IoUring {
     if (this.watcher) native.watchRef(this.watcher, on);
   }
 
-  /** Hands every completion in the CQ to the handler (or to `handler`); returns how many. */
+  /** Whether completions wait in the CQ, or deferred work that will post some (loads only: cheap enough to poll). */
+  get ready(): boolean {
+    if (this.closed) return false;
+    return this.cqU32[this.cqHead] !== Atomics.load(this.cqU32, this.cqTail) || (this.deferTaskrun && this.taskRunPending());
+  }
+
+  private taskRunPending(): boolean {
+    return (Atomics.load(this.sqU32, this.sqFlags) & IORING_SQ_TASKRUN) !== 0;
+  }
+
+  /** Deferred task work posts its completions when we enter with GETEVENTS. */
+  private runTaskWork(): void {
+    this.enters++;
+    try {
+      native.ioUringEnter(this.fd, 0, 0, IORING_ENTER_GETEVENTS);
+    } catch (e) {
+      throw wrapSystemError(e, 'io_uring_enter');
+    }
+  }
+
+  /**
+   * Hands every completion in the CQ to the handler (or to `handler`); returns how many.
+   * Completions the kernel posts meanwhile (a handler's submit runs the task's pending work on
+   * its way back) are taken in the same drain.
+   */
   drain(handler: CompletionHandler | null = this.handler): number {
     if (this.closed || !handler) return 0;
+    if (this.deferTaskrun && this.taskRunPending()) this.runTaskWork();
     const cqU32 = this.cqU32;
-    let head = cqU32[this.cqHead]!;
+    const head = cqU32[this.cqHead]!;
     const tail = Atomics.load(cqU32, this.cqTail);
+    if (head === tail) return 0;
+    const batch = handler === this.handler ? this.batch : null;
+    if (batch !== null) batch.begin();
+    try {
+      return this.drainFrom(handler, head, tail);
+    } finally {
+      if (batch !== null) batch.end();
+    }
+  }
+
+  private drainFrom(handler: CompletionHandler, head: number, tail: number): number {
+    const cqU32 = this.cqU32;
     let n = 0;
     while (head !== tail) {
       const at = (this.cqes + (head & this.cqMask) * CQE_SIZE) >> 2;
       const userData = cqU32[at + (CQE.user_data >> 2)]!;
       const res = this.cqI32[at + (CQE.res >> 2)]!;
       const flags = cqU32[at + (CQE.flags >> 2)]!;
-      head = (head + 1) >>> 0;
       // Release the slot before the handler runs: it may submit and so produce completions.
-      Atomics.store(cqU32, this.cqHead, head);
+      Atomics.store(cqU32, this.cqHead, (head + 1) >>> 0);
       n++;
       handler(userData, res, flags);
       if (this.closed) break;
+      // Both again: the handler may have drained too, and the kernel may have posted more.
+      head = cqU32[this.cqHead]!;
+      tail = Atomics.load(cqU32, this.cqTail);
     }
     return n;
   }

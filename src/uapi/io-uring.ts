@@ -7,6 +7,11 @@
 
 export const IORING_SETUP_SQE128 = 1 << 10;
 export const IORING_SETUP_CQSIZE = 1 << 3;
+export const IORING_SETUP_TASKRUN_FLAG = 1 << 9;
+export const IORING_SETUP_SINGLE_ISSUER = 1 << 12;
+export const IORING_SETUP_DEFER_TASKRUN = 1 << 13;
+/** In the SQ ring's flags: task work is pending (IORING_SETUP_TASKRUN_FLAG); enter with GETEVENTS to run it. */
+export const IORING_SQ_TASKRUN = 1 << 2;
 export const IORING_OP_URING_CMD = 46;
 export const IORING_ENTER_GETEVENTS = 1 << 0;
 export const IORING_REGISTER_EVENTFD = 4;
@@ -36,7 +41,8 @@ export const CQE = { user_data: 0, res: 8, flags: 12 } as const;
 /** Every entry above, under its C name, for the ABI test. */
 export const IO_URING_ABI = {
   constants: {
-    IORING_SETUP_SQE128, IORING_SETUP_CQSIZE, IORING_OP_URING_CMD, IORING_ENTER_GETEVENTS, IORING_REGISTER_EVENTFD,
+    IORING_SETUP_SQE128, IORING_SETUP_CQSIZE, IORING_SETUP_TASKRUN_FLAG, IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_DEFER_TASKRUN,
+    IORING_SQ_TASKRUN, IORING_OP_URING_CMD, IORING_ENTER_GETEVENTS, IORING_REGISTER_EVENTFD,
     IORING_FEAT_SINGLE_MMAP, IORING_OFF_SQ_RING, IORING_OFF_CQ_RING, IORING_OFF_SQES,
   } as Record<string, number>,
   sizes: { io_uring_params: IO_URING_PARAMS_SIZE, io_uring_sqe: 64, io_uring_cqe: CQE_SIZE } as Record<string, number>,

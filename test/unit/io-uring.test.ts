@@ -82,4 +82,62 @@ describe('io_uring (SQE128 URING_CMDs, completions on the event loop)', () => {
       ring.close();
     }
   });
+
+  it('brackets each drain that finds completions with the batch hooks, and takes in the same drain what a handler submits', async () => {
+    const ring = new IoUring(8);
+    const fd = native.open(__filename, C.O_RDONLY);
+    try {
+      const events: string[] = [];
+      let resubmitted = false;
+      let finished!: () => void;
+      const all = new Promise<void>((resolve) => (finished = resolve));
+      ring.onCompletion((userData) => {
+        events.push(`cqe ${userData}`);
+        if (!resubmitted) {
+          // Completes inside io_uring_enter (EOPNOTSUPP at issue): in the CQ when submit returns.
+          resubmitted = true;
+          ring.prepUringCmd(fd, 1, 9);
+          ring.submit();
+        }
+        if (userData === 9) finished();
+      }, true, { begin: () => events.push('begin'), end: () => events.push('end') });
+      assert.equal(ring.drain(), 0);
+      assert.deepEqual(events, [], 'an empty drain calls neither hook');
+      ring.prepUringCmd(fd, 1, 1);
+      ring.prepUringCmd(fd, 1, 2);
+      const enters = ring.enters;
+      ring.submit();
+      assert.equal(ring.enters, enters + 1);
+      assert.equal(ring.ready, true, 'inline completions are in the CQ when submit returns');
+      await all;
+      assert.deepEqual(events, ['begin', 'cqe 1', 'cqe 2', 'cqe 9', 'end']);
+      assert.equal(ring.ready, false);
+    } finally {
+      ring.close();
+      native.close(fd);
+    }
+  });
+
+  it('with deferTaskrun (SINGLE_ISSUER, DEFER_TASKRUN, TASKRUN_FLAG) still delivers every completion through the watcher and drain', async () => {
+    const ring = new IoUring(8, { deferTaskrun: true });
+    const fd = native.open(__filename, C.O_RDONLY);
+    try {
+      const got: number[] = [];
+      let finished!: () => void;
+      const all = new Promise<void>((resolve) => (finished = resolve));
+      ring.onCompletion((userData, res) => {
+        assert.equal(res, EOPNOTSUPP);
+        got.push(userData);
+        if (got.length === 4) finished();
+      });
+      for (let i = 0; i < 4; i++) ring.prepUringCmd(fd, 1, i);
+      assert.equal(ring.submit(), 4);
+      await all;
+      assert.deepEqual(got, [0, 1, 2, 3]);
+      assert.equal(ring.ready, false);
+    } finally {
+      ring.close();
+      native.close(fd);
+    }
+  });
 });

@@ -92,3 +92,20 @@ test('ublk NVMe adapter: a request the driver refuses still ends in its callback
   assert.equal((err as { code?: string }).code, 'ERANGE');
   t.dev.freeIoBuffer(buf);
 });
+
+test('ublk NVMe adapter: requests started between plug() and unplug() share one SQ doorbell', async () => {
+  await using t = await setup();
+  const q = t.ctrl.defaultQueue!;
+  const bufs = Array.from({ length: 8 }, () => t.dev.allocIoBuffer(4096));
+  const before = q.doorbells;
+  t.dev.plug();
+  const ios = bufs.map((b, i) => io(t.dev, U.UBLK_IO_OP_READ, i * 4096, 4096, false, t.dev.ioBufferHandle(b)));
+  assert.equal(q.doorbells, before, 'nothing rung while plugged');
+  t.dev.unplug();
+  assert.equal(q.doorbells, before + 1, 'one doorbell for the eight');
+  for (const r of ios) {
+    assert.equal(r.taken, true);
+    assert.equal(await r.done, null);
+  }
+  for (const b of bufs) t.dev.freeIoBuffer(b);
+});

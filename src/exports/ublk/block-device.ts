@@ -29,6 +29,12 @@ export interface UblkBlockDevice extends BlockDevice {
    * methods (an op it does not take this way); otherwise `done` is called exactly once.
    */
   startIo?(op: number, offset: number, length: number, fua: boolean, handle: number, done: UblkIoDone): boolean;
+  /**
+   * Hold the device's doorbell: requests started until the matching unplug() go to the device
+   * together (one NVMe SQ doorbell for all the requests of one io_uring drain). Nests.
+   */
+  plug?(): void;
+  unplug?(): void;
   /** Writes are cached until flushed (announced to the kernel: flushes and FUA are sent). */
   readonly volatileCache?: boolean;
 }

@@ -31,6 +31,16 @@ export interface UblkServerOptions {
   maxIoBytes?: number;
   /** Announce a volatile write cache (flush, FUA); default: the device's volatileCache. */
   writeCache?: boolean;
+  /**
+   * When a queue has no request left in flight after a commit, spin this long (µs) for the
+   * client's next request before sleeping in the event loop (default 0: sleep at once).
+   */
+  idleSpinUs?: number;
+  /**
+   * Each queue's ring defers the kernel's work (posting new requests) until the server enters
+   * it, instead of interrupting the server per request (IoUringOptions.deferTaskrun; default false).
+   */
+  deferTaskrun?: boolean;
   /** Delete the devices UblkServers of dead processes left behind (default true). */
   reclaim?: boolean;
 }
@@ -115,7 +125,7 @@ export class UblkServer extends EventEmitter {
       cdevFd = await openCdev(info.devId);
       let failed: Error | null = null;
       for (let q = 0; q < info.queues; q++) {
-        queues.push(new UblkQueue(q, info.depth, cdevFd, devs[q]!, info.maxIoBytes, (e) => (failed ??= e)));
+        queues.push(new UblkQueue(q, info.depth, cdevFd, devs[q]!, info.maxIoBytes, (e) => (failed ??= e), options.idleSpinUs ?? 0, options.deferTaskrun ?? false));
       }
       for (const q of queues) q.start();
       await control.start(info.devId, process.pid);

@@ -13,7 +13,7 @@ import type { NvmeNamespace } from '../../drivers/nvme/namespace.js';
 import { planFootprint, planWrites, runWorkload } from '../../drivers/nvme/workload.js';
 import { NbdServer } from '../../exports/nbd/server.js';
 import { NvmeBlockDevice } from '../../exports/nbd/nvme-device.js';
-import { serveNamespaceOverUblk, UBLK_IDLE_SPIN_US } from '../../exports/ublk/nvme.js';
+import { serveNamespaceOverUblk } from '../../exports/ublk/nvme.js';
 import type { UblkServer } from '../../exports/ublk/server.js';
 import { UsageError, formatSize, parseCount, print, toJson } from '../format.js';
 import { stopSignal } from '../stop-signal.js';
@@ -42,13 +42,14 @@ that first and leaves it bound: \`userpci unbind ADDRESS\` gives it back to the 
       \`nbd-client -N NAME -u PATH -t 10 /dev/nbd0\`; flushes and shuts the controller down on
       exit. If the device goes away (unplug, reset), outstanding requests get ESHUTDOWN, the
       clients are disconnected, and the export exits with status 3
-  ublk ADDRESS [--id N] [--queues N] [--read-only] [--spin-us N]
+  ublk ADDRESS [--id N] [--queues N] [--read-only] [--spin-us N] [--defer-taskrun]
       serve the namespace as the kernel block device /dev/ublkbN (Linux 6.0+, modprobe ublk_drv),
       one ublk queue per NVMe I/O queue pair, until SIGINT/SIGTERM or the device's removal; then
       the disk is removed and the ublk device deleted. Devices that killed servers of ours left
       are deleted first; --id reuses an id (a dead server's leftover with it is deleted first).
       --spin-us: once a queue has nothing in flight, look for the next request this long
-      before sleeping (default ${UBLK_IDLE_SPIN_US}; 0 sleeps at once)
+      before sleeping (default 0); --defer-taskrun: rings that take new requests only when the
+      server enters them, not by interrupting it (IORING_SETUP_DEFER_TASKRUN)
 
 Common options:
   --nsid N        namespace (default 1)
@@ -300,7 +301,7 @@ async function exportUblk(address: string, values: Values): Promise<number> {
   try {
     const ns = await ctrl.namespace(parseCount(values.nsid, '--nsid') ?? 1);
     server = await serveNamespaceOverUblk(ctrl, ns, { id, queues, depth: parseCount(values.depth, '--depth') ?? 64, readOnly: values['read-only'], interrupts: values.interrupts,
-      idleSpinUs: parseCount(values['spin-us'], '--spin-us') ?? UBLK_IDLE_SPIN_US, deferTaskrun: values['defer-taskrun'] });
+      idleSpinUs: parseCount(values['spin-us'], '--spin-us') ?? 0, deferTaskrun: values['defer-taskrun'] });
     const stop = stopSignal();
     for (const r of server.reclaimed) print(`ublk: deleted /dev/ublkb${r.id}, left by process ${r.pid} (no longer running)`);
     print(`ublk: serving ${ctrl.name} namespace ${ns.nsid} (${ns.size} bytes, ${ns.blockSize}-byte blocks) as ${server.diskPath} (${server.queues.length} queue(s) of depth ${server.info.depth}, requests up to ${server.info.maxIoBytes} bytes)`);

@@ -86,16 +86,9 @@ export class NvmeUblkDevice extends NvmeBlockDevice implements UblkBlockDevice {
 }
 
 /**
- * How long a queue looks for the next request once it has none in flight before sleeping, µs
- * (idleSpinUs), when serving over polled NVMe queues: the driver spins on the device anyway.
- */
-export const UBLK_IDLE_SPIN_US = 100;
-
-/**
  * Serves `namespace` as /dev/ublkbN with one ublk queue per NVMe I/O queue pair: the
  * controller's existing pairs, plus new ones of `depth` up to `queues` (default 1; completing by
- * MSI-X with `interrupts`, else polled; polled ones spin UBLK_IDLE_SPIN_US for the next request
- * unless `idleSpinUs` says otherwise). The driver
+ * MSI-X with `interrupts`, else polled). The driver
  * grants at most one ublk queue per CPU; pairs beyond that go unused.
  */
 export async function serveNamespaceOverUblk(
@@ -108,6 +101,5 @@ export async function serveNamespaceOverUblk(
   const queues = [...controller.queues];
   while (queues.length < want) queues.push(await controller.createQueuePair({ depth, interrupts: options.interrupts }));
   const devices = queues.slice(0, want).map((q) => new NvmeUblkDevice(namespace, q, options.readOnly));
-  const idleSpinUs = options.idleSpinUs ?? (options.interrupts ? 0 : UBLK_IDLE_SPIN_US);
-  return UblkServer.start(devices, { ...options, idleSpinUs, depth: Math.min(depth, ...queues.slice(0, want).map((q) => q.depth)) });
+  return UblkServer.start(devices, { ...options, depth: Math.min(depth, ...queues.slice(0, want).map((q) => q.depth)) });
 }

@@ -70,6 +70,12 @@ function arg(name: string, fallback?: string): string | undefined {
   return i >= 0 ? process.argv[i + 1] : fallback;
 }
 
+/** The cases --cases names (comma-separated), or all. */
+function wantedCases(): BlkCase[] {
+  const names = arg('--cases')?.split(',');
+  return CASES.filter((c) => !names || names.includes(c.name));
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
@@ -167,7 +173,7 @@ async function measureTarget(target: Target, addr: string, baseline: string, sec
   const window = { fromUs: 0, toUs: 0 };
   const each = (disk: string, pid?: number) => {
     window.fromUs = nowUs();
-    for (const c of CASES) {
+    for (const c of wantedCases()) {
       const m = runBaseline(baseline, disk, c, seconds, warmup, pid);
       out[c.name] = m;
       const cpu = m.userUs === undefined ? '' : `; server CPU per I/O: user ${m.userUs.toFixed(0)} µs, system ${m.sysUs!.toFixed(0)} µs`;
@@ -225,7 +231,7 @@ async function main(): Promise<void> {
   const addr = nvmeFunction('bench-blk');
   const clocksource = fs.readFileSync('/sys/devices/system/clocksource/clocksource0/current_clocksource', 'utf8').trim();
   const results: BlkResults = { node: process.version, cpus: os.cpus().length, kernel: os.release(), clocksource, targets, iops: {}, rounds: {}, serverCpu: {}, profiles: {} };
-  for (const c of CASES) {
+  for (const c of wantedCases()) {
     results.rounds[c.name] = Object.fromEntries(targets.map((t) => [t, []]));
     results.iops[c.name] = Object.fromEntries(targets.map((t) => [t, 0]));
     results.serverCpu[c.name] = {};
@@ -235,7 +241,7 @@ async function main(): Promise<void> {
     for (const t of targets) {
       const prof = profile && r === 0 && t !== 'kernel';
       const got = await measureTarget(t, addr, baseline, seconds, warmup, prof);
-      for (const c of CASES) {
+      for (const c of wantedCases()) {
         const m = got.cases[c.name]!;
         results.rounds[c.name]![t]!.push(m.iops);
         if (m.iops >= results.iops[c.name]![t]!) {

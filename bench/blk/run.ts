@@ -14,7 +14,7 @@
  * node --cpu-prof: self time by function), --targets ublk,nbd,kernel[,ublk-irq] (ublk-irq: the
  * ublk server with MSI-X NVMe completions instead of polling; ublk-alt: the ublk server of
  * another build, --alt DIR, a package root inside the checkout with dist/ and build/, for an A/B
- * in one boot), --ublk-args "..." (extra options for the ublk target's server), --verbose (guest console).
+ * in one boot), --cases a,b (some of the cases only), --ublk-args "..." (extra options for the ublk target's server), --verbose (guest console).
  */
 import { arg, benchMain, buildStatic, runGuestBench } from '../guest-bench';
 import { CASES, type BlkResults } from './guest';
@@ -35,6 +35,8 @@ async function main(): Promise<number> {
   if (process.argv.includes('--profile')) guestArgs.push('--profile');
   const targets = arg('--targets');
   if (targets) guestArgs.push('--targets', targets);
+  const only = arg('--cases');
+  if (only) guestArgs.push('--cases', only);
   const alt = arg('--alt');
   if (alt) guestArgs.push('--alt', alt);
   const ublkArgs = arg('--ublk-args');
@@ -51,22 +53,23 @@ async function main(): Promise<number> {
   console.log('');
   console.log(`Block layer reads (io_uring, O_DIRECT), QEMU nvme on null-co, Linux ${data.kernel}, ${data.cpus} vCPUs (TCG, clocksource ${data.clocksource}), node ${data.node}; ${seconds} s per measurement, best of ${rounds} round(s); ${Math.round((Date.now() - t0) / 1000)} s in all`);
   const shown = data.targets;
+  const ran = CASES.filter((c) => data.iops[c.name] !== undefined);
   console.log(`${'case'.padEnd(20)} ${shown.map((t) => `${t} IOPS`.padStart(14)).join(' ')} ${'ublk/kernel'.padStart(12)} ${'ublk/nbd'.padStart(9)}   server CPU per I/O, user+sys µs`);
   const cases: object[] = [];
   const cpu = (x: { userUs: number; sysUs: number } | undefined) => (x ? `${x.userUs.toFixed(0)}+${x.sysUs.toFixed(0)}` : '-');
   const n = (x: number | undefined) => x ?? NaN;
-  for (const c of CASES) {
+  for (const c of ran) {
     const r = data.iops[c.name]!;
     const sc = data.serverCpu[c.name]!;
     console.log(`${c.name.padEnd(20)} ${shown.map((t) => String(Math.round(n(r[t]))).padStart(14)).join(' ')} ${(n(r.ublk) / n(r.kernel)).toFixed(2).padStart(12)} ${(n(r.ublk) / n(r.nbd)).toFixed(2).padStart(9)}   ${shown.filter((t) => t !== 'kernel').map((t) => `${t} ${cpu(sc[t])}`).join(', ')}`);
   }
-  for (const c of CASES) console.log(`  rounds ${c.name}: ${shown.map((t) => `${t} ${data.rounds[c.name]![t]!.map(Math.round).join('/')}`).join('; ')}`);
-  for (const c of CASES) {
+  for (const c of ran) console.log(`  rounds ${c.name}: ${shown.map((t) => `${t} ${data.rounds[c.name]![t]!.map(Math.round).join('/')}`).join('; ')}`);
+  for (const c of ran) {
     const r = data.iops[c.name]!;
     if (r.ublk === undefined || r.kernel === undefined) continue;
     cases.push({ name: `ublk-vs-kernel/${c.name}`, ours: Math.round(r.ublk), baseline: Math.round(r.kernel), unit: 'IOPS', ratio: Number((r.ublk / r.kernel).toFixed(3)) });
   }
-  for (const c of CASES) {
+  for (const c of ran) {
     const r = data.iops[c.name]!;
     if (r.ublk === undefined || r.nbd === undefined) continue;
     cases.push({ name: `ublk-vs-nbd/${c.name}`, ours: Math.round(r.ublk), baseline: Math.round(r.nbd), unit: 'IOPS', ratio: Number((r.ublk / r.nbd).toFixed(3)), target: 3 });

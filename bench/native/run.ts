@@ -297,11 +297,13 @@ async function benchNvme(bin: string): Promise<void> {
       }
       up = false;
       const buf = ctrl.allocBuffer(Math.max(2 << 20, 4096 * qd));
-      const units = Math.floor(ns.blocks / 8);
+      // LBAs in 4 KiB units below a power of two, as C's `% (1u << 21)` (a mask): `%` by a variable
+      // on a uint32 above 2^31 (a double) is an fprem loop, which cost every JS case several ns.
+      const unitMask = 2 ** Math.floor(Math.log2(ns.blocks / 8)) - 1;
       const c = runC(bin, ['nvme', String(qd), '2000000']);
       const ios = qd === 1 ? 300_000 : 1_000_000;
       for (const api of (process.env.NVME_API ? process.env.NVME_API.split(',') : ['callback', 'batch', 'promise']) as ('callback' | 'batch' | 'promise')[]) {
-        const drive = api === 'promise' ? promiseDriver(ns, q, nvme, buf.iova, qd, units) : callbackDriver(ns, q, nvme, buf.iova, qd, units, api === 'batch');
+        const drive = api === 'promise' ? promiseDriver(ns, q, nvme, buf.iova, qd, unitMask) : callbackDriver(ns, q, nvme, buf.iova, qd, unitMask, api === 'batch');
         const m = await measure(drive, ios);
         const target = qd === 32 ? (api === 'promise' ? 150 : 90) : qd === 1 ? (api === 'promise' ? 571 / 2 : 429 / 2) : null;
         add(`NVMe 4K read QD${qd}, ${api} API (driver + instant device)`, m.ns, c.nsPerIo!, 'ns/IO', target, { bytesPerIo: m.bytes, gcShare: m.gcShare });
@@ -319,17 +321,17 @@ async function benchNvme(bin: string): Promise<void> {
 
 /** xorshift32 state in a typed array: an int32 kept in a variable is a heap number whenever it leaves the Smi range. */
 const lbaState = new Int32Array([0x2545f491]);
-function nextUnit(units: number): number {
+function nextUnit(mask: number): number {
   let x = lbaState[0]!;
   x ^= x << 13;
   x ^= x >>> 17;
   x ^= x << 5;
   lbaState[0] = x;
-  return (x >>> 0) % units;
+  return x & mask;
 }
 
 /** Callback API: each completion submits the next read of its slot (batch: resubmissions of one poll in one q.batch). */
-function callbackDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova: number, qd: number, units: number, batched: boolean): (ios: number) => void {
+function callbackDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova: number, qd: number, unitMask: number, batched: boolean): (ios: number) => void {
   let done = 0;
   let target = 0;
   let failure: Error | null = null;
@@ -347,7 +349,7 @@ function callbackDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova
       if (batched) again[pending++] = slot;
       else submit();
     };
-    const submit = () => ns.submit(false, nextUnit(units) * 8, slotIova, 4096, q, callback);
+    const submit = () => ns.submit(false, nextUnit(unitMask) * 8, slotIova, 4096, q, callback);
     return submit;
   });
   const resubmitAll = () => {
@@ -369,7 +371,7 @@ function callbackDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova
 }
 
 /** Promise API: qd async workers awaiting each read; polling chained as microtasks. */
-function promiseDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova: number, qd: number, units: number): (ios: number) => Promise<void> {
+function promiseDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova: number, qd: number, unitMask: number): (ios: number) => Promise<void> {
   return async (ios: number) => {
     let issued = 0;
     let done = 0;
@@ -377,7 +379,7 @@ function promiseDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova:
       const slotIova = iova + slot * 4096; // computed once, as for the callback API
       while (issued < ios) {
         issued++;
-        await ns.readIova(nextUnit(units) * 8, slotIova, 4096, q);
+        await ns.readIova(nextUnit(unitMask) * 8, slotIova, 4096, q);
         done++;
       }
     };

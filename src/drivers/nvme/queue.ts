@@ -8,7 +8,8 @@
  * - Caller operations ("requests", which a large transfer splits into several commands) come
  *   from a free list and wait in an intrusive FIFO when every slot is busy.
  * - IOVAs, LBAs and lengths stay plain numbers (64-bit fields are written as two 32-bit halves).
- * - Promises are built with one shared executor, so no closure is created per I/O.
+ * - Promises are built with one shared executor that keeps only `resolve` (see executor), so no
+ *   closure is created per I/O and V8 drops the unused reject function.
  *
  * Doorbells: every submission writes the SQ tail doorbell once, unless the queue is plugged
  * (plug/unplug, batch()), in which case the doorbell is written once at unplug. Completions
@@ -136,16 +137,28 @@ class Request {
   status = 0;
   failure: Error | null = null;
   result = 0;
-  resolve: ((value: number) => void) | null = null;
-  reject: ((reason: Error) => void) | null = null;
+  resolve: ((value: number | PromiseLike<number>) => void) | null = null;
   callback: CompletionCallback | null = null;
   next: Request | null = null;
 }
 
+/**
+ * The promise API's executor, shared (no closure per I/O). It keeps only `resolve`: storing a
+ * new function into a pooled request (old space) is a remembered-set insertion, about 10 ns
+ * each; a failure resolves the promise with a Rejection instead, which rejects it.
+ */
 let executorTarget: Request | null = null;
-function executor(resolve: (value: number) => void, reject: (reason: Error) => void): void {
+function executor(resolve: (value: number | PromiseLike<number>) => void): void {
   executorTarget!.resolve = resolve;
-  executorTarget!.reject = reject;
+}
+
+/** A thenable that rejects whatever adopts it with `error` (a promise resolved with it rejects). */
+class Rejection {
+  constructor(private readonly error: Error) {}
+
+  then(_onFulfilled: unknown, onRejected: (reason: Error) => void): void {
+    onRejected(this.error);
+  }
 }
 
 const SLOT_FREE = 0;
@@ -672,7 +685,6 @@ export class NvmeQueue {
   private release(r: Request): void {
     r.view = null;
     r.resolve = null;
-    r.reject = null;
     r.callback = null;
     r.failure = null;
     r.status = 0;
@@ -971,10 +983,9 @@ export class NvmeQueue {
     const result = r.result;
     const callback = r.callback;
     const resolve = r.resolve;
-    const reject = r.reject;
     this.release(r);
     if (callback !== null) callback(error, result);
-    else if (error !== null) reject!(error);
+    else if (error !== null) resolve!(new Rejection(error) as unknown as PromiseLike<number>);
     else resolve!(result);
   }
 

@@ -370,8 +370,13 @@ function callbackDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova
   };
 }
 
-/** Promise API: qd async workers awaiting each read; polling chained as microtasks. */
+/**
+ * Promise API: qd async workers awaiting each read; polling passes chained as microtasks, each
+ * queued with then() on a settled promise, as the driver queues its own passes (an `await null`
+ * loop cost 248 B and ~20 ns per pass, a then() 96 B: at QD1 a pass per I/O).
+ */
 function promiseDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova: number, qd: number, unitMask: number): (ios: number) => Promise<void> {
+  const settled = Promise.resolve();
   return async (ios: number) => {
     let issued = 0;
     let done = 0;
@@ -385,11 +390,15 @@ function promiseDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova:
     };
     const workers: Promise<void>[] = [];
     for (let i = 0; i < Math.min(qd, ios); i++) workers.push(worker(i));
-    while (done < ios) {
-      nvme.run();
-      q.poll();
-      await null;
-    }
+    await new Promise<void>((resolve) => {
+      const pass = (): void => {
+        nvme.run();
+        q.poll();
+        if (done < ios) void settled.then(pass);
+        else resolve();
+      };
+      void settled.then(pass);
+    });
     await Promise.all(workers);
   };
 }

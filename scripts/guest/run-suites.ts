@@ -87,14 +87,15 @@ export const SUITES: GuestRun[] = [
   {
     // virtio-net on QEMU hubs (no host networking): ours through vfio-pci, the kernel's
     // virtio_net as the peer, and a NIC without iommu_platform=on the driver must refuse; on a
-    // hub of their own, the same pair with packed virtqueues (packed=on).
+    // hub of their own, the same pair with packed virtqueues (packed=on); ours also with mq=on
+    // (a hubport gives one queue pair: MQ offered with max_virtqueue_pairs 1, and a control queue).
     name: 'net',
     qemuDevices: [
       '-netdev', 'hubport,id=h0,hubid=0', '-device', 'virtio-net-pci,netdev=h0,disable-legacy=on,iommu_platform=on,mac=52:54:00:00:77:01',
       '-netdev', 'hubport,id=h1,hubid=0', '-device', 'virtio-net-pci,netdev=h1,disable-legacy=on,iommu_platform=on,mac=52:54:00:00:77:02',
       '-netdev', 'hubport,id=h2,hubid=1', '-device', 'virtio-net-pci,netdev=h2,disable-legacy=on,mac=52:54:00:00:77:03',
       '-netdev', 'hubport,id=h3,hubid=2', '-device', 'virtio-net-pci,netdev=h3,disable-legacy=on,iommu_platform=on,packed=on,mac=52:54:00:00:78:01',
-      '-netdev', 'hubport,id=h4,hubid=2', '-device', 'virtio-net-pci,netdev=h4,disable-legacy=on,iommu_platform=on,packed=on,mac=52:54:00:00:78:02',
+      '-netdev', 'hubport,id=h4,hubid=2', '-device', 'virtio-net-pci,netdev=h4,disable-legacy=on,iommu_platform=on,packed=on,mq=on,mac=52:54:00:00:78:02',
     ],
     tests: ['dist/test/guest/virtio-net.test.js', 'dist/test/guest/virtio-net-packed.test.js'],
     timeoutMs: 12 * MIN, // a hang guard: 4-5 min on a busy machine, the TAP test (ping, TCP) included

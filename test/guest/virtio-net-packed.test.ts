@@ -4,6 +4,8 @@
  * vfio-pci and the other on the kernel's virtio_net (which runs packed rings too). The same
  * exchanges as on split rings: every frame size 60..1514 both ways compared byte for byte,
  * merged receive buffers, the receive interrupt, bad input; and a user declining packed rings.
+ * Our NIC also has mq=on: behind a hubport that offers MQ with max_virtqueue_pairs 1, so every
+ * open goes through the control queue (a two-descriptor chain) and VQ_PAIRS_SET.
  */
 import { test, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -12,6 +14,8 @@ import * as path from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { VirtioNet } from '../../src/drivers/virtio-net/net-device';
 import { F_RING_PACKED } from '../../src/drivers/virtio/constants';
+import { CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET } from '../../src/drivers/virtio-net/constants';
+import { UserpciError } from '../../src/errors';
 import { bindToVfio } from '../../src/pci/bind';
 import { requireGuest, findDevices } from './guest-env';
 import * as F from './net-frames';
@@ -103,9 +107,32 @@ test('declining packed rings ({ packedRing: false }) on the same NIC: split ring
   const info = net.info();
   assert.equal(info.ring, 'split');
   assert.ok(info.offered.includes('RING_PACKED') && !info.negotiated.includes('RING_PACKED'), info.negotiated.join(' '));
+  assert.equal(info.controlQueue, true, 'VQ_PAIRS_SET went over a split control queue');
   sendFrame(net, F.arpRequest(peers.ourMac, F.ipBytes(peers.ourIp), F.ipBytes(peers.kernelIp)));
   const [reply] = await receive(net, peers, (f) => F.parseArp(f)?.op === 2);
   assert.deepEqual([...F.parseArp(reply!)!.senderMac], [...peers.kernelMac]);
+});
+
+test('multiqueue behind a hubport (max_virtqueue_pairs 1): MQ and CTRL_VQ negotiated, VQ_PAIRS_SET acknowledged, more pairs refused by us and by the device', async () => {
+  {
+    await using net = await VirtioNet.open(ours, { queuePairs: 'max' });
+    const info = net.info();
+    assert.ok(info.offered.includes('MQ') && info.negotiated.includes('MQ') && info.negotiated.includes('CTRL_VQ'), info.negotiated.join(' '));
+    assert.deepEqual([info.maxQueuePairs, info.queuePairs, info.controlQueue, info.ring], [1, 1, true, 'packed']);
+    // The command open sent, again by hand: acknowledged.
+    await net.control(CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET, Uint8Array.of(1, 0));
+    // Two pairs, past what the device offers: its own answer is VIRTIO_NET_ERR.
+    await assert.rejects(net.control(CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET, Uint8Array.of(2, 0)), (e: UserpciError) => e.code === 'EIO' && /refused/.test(e.message));
+    // Pair 0 still carries frames after the refused command.
+    sendFrame(net, F.arpRequest(peers.ourMac, F.ipBytes(peers.ourIp), F.ipBytes(peers.kernelIp)));
+    const [reply] = await receive(net, peers, (f) => F.parseArp(f)?.op === 2);
+    assert.deepEqual([...F.parseArp(reply!)!.senderMac], [...peers.kernelMac]);
+  }
+  await assert.rejects(VirtioNet.open(ours, { queuePairs: 2 }), (e: UserpciError) => e.code === 'EINVAL' && /offers 1 queue pair/.test(e.message));
+  await assert.rejects(VirtioNet.open(ours, { queuePairs: 0 }), (e: UserpciError) => e.code === 'EINVAL');
+  // The NIC is usable after the refusals.
+  await using net = await VirtioNet.open(ours);
+  assert.equal(net.info().queuePairs, 1);
 });
 
 const CLI = path.join(__dirname, '..', '..', '..', 'bin', 'userpci.js');
@@ -125,6 +152,7 @@ test('userpci net info says which ring format is in use; --split-ring declines p
   const text = await cli(['net', 'info', ours]);
   assert.equal(text.code, 0, text.stderr);
   assert.match(text.stdout, /packed rings of \d+ entries/);
+  assert.match(text.stdout, /queue pairs 1 of 1 \(control queue\)/);
   const split = await cli(['net', 'info', ours, '--split-ring', '--json']);
   assert.equal(split.code, 0, split.stderr);
   const info = JSON.parse(split.stdout) as { ring: string; negotiated: string[] };

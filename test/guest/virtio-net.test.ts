@@ -70,6 +70,10 @@ test('bring-up: VERSION_1 and ACCESS_PLATFORM negotiated, MAC and link from the 
   assert.equal(info.maxFrameSize, 1514);
   assert.ok(info.queueSize >= 64, `queue size ${info.queueSize}`);
   assert.equal(info.ring, 'split', 'this NIC offers no RING_PACKED');
+  assert.equal(info.controlQueue, false, 'nor MQ: no control queue');
+  await net.close();
+  await assert.rejects(VirtioNet.open(ours, { queuePairs: 2 }), (e: UserpciError) => e.code === 'ENOTSUP' && /no MQ/.test(e.message));
+  await assert.rejects(net.control(4, 0), (e: UserpciError) => e.code === 'ENODEV');
 });
 
 test('a NIC without iommu_platform=on (no ACCESS_PLATFORM) is refused with ENOTSUP, and left usable', async () => {

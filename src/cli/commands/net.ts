@@ -98,7 +98,7 @@ async function info(address: string, values: Values): Promise<number> {
     else {
       print([
         `${i.address}: virtio-net ${i.mac}, link ${i.linkUp ? 'up' : 'down'}, MTU ${i.mtu} (frames up to ${i.maxFrameSize} bytes)`,
-        `  queue pairs ${i.queuePairs} of ${i.maxQueuePairs}, ${i.ring} rings of ${i.queueSize} entries, receive buffers of ${i.rxBufferSize} bytes, interrupts: ${i.interrupts}`,
+        `  queue pairs ${i.queuePairs} of ${i.maxQueuePairs}${i.controlQueue ? ' (control queue)' : ''}, ${i.ring} rings of ${i.queueSize} entries, receive buffers of ${i.rxBufferSize} bytes, interrupts: ${i.interrupts}`,
         `  offered:    ${i.offered.join(' ')}`,
         `  negotiated: ${i.negotiated.join(' ')}`,
       ].join('\n'));

@@ -31,8 +31,11 @@ import { PacketBatch } from './packet-batch';
 import { RxQueue, TxQueue, type QueueStats } from './queues';
 
 export interface VirtioNetOptions {
-  /** Receive/transmit queue pairs (needs MQ when above 1); default 1. */
-  queuePairs?: number;
+  /**
+   * Receive/transmit queue pairs to use: 1 (default) up to the device's max_virtqueue_pairs, or
+   * 'max'. More than one needs MQ (ENOTSUP without it; EINVAL above what the device offers).
+   */
+  queuePairs?: number | 'max';
   /** Ring entries per queue, capped by the device; default 256. */
   queueSize?: number;
   /**
@@ -63,6 +66,8 @@ export interface VirtioNetInfo {
   maxFrameSize: number;
   queuePairs: number;
   maxQueuePairs: number;
+  /** CTRL_VQ negotiated (with MQ): the queue count was set with VQ_PAIRS_SET over the control queue. */
+  controlQueue: boolean;
   queueSize: number;
   rxBufferSize: number;
   interrupts: 'msix' | 'poll';
@@ -75,6 +80,16 @@ export interface VirtioNetInfo {
 const DEFAULT_QUEUE_SIZE = 256;
 const TX_SLOT = 2048;
 const CTRL_TIMEOUT_MS = 5000;
+/** Offset of the ack byte in the control queue's buffer; the command and its data go before it. */
+const CTRL_ACK = 2048;
+
+interface ControlQueue {
+  vq: Virtqueue;
+  mem: DmaBuffer;
+  u8: Uint8Array;
+  /** The last command sent: the next waits for it. */
+  busy: Promise<void>;
+}
 
 export class VirtioNet extends EventEmitter implements AsyncDisposable {
   readonly mac = new Uint8Array(6);
@@ -94,6 +109,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
   private vectors: readonly InterruptVector[] = [];
   private closedReason: string | undefined;
   private listening: { batch: PacketBatch; stop: () => void } | undefined;
+  private ctrl: ControlQueue | undefined;
   private sendBatch = new PacketBatch(1, TX_SLOT);
 
   /** Opens the NIC at a PCI address (or takes an open device) and brings it up. */
@@ -113,7 +129,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
       device.declareDmaWidth(64, 'virtio-net driver');
       device.enableBusMaster();
       net = new VirtioNet(transport, owns, options);
-      net.start();
+      await net.start();
       return net;
     } catch (err) {
       if (net) await net.abandon();
@@ -138,11 +154,14 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
     const t = transport;
     this.offered = t.deviceFeatures();
     const has = (bit: number) => V.hasFeature(this.offered, bit);
-    const pairs = options.queuePairs ?? 1;
-    this.maxQueuePairs = has(N.NET_F_MQ) ? t.readDeviceConfig((c) => c.u16(N.CFG_MAX_VIRTQUEUE_PAIRS)) : 1;
+    // MQ comes with the control queue (the spec makes CTRL_VQ a condition of MQ): the pair count
+    // is set over it. Taken whenever offered, so one pair goes through the same handshake.
+    const mq = has(N.NET_F_MQ) && has(N.NET_F_CTRL_VQ);
+    this.maxQueuePairs = mq ? Math.max(1, t.readDeviceConfig((c) => c.u16(N.CFG_MAX_VIRTQUEUE_PAIRS))) : 1;
+    const pairs = options.queuePairs === 'max' ? this.maxQueuePairs : options.queuePairs ?? 1;
     if (!Number.isInteger(pairs) || pairs < 1 || pairs > this.maxQueuePairs) {
-      throw new UserpciError(pairs > 1 && !has(N.NET_F_MQ) ? 'ENOTSUP' : 'EINVAL',
-        `${t.name} offers ${this.maxQueuePairs} queue pair(s)${has(N.NET_F_MQ) ? '' : ' (no MQ feature)'}; asked for ${String(options.queuePairs)}`);
+      throw new UserpciError(Number.isInteger(pairs) && pairs > 1 && !mq ? 'ENOTSUP' : 'EINVAL',
+        `${t.name} offers ${this.maxQueuePairs} queue pair(s)${mq ? '' : ' (no MQ with a control queue)'}; asked for ${String(options.queuePairs)}`);
     }
     this.queuePairs = pairs;
     const mergeable = (options.mergeableRxBuffers ?? true) && has(N.NET_F_MRG_RXBUF);
@@ -155,7 +174,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
     if (mergeable) want |= V.featureBit(N.NET_F_MRG_RXBUF);
     if (options.packedRing ?? true) want |= V.featureBit(V.F_RING_PACKED);
     if (options.checksumOffload ?? true) want |= V.featureBit(N.NET_F_CSUM) | V.featureBit(N.NET_F_GUEST_CSUM);
-    if (pairs > 1) want |= V.featureBit(N.NET_F_MQ) | V.featureBit(N.NET_F_CTRL_VQ);
+    if (mq) want |= V.featureBit(N.NET_F_MQ) | V.featureBit(N.NET_F_CTRL_VQ);
     // VERSION_1 (the modern interface) and ACCESS_PLATFORM (DMA through the IOMMU, so our IOVAs
     // mean something to the device) are conditions, not wishes.
     const required = V.featureBit(V.F_VERSION_1) | V.featureBit(V.F_ACCESS_PLATFORM);
@@ -180,7 +199,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
     return V.hasFeature(this.features, bit);
   }
 
-  private start(): void {
+  private async start(): Promise<void> {
     const t = this.transport;
     const device = t.device;
     if (this.interruptMode === 'msix') {
@@ -196,12 +215,23 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
       const txVq = t.setupQueue(2 * p + 1, { size, msixVector: V.NO_VECTOR });
       this.tx.push(new TxQueue(txVq, this.slots(txVq, TX_SLOT), TX_SLOT));
     }
-    let ctrl: Virtqueue | undefined;
-    if (this.queuePairs > 1) ctrl = t.setupQueue(2 * this.maxQueuePairs, { size: 16 });
+    if (this.has(N.NET_F_CTRL_VQ)) {
+      // The control queue follows the last possible pair (spec 5.1.2), polled: one command at a time.
+      const vq = t.setupQueue(2 * this.maxQueuePairs, { size: 16, msixVector: V.NO_VECTOR });
+      vq.setInterrupts(false);
+      const mem = this.transport.device.allocDma(4096);
+      this.slotMemory.push(mem);
+      // Descriptor 0: class, command and data (device-readable); 1: the ack byte (device-writable).
+      vq.setDescriptor(1, mem.iova + CTRL_ACK, 1, V.DESC_F_WRITE);
+      this.ctrl = { vq, mem, u8: new Uint8Array(mem.buffer), busy: Promise.resolve() };
+    }
     this.readConfig();
     t.driverOk();
     for (const q of this.rx) if (q.vq.kick()) q.stats.doorbells++;
-    if (ctrl) this.setQueuePairs(ctrl);
+    // With MQ, only the first pair runs until VQ_PAIRS_SET says how many (spec 5.1.6.5.5).
+    if (this.has(N.NET_F_MQ)) {
+      await this.control(N.CTRL_CLASS_MQ, N.CTRL_MQ_VQ_PAIRS_SET, Uint8Array.of(this.queuePairs & 0xff, this.queuePairs >> 8));
+    }
   }
 
   private slots(vq: Virtqueue, slotSize: number): DmaBuffer {
@@ -224,28 +254,49 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
     }
   }
 
-  /** Tell a multiqueue device how many pairs we use (control queue: class MQ, VQ_PAIRS_SET). */
-  private setQueuePairs(ctrl: Virtqueue): void {
-    const mem = this.transport.device.allocDma(64);
-    this.slotMemory.push(mem);
-    const u8 = new Uint8Array(mem.buffer);
-    u8[0] = N.CTRL_CLASS_MQ;
-    u8[1] = N.CTRL_MQ_VQ_PAIRS_SET;
-    u8[2] = this.queuePairs & 0xff;
-    u8[3] = this.queuePairs >> 8;
-    u8[16] = 0xff;
-    ctrl.setDescriptor(0, mem.iova, 4, V.DESC_F_NEXT, 1);
-    ctrl.setDescriptor(1, mem.iova + 16, 1, V.DESC_F_WRITE);
-    ctrl.setInterrupts(false);
-    ctrl.push(0);
-    ctrl.publish();
-    ctrl.kick();
-    const deadline = Date.now() + CTRL_TIMEOUT_MS;
-    while (ctrl.usedCount() === 0) {
-      if (Date.now() > deadline) throw new UserpciError('ETIMEDOUT', `${this.transport.name} did not answer the control command setting ${this.queuePairs} queue pairs`);
+  /**
+   * Sends a command over the control queue (CTRL_VQ): class, command and `data` (at most
+   * 2000 bytes, little-endian fields as the spec lays them out), and resolves once the device
+   * acknowledged it. ENOTSUP without a control queue; EIO when the device answers VIRTIO_NET_ERR
+   * (say, VQ_PAIRS_SET above max_virtqueue_pairs); ETIMEDOUT when it does not answer in 5 s.
+   * Commands queue behind each other. The driver sends VQ_PAIRS_SET itself at open; a command
+   * that changes what the driver relies on (the pair count, the MAC) is the caller's to undo.
+   */
+  async control(cls: number, command: number, data: Uint8Array = new Uint8Array(0)): Promise<void> {
+    this.checkQueue(0);
+    const ctrl = this.ctrl;
+    if (!ctrl) throw new UserpciError('ENOTSUP', `${this.name} has no control queue (CTRL_VQ not offered)`);
+    if (!(data instanceof Uint8Array) || data.length > CTRL_ACK - 2) throw new InvalidArgumentError(`control command data must be a Uint8Array of at most ${CTRL_ACK - 2} bytes`);
+    if (!Number.isInteger(cls) || !Number.isInteger(command) || cls < 0 || cls > 255 || command < 0 || command > 255) {
+      throw new InvalidArgumentError(`control class and command are bytes, got ${cls} and ${command}`);
     }
-    ctrl.consume(1);
-    if (u8[16] !== N.CTRL_OK) throw new UserpciError('EIO', `${this.transport.name} refused ${this.queuePairs} queue pairs (ack ${u8[16]})`);
+    const run = ctrl.busy.then(() => this.controlNow(ctrl, cls, command, data));
+    ctrl.busy = run.catch(() => undefined);
+    return run;
+  }
+
+  private async controlNow(ctrl: ControlQueue, cls: number, command: number, data: Uint8Array): Promise<void> {
+    const { vq, mem, u8 } = ctrl;
+    const what = `control command ${cls}.${command}`;
+    this.checkQueue(0);
+    u8[0] = cls;
+    u8[1] = command;
+    u8.set(data, 2);
+    u8[CTRL_ACK] = 0xff;
+    vq.setDescriptor(0, mem.iova, 2 + data.length, V.DESC_F_NEXT, 1);
+    vq.push(0);
+    vq.publish();
+    vq.kick();
+    const deadline = Date.now() + CTRL_TIMEOUT_MS;
+    // QEMU answers inside the doorbell write; a device that takes longer is waited for on the event loop.
+    for (let spins = 0; vq.usedCount() === 0; spins++) {
+      if (this.transport.device.closed) throw new DeviceGoneError(`${this.name} went away during ${what}`);
+      if (Date.now() > deadline) throw new UserpciError('ETIMEDOUT', `${this.name} did not answer ${what} in ${CTRL_TIMEOUT_MS} ms`);
+      await new Promise((r) => (spins < 100 ? setImmediate(r) : setTimeout(r, 1)));
+    }
+    vq.consume(1);
+    const ack = u8[CTRL_ACK]!;
+    if (ack !== N.CTRL_OK) throw new UserpciError('EIO', `${this.name} refused ${what} (ack ${ack})`);
   }
 
   private onConfigChange(): void {
@@ -290,7 +341,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
   info(): VirtioNetInfo {
     return {
       address: this.name, mac: this.macString, linkUp: this.linkUp, mtu: this.mtu, maxFrameSize: this.maxFrameSize,
-      queuePairs: this.queuePairs, maxQueuePairs: this.maxQueuePairs, queueSize: this.rx[0]?.vq.size ?? 0,
+      queuePairs: this.queuePairs, maxQueuePairs: this.maxQueuePairs, controlQueue: this.ctrl !== undefined, queueSize: this.rx[0]?.vq.size ?? 0,
       rxBufferSize: this.rxBufferSize, interrupts: this.interruptMode, ring: this.transport.ringFormat,
       offered: V.featureNames(this.offered, N.NET_FEATURE_NAMES), negotiated: V.featureNames(this.features, N.NET_FEATURE_NAMES),
     };
@@ -306,7 +357,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
   /** Receives up to batch.capacity frames into batch slots 0..n-1; returns n (0: nothing yet). */
   rxBurst(queue: number, batch: PacketBatch): number {
     this.checkQueue(queue);
-    if (this.listening && queue === 0) throw new UserpciError('EBUSY', `${this.name}: queue 0 is being read by listen()`);
+    if (this.listening) throw new UserpciError('EBUSY', `${this.name}: the receive queues are being read by listen()`);
     return this.rx[queue]!.burst(batch);
   }
 
@@ -401,21 +452,21 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
   }
 
   /**
-   * Emit 'frame' (a Buffer of its own, and the queue) for every frame received on queue 0, until
-   * stopListening(). Wakes on the queue's MSI-X interrupt, or polls without MSI-X.
+   * Emit 'frame' (a Buffer of its own, and the queue) for every frame received on any receive
+   * queue, until stopListening(). Wakes on each queue's MSI-X interrupt, or polls without MSI-X.
    */
   listen(): void {
     this.checkQueue(0);
     if (this.listening) return;
+    // One batch for every queue: each drain runs to its end on the event loop before another starts.
     const batch = new PacketBatch(64, 65536 - 16);
-    const q = this.rx[0]!;
-    const drain = () => {
+    const stops = this.rx.map((q, queue) => this.onReceive(queue, () => {
       for (let n = q.burst(batch); n > 0; n = q.burst(batch)) {
-        for (let i = 0; i < n; i++) this.emit('frame', Buffer.from(batch.data.subarray(batch.offset(i), batch.offset(i) + batch.lengths[i]!)), 0);
+        for (let i = 0; i < n; i++) this.emit('frame', Buffer.from(batch.data.subarray(batch.offset(i), batch.offset(i) + batch.lengths[i]!)), queue);
         if (!this.listening) break;
       }
-    };
-    this.listening = { batch, stop: this.onReceive(0, drain) };
+    }));
+    this.listening = { batch, stop: () => stops.forEach((stop) => stop()) };
   }
 
   stopListening(): void {

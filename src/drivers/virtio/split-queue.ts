@@ -105,9 +105,14 @@ export class SplitQueue implements Virtqueue {
   /**
    * Make pushed chains visible: the ring entries were stored before this index store, and x86
    * and V8 keep stores in program order, so the device never sees the index before the entries.
+   * A locked store (Atomics.store is an xchg): it is also the full barrier kick() needs. A plain
+   * store may still sit in the CPU's store buffer when kick() reads used.flags; a device that had
+   * NO_NOTIFY set, cleared it and then looked at avail.idx (QEMU does, with its own barrier) sees
+   * the old index, while we see the old flag and skip the doorbell: the frames wait for the next
+   * kick, which a ping-pong or a full ring never sends (virtio 1.2, 2.7.13.4; Linux's virtio_mb).
    */
   publish(): void {
-    this.avail16[1] = this.availIdx;
+    Atomics.store(this.avail16, 1, this.availIdx);
   }
 
   /** Ring the doorbell unless the device said it does not need one (used.flags). */

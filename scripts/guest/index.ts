@@ -138,6 +138,8 @@ export interface InGuestOptions {
   kernel?: GuestKernel;
   memoryMiB?: number;
   memlockKiB?: number | 'unlimited';
+  /** More kernel command-line arguments. */
+  kernelArgs?: string[];
   /** Console lines (the command's stderr, kernel messages); default: this process's stderr. */
   onConsole?: (line: string) => void;
   assets?: GuestAssets;
@@ -171,6 +173,7 @@ export async function runInGuest(opts: InGuestOptions): Promise<InGuestResult> {
     label: 'in-guest',
     memoryMiB: opts.memoryMiB,
     memlockKiB: opts.memlockKiB,
+    kernelArgs: opts.kernelArgs,
     env: { NO_COLOR: '1', ...opts.env },
     onConsole: opts.onConsole ?? ((l) => process.stderr.write(l + '\n')),
     kernel: opts.kernel ?? opts.assets?.line,

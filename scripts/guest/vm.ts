@@ -29,6 +29,8 @@ export interface BootOptions {
   env?: Record<string, string>;
   /** RLIMIT_MEMLOCK for the job (`ulimit -l`, KiB); default: the kernel's own default. */
   memlockKiB?: number | 'unlimited';
+  /** More kernel command-line arguments (e.g. bench:net --tsc: 'tsc=reliable'). */
+  kernelArgs?: string[];
   /** Each console line as it arrives (kernel messages and the job's terminal output). */
   onConsole?: (line: string) => void;
   /** Which kernel the guest boots; default 'default'. Given assets must be of this line. */
@@ -120,7 +122,7 @@ export async function bootGuest(opts: BootOptions): Promise<BootResult> {
       '-kernel', assets.kernel,
       '-initrd', assets.initramfs,
       // panic=-1 reboots at once on a panic, and -no-reboot turns that into QEMU exiting.
-      '-append', 'console=ttyS0 intel_iommu=on panic=-1 quiet loglevel=4 no_timer_check',
+      '-append', ['console=ttyS0 intel_iommu=on panic=-1 quiet loglevel=4 no_timer_check', ...(opts.kernelArgs ?? [])].join(' '),
       '-serial', 'stdio',
       '-fsdev', `local,id=repo,path=${repo},security_model=none,readonly=on`,
       '-device', 'virtio-9p-pci,fsdev=repo,mount_tag=repo',

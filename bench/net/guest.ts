@@ -11,13 +11,15 @@
  *   rtt-64-irq        the same with ours sleeping on the receive queue's MSI-X interrupt.
  * Prints BENCH_JSON {...} for the host side.
  *
- *   node dist/bench/net/guest.js --pingpong PATH [--seconds S] [--warmup S] [--rounds N] [--rtts N]
+ *   node dist/bench/net/guest.js --pingpong PATH [--seconds S] [--warmup S] [--rounds N] [--rtts N] [--trace N]
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { bindToVfio, unbindFromVfio, boundDriver } from '../../src/pci/bind';
+import { describeTrace, startTrace, stopTrace, summarize, type TraceSummary } from './trace';
+import { describeProfile, summarizeProfile } from './profile-summary';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(name);
@@ -29,9 +31,21 @@ const WARMUP = Number(arg('--warmup', '1'));
 const ROUNDS = Number(arg('--rounds', '2'));
 const RTTS = Number(arg('--rtts', '1000'));
 const PINGPONG = arg('--pingpong', '');
+/** --trace N: after the rounds, N more round trips of each ping-pong under ftrace, cut into legs. */
+const TRACE = Number(arg('--trace', '0'));
+/** --profile N: after the rounds, N round trips of each of our ping-pongs with both workers under node --cpu-prof. */
+const PROFILE = Number(arg('--profile', '0'));
 const WORKER = path.join(__dirname, 'worker.js');
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Console markers around each measurement: the host notes its own load and QEMU's threads meanwhile (bench/host-load.ts). */
+function phase(edge: 'start' | 'end', name: string): void {
+  console.error(`bench:net: phase-${edge} ${name}`);
+}
+
+/** Receiver counts every half second of the window: a stall (a run of zeros) shows as one. */
+const INTERVAL_MS = 500;
 
 function nics(): string[] {
   const root = '/sys/bus/pci/devices';
@@ -101,7 +115,7 @@ function pinned(cpu: number, cmd: string, args: string[]): Child {
   return new Child(spawn('taskset', ['-c', String(cpu), cmd, ...args], { stdio: ['pipe', 'pipe', 'inherit'] }));
 }
 
-async function oursPps(tx: string, rx: string, size: number): Promise<number> {
+async function oursPps(tx: string, rx: string, size: number, name: string): Promise<{ pps: number; intervals: number[] }> {
   console.error(`bench:net: ours, ${size}-byte frames`);
   const r = pinned(1, process.execPath, [WORKER, 'rx', rx]);
   await r.next();
@@ -109,17 +123,30 @@ async function oursPps(tx: string, rx: string, size: number): Promise<number> {
   await t.next();
   console.error('bench:net: both workers ready');
   await sleep(WARMUP * 1000);
+  phase('start', name);
   r.send('mark');
   const a = await r.next<{ count: number; t: number }>();
-  await sleep(SECONDS * 1000);
-  r.send('mark');
-  const b = await r.next<{ count: number; t: number }>();
+  const marks = [a];
+  for (let left = SECONDS * 1000; left > 0; left -= INTERVAL_MS) {
+    await sleep(Math.min(INTERVAL_MS, left));
+    r.send('mark');
+    marks.push(await r.next<{ count: number; t: number }>());
+  }
+  phase('end', name);
+  const b = marks[marks.length - 1]!;
   console.error(`bench:net: counted ${b.count - a.count}`);
   t.send('stop');
   await t.next();
   r.send('stop');
   await Promise.all([r.finish(), t.finish()]);
-  return ((b.count - a.count) * 1000) / (b.t - a.t);
+  return { pps: ((b.count - a.count) * 1000) / (b.t - a.t), intervals: rates(marks.map((m) => m.count), marks.map((m) => m.t)) };
+}
+
+/** Frames per second in each interval between successive (count, time in ms) marks. */
+function rates(counts: number[], times: number[]): number[] {
+  const out: number[] = [];
+  for (let i = 1; i < counts.length; i++) out.push(Math.round(((counts[i]! - counts[i - 1]!) * 1000) / (times[i]! - times[i - 1]!)));
+  return out;
 }
 
 function rxPackets(iface: string): number {
@@ -130,7 +157,7 @@ function pg(file: string, cmd: string): void {
   fs.writeFileSync(`/proc/net/pktgen/${file}`, `${cmd}\n`);
 }
 
-async function kernelPps(txIf: string, rxIf: string, rxMac: string, size: number): Promise<number> {
+async function kernelPps(txIf: string, rxIf: string, rxMac: string, size: number, name: string): Promise<{ pps: number; intervals: number[] }> {
   pg('kpktgend_0', 'rem_device_all');
   pg('kpktgend_0', `add_device ${txIf}`);
   pg(txIf, 'count 0');
@@ -143,16 +170,24 @@ async function kernelPps(txIf: string, rxIf: string, rxMac: string, size: number
   const gen = spawn('sh', ['-c', 'echo start > /proc/net/pktgen/pgctrl'], { stdio: 'ignore' });
   const exited = new Promise((r) => gen.on('exit', r));
   await sleep(WARMUP * 1000);
-  const a = rxPackets(rxIf);
-  const ta = performance.now();
-  await sleep(SECONDS * 1000);
-  const b = rxPackets(rxIf);
-  const tb = performance.now();
+  phase('start', name);
+  const counts = [rxPackets(rxIf)];
+  const times = [performance.now()];
+  for (let left = SECONDS * 1000; left > 0; left -= INTERVAL_MS) {
+    await sleep(Math.min(INTERVAL_MS, left));
+    counts.push(rxPackets(rxIf));
+    times.push(performance.now());
+  }
+  phase('end', name);
+  const a = counts[0]!;
+  const b = counts[counts.length - 1]!;
+  const ta = times[0]!;
+  const tb = times[times.length - 1]!;
   fs.writeFileSync('/proc/net/pktgen/pgctrl', 'stop\n');
   await exited;
   // pktgen holds the interface until removed: unbinding virtio_net would wait for it forever.
   pg('kpktgend_0', 'rem_device_all');
-  return ((b - a) * 1000) / (tb - ta);
+  return { pps: ((b - a) * 1000) / (tb - ta), intervals: rates(counts, times) };
 }
 
 /**
@@ -173,7 +208,7 @@ function pinVfioIrqs(address: string, cpu: number): void {
   }
 }
 
-async function pingPong(pingCmd: [string, string[]], echoCmd: [string, string[]], ours?: { ping: string; echo: string }): Promise<number[]> {
+async function pingPong(name: string, pingCmd: [string, string[]], echoCmd: [string, string[]], ours?: { ping: string; echo: string }): Promise<number[]> {
   const e = pinned(1, echoCmd[0], echoCmd[1]);
   await e.next();
   if (ours) pinVfioIrqs(ours.echo, 1);
@@ -183,12 +218,44 @@ async function pingPong(pingCmd: [string, string[]], echoCmd: [string, string[]]
     await p.next(); // ours says ready first; its 100 warm-up round trips come before any measured
     pinVfioIrqs(ours.ping, 0);
   }
+  phase('start', name);
+  const c0 = cpuTimes();
+  const p0 = procTimes(p.proc.pid);
+  const e0 = procTimes(e.proc.pid);
   result = await p.next<{ rttUs: number[] }>(600_000);
+  const [c1, p1, e1] = [cpuTimes(), procTimes(p.proc.pid), procTimes(e.proc.pid)];
+  phase('end', name);
+  console.error(`bench:net: ${name}: ${guestView(c0, c1, p0, p1, e0, e1, result.rttUs.length + 100)}`);
   await p.finish();
-  if (echoCmd[0] === process.execPath) e.send('stop');
+  if (ours) e.send('stop');
   else e.proc.kill('SIGTERM');
   await e.finish();
   return result.rttUs;
+}
+
+/** The guest's own view of a phase: per CPU, jiffies (10 ms at USER_HZ 100) by kind; per process, user and system time. */
+function cpuTimes(): number[][] {
+  return fs.readFileSync('/proc/stat', 'utf8').split('\n').filter((l) => /^cpu\d/.test(l)).map((l) => l.split(/\s+/).slice(1, 8).map(Number));
+}
+function procTimes(pid: number | undefined): [number, number] {
+  try {
+    const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+    return [Number(f[11]), Number(f[12])];
+  } catch {
+    return [NaN, NaN];
+  }
+}
+/** "guest: cpu0 user 12% sys 30% irq 1% softirq 0% idle 57% | ... ; ping user 3.1 ms sys 2.0 ms per round trip, echo ..." */
+function guestView(c0: number[][], c1: number[][], p0: [number, number], p1: [number, number], e0: [number, number], e1: [number, number], n: number): string {
+  const cpus = c0.map((a, i) => {
+    const d = c1[i]!.map((x, k) => x - a[k]!);
+    const tot = d.reduce((x, y) => x + y, 0) || 1;
+    const p = (k: number) => Math.round((100 * d[k]!) / tot);
+    return `cpu${i} user ${p(0) + p(1)}% sys ${p(2)}% irq ${p(5)}% softirq ${p(6)}% idle ${p(3) + p(4)}%`;
+  });
+  const per = (a: [number, number], b: [number, number]) => `user ${((10 * (b[0] - a[0])) / n).toFixed(2)} ms sys ${((10 * (b[1] - a[1])) / n).toFixed(2)} ms`;
+  return `guest: ${cpus.join(' | ')}; per round trip: ping ${per(p0, p1)}, echo ${per(e0, e1)}`;
 }
 
 const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
@@ -197,6 +264,8 @@ async function main(): Promise<void> {
   const [a, b] = nics();
   if (!a || !b) throw new Error('bench:net needs two virtio-net functions');
   execFileSync('modprobe', ['pktgen']);
+  // Every clock read in a worker (libuv reads one at each event-loop turn) goes through it.
+  console.log(`guest clocksource: ${fs.readFileSync('/sys/devices/system/clocksource/clocksource0/current_clocksource', 'utf8').trim()}`);
   const results: Record<string, { ours: number[]; kernel: number[] }> = {};
   const add = (k: string, side: 'ours' | 'kernel', v: number) => {
     results[k] ??= { ours: [], kernel: [] };
@@ -217,12 +286,13 @@ async function main(): Promise<void> {
     }
     await sleep(500);
     for (const size of [60, 1514]) {
-      const pps = await kernelPps(ia, ib, ibMac, size);
-      add(`pps-${size === 60 ? 64 : size}`, 'kernel', pps);
-      console.log(`round ${round} kernel ${size}-byte frames: ${pps.toFixed(0)} pps`);
+      const c = `pps-${size === 60 ? 64 : size}`;
+      const { pps, intervals } = await kernelPps(ia, ib, ibMac, size, `r${round}-kernel-${c}`);
+      add(c, 'kernel', pps);
+      console.log(`round ${round} kernel ${size}-byte frames: ${pps.toFixed(0)} pps (per ${INTERVAL_MS} ms: ${intervals.join(' ')})`);
     }
     if (PINGPONG) {
-      const rtt = await pingPong([PINGPONG, ['ping', ia, String(RTTS)]], [PINGPONG, ['echo', ib]]);
+      const rtt = await pingPong(`r${round}-kernel-rtt-64`, [PINGPONG, ['ping', ia, String(RTTS)]], [PINGPONG, ['echo', ib]]);
       latency.kernel.push(...rtt);
       console.log(`round ${round} kernel rtt p50 ${pct(rtt, 50).toFixed(1)} us p99 ${pct(rtt, 99).toFixed(1)} us`);
     }
@@ -230,26 +300,69 @@ async function main(): Promise<void> {
     // Ours on both NICs.
     for (const n of [a, b]) bindToVfio(n);
     for (const size of [60, 1514]) {
-      const pps = await oursPps(a, b, size);
-      add(`pps-${size === 60 ? 64 : size}`, 'ours', pps);
-      console.log(`round ${round} ours ${size}-byte frames: ${pps.toFixed(0)} pps`);
+      const c = `pps-${size === 60 ? 64 : size}`;
+      const { pps, intervals } = await oursPps(a, b, size, `r${round}-ours-${c}`);
+      add(c, 'ours', pps);
+      console.log(`round ${round} ours ${size}-byte frames: ${pps.toFixed(0)} pps (per ${INTERVAL_MS} ms: ${intervals.join(' ')})`);
     }
-    const rtt = await pingPong([process.execPath, [WORKER, 'ping', a, String(RTTS)]], [process.execPath, [WORKER, 'echo', b]], { ping: a, echo: b });
+    const rtt = await pingPong(`r${round}-ours-rtt-64`, [process.execPath, [WORKER, 'ping', a, String(RTTS)]], [process.execPath, [WORKER, 'echo', b]], { ping: a, echo: b });
     latency.ours.push(...rtt);
     console.log(`round ${round} ours rtt p50 ${pct(rtt, 50).toFixed(1)} us p99 ${pct(rtt, 99).toFixed(1)} us`);
     // The same on the receive interrupt (onReceive + bursts): nobody spins, so QEMU's main-loop
     // thread (virtio-net's transmit bottom half, the hub) is not competing with two busy vCPUs.
-    const rttIrq = await pingPong([process.execPath, [WORKER, 'ping-irq', a, String(RTTS)]], [process.execPath, [WORKER, 'echo-irq', b]], { ping: a, echo: b });
+    const rttIrq = await pingPong(`r${round}-ours-rtt-64-irq`, [process.execPath, [WORKER, 'ping-irq', a, String(RTTS)]], [process.execPath, [WORKER, 'echo-irq', b]], { ping: a, echo: b });
     latency.oursIrq.push(...rttIrq);
     console.log(`round ${round} ours (interrupts) rtt p50 ${pct(rttIrq, 50).toFixed(1)} us p99 ${pct(rttIrq, 99).toFixed(1)} us`);
   }
   for (const n of [a, b]) if (boundDriver(n) === 'vfio-pci') unbindFromVfio(n);
+  const traces: { name: string; summary: TraceSummary }[] = [];
+  if (TRACE > 0) {
+    const traced = async (name: string, run: () => Promise<unknown>) => {
+      process.env.NET_BENCH_TRACE = '1';
+      startTrace();
+      try {
+        await run();
+      } finally {
+        delete process.env.NET_BENCH_TRACE;
+      }
+      const summary = summarize(stopTrace());
+      traces.push({ name, summary });
+      console.log(describeTrace(name, summary));
+    };
+    const [ia, ib] = [ifaceOf(a), ifaceOf(b)];
+    for (const i of [ia, ib]) execFileSync('ip', ['link', 'set', i, 'up']);
+    await sleep(500);
+    if (PINGPONG) await traced('kernel', () => pingPong('trace-kernel', [PINGPONG, ['ping', ia, String(TRACE)]], [PINGPONG, ['echo', ib]]));
+    for (const i of [ia, ib]) execFileSync('ip', ['link', 'set', i, 'down']);
+    for (const n of [a, b]) bindToVfio(n);
+    await traced('ours', () => pingPong('trace-ours', [process.execPath, [WORKER, 'ping', a, String(TRACE)]], [process.execPath, [WORKER, 'echo', b]], { ping: a, echo: b }));
+    await traced('ours-irq', () => pingPong('trace-ours-irq', [process.execPath, [WORKER, 'ping-irq', a, String(TRACE)]], [process.execPath, [WORKER, 'echo-irq', b]], { ping: a, echo: b }));
+    for (const n of [a, b]) if (boundDriver(n) === 'vfio-pci') unbindFromVfio(n);
+  }
+  const profiles: { name: string; top: unknown }[] = [];
+  if (PROFILE > 0) {
+    for (const n of [a, b]) bindToVfio(n);
+    for (const [ping, echo] of [['ping', 'echo'], ['ping-irq', 'echo-irq']] as const) {
+      const dir = fs.mkdtempSync('/tmp/netprof-');
+      // Each worker profiles its own steady state (bench/net/worker.ts) into NET_BENCH_PROFILE.
+      const prof = (side: string) => ['env', `NET_BENCH_PROFILE=${dir}/${side}.cpuprofile`, process.execPath];
+      const rtt = await pingPong(`profile-${ping}`, [prof('ping')[0]!, [...prof('ping').slice(1), WORKER, ping, a, String(PROFILE)]], [prof('echo')[0]!, [...prof('echo').slice(1), WORKER, echo, b]], { ping: a, echo: b });
+      console.log(`profile ${ping}/${echo}: rtt p50 ${pct(rtt, 50).toFixed(1)} us p99 ${pct(rtt, 99).toFixed(1)} us`);
+      for (const side of ['ping', 'echo']) {
+        if (!fs.existsSync(`${dir}/${side}.cpuprofile`)) { console.log(`profile ${side}: none written`); continue; }
+        const s = summarizeProfile(`${dir}/${side}.cpuprofile`);
+        profiles.push({ name: `${side === 'ping' ? ping : echo}`, top: s });
+        console.log(describeProfile(side === 'ping' ? ping : echo, s));
+      }
+    }
+    for (const n of [a, b]) if (boundDriver(n) === 'vfio-pci') unbindFromVfio(n);
+  }
   const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
   const cases: Record<string, unknown>[] = Object.entries(results).map(([name, r]) => ({
     name, ours: Math.round(mean(r.ours)), kernel: Math.round(mean(r.kernel)), unit: 'pps', ratio: +(mean(r.ours) / mean(r.kernel)).toFixed(3),
     oursRounds: r.ours.map(Math.round), kernelRounds: r.kernel.map(Math.round),
   }));
-  for (const p of [50, 99]) {
+  for (const p of ROUNDS > 0 ? [50, 99] : []) {
     const ours = pct(latency.ours.sort((x, y) => x - y), p);
     const kernel = latency.kernel.length ? pct(latency.kernel.sort((x, y) => x - y), p) : NaN;
     // Latency: lower is better, so the ratio is kernel / ours (above 1: we are ahead).
@@ -257,7 +370,7 @@ async function main(): Promise<void> {
     const irq = pct(latency.oursIrq.sort((x, y) => x - y), p);
     cases.push({ name: `rtt-64-irq-p${p}`, ours: +irq.toFixed(1), kernel: +kernel.toFixed(1), unit: 'us', ratio: +(kernel / irq).toFixed(3) });
   }
-  console.log(`BENCH_JSON ${JSON.stringify({ cases })}`);
+  console.log(`BENCH_JSON ${JSON.stringify({ cases, traces, profiles })}`);
 }
 
 main().catch((err: Error) => {

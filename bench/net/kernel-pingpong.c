@@ -5,6 +5,7 @@
  *   kernel-pingpong ping IFACE N      N round trips; prints {"rttUs":[...]} sorted
  */
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <linux/if_packet.h>
 #include <net/ethernet.h>
 #include <net/if.h>
@@ -25,6 +26,12 @@ static double now_us(void) {
   return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
 }
 
+/* bench:net --trace: markers in the guest kernel's trace (bench/net/trace.ts). */
+static int trace_fd = -1;
+static void mark(const char *step) {
+  if (trace_fd >= 0 && write(trace_fd, step, strlen(step)) < 0) trace_fd = -1;
+}
+
 static int cmp(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return x < y ? -1 : x > y;
@@ -35,6 +42,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s echo|ping IFACE [N]\n", argv[0]);
     return 2;
   }
+  const char *tr = getenv("NET_BENCH_TRACE");
+  if (tr && strcmp(tr, "1") == 0) trace_fd = open("/sys/kernel/tracing/trace_marker", O_WRONLY);
   int fd = socket(AF_PACKET, SOCK_RAW, htons(ETHERTYPE));
   if (fd < 0) { perror("socket"); return 1; }
   struct sockaddr_ll sll = {0};
@@ -50,11 +59,13 @@ int main(int argc, char **argv) {
     for (;;) {
       ssize_t n = recv(fd, buf, sizeof buf, 0);
       if (n < 14) continue;
+      mark("netlat E rx");
       unsigned char t[6];
       memcpy(t, buf, 6);
       memcpy(buf, buf + 6, 6);
       memcpy(buf + 6, t, 6);
       if (sendto(fd, buf, n, 0, (struct sockaddr *)&sll, sizeof sll) < 0) perror("sendto");
+      mark("netlat E tx");
     }
   }
   int rounds = argc > 3 ? atoi(argv[3]) : 1000;
@@ -75,12 +86,14 @@ int main(int argc, char **argv) {
     frame[14] = seq & 0xff;
     frame[15] = (seq >> 8) & 0xff;
     double t0 = now_us();
+    mark("netlat P tx");
     if (sendto(fd, frame, sizeof frame, 0, (struct sockaddr *)&sll, sizeof sll) < 0) perror("sendto");
     for (;;) {
       ssize_t n = recv(fd, buf, sizeof buf, 0);
       if (n < 0) break; /* lost: counts as the 200 ms timeout */
       if (n >= 16 && buf[14] == frame[14] && buf[15] == frame[15]) break;
     }
+    mark("netlat P rx");
     if (r >= 0) rtt[r] = now_us() - t0;
   }
   qsort(rtt, rounds, sizeof *rtt, cmp);

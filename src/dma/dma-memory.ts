@@ -173,6 +173,9 @@ export function memfdOf(buffer: ArrayBufferLike): Memfd | undefined {
 
 /** `keepPages`: close only the fd; the pages go when the ArrayBuffer is collected (still mapped elsewhere). */
 export function releaseDmaMemory(memory: DmaMemory, { keepPages = false } = {}): void {
+  // Streaming maps remember the Memfd of memory they mapped (dma-space.ts): -1 says it is closed.
+  const memfd = memfds.get(memory.buffer);
+  if (memfd) memfd.fd = -1;
   memfds.delete(memory.buffer);
   if (!keepPages) native.munmap(memory.buffer);
   native.close(memory.fd);

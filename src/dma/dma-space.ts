@@ -9,8 +9,8 @@ import { markAsUntransferable } from 'node:worker_threads';
 import { native, constants } from '../native/index';
 import { DeviceGoneError, InvalidArgumentError, UserpciError, isSystemError, wrapSystemError } from '../errors';
 import type { Backend } from '../device/backend';
-import { IovaAllocator, alignUp } from './iova-allocator';
-import { allocateDmaMemory, checkDmaMemoryFits, memfdOf, checkHugePagePolicy, memlockError, releaseDmaMemory, type DmaMemory, type HugePagePolicy } from './dma-memory';
+import { IovaAllocator } from './iova-allocator';
+import { allocateDmaMemory, checkDmaMemoryFits, memfdOf, checkHugePagePolicy, memlockError, releaseDmaMemory, type DmaMemory, type HugePagePolicy, type Memfd } from './dma-memory';
 
 /** linux/mman.h (asm-generic, so x86-64 and arm64 alike); Linux 5.14 and later. */
 const MADV_POPULATE_WRITE = 23;
@@ -181,19 +181,36 @@ function faultInWritable(view: Uint8Array): void {
 }
 
 /**
- * Buffers mapped before, with the address of their first byte. Only fixed-size buffers get here
- * (toBytes refused the rest), and V8 never moves a backing store once it is off the heap (which
- * addressOf saw to): the address stays true for the buffer's life. A detached buffer reads as
+ * What map() learnt about memory it mapped before: the address of its first byte, and the memfd
+ * behind it when this library allocated it. Only fixed-size buffers get here (toBytes refused the
+ * rest), and V8 never moves a backing store once it is off the heap (which addressOf saw to): the
+ * address stays true for the buffer's life. A detached buffer (and every view of it) reads as
  * length 0 and takes the checked path again.
  */
-const knownBuffers = new WeakMap<ArrayBufferLike, number>();
+interface KnownMemory {
+  address: number;
+  memfd: Memfd | undefined;
+}
 
-function remember(view: Uint8Array, address: number): void {
+/** Buffers mapped before, by the buffer (`address`: its byte 0). */
+const knownBuffers = new WeakMap<ArrayBufferLike, KnownMemory>();
+
+/**
+ * Uint8Arrays mapped before, by the view itself (`address`: the view's first byte). A view mapped
+ * again (the per-I/O case) then costs one lookup: in V8 11.3 a typed array's `buffer`,
+ * `byteOffset` and `byteLength` are builtin calls (10-15 ns each), `length` is a plain load.
+ * Only a Uint8Array that first maps its buffer is kept: recording every new subarray would cost
+ * a WeakMap insertion (and GC work) per map.
+ */
+const knownViews = new WeakMap<Uint8Array, KnownMemory>();
+
+function remember(view: Uint8Array, address: number, memfd: Memfd | undefined, caller: DmaMappable): void {
   const buffer = view.buffer;
   // Transferring the buffer to a worker (postMessage, structuredClone) would hand its memory to
   // an owner that may free it while the device still writes there: copy it instead.
   if (!(buffer instanceof SharedArrayBuffer)) markAsUntransferable(buffer);
-  knownBuffers.set(buffer, address - view.byteOffset);
+  knownBuffers.set(buffer, { address: address - view.byteOffset, memfd });
+  if (caller instanceof Uint8Array) knownViews.set(caller, { address, memfd }); // toBytes made `view` over the same bytes
 }
 
 /** One allocator per IOMMU domain (VFIO container or vfio-user connection). */
@@ -224,6 +241,8 @@ export class DmaSpace {
   private readonly allocator: IovaAllocator;
   private closed: string | undefined;
   private readonly ref = new WeakRef(this);
+  /** The backend pins mapped pages itself (VFIO): no memfd is handed on, read-only pins are faulted in first. */
+  private readonly pins: boolean;
   /** Highest IOVA the device can reach (its DMA mask), inclusive. */
   private highest: number;
 
@@ -232,6 +251,7 @@ export class DmaSpace {
     limit: number,
   ) {
     this.highest = limit;
+    this.pins = backend.pinsDmaMemory === true;
     const aperture = backend.iommuAperture();
     let allocator = allocators.get(aperture.domain);
     if (!allocator) {
@@ -273,7 +293,7 @@ export class DmaSpace {
     if (!Number.isSafeInteger(size) || size <= 0) throw new InvalidArgumentError(`DMA buffer size must be a positive integer, got ${size}`);
     if (options === null || typeof options !== 'object') throw new InvalidArgumentError(`allocDma options must be an object, got ${describe(options)}`);
     const hugePages = checkHugePagePolicy(options.hugePages);
-    const pins = this.backend.pinsDmaMemory === true;
+    const pins = this.pins;
     checkDmaMemoryFits(size, !pins);
     this.allocator.check(size, constants.PAGE_SIZE, this.limit); // before populating memory for nothing
     const memory = allocateDmaMemory(size, { hugePages, lock: !pins });
@@ -333,42 +353,54 @@ export class DmaSpace {
     if (direction !== 'to-device' && direction !== 'from-device' && direction !== 'bidirectional') {
       throw new InvalidArgumentError(`DMA direction must be 'to-device', 'from-device' or 'bidirectional', got ${String(direction)}`);
     }
-    // A Uint8Array over a buffer mapped before (the per-I/O case) needs no checks, no new view
+    // A Uint8Array mapped before, or over a buffer mapped before, needs no checks, no new view
     // and no call into the addon; anything else takes the checked path once per buffer.
     let view: Uint8Array;
     let address: number;
-    const base = memory instanceof Uint8Array && memory.byteLength > 0 ? knownBuffers.get(memory.buffer) : undefined;
-    if (base !== undefined) {
+    let memfd: Memfd | undefined;
+    let checked = false;
+    const typed = memory instanceof Uint8Array && memory.length > 0;
+    const seen = typed ? knownViews.get(memory) : undefined;
+    if (seen !== undefined) {
       view = memory as Uint8Array;
-      address = base + view.byteOffset;
+      address = seen.address;
+      memfd = seen.memfd;
     } else {
-      view = toBytes(memory);
-      if (view.byteLength === 0) throw new InvalidArgumentError('cannot map an empty buffer for DMA');
-      address = native.addressOf(view);
+      const known = typed ? knownBuffers.get((memory as Uint8Array).buffer) : undefined;
+      if (known !== undefined) {
+        view = memory as Uint8Array;
+        address = known.address + view.byteOffset;
+        memfd = known.memfd;
+      } else {
+        view = toBytes(memory);
+        if (view.length === 0) throw new InvalidArgumentError('cannot map an empty buffer for DMA');
+        address = native.addressOf(view);
+        memfd = memfdOf(view.buffer);
+        checked = true;
+      }
     }
-    const length = view.byteLength;
-    const page = this.allocator.granule;
-    const vaddr = Math.floor(address / page) * page;
-    const size = alignUp(address + length, page) - vaddr;
-    const pageIova = this.allocator.take(size, page, this.highest);
+    const length = view.length;
+    const vaddr = this.allocator.roundDown(address);
+    const size = this.allocator.roundUp(address + length) - vaddr;
+    const pageIova = this.allocator.takePages(size, this.highest);
     const firstByteIova = pageIova + (address - vaddr);
     // A backend that pins pages needs no fd. For one that may reach memory only by fd (a proxy
-    // for a real device), memory this library allocated hands its memfd on, where the map's
-    // pages are whole pages of it (a hugetlb memfd maps only at 2 MiB offsets).
-    const memfd = this.backend.pinsDmaMemory === true ? undefined : memfdOf(view.buffer);
-    const fdOffset = memfd === undefined ? 0 : vaddr - memfd.address;
-    const byFd = memfd !== undefined && fdOffset % memfd.pageSize === 0 && size % memfd.pageSize === 0 && fdOffset + size <= memfd.size;
+    // for a real device), memory this library allocated hands its memfd on (while it is open),
+    // where the map's pages are whole pages of it (a hugetlb memfd maps only at 2 MiB offsets).
+    const handOn = this.pins || memfd === undefined || memfd.fd < 0 ? undefined : memfd;
+    const fdOffset = handOn === undefined ? 0 : vaddr - handOn.address;
+    const byFd = handOn !== undefined && fdOffset % handOn.pageSize === 0 && size % handOn.pageSize === 0 && fdOffset + size <= handOn.size;
     try {
-      if (direction === 'to-device' && this.backend.pinsDmaMemory === true) faultInWritable(view);
+      if (direction === 'to-device' && this.pins) faultInWritable(view);
       this.backend.dmaMap({
-        iova: pageIova, size, vaddr, memory: view, memoryIova: firstByteIova, fd: byFd ? memfd.fd : undefined, fdOffset,
+        iova: pageIova, size, vaddr, memory: view, memoryIova: firstByteIova, fd: byFd ? handOn.fd : undefined, fdOffset,
         deviceReads: direction !== 'from-device', deviceWrites: direction !== 'to-device',
       });
     } catch (err) {
       this.allocator.giveBack(pageIova, size);
       throw this.mapError(err, `mapping ${length} bytes for DMA`, size);
     }
-    if (base === undefined) remember(view, address);
+    if (checked) remember(view, address, memfd, memory);
     const mapping = new DmaMapping(this, view, direction, firstByteIova, length, pageIova, size);
     mapping.slot = this.mappings.length;
     this.mappings.push(mapping);

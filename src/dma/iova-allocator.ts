@@ -15,6 +15,8 @@ export class IovaAllocator {
   private ends = new Float64Array(16);
   private count = 0;
   private readonly used = new Map<number, number>();
+  /** 1 / granule, exact (the granule is a power of two): rounding to it multiplies, no division. */
+  private readonly perGranule: number;
 
   /**
    * @param ranges usable ranges with inclusive ends (as VFIO reports them)
@@ -23,6 +25,8 @@ export class IovaAllocator {
    *   number: it is folded into the space); absent: first fit
    */
   constructor(ranges: { start: number; end: number }[], readonly granule = 4096, options: { cursor?: number } = {}) {
+    if (!isPowerOfTwo(granule)) throw new InvalidArgumentError(`IOVA granule ${granule} must be a power of two`);
+    this.perGranule = 1 / granule;
     const sorted = [...ranges].sort((a, b) => a.start - b.start);
     for (const r of sorted) {
       const start = alignUp(Math.max(r.start, granule), granule); // never hand out IOVA 0: it hides bugs
@@ -67,7 +71,28 @@ export class IovaAllocator {
    * streaming map): nothing is recorded here; give the range back with giveBack(start, size).
    */
   take(size: number, align = this.granule, limit = Number.MAX_SAFE_INTEGER): number {
-    const length = this.checkRequest(size, align);
+    return this.takeLength(this.checkRequest(size, align), align, limit);
+  }
+
+  /**
+   * @internal take() for a caller that hands in a positive multiple of the granule, aligned to
+   * the granule (DmaSpace, once per streaming map): nothing left to check or round.
+   */
+  takePages(length: number, limit: number): number {
+    return this.takeLength(length, this.granule, limit);
+  }
+
+  /** Round down to the granule. */
+  roundDown(value: number): number {
+    return Math.floor(value * this.perGranule) * this.granule;
+  }
+
+  /** Round up to the granule. */
+  roundUp(value: number): number {
+    return Math.ceil(value * this.perGranule) * this.granule;
+  }
+
+  private takeLength(length: number, align: number, limit: number): number {
     const from = this.searchStart(length, limit);
     let i = this.find(length, align, limit, from);
     if (i < 0 && from > this.bottom) i = this.find(length, align, limit, this.bottom);
@@ -99,25 +124,30 @@ export class IovaAllocator {
     return alignUp(size, this.granule);
   }
 
-  /** The cursor folded into the part of the space this caller can reach. */
+  /** The cursor folded into the part of the space this caller can reach (on the granule, as the cursor is). */
   private searchStart(length: number, limit: number): number {
     if (this.cursor < 0) return this.bottom;
     const reach = Math.min(limit + 1, this.top) - this.bottom;
     if (reach <= length) return this.bottom;
-    let offset = this.cursor - this.bottom;
-    if (offset >= reach) offset %= reach; // a floating-point modulo is a call: only when needed
-    return this.bottom + Math.floor(offset / this.granule) * this.granule;
+    const offset = this.cursor - this.bottom;
+    // A floating-point modulo is a call: only when needed.
+    return offset < reach ? this.cursor : this.bottom + this.roundDown(offset % reach);
   }
 
   /** Start of the range the last successful find() chose. */
   private found = 0;
 
-  /** Index of the first free span holding an aligned range of `length` from `from` up (its start in `found`), or -1. */
+  /**
+   * Index of the first free span holding an aligned range of `length` from `from` (on the
+   * granule) up (its start in `found`), or -1.
+   */
   private find(length: number, align: number, limit: number, from: number): number {
+    const granule = align === this.granule; // spans and `from` lie on the granule already
     for (let i = 0; i < this.count; i++) {
       const spanEnd = this.ends[i]!;
       if (spanEnd <= from) continue;
-      const start = alignUp(Math.max(this.starts[i]!, from), align);
+      const lowest = Math.max(this.starts[i]!, from);
+      const start = granule ? lowest : alignUp(lowest, align);
       if (start + length - 1 > limit) return -1; // spans are sorted: later ones only lie higher
       if (start + length <= spanEnd) {
         this.found = start;
@@ -154,7 +184,7 @@ export class IovaAllocator {
 
   /** @internal Give back a range from take(), with the size it was taken with. */
   giveBack(iova: number, size: number): void {
-    const end = iova + alignUp(size, this.granule);
+    const end = iova + this.roundUp(size);
     let i = 0;
     while (i < this.count && this.starts[i]! < iova) i++;
     const before = i > 0 ? this.ends[i - 1]! : -1;

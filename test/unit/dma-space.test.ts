@@ -127,3 +127,45 @@ test('closing a device whose buffer another device still maps leaves that memory
   assert.equal(buf.freed, true);
   c.releaseAll('c is closed');
 });
+
+test('a Uint8Array mapped again (remembered by its identity), and a new view of its buffer, map at their own bytes; detached, both are refused', () => {
+  const { space, maps } = recordingSpace();
+  const memory = native.mmap(4 * 4096, constants.PROT_READ | constants.PROT_WRITE, constants.MAP_PRIVATE | constants.MAP_ANONYMOUS, -1, 0);
+  const view = new Uint8Array(memory, 300, 5000);
+  const address = native.addressOf(view);
+  const first = space.map(view, 'to-device');
+  const again = space.map(view, 'from-device');
+  const slice = space.map(view.subarray(4000), 'bidirectional');
+  assert.deepEqual([maps[0]!.vaddr, maps[0]!.size], [Math.floor(address / 4096) * 4096, 2 * 4096]);
+  assert.deepEqual([maps[1]!.vaddr, maps[1]!.size], [maps[0]!.vaddr, maps[0]!.size]);
+  assert.equal(first.iova - maps[0]!.iova, address % 4096);
+  assert.equal(again.iova - maps[1]!.iova, address % 4096);
+  assert.equal(maps[2]!.vaddr, Math.floor((address + 4000) / 4096) * 4096);
+  assert.equal(slice.iova - maps[2]!.iova, (address + 4000) % 4096);
+  assert.equal(native.addressOf(maps[2]!.memory), address + 4000);
+  for (const m of [first, again, slice]) m.unmap();
+  const unmapped = new Uint8Array(memory, 0, 100); // a view of the known buffer, never mapped itself
+  native.munmap(memory);
+  assert.throws(() => space.map(view, 'to-device'), (e: any) => e.code === 'EINVAL' && /detached/.test(e.message));
+  assert.throws(() => space.map(unmapped, 'to-device'), (e: any) => e.code === 'EINVAL' && /detached/.test(e.message));
+  assert.equal(space.liveMappings, 0);
+});
+
+test('a view of library memory hands its memfd on while the memfd is open, on every map; once its buffer was released under another device\'s mapping, no more', () => {
+  const a = recordingSpace().space;
+  const { space: b, maps } = recordingSpace(); // a backend that does not pin: it may need the fd
+  const shared = a.allocate(2 * 4096);
+  const fd = shared.fd;
+  const view = new Uint8Array(shared.buffer);
+  const first = b.map(view, 'bidirectional');
+  const again = b.map(view, 'to-device');
+  assert.deepEqual(maps.map((r) => [r.fd, r.fdOffset]), [[fd, 0], [fd, 0]]);
+  again.unmap();
+  a.releaseAll('a is closed'); // the fd is closed; the pages stay for b's mapping
+  const late = b.map(view, 'to-device');
+  assert.equal(maps[2]!.fd, undefined, 'a closed memfd (whose number another file may carry now) is not handed on');
+  assert.equal(maps[2]!.vaddr, maps[0]!.vaddr);
+  late.unmap();
+  first.unmap();
+  b.releaseAll('b is closed');
+});

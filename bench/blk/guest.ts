@@ -174,7 +174,10 @@ async function measureTarget(target: Target, addr: string, baseline: string, sec
   const each = (disk: string, pid?: number) => {
     window.fromUs = nowUs();
     for (const c of wantedCases()) {
+      // Console markers: the host notes its CPUs and this guest's QEMU threads meanwhile (bench/host-load.ts).
+      console.error(`bench:blk: phase-start ${target}/${c.name}`);
       const m = runBaseline(baseline, disk, c, seconds, warmup, pid);
+      console.error(`bench:blk: phase-end ${target}/${c.name} ios=${Math.round(m.iops * (seconds + warmup))}`);
       out[c.name] = m;
       const cpu = m.userUs === undefined ? '' : `; server CPU per I/O: user ${m.userUs.toFixed(0)} µs, system ${m.sysUs!.toFixed(0)} µs`;
       console.log(`${c.name} ${target}: ${Math.round(m.iops)} IOPS (${disk}${cpu})`);

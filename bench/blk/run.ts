@@ -17,11 +17,14 @@
  * in one boot), --cases a,b (some of the cases only), --ublk-args "..." (extra options for the ublk target's server), --verbose (guest console).
  */
 import { arg, benchMain, buildStatic, runGuestBench } from '../guest-bench';
+import { childQemu, describeLoad, hostLoad, snapshot, type HostSnapshot } from '../host-load';
 import { CASES, type BlkResults } from './guest';
 
 const NULL_SIZE = 8 * 1024 * 1024 * 1024;
 
 export const BLK_DEVICES = [
+  // Thread names ("CPU 0/TCG"; the main loop keeps "qemu-system-x86") for the host-load lines.
+  '-name', 'debug-threads=on',
   '-blockdev', `driver=null-co,node-name=nullblk,size=${NULL_SIZE},read-zeroes=on`,
   '-device', 'nvme,drive=nullblk,serial=bench-blk',
 ];
@@ -42,7 +45,21 @@ async function main(): Promise<number> {
   const ublkArgs = arg('--ublk-args');
   if (ublkArgs) guestArgs.push('--ublk-args', `'${ublkArgs}'`);
   const t0 = Date.now();
+  // Per measurement, what the host's CPUs and this guest's QEMU threads did (run, and runnable
+  // without a host CPU), per I/O: under TCG a vCPU waiting for the host is guest time lost.
+  const started = new Map<string, HostSnapshot>();
+  let qemu: number | undefined;
+  const verbose = process.argv.includes('--verbose');
   const data = await runGuestBench<BlkResults>('blk', {
+    onConsole: (line) => {
+      if (verbose) process.stderr.write(`${line}\n`);
+      const m = /bench:blk: phase-(start|end) (\S+)(?: ios=(\d+))?/.exec(line);
+      if (!m) return;
+      qemu ??= childQemu();
+      if (qemu === undefined) return;
+      if (m[1] === 'start') started.set(m[2]!, snapshot(qemu));
+      else if (started.has(m[2]!)) process.stderr.write(`bench:blk: ${m[2]}: ${describeLoad(hostLoad(started.get(m[2]!)!, snapshot(qemu)), Number(m[3] ?? 0))}\n`);
+    },
     kernel: '6.12',
     devices: BLK_DEVICES,
     command: `modprobe ublk_drv; echo 64 > /proc/sys/vm/nr_hugepages; node dist/bench/blk/guest.js ${guestArgs.join(' ')}`,

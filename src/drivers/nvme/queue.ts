@@ -143,9 +143,9 @@ class Request {
 }
 
 /**
- * The promise API's executor, shared (no closure per I/O). It keeps only `resolve`: storing a
- * new function into a pooled request (old space) is a remembered-set insertion, about 10 ns
- * each; a failure resolves the promise with a Rejection instead, which rejects it.
+ * The promise API's executor, shared (no closure per I/O). It keeps only `resolve`, so optimized
+ * code does not build the reject function (56 B) nor store it into the pooled request (old space:
+ * a remembered-set insertion, 3-4 ns); a failure resolves the promise with a Rejection instead.
  */
 let executorTarget: Request | null = null;
 function executor(resolve: (value: number | PromiseLike<number>) => void): void {

@@ -160,3 +160,20 @@ test('the NVMe controller listens to its device: removal with nothing in flight 
   await assert.rejects(ctrl.identifyController(), { code: 'ENODEV' });
   await ctrl.close();
 });
+
+test('a command the queue cannot write (its bounce memory gone under it) fails its request and the queue; nothing hangs', async () => {
+  const { device } = NvmeSimulator.open();
+  const ctrl = await NvmeController.open(device, { defaultQueue: false });
+  const ns = await ctrl.namespace(1);
+  const queue = await ctrl.createQueuePair({ depth: 8 });
+  await ns.write(0, new Uint8Array(4096), queue); // a plain buffer: the queue allocates bounce memory
+  // Freed behind the queue's back (as when the device's memory went without the controller
+  // hearing): copying the next write in throws inside the submission.
+  (queue as unknown as { bounceMem: { free(): void } }).bounceMem.free();
+  const failure = await within(ns.write(0, new Uint8Array(4096), queue).then(() => null, (e: Error) => e), GUARD_MS, 'the write settled');
+  assert.ok(failure, 'the write failed');
+  assert.equal(failure.name, 'UserpciError', failure.stack);
+  assert.equal(queue.destroyed, true, 'the controller gave up the queue');
+  await assert.rejects(ns.readIova(0, 0x10000, 4096, queue), { code: failure && (failure as { code?: string }).code });
+  await within(ctrl.close(), GUARD_MS, 'close()');
+});

@@ -50,11 +50,23 @@ function say(o: unknown): void {
   process.stdout.write(`${JSON.stringify(o)}\n`);
 }
 
-/** Lines from stdin, polled between bursts (the loops below never block the event loop for long). */
-function commands(): { next: () => string | undefined } {
+/**
+ * Lines from stdin: polled between bursts by the spinning loops (which never block the event loop
+ * for long), or awaited (`until`) by the interrupt-driven ones, which must not wake up for nothing:
+ * in the TCG guest a wake-up of the event loop costs about a millisecond of the vCPU the echo runs on.
+ */
+function commands(): { next: () => string | undefined; until: (line: string) => Promise<void> } {
   const queue: string[] = [];
-  readline.createInterface({ input: process.stdin }).on('line', (l) => queue.push(l.trim()));
-  return { next: () => queue.shift() };
+  let waiting: { line: string; resolve: () => void } | undefined;
+  readline.createInterface({ input: process.stdin }).on('line', (l) => {
+    const line = l.trim();
+    if (waiting?.line === line) waiting.resolve();
+    else queue.push(line);
+  });
+  return {
+    next: () => queue.shift(),
+    until: (line) => (queue.includes(line) ? Promise.resolve() : new Promise((resolve) => (waiting = { line, resolve }))),
+  };
 }
 
 const tick = () => new Promise((r) => setImmediate(r));
@@ -174,7 +186,7 @@ async function echoIrq(net: VirtioNet): Promise<void> {
       mark('netlat E tx');
     }
   });
-  while (cmd.next() !== 'stop') await new Promise((r) => setTimeout(r, 20));
+  await cmd.until('stop');
   stop();
 }
 

@@ -194,10 +194,13 @@ export class PackedQueue implements Virtqueue {
   /**
    * Exposes the batch: the held-back flags store comes after every other descriptor store, and
    * x86 and V8 keep stores in program order, so the device never sees a flag before its descriptor.
+   * A locked store (Atomics.store is an xchg), as the split ring's index: it is also the full
+   * barrier kick() needs before reading the device's event flags (spec 2.8.21.3.1), else a device
+   * that re-enabled notifications and found nothing new would not be told.
    */
   publish(): void {
     if (this.pendingPos >= 0) {
-      this.ring16[(this.pendingPos << 3) + 7] = this.pendingFlags;
+      Atomics.store(this.ring16, (this.pendingPos << 3) + 7, this.pendingFlags);
       this.pendingPos = -1;
     }
     this.withDevice += this.unpublished;

@@ -70,7 +70,7 @@ export const SUITES: GuestRun[] = [
     name: 'bind',
     qemuDevices: ['-device', 'pcie-pci-bridge,id=br1', '-device', 'edu,bus=br1,addr=1', '-device', 'e1000e,bus=br1,addr=2', '-device', 'e1000e'],
     tests: ['dist/test/guest/bind.test.js', 'dist/test/guest/msix-e1000e.test.js'],
-    timeoutMs: 5 * MIN,
+    timeoutMs: 12 * MIN, // a hang guard: 40 s on a quiet machine; over 300 s once at load 17 (another guest and CI beside it)
   },
   {
     // QEMU's nvme: the NVMe suites' drives (nvmeSuiteDrives) and a sparse 4 TiB one for the

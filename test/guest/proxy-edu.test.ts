@@ -86,6 +86,22 @@ describe('through userpci proxy', () => {
     await using device = await openDevice(socket, { dmaMask: 0xfffffff });
     assert.equal(device.backend.regionInfo(0).mappable, true);
   });
+
+  test('proxy: interrupts go from VFIO straight to the driver\'s eventfd: an MSI arrives while the proxy is stopped', async () => {
+    await using device = await openDevice(socket, { dmaMask: 0xfffffff });
+    const edu = new EduDriver(device);
+    await edu.ready();
+    const msi = edu.useInterrupts('msi')!;
+    proxy.kill('SIGSTOP');
+    try {
+      edu.raiseInterrupt(0x100); // BAR0 is mapped by this process: the write needs no proxy either
+      assert.equal(await msi.wait({ timeoutMs: 60_000 }), 1); // a hang guard
+      assert.equal(edu.acknowledgeInterrupt(), 0x100);
+    } finally {
+      proxy.kill('SIGCONT');
+    }
+    edu.useInterrupts(undefined); // SET_IRQS goes through the proxy again
+  });
 });
 
 describe('through userpci proxy --trace', () => {

@@ -386,10 +386,11 @@ export class DmaSpace {
     const firstByteIova = pageIova + (address - vaddr);
     // A backend that pins pages needs no fd. For one that may reach memory only by fd (a proxy
     // for a real device), memory this library allocated hands its memfd on (while it is open),
-    // where the map's pages are whole pages of it (a hugetlb memfd maps only at 2 MiB offsets).
+    // any 4 KiB pages of it (of a hugetlb memfd, which maps only at 2 MiB offsets, our server
+    // maps the hugepages around them: src/vfio-user/server/dma.ts).
     const handOn = this.pins || memfd === undefined || memfd.fd < 0 ? undefined : memfd;
     const fdOffset = handOn === undefined ? 0 : vaddr - handOn.address;
-    const byFd = handOn !== undefined && fdOffset % handOn.pageSize === 0 && size % handOn.pageSize === 0 && fdOffset + size <= handOn.size;
+    const byFd = handOn !== undefined && fdOffset + size <= handOn.size;
     try {
       if (direction === 'to-device' && this.pins) faultInWritable(view);
       this.backend.dmaMap({

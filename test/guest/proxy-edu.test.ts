@@ -18,6 +18,7 @@ import { requireGuest, boundDevices } from './guest-env';
 import { pattern, registerEduDriverSuite } from '../shared/edu-driver-suite';
 
 const CLI = path.resolve(__dirname, '../../../bin/userpci.js');
+const HUGE = 2 << 20;
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userpci-proxy-'));
 let edu0: string;
 
@@ -85,6 +86,29 @@ describe('through userpci proxy', () => {
   test('proxy: BAR0 is offered for mmap (VFIO allows it), so the client maps it itself', async () => {
     await using device = await openDevice(socket, { dmaMask: 0xfffffff });
     assert.equal(device.backend.regionInfo(0).mappable, true);
+  });
+
+  test('proxy: part of a 2 MiB hugepage DmaBuffer maps by fd (the server maps the hugepage around it); the device writes exactly there', async () => {
+    fs.writeFileSync('/proc/sys/vm/nr_hugepages', '4');
+    try {
+      await using device = await openDevice(socket, { dmaMask: 0xfffffff });
+      const edu = new EduDriver(device);
+      await edu.ready();
+      const buf = device.allocDma(HUGE, { hugePages: 'always' });
+      const bytes = new Uint8Array(buf.buffer);
+      const part = bytes.subarray(0x3005, 0x3005 + 4000); // neither its offset nor its length a hugepage's
+      const map = device.mapDma(part, 'from-device');
+      const data = pattern(4000, 3);
+      await edu.copyToDevice(data, 0);
+      await edu.dma('from-device', map.iova, 0, 4000);
+      assert.deepEqual(part.slice(), data);
+      assert.ok(bytes.subarray(0, 0x3005).every((b) => b === 0) && bytes.subarray(0x3005 + 4000).every((b) => b === 0), 'nothing else written');
+      map.unmap();
+      buf.free();
+      edu.release();
+    } finally {
+      fs.writeFileSync('/proc/sys/vm/nr_hugepages', '0');
+    }
   });
 
   test('proxy: interrupts go from VFIO straight to the driver\'s eventfd: an MSI arrives while the proxy is stopped', async () => {

@@ -73,8 +73,7 @@ export class DmaSpace {
         if (!this.fdCovers(fd, offset, size)) return Errno.EINVAL;
         const prot = (mapping.readable ? constants.PROT_READ : 0) | (mapping.writable ? constants.PROT_WRITE : 0);
         try {
-          mapping.buffer = native.mmap(size, prot || constants.PROT_READ, constants.MAP_SHARED, fd, offset);
-          mapping.memory = new Uint8Array(mapping.buffer);
+          [mapping.buffer, mapping.memory] = mapFd(fd, offset, size, prot || constants.PROT_READ);
         } catch (err) {
           // Not mappable (a socket, a read-only fd, odd offset): messages reach it, but no IOMMU does.
           if (this.iommu) return errnoOf(err);
@@ -181,6 +180,26 @@ export class DmaSpace {
   }
 }
 
+/**
+ * The fd's bytes [offset, offset+size) in this process. A hugetlb file (an `allocDma` buffer on
+ * 2 MiB pages) maps only at hugepage-aligned offsets and lengths (mmap says EINVAL): such a map
+ * of part of a hugepage maps the whole hugepages around it and views the part asked for, so the
+ * IOMMU (which pins at 4 KiB granularity) still gets exactly the map's pages.
+ */
+function mapFd(fd: number, offset: number, size: number, prot: number): [ArrayBuffer, Uint8Array] {
+  try {
+    const buffer = native.mmap(size, prot, constants.MAP_SHARED, fd, offset);
+    return [buffer, new Uint8Array(buffer)];
+  } catch (err) {
+    const start = Math.floor(offset / HUGE_PAGE) * HUGE_PAGE;
+    const end = Math.ceil((offset + size) / HUGE_PAGE) * HUGE_PAGE;
+    if (errnoOf(err) !== Errno.EINVAL || (start === offset && end === offset + size)) throw err;
+    const buffer = native.mmap(end - start, prot, constants.MAP_SHARED, fd, start);
+    return [buffer, new Uint8Array(buffer, offset - start, size)];
+  }
+}
+
+const HUGE_PAGE = 2 * 1024 * 1024;
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 

@@ -16,8 +16,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { bindToVfio, boundDriver, unbindFromVfio } from '../../src/pci/bind';
-import { summarizeProfile, type CpuProfile } from '../nvme/guest';
+import { bindToVfio, boundDriver } from '../../src/pci/bind';
+import { kernelDisk, summarizeProfile, type CpuProfile } from '../nvme/guest';
 
 export interface BlkCase {
   name: string;
@@ -90,17 +90,6 @@ function nvmeFunction(serial: string): string {
     }
   }
   throw new Error(`no NVMe function with serial ${serial}`);
-}
-
-async function kernelDisk(addr: string): Promise<string> {
-  if (boundDriver(addr) === 'vfio-pci') unbindFromVfio(addr);
-  for (let i = 0; i < 400; i++) {
-    const dir = path.join(SYS, addr, 'nvme');
-    const c = fs.existsSync(dir) ? fs.readdirSync(dir)[0] : undefined;
-    if (c && fs.existsSync(`/dev/${c}n1`)) return `/dev/${c}n1`;
-    await sleep(25);
-  }
-  throw new Error(`${addr}: the kernel nvme driver did not attach a namespace`);
 }
 
 interface Server {

@@ -146,7 +146,8 @@ function devicesBySerial(): Map<string, string> {
   return m;
 }
 
-async function kernelDisk(addr: string): Promise<string> {
+/** The function back on the kernel's nvme driver, and its first namespace's block device once it shows. */
+export async function kernelDisk(addr: string): Promise<string> {
   if (boundDriver(addr) === 'vfio-pci') unbindFromVfio(addr);
   for (let i = 0; i < 400; i++) {
     const dir = path.join(SYS, addr, 'nvme');

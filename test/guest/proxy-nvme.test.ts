@@ -6,57 +6,16 @@
  */
 import { describe, before, after, test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
+import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { bindToVfio, unbindFromVfio, boundDriver } from '../../src/pci/bind';
-import { requireGuest } from './guest-env';
-import { nvmeBySerial } from './nvme-drives';
+import { twoDrivesOnVfio } from './nvme-drives';
+import { startProxy, stopProxy } from './proxy-process';
 import { registerNvmeDriverSuite } from '../shared/nvme-driver-suite';
 
-const CLI = path.resolve(__dirname, '../../../bin/userpci.js');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userpci-proxy-nvme-'));
-let devA: string;
-let devB: string;
-
-before(() => {
-  requireGuest();
-  const found = nvmeBySerial();
-  devA = found.get('userpci-a')!;
-  devB = found.get('userpci-b')!;
-  assert.ok(devA && devB, `expected NVMe devices with serials userpci-a and userpci-b, found ${[...found.keys()].join(', ')}`);
-  bindToVfio(devA);
-  bindToVfio(devB);
-});
-
-after(() => {
-  for (const a of [devA, devB]) {
-    if (a && boundDriver(a) === 'vfio-pci') unbindFromVfio(a);
-  }
-});
-
-async function startProxy(address: string, socket: string, trace?: string): Promise<ChildProcess> {
-  const proc = spawn(process.execPath, [CLI, 'proxy', address, '--socket', socket, ...(trace ? ['--trace', trace] : [])], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  await new Promise<void>((resolve, reject) => {
-    proc.stderr!.on('data', (chunk: Buffer) => {
-      stderr += chunk.toString();
-      if (stderr.includes('listening')) resolve();
-    });
-    proc.on('exit', (code) => reject(new Error(`userpci proxy ${address} exited (${code}) before listening: ${stderr}`)));
-  });
-  return proc;
-}
-
-async function stopProxy(proc: ChildProcess | undefined): Promise<void> {
-  if (!proc || proc.exitCode !== null) return;
-  const exited = once(proc, 'exit');
-  proc.kill('SIGTERM');
-  const [code] = await exited;
-  assert.equal(code, 0, 'the proxy exits cleanly');
-}
+const drives = twoDrivesOnVfio();
 
 for (const traced of [false, true]) {
   describe(`NVMe through userpci proxy${traced ? ' --trace' : ''}`, () => {
@@ -67,11 +26,11 @@ for (const traced of [false, true]) {
     let proxyA: ChildProcess | undefined;
     let proxyB: ChildProcess | undefined;
     const startA = async () => {
-      proxyA = await startProxy(devA, sockA, traced ? traceA : undefined);
+      proxyA = await startProxy(drives.a(), sockA, traced ? traceA : undefined);
     };
     before(async () => {
       await startA();
-      proxyB = await startProxy(devB, sockB, traced ? path.join(dir, `${tag}-b.trace`) : undefined);
+      proxyB = await startProxy(drives.b(), sockB, traced ? path.join(dir, `${tag}-b.trace`) : undefined);
     });
     after(async () => {
       await stopProxy(proxyA);
@@ -82,7 +41,7 @@ for (const traced of [false, true]) {
       label: `proxy${traced ? ' --trace' : ''}`,
       a: () => sockA,
       b: () => sockB,
-      pciA: () => devA,
+      pciA: drives.a,
       releaseA: () => stopProxy(proxyA),
       retakeA: startA,
       mapsAnyMemory: false,

@@ -15,6 +15,7 @@ import { openDevice } from '../../src/device/open';
 import { EduDriver } from '../../src/drivers/edu/edu-driver';
 import { EDU_DEVICE_ID, EDU_VENDOR_ID, DMA_BUFFER_USABLE } from '../../src/drivers/edu/registers';
 import { requireGuest, boundDevices } from './guest-env';
+import { startProxy, stopProxy } from './proxy-process';
 import { pattern, registerEduDriverSuite } from '../shared/edu-driver-suite';
 
 const CLI = path.resolve(__dirname, '../../../bin/userpci.js');
@@ -26,26 +27,6 @@ before(() => {
   requireGuest();
   [edu0] = boundDevices(EDU_VENDOR_ID, EDU_DEVICE_ID, 2) as [string, string];
 });
-
-async function startProxy(socket: string, trace?: string): Promise<ChildProcess> {
-  const proc = spawn(process.execPath, [CLI, 'proxy', edu0, '--socket', socket, ...(trace ? ['--trace', trace] : [])], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  await new Promise<void>((resolve, reject) => {
-    proc.stderr!.on('data', (chunk: Buffer) => {
-      stderr += chunk.toString();
-      if (stderr.includes('listening')) resolve();
-    });
-    proc.on('exit', (code) => reject(new Error(`userpci proxy exited (${code}) before listening: ${stderr}`)));
-  });
-  return proc;
-}
-
-async function stopProxy(proc: ChildProcess): Promise<void> {
-  const exited = once(proc, 'exit');
-  proc.kill('SIGTERM');
-  const [code] = await exited;
-  assert.equal(code, 0, 'the proxy exits cleanly');
-}
 
 /** A short drive of the edu driver through the proxy: registers, interrupts, DMA through the real IOMMU. */
 async function driveEdu(socket: string): Promise<{ mappable: boolean }> {
@@ -66,23 +47,34 @@ async function driveEdu(socket: string): Promise<{ mappable: boolean }> {
 
 /**
  * The shared edu suite (the same test bodies as against VFIO directly and the vfio-user model),
- * with the driver in this process and the real edu held by `userpci proxy` in another. The
- * real IOMMU enforces maps and directions (fullIommu); memory reaches it only by memfd.
+ * with the driver in this process and the real edu held by `userpci proxy` in another, once with
+ * BARs the client maps itself, once with --trace. The real IOMMU enforces maps and directions
+ * (fullIommu); memory reaches it only by memfd.
  */
-describe('through userpci proxy', () => {
-  const socket = path.join(dir, 'plain.sock');
-  let proxy: ChildProcess;
-  before(async () => (proxy = await startProxy(socket)));
-  after(() => stopProxy(proxy));
+for (const traced of [false, true]) {
+  const name = traced ? 'proxy --trace' : 'proxy';
+  describe(`through userpci ${name}`, () => {
+    const socket = path.join(dir, traced ? 'traced.sock' : 'plain.sock');
+    const trace = path.join(dir, 'edu.trace');
+    let proc: ChildProcess | undefined;
+    before(async () => (proc = await startProxy(edu0, socket, traced ? trace : undefined)));
+    after(() => stopProxy(proc));
 
-  registerEduDriverSuite({
-    label: 'proxy, QEMU edu',
-    open: () => openDevice(socket, { dmaMask: 0xfffffff }),
-    fullIommu: true,
-    mapsAnyMemory: false,
-    timeoutMs: 60_000, // a hang guard, as for VFIO directly (a busy host's TCG guest can be slow)
+    registerEduDriverSuite({
+      label: `${name}, QEMU edu`,
+      open: () => openDevice(socket, { dmaMask: 0xfffffff }),
+      fullIommu: true,
+      mapsAnyMemory: false,
+      timeoutMs: 60_000, // a hang guard, as for VFIO directly (a busy host's TCG guest can be slow)
+    });
+
+    if (traced) tracedProxyTests(socket, trace, () => proc!);
+    else plainProxyTests(socket, () => proc!);
   });
+}
 
+/** Without a trace: the client maps BARs itself, and interrupts bypass the proxy. */
+function plainProxyTests(socket: string, proxy: () => ChildProcess): void {
   test('proxy: BAR0 is offered for mmap (VFIO allows it), so the client maps it itself', async () => {
     await using device = await openDevice(socket, { dmaMask: 0xfffffff });
     assert.equal(device.backend.regionInfo(0).mappable, true);
@@ -116,35 +108,20 @@ describe('through userpci proxy', () => {
     const edu = new EduDriver(device);
     await edu.ready();
     const msi = edu.useInterrupts('msi')!;
-    proxy.kill('SIGSTOP');
+    proxy().kill('SIGSTOP');
     try {
       edu.raiseInterrupt(0x100); // BAR0 is mapped by this process: the write needs no proxy either
       assert.equal(await msi.wait({ timeoutMs: 60_000 }), 1); // a hang guard
       assert.equal(edu.acknowledgeInterrupt(), 0x100);
     } finally {
-      proxy.kill('SIGCONT');
+      proxy().kill('SIGCONT');
     }
     edu.useInterrupts(undefined); // SET_IRQS goes through the proxy again
   });
-});
+}
 
-describe('through userpci proxy --trace', () => {
-  const socket = path.join(dir, 'traced.sock');
-  const trace = path.join(dir, 'edu.trace');
-  let proxy: ChildProcess | undefined;
-  before(async () => (proxy = await startProxy(socket, trace)));
-  after(async () => {
-    if (proxy) await stopProxy(proxy);
-  });
-
-  registerEduDriverSuite({
-    label: 'proxy --trace, QEMU edu',
-    open: () => openDevice(socket, { dmaMask: 0xfffffff }),
-    fullIommu: true,
-    mapsAnyMemory: false,
-    timeoutMs: 60_000, // a hang guard, as for VFIO directly (a busy host's TCG guest can be slow)
-  });
-
+/** With a trace: every access is a message, and the trace has them all. */
+function tracedProxyTests(socket: string, trace: string, proxy: () => ChildProcess): void {
   test('proxy --trace: nothing is offered for mmap; no reset where VFIO has none', async () => {
     const { mappable } = await driveEdu(socket);
     assert.equal(mappable, false, 'with a trace nothing is mapped by the client');
@@ -155,8 +132,7 @@ describe('through userpci proxy --trace', () => {
   });
 
   test('proxy --trace: every access, DMA map and interrupt of the suite was written; `userpci trace` prints it', async () => {
-    await stopProxy(proxy!);
-    proxy = undefined;
+    await stopProxy(proxy());
     const events = fs.readFileSync(trace, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     const has = (pred: (e: any) => boolean, what: string) => assert.ok(events.some(pred), `trace has ${what}`);
     assert.ok(events.every((e) => typeof e.t === 'number' && typeof e.ev === 'string'), 'each line has a timestamp and an event');
@@ -174,11 +150,11 @@ describe('through userpci proxy --trace', () => {
     assert.match(printed.stdout, /dma map\s+iova 0x[0-9a-f]+ \+0x1000 rw/);
     assert.match(printed.stdout, /irq\s+msi\[0\] x\d+/);
   });
-});
+}
 
 test('proxy: kill -9 of the driver mid-DMA leaves the proxy serving the next client', async () => {
   const socket = path.join(dir, 'victim.sock');
-  const proxy = await startProxy(socket);
+  const proxy = await startProxy(edu0, socket);
   try {
     const child = spawn(process.execPath, [path.join(__dirname, 'edu-dma-loop.js'), socket], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';

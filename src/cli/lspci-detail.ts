@@ -4,6 +4,7 @@
  * (test/unit/pci-lspci.test.ts does, on captures of QEMU's devices). Bit meanings are the PCI and
  * PCI Express specifications'; each renderer takes the raw little-endian bytes and an offset.
  */
+import { decodeVfBars } from '../pci/capabilities.js';
 import type { ConfigSpace } from '../pci/config-space.js';
 import * as regs from '../uapi/pci-regs.js';
 
@@ -15,7 +16,7 @@ const hex = (value: number, digits: number): string => (value >>> 0).toString(16
 
 /** One function's registers: a DataView that reads 0 past the bytes given instead of throwing. */
 export class ConfigRegisters {
-  private readonly view: DataView;
+  readonly view: DataView;
   constructor(readonly bytes: Uint8Array) {
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   }
@@ -415,39 +416,13 @@ export function sriovLines(r: ConfigRegisters, at: number): string[] {
     `\tVF offset: ${r.u16(at + regs.PCI_SRIOV_VF_OFFSET)}, stride: ${r.u16(at + regs.PCI_SRIOV_VF_STRIDE)}, Device ID: ${hex(r.u16(at + regs.PCI_SRIOV_VF_DID), 4)}`,
     `\tSupported Page Size: ${hex(r.u32(at + regs.PCI_SRIOV_SUP_PGSIZE), 8)}, System Page Size: ${hex(r.u32(at + regs.PCI_SRIOV_SYS_PGSIZE), 8)}`,
   ];
-  for (const bar of sriovBars(r, at)) {
+  for (const bar of decodeVfBars(r.view, at)) {
     const address = bar.is64Bit ? bar.address.toString(16).padStart(16, '0') : bar.address.toString(16).padStart(8, '0');
     lines.push(`\tRegion ${bar.index}: Memory at ${address} (${bar.is64Bit ? 64 : 32}-bit, ${bar.prefetchable ? '' : 'non-'}prefetchable)`);
   }
   const migration = r.u32(at + 0x3c);
   lines.push(`\tVF Migration: offset: ${hex(migration & ~0x7, 8)}, BIR: ${migration & 0x7}`);
   return lines;
-}
-
-export interface VfBar {
-  readonly index: number;
-  readonly address: bigint;
-  readonly is64Bit: boolean;
-  readonly prefetchable: boolean;
-}
-
-/** The VF BAR registers of an SR-IOV capability: where VF 1's BARs start (the rest follow at a stride). */
-export function sriovBars(r: ConfigRegisters, at: number): VfBar[] {
-  const bars: VfBar[] = [];
-  for (let index = 0; index < 6; index++) {
-    let low = r.u32(at + regs.PCI_SRIOV_BAR + 4 * index);
-    if (low === 0xffffffff) low = 0;
-    if (low === 0) continue;
-    const is64Bit = (low & 0x6) === 0x4;
-    const first = index;
-    let address = BigInt((low & ~0xf) >>> 0);
-    if (is64Bit) {
-      index++;
-      address |= BigInt(r.u32(at + regs.PCI_SRIOV_BAR + 4 * index)) << 32n;
-    }
-    bars.push({ index: first, address, is64Bit, prefetchable: (low & 0x8) !== 0 });
-  }
-  return bars;
 }
 
 const ACS_BITS: Bits = [[0x1, 'SrcValid'], [0x2, 'TransBlk'], [0x4, 'ReqRedir'], [0x8, 'CmpltRedir'], [0x10, 'UpstreamFwd'], [0x20, 'EgressCtrl'], [0x40, 'DirectTrans']];

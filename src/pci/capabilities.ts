@@ -65,6 +65,68 @@ export interface PciExpressLinkFields {
   readonly dataLinkActive: boolean;
 }
 
+export interface PciExpressSlotFields {
+  /** SltCap */
+  readonly attentionButton: boolean;
+  readonly powerController: boolean;
+  readonly mrlSensor: boolean;
+  readonly attentionIndicator: boolean;
+  readonly powerIndicator: boolean;
+  readonly hotPlugSurprise: boolean;
+  readonly hotPlugCapable: boolean;
+  /** Slot Power Limit in watts; null for "more than 600 W". */
+  readonly powerLimitWatts: number | null;
+  readonly electromechanicalInterlock: boolean;
+  readonly noCommandCompleted: boolean;
+  readonly physicalSlotNumber: number;
+  /** SltCtl: which events may interrupt, indicators ('on' | 'blink' | 'off' | 'unknown'), power. */
+  readonly control: {
+    readonly attentionButtonEnabled: boolean;
+    readonly powerFaultEnabled: boolean;
+    readonly mrlChangeEnabled: boolean;
+    readonly presenceDetectEnabled: boolean;
+    readonly commandCompletedEnabled: boolean;
+    readonly hotPlugInterruptEnabled: boolean;
+    readonly linkChangeEnabled: boolean;
+    readonly attentionIndicator: string;
+    readonly powerIndicator: string;
+    /** Power Controller Control: true when power is off (the bit means "off"). */
+    readonly powerOff: boolean;
+    readonly interlock: boolean;
+  };
+  /** SltSta */
+  readonly status: {
+    readonly attentionButtonPressed: boolean;
+    readonly powerFault: boolean;
+    readonly mrlChanged: boolean;
+    readonly presenceDetectChanged: boolean;
+    readonly commandCompleted: boolean;
+    readonly mrlOpen: boolean;
+    readonly presenceDetected: boolean;
+    readonly interlockEngaged: boolean;
+    readonly linkStateChanged: boolean;
+  };
+}
+
+export interface PciExpressRootFields {
+  /** RootCap: CRS Software Visibility. */
+  readonly crsVisibilitySupported: boolean;
+  /** RootCtl */
+  readonly control: {
+    readonly systemErrorOnCorrectable: boolean;
+    readonly systemErrorOnNonFatal: boolean;
+    readonly systemErrorOnFatal: boolean;
+    readonly pmeInterruptEnabled: boolean;
+    readonly crsVisibilityEnabled: boolean;
+  };
+  /** RootSta */
+  readonly status: {
+    readonly pmeRequesterId: number;
+    readonly pmeStatus: boolean;
+    readonly pmePending: boolean;
+  };
+}
+
 export interface PciExpressFields {
   readonly kind: 'pcie';
   readonly version: number;
@@ -84,6 +146,10 @@ export interface PciExpressFields {
   readonly transactionsPending: boolean;
   /** Absent for root-complex integrated endpoints and event collectors, which have no link. */
   readonly link?: PciExpressLinkFields;
+  /** Slot registers: a root or downstream port (or PCIe bridge) whose Slot Implemented bit is set. */
+  readonly slot?: PciExpressSlotFields;
+  /** Root registers: a root port or root complex event collector. */
+  readonly root?: PciExpressRootFields;
 }
 
 /** Subsystem IDs of a bridge, which has no room for them in its type 1 header. */
@@ -132,6 +198,26 @@ export interface AcsFields {
   readonly enabled: readonly string[];
 }
 
+export interface AriFields {
+  readonly kind: 'ari';
+  /** ARICap */
+  readonly mfvcGroups: boolean;
+  readonly acsGroups: boolean;
+  readonly nextFunction: number;
+  /** ARICtl */
+  readonly mfvcGroupsEnabled: boolean;
+  readonly acsGroupsEnabled: boolean;
+  readonly functionGroup: number;
+}
+
+/** A VF BAR of an SR-IOV capability: where VF 1's BAR lies (each next VF's follows at the BAR's size). */
+export interface VfBar {
+  readonly index: number;
+  readonly address: bigint;
+  readonly is64Bit: boolean;
+  readonly prefetchable: boolean;
+}
+
 export interface SriovFields {
   readonly kind: 'sriov';
   readonly vfEnabled: boolean;
@@ -146,6 +232,7 @@ export interface SriovFields {
   readonly vfDeviceId: number;
   readonly supportedPageSizes: number;
   readonly systemPageSize: number;
+  readonly vfBars: readonly VfBar[];
 }
 
 export type CapabilityFields =
@@ -157,7 +244,7 @@ export type CapabilityFields =
   | VendorSpecificFields
   | VirtioCapabilityFields;
 
-export type ExtendedCapabilityFields = AerFields | DeviceSerialNumberFields | AcsFields | SriovFields;
+export type ExtendedCapabilityFields = AerFields | DeviceSerialNumberFields | AcsFields | AriFields | SriovFields;
 
 export function capabilityName(id: number): string {
   return regs.PCI_CAPABILITY_NAMES[id] ?? `Unknown capability 0x${id.toString(16).padStart(2, '0')}`;
@@ -201,6 +288,8 @@ export function decodeExtendedCapability(id: number, view: DataView, offset: num
       return decodeDeviceSerialNumber(view, offset);
     case regs.PCI_EXT_CAP_ID_ACS:
       return decodeAcs(view, offset);
+    case regs.PCI_EXT_CAP_ID_ARI:
+      return decodeAri(view, offset);
     case regs.PCI_EXT_CAP_ID_SRIOV:
       return decodeSriov(view, offset);
     default:
@@ -302,12 +391,13 @@ export function decodePciExpress(view: DataView, offset: number): PciExpressFiel
     },
     transactionsPending: (deviceStatus & regs.PCI_EXP_DEVSTA_TRPND) !== 0,
   };
-  if (!hasLink) return fields;
+  const withPorts = { ...fields, ...slotAndRoot(view, offset, deviceType, fields.slotImplemented) };
+  if (!hasLink) return withPorts;
   const linkCaps = view.getUint32(offset + regs.PCI_EXP_LNKCAP, true);
   const linkControl = view.getUint16(offset + regs.PCI_EXP_LNKCTL, true);
   const linkStatus = view.getUint16(offset + regs.PCI_EXP_LNKSTA, true);
   return {
-    ...fields,
+    ...withPorts,
     link: {
       maxSpeedGts: regs.PCI_EXP_LINK_SPEED_GTS[linkCaps & regs.PCI_EXP_LNKCAP_SLS],
       maxWidth: (linkCaps & regs.PCI_EXP_LNKCAP_MLW) >> 4,
@@ -321,6 +411,84 @@ export function decodePciExpress(view: DataView, offset: number): PciExpressFiel
       dataLinkActive: (linkStatus & regs.PCI_EXP_LNKSTA_DLLLA) !== 0,
     },
   };
+}
+
+const INDICATORS = ['unknown', 'on', 'blink', 'off'];
+/** Slot Power Limit Scale: watts per unit of the value. */
+const POWER_SCALES = [1, 0.1, 0.01, 0.001];
+
+/** Slot Power Limit in watts; with scale 0, values 0xf0-0xfe mean 250-600 W in 25 W steps, 0xff more than 600 W (null). */
+function slotPowerLimitWatts(value: number, scale: number): number | null {
+  if (scale === 0 && value === 0xff) return null;
+  const watts = scale === 0 && value >= 0xf0 ? 250 + 25 * (value - 0xf0) : value;
+  return Number((watts * POWER_SCALES[scale]!).toPrecision(6));
+}
+
+/** The Slot and Root register blocks of a PCI Express capability, where the port type has them. */
+function slotAndRoot(view: DataView, offset: number, type: number, slotImplemented: boolean): { slot?: PciExpressSlotFields; root?: PciExpressRootFields } {
+  const out: { slot?: PciExpressSlotFields; root?: PciExpressRootFields } = {};
+  const hasSlotRegisters = type === regs.PCI_EXP_TYPE_ROOT_PORT || type === regs.PCI_EXP_TYPE_DOWNSTREAM || type === regs.PCI_EXP_TYPE_PCIE_BRIDGE;
+  if (hasSlotRegisters && slotImplemented) {
+    const cap = view.getUint32(offset + regs.PCI_EXP_SLTCAP, true);
+    const ctl = view.getUint16(offset + regs.PCI_EXP_SLTCAP + 4, true);
+    const sta = view.getUint16(offset + regs.PCI_EXP_SLTCAP + 6, true);
+    const on = (value: number, bit: number) => (value & bit) !== 0;
+    const powerValue = (cap >> 7) & 0xff;
+    out.slot = {
+      attentionButton: on(cap, 0x1),
+      powerController: on(cap, 0x2),
+      mrlSensor: on(cap, 0x4),
+      attentionIndicator: on(cap, 0x8),
+      powerIndicator: on(cap, 0x10),
+      hotPlugSurprise: on(cap, 0x20),
+      hotPlugCapable: on(cap, 0x40),
+      powerLimitWatts: slotPowerLimitWatts(powerValue, (cap >> 15) & 0x3),
+      electromechanicalInterlock: on(cap, 0x20000),
+      noCommandCompleted: on(cap, 0x40000),
+      physicalSlotNumber: cap >>> 19,
+      control: {
+        attentionButtonEnabled: on(ctl, 0x1),
+        powerFaultEnabled: on(ctl, 0x2),
+        mrlChangeEnabled: on(ctl, 0x4),
+        presenceDetectEnabled: on(ctl, 0x8),
+        commandCompletedEnabled: on(ctl, 0x10),
+        hotPlugInterruptEnabled: on(ctl, 0x20),
+        linkChangeEnabled: on(ctl, 0x1000),
+        attentionIndicator: INDICATORS[(ctl >> 6) & 0x3]!,
+        powerIndicator: INDICATORS[(ctl >> 8) & 0x3]!,
+        powerOff: on(ctl, 0x400),
+        interlock: on(ctl, 0x800),
+      },
+      status: {
+        attentionButtonPressed: on(sta, 0x1),
+        powerFault: on(sta, 0x2),
+        mrlChanged: on(sta, 0x4),
+        presenceDetectChanged: on(sta, 0x8),
+        commandCompleted: on(sta, 0x10),
+        mrlOpen: on(sta, 0x20),
+        presenceDetected: on(sta, 0x40),
+        interlockEngaged: on(sta, 0x80),
+        linkStateChanged: on(sta, 0x100),
+      },
+    };
+  }
+  if (type === regs.PCI_EXP_TYPE_ROOT_PORT || type === regs.PCI_EXP_TYPE_RC_EC) {
+    const ctl = view.getUint16(offset + 28, true);
+    const cap = view.getUint16(offset + 30, true);
+    const sta = view.getUint32(offset + 32, true);
+    out.root = {
+      crsVisibilitySupported: (cap & 0x1) !== 0,
+      control: {
+        systemErrorOnCorrectable: (ctl & 0x1) !== 0,
+        systemErrorOnNonFatal: (ctl & 0x2) !== 0,
+        systemErrorOnFatal: (ctl & 0x4) !== 0,
+        pmeInterruptEnabled: (ctl & 0x8) !== 0,
+        crsVisibilityEnabled: (ctl & 0x10) !== 0,
+      },
+      status: { pmeRequesterId: sta & 0xffff, pmeStatus: (sta & 0x10000) !== 0, pmePending: (sta & 0x20000) !== 0 },
+    };
+  }
+  return out;
 }
 
 export function decodeBridgeSubsystem(view: DataView, offset: number): BridgeSubsystemFields {
@@ -397,5 +565,39 @@ export function decodeSriov(view: DataView, offset: number): SriovFields {
     vfDeviceId: view.getUint16(offset + regs.PCI_SRIOV_VF_DID, true),
     supportedPageSizes: view.getUint32(offset + regs.PCI_SRIOV_SUP_PGSIZE, true),
     systemPageSize: view.getUint32(offset + regs.PCI_SRIOV_SYS_PGSIZE, true),
+    vfBars: decodeVfBars(view, offset),
+  };
+}
+
+/** The VF BAR registers of an SR-IOV capability at `offset`: the implemented ones, 64-bit pairs as one. */
+export function decodeVfBars(view: DataView, offset: number): VfBar[] {
+  const bars: VfBar[] = [];
+  for (let index = 0; index < 6; index++) {
+    let low = view.getUint32(offset + regs.PCI_SRIOV_BAR + 4 * index, true);
+    if (low === 0xffffffff) low = 0;
+    if (low === 0) continue;
+    const is64Bit = (low & 0x6) === 0x4;
+    const first = index;
+    let address = BigInt((low & ~0xf) >>> 0);
+    if (is64Bit && index < 5) {
+      index++;
+      address |= BigInt(view.getUint32(offset + regs.PCI_SRIOV_BAR + 4 * index, true)) << 32n;
+    }
+    bars.push({ index: first, address, is64Bit, prefetchable: (low & 0x8) !== 0 });
+  }
+  return bars;
+}
+
+export function decodeAri(view: DataView, offset: number): AriFields {
+  const capability = view.getUint16(offset + 4, true);
+  const control = view.getUint16(offset + 6, true);
+  return {
+    kind: 'ari',
+    mfvcGroups: (capability & 0x1) !== 0,
+    acsGroups: (capability & 0x2) !== 0,
+    nextFunction: (capability >> 8) & 0xff,
+    mfvcGroupsEnabled: (control & 0x1) !== 0,
+    acsGroupsEnabled: (control & 0x2) !== 0,
+    functionGroup: (control >> 4) & 0x7,
   };
 }

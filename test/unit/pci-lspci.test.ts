@@ -12,7 +12,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 
 import { release, tmpdir } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
 import { describe, it } from 'node:test';
-import type { AcsFields, MsiFields, MsixFields, PciExpressFields, PowerManagementFields, SriovFields } from '../../src/pci/capabilities.js';
+import type { AcsFields, AriFields, MsiFields, MsixFields, PciExpressFields, PowerManagementFields, SriovFields } from '../../src/pci/capabilities.js';
 import { type ConfigSpace, parseConfigSpace } from '../../src/pci/config-space.js';
 import * as regs from '../../src/uapi/pci-regs.js';
 import { conventionalDevice, malformed, nicWithSriov, rootPort, toLspciDump } from '../fixtures/config/synthetic.js';
@@ -311,6 +311,8 @@ const LSPCI_PORT_TYPES: Record<number, string> = {
   4: 'Root Port',
   5: 'Upstream Port',
   6: 'Downstream Port',
+  7: 'PCI-Express to PCI/PCI-X Bridge',
+  8: 'PCI/PCI-X to PCI-Express Bridge',
   9: 'Root Complex Integrated Endpoint',
   10: 'Root Complex Event Collector',
 };
@@ -337,6 +339,64 @@ function checkPciExpress(fields: PciExpressFields, text: string): void {
   assert.equal(`${fields.link.speedGts}GT/s`, /LnkSta:\s+Speed (\S+GT\/s)/.exec(text)?.[1]);
   assert.equal(fields.link.width, numberOf(text, /LnkSta:.*Width x(\d+)/));
   assert.equal(fields.link.dataLinkActive, flagOf(text, /DLActive([+-])/));
+  checkSlotAndRoot(fields, text);
+}
+
+/** Which decoders of the slot, root, ARI and VF BAR registers lspci's text was held against. */
+const decodedAgainstLspci = new Set<string>();
+
+function checkSlotAndRoot(fields: PciExpressFields, text: string): void {
+  assert.equal(fields.slot !== undefined, /SltCap:/.test(text), 'slot registers decoded where lspci shows them');
+  assert.equal(fields.root !== undefined, /RootCtl:/.test(text), 'root registers decoded where lspci shows them');
+  const slot = fields.slot;
+  if (slot) {
+    decodedAgainstLspci.add('slot');
+    const cap = /SltCap:\s+AttnBtn([+-]) PwrCtrl([+-]) MRL([+-]) AttnInd([+-]) PwrInd([+-]) HotPlug([+-]) Surprise([+-])\s+Slot #(\d+), PowerLimit ([^;]+); Interlock([+-]) NoCompl([+-])/.exec(text);
+    assert.ok(cap, text);
+    const plus = (i: number) => cap[i] === '+';
+    assert.deepEqual(
+      [slot.attentionButton, slot.powerController, slot.mrlSensor, slot.attentionIndicator, slot.powerIndicator, slot.hotPlugCapable, slot.hotPlugSurprise, slot.physicalSlotNumber, slot.electromechanicalInterlock, slot.noCommandCompleted],
+      [plus(1), plus(2), plus(3), plus(4), plus(5), plus(6), plus(7), Number(cap[8]), plus(10), plus(11)],
+    );
+    assert.equal(slot.powerLimitWatts === null ? '>600W' : `${slot.powerLimitWatts}W`, cap[9]);
+    const ctl = /SltCtl:\s+Enable: AttnBtn([+-]) PwrFlt([+-]) MRL([+-]) PresDet([+-]) CmdCplt([+-]) HPIrq([+-]) LinkChg([+-])\s+Control: AttnInd (\w+), PwrInd (\w+), Power([+-]) Interlock([+-])/.exec(text);
+    assert.ok(ctl, text);
+    const c = slot.control;
+    assert.deepEqual(
+      [c.attentionButtonEnabled, c.powerFaultEnabled, c.mrlChangeEnabled, c.presenceDetectEnabled, c.commandCompletedEnabled, c.hotPlugInterruptEnabled, c.linkChangeEnabled, c.attentionIndicator, c.powerIndicator, c.powerOff, c.interlock],
+      [ctl[1] === '+', ctl[2] === '+', ctl[3] === '+', ctl[4] === '+', ctl[5] === '+', ctl[6] === '+', ctl[7] === '+', ctl[8]!.toLowerCase(), ctl[9]!.toLowerCase(), ctl[10] === '+', ctl[11] === '+'],
+    );
+    const sta = /SltSta:\s+Status: AttnBtn([+-]) PowerFlt([+-]) MRL([+-]) CmdCplt([+-]) PresDet([+-]) Interlock([+-])\s+Changed: MRL([+-]) PresDet([+-]) LinkState([+-])/.exec(text);
+    assert.ok(sta, text);
+    const t = slot.status;
+    assert.deepEqual(
+      [t.attentionButtonPressed, t.powerFault, t.mrlOpen, t.commandCompleted, t.presenceDetected, t.interlockEngaged, t.mrlChanged, t.presenceDetectChanged, t.linkStateChanged],
+      sta.slice(1, 10).map((flag) => flag === '+'),
+    );
+  }
+  const root = fields.root;
+  if (root) {
+    decodedAgainstLspci.add('root');
+    assert.equal(root.crsVisibilitySupported, flagOf(text, /RootCap: CRSVisible([+-])/));
+    const ctl = /RootCtl: ErrCorrectable([+-]) ErrNon-Fatal([+-]) ErrFatal([+-]) PMEIntEna([+-]) CRSVisible([+-])/.exec(text);
+    assert.ok(ctl, text);
+    const c = root.control;
+    assert.deepEqual([c.systemErrorOnCorrectable, c.systemErrorOnNonFatal, c.systemErrorOnFatal, c.pmeInterruptEnabled, c.crsVisibilityEnabled], ctl.slice(1, 6).map((flag) => flag === '+'));
+    const sta = /RootSta: PME ReqID ([0-9a-f]{4}), PMEStatus([+-]) PMEPending([+-])/.exec(text);
+    assert.ok(sta, text);
+    assert.deepEqual([root.status.pmeRequesterId, root.status.pmeStatus, root.status.pmePending], [parseInt(sta[1]!, 16), sta[2] === '+', sta[3] === '+']);
+  }
+}
+
+function checkAri(fields: AriFields, text: string): void {
+  decodedAgainstLspci.add('ari');
+  const cap = /ARICap:\s+MFVC([+-]) ACS([+-]), Next Function: (\d+)/.exec(text);
+  const ctl = /ARICtl:\s+MFVC([+-]) ACS([+-]), Function Group: (\d+)/.exec(text);
+  assert.ok(cap && ctl, text);
+  assert.deepEqual(
+    [fields.mfvcGroups, fields.acsGroups, fields.nextFunction, fields.mfvcGroupsEnabled, fields.acsGroupsEnabled, fields.functionGroup],
+    [cap[1] === '+', cap[2] === '+', Number(cap[3]), ctl[1] === '+', ctl[2] === '+', Number(ctl[3])],
+  );
 }
 
 function checkSriov(fields: SriovFields, text: string): void {
@@ -352,6 +412,13 @@ function checkSriov(fields: SriovFields, text: string): void {
   const layout = /VF offset: (\d+), stride: (\d+), Device ID: ([0-9a-f]{4})/.exec(text);
   assert.ok(layout, text);
   assert.deepEqual([fields.firstVfOffset, fields.vfStride, fields.vfDeviceId], [Number(layout[1]), Number(layout[2]), parseInt(layout[3]!, 16)]);
+  // The VF BARs, as lspci lists them inside the capability.
+  const bars = [...text.matchAll(/Region (\d): Memory at ([0-9a-f]+) \((32|64)-bit, (non-)?prefetchable\)/g)];
+  assert.deepEqual(
+    fields.vfBars.map((bar) => [bar.index, bar.address, bar.is64Bit, bar.prefetchable]),
+    bars.map((m) => [Number(m[1]), BigInt(`0x${m[2]}`), m[3] === '64', m[4] === undefined]),
+  );
+  if (bars.length > 0) decodedAgainstLspci.add('vfBars');
 }
 
 function checkAcs(fields: AcsFields, text: string): void {
@@ -387,6 +454,9 @@ function checkDecodedFields(config: ConfigSpace, theirs: LspciCapability[]): num
       case 'acs':
         checkAcs(fields, text);
         break;
+      case 'ari':
+        checkAri(fields, text);
+        break;
       case 'dsn':
         assert.equal(fields.serialNumber, /Device Serial Number (\S+)/.exec(text)?.[1]);
         break;
@@ -408,7 +478,7 @@ describe('the parser matches lspci -F on the hand-made fixtures', () => {
     const config = parseConfigSpace(nicWithSriov());
     const text = lspciOfBytes(nicWithSriov());
     const theirs = assertSameCapabilityList(config, text);
-    assert.equal(checkDecodedFields(config, theirs), 6);
+    assert.equal(checkDecodedFields(config, theirs), 7);
   });
 
   it('PCIe root port: capability lists, decoded fields and bridge windows', () => {
@@ -422,6 +492,16 @@ describe('the parser matches lspci -F on the hand-made fixtures', () => {
     assert.match(text, new RegExp(`Memory behind bridge: ${bridge.memoryWindow!.base.toString(16)}-${bridge.memoryWindow!.limit.toString(16)}`));
     const prefetch = bridge.prefetchableWindow!;
     assert.match(text, new RegExp(`Prefetchable memory behind bridge: ${prefetch.base.toString(16).padStart(16, '0')}-${prefetch.limit.toString(16).padStart(16, '0')}`));
+  });
+
+  it('captures of QEMU 7.2 devices: every decoded field, the slot, root, ARI and VF BAR registers among them', () => {
+    decodedAgainstLspci.clear();
+    for (const { file } of QEMU_CAPTURES) {
+      const bytes = new Uint8Array(readFileSync(join(FIXTURES, `${file}.config`)));
+      const config = parseConfigSpace(bytes);
+      assert.ok(checkDecodedFields(config, assertSameCapabilityList(config, lspciOfBytes(bytes))) > 0, file);
+    }
+    assert.deepEqual([...decodedAgainstLspci].sort(), ['ari', 'root', 'slot', 'vfBars']);
   });
 
   it('conventional PCI device: BAR types, ROM, unknown capability IDs', () => {

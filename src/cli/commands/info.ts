@@ -259,6 +259,7 @@ function describeExtendedCapability(fields: ExtendedCapabilityFields): string[] 
   switch (fields.kind) {
     case 'aer':
     case 'acs':
+    case 'ari':
     case 'sriov':
       return ['']; // written in lspci's words by formatExtendedCapability
     case 'dsn':

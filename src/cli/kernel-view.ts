@@ -1,11 +1,13 @@
 /**
  * What the kernel adds to config space for `userpci info`, as lspci -vvv shows it: the IRQ it
- * routed the function's interrupt pin to (sysfs `irq`), and the modules whose aliases match the
- * function's `modalias` (modules.alias of the running kernel, what modprobe would consider).
+ * routed the function's interrupt pin to (sysfs `irq`), the physical slot it sits in (sysfs
+ * `slots`), and the modules whose aliases match the function's `modalias` (modules.alias of the
+ * running kernel, what modprobe would consider).
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import type { PciAddress } from '../pci/address.js';
 import type { InspectedDevice } from '../pci/sysfs.js';
 
 /** sysfs `irq`; without it (a capture), the Interrupt Line register, as lspci does. */
@@ -17,6 +19,33 @@ export function readIrq({ device, config }: InspectedDevice): number {
     // No irq attribute: fall through to config space.
   }
   return config.interruptLine;
+}
+
+/**
+ * The physical slot's name, as lspci's "Physical Slot:" line: the directory under
+ * <sysfs>/bus/pci/slots whose `address` (domain:bus:device, or bus:device on old kernels) is the
+ * function's; every function of the device shares it. Undefined when no slot claims it.
+ */
+export function physicalSlot(sysfsRoot: string, { domain, bus, device }: PciAddress): string | undefined {
+  const slots = path.join(sysfsRoot, 'bus', 'pci', 'slots');
+  let names: string[];
+  try {
+    names = fs.readdirSync(slots).sort();
+  } catch {
+    return undefined; // no slot driver (pciehp, acpiphp, ...) registered any
+  }
+  for (const name of names) {
+    let address: string;
+    try {
+      address = fs.readFileSync(path.join(slots, name, 'address'), 'utf8').trim();
+    } catch {
+      continue;
+    }
+    const parts = address.split(':').map((part) => Number.parseInt(part, 16));
+    const [d, b, dev] = parts.length === 3 ? parts : [0, ...parts];
+    if (parts.every(Number.isInteger) && d === domain && b === bus && dev === device) return name;
+  }
+  return undefined;
 }
 
 /**

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { type SpawnSyncReturns, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, it } from 'node:test';
@@ -48,6 +48,11 @@ function setup(): { sysfs: string; ids: string } {
       driver: 'virtio-pci',
     },
   ]);
+  // Slots as pciehp registers them: the name, and the address domain:bus:device of what sits in it.
+  for (const [name, address] of [['4', '0000:01:00'], ['7-1', '0000:02:01']]) {
+    mkdirSync(join(sysfs, 'bus', 'pci', 'slots', name!), { recursive: true });
+    writeFileSync(join(sysfs, 'bus', 'pci', 'slots', name!, 'address'), `${address}\n`);
+  }
   const ids = join(mkdtempSync(join(tmpdir(), 'userpci-ids-')), 'pci.ids');
   writeFileSync(ids, PCI_IDS);
   return { sysfs, ids };
@@ -205,6 +210,7 @@ describe('userpci info', () => {
     const expectedLines = [
       '0000:01:00.0 Ethernet controller [0200]: Intel Corporation 82599ES 10-Gigabit SFI/SFP+ Network Connection [8086:10fb] (rev 01)',
       '\tSubsystem: Intel Corporation Ethernet Server Adapter X520-2 [8086:0003]',
+      '\tPhysical Slot: 4',
       '\tRegion 0: Memory at fb000000 (64-bit, non-prefetchable) [size=512K]',
       '\tRegion 2: I/O ports at e000 [disabled] [size=32]',
       '\tRegion 4: Memory at fb100000 (64-bit, non-prefetchable) [size=16K]',
@@ -239,6 +245,14 @@ describe('userpci info', () => {
     }
   });
 
+  it('names a physical slot only for a function in it (slot 7-1 is device 02:01, not 02:00)', () => {
+    const text = userpci(['info', '0000:02:00.0']);
+    assert.equal(text.status, 0, text.stderr);
+    assert.doesNotMatch(text.stdout, /Physical Slot/);
+    const json = userpci(['info', '0000:02:00.0', '--json']);
+    assert.equal((JSON.parse(json.stdout) as { physicalSlot: unknown }).physicalSlot, null);
+  });
+
   it('shows a bridge: windows and the subsystem from its capability', () => {
     const result = userpci(['info', '0000:00:1c.0']);
     assert.equal(result.status, 0, result.stderr);
@@ -257,6 +271,7 @@ describe('userpci info', () => {
     assert.equal(result.status, 0, result.stderr);
     const info = JSON.parse(result.stdout) as {
       vendor: string;
+      physicalSlot: string | null;
       bars: Array<{ index: number; address: string; size: number }>;
       capabilities: Array<{ offset: number; id: number; name: string; fields?: Record<string, unknown> }>;
       extendedCapabilities: Array<{ offset: number; id: number; version: number }>;
@@ -264,6 +279,7 @@ describe('userpci info', () => {
       warnings: unknown[];
     };
     assert.equal(info.vendor, '8086');
+    assert.equal(info.physicalSlot, '4');
     assert.equal(info.configRestricted, false);
     assert.deepEqual(info.bars.map((bar) => [bar.index, bar.address, bar.size]), [[0, '0xfb000000', 524288], [2, '0xe000', 32], [4, '0xfb100000', 16384]]);
     assert.deepEqual(info.capabilities.map((capability) => [capability.offset, capability.id]), [[0x40, 1], [0x50, 5], [0x70, 0x11], [0xa0, 0x10]]);

@@ -17,7 +17,7 @@ import {
   toJson,
 } from '../format.js';
 import type { CliCommand } from '../main.js';
-import { kernelModules, readIrq } from '../kernel-view.js';
+import { kernelModules, physicalSlot, readIrq } from '../kernel-view.js';
 import {
   ConfigRegisters,
   type FunctionContext,
@@ -67,7 +67,7 @@ export const infoCommand: CliCommand = {
       inspectPciDevice(positionals[0]!, { sysfsRoot: sysfsRoot(), strict: values.strict }),
     ]);
     const hexLevel = values.x?.length ?? 0;
-    const kernel = { irq: readIrq(inspected), modules: kernelModules(inspected.device.sysfsPath) };
+    const kernel = { irq: readIrq(inspected), modules: kernelModules(inspected.device.sysfsPath), physicalSlot: physicalSlot(sysfsRoot(), inspected.device.location) };
     if (values.json) {
       print(toJson(infoJson(ids, inspected, kernel)));
       return 0;
@@ -91,6 +91,7 @@ function infoJson(ids: PciIds, { device, config, configRestricted, configFullSiz
     status: config.status,
     interruptPin: config.interruptPin,
     irq: kernel.irq,
+    physicalSlot: kernel.physicalSlot ?? null,
     latencyTimer: config.latencyTimer,
     cacheLineSize: config.cacheLineSize,
     kernelModules: kernel.modules,
@@ -105,10 +106,11 @@ function infoJson(ids: PciIds, { device, config, configRestricted, configFullSiz
   };
 }
 
-/** What sysfs says beyond config space: the IRQ the kernel routed pin INTx to, the modules that match. */
+/** What sysfs says beyond config space: the IRQ the kernel routed pin INTx to, the modules that match, the slot. */
 interface KernelView {
   readonly irq: number;
   readonly modules: readonly string[];
+  readonly physicalSlot: string | undefined;
 }
 
 function infoText(ids: PciIds, { device, config, configRestricted, configFullSize }: InspectedDevice, bytes: Uint8Array, kernel: KernelView): string {
@@ -122,6 +124,8 @@ function infoText(ids: PciIds, { device, config, configRestricted, configFullSiz
   if (subsystem && subsystem.vendorId !== 0 && subsystem.vendorId !== 0xffff) {
     detail(`Subsystem: ${formatSubsystem(ids, device.vendorId, device.deviceId, subsystem.vendorId, subsystem.id)}`);
   }
+  // Where lspci prints it: after Subsystem, before the header registers.
+  if (kernel.physicalSlot !== undefined) detail(`Physical Slot: ${kernel.physicalSlot}`);
   detail(`Header: type ${config.headerType} (${headerName(config.headerType)})${config.multiFunction ? ', multi-function' : ''}`);
   for (const line of headerLines(r, config, kernel.irq)) detail(line);
   for (const bar of config.bars) detail(formatBar(bar, config));

@@ -5,6 +5,7 @@
  * packed-ring test files alike.
  */
 import * as assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -191,4 +192,18 @@ export async function badInput(net: VirtioNet, peers: NetPeers): Promise<void> {
   assert.throws(() => net.txBurst(0, batch), code('ENODEV'));
   assert.throws(() => net.rxBurst(0, batch), code('ENODEV'));
   await assert.rejects(net.send(batch.frame(0)), code('ENODEV'));
+}
+
+export const CLI = path.join(__dirname, '..', '..', '..', 'bin', 'userpci.js');
+
+/** Runs the userpci CLI without blocking the event loop (a listening NIC keeps being served). */
+export function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    p.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
 }

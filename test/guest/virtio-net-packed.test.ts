@@ -11,7 +11,7 @@ import { test, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { VirtioNet } from '../../src/drivers/virtio-net/net-device';
 import { F_RING_PACKED } from '../../src/drivers/virtio/constants';
 import { CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET } from '../../src/drivers/virtio-net/constants';
@@ -19,7 +19,7 @@ import { UserpciError } from '../../src/errors';
 import { bindToVfio } from '../../src/pci/bind';
 import { requireGuest, findDevices } from './guest-env';
 import * as F from './net-frames';
-import { ALL_SIZES, MERGE_SIZES, badInput, extraMergeBuffers, interfaceOf, kernelToUs, receive, sendFrame, usToKernel, type NetPeers } from './net-peer';
+import { ALL_SIZES, MERGE_SIZES, badInput, cli, extraMergeBuffers, interfaceOf, kernelToUs, receive, sendFrame, usToKernel, type NetPeers } from './net-peer';
 
 const OUR_MAC = '52:54:00:00:78:02';
 const KERNEL_MAC = '52:54:00:00:78:01';
@@ -135,18 +135,6 @@ test('multiqueue behind a hubport (max_virtqueue_pairs 1): MQ and CTRL_VQ negoti
   assert.equal(net.info().queuePairs, 1);
 });
 
-const CLI = path.join(__dirname, '..', '..', '..', 'bin', 'userpci.js');
-
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 test('userpci net info says which ring format is in use; --split-ring declines packed', async () => {
   const text = await cli(['net', 'info', ours]);

@@ -18,7 +18,7 @@ import { UserpciError } from '../../src/errors';
 import { bindToVfio } from '../../src/pci/bind';
 import { requireGuest, findDevices } from './guest-env';
 import * as F from './net-frames';
-import { ALL_SIZES, MERGE_SIZES, badInput, extraMergeBuffers, interfaceOf, kernelToUs, receive as receiveFrom, sendFrame, usToKernel, type NetPeers } from './net-peer';
+import { ALL_SIZES, CLI, MERGE_SIZES, badInput, cli, extraMergeBuffers, interfaceOf, kernelToUs, receive as receiveFrom, sendFrame, usToKernel, type NetPeers } from './net-peer';
 
 const OUR_IP = '10.77.0.2';
 const KERNEL_IP = '10.77.0.1';
@@ -148,18 +148,6 @@ test('event API: listen() delivers frames on the receive interrupt; send() sends
   assert.deepEqual([...F.parseArp(replies[0]!)!.senderMac], [...kernelMac]);
 });
 
-const CLI = path.join(__dirname, '..', '..', '..', 'bin', 'userpci.js');
-
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 test('userpci net info|send|recv against the kernel NIC', async (t) => {
   const t0 = Date.now();

@@ -153,16 +153,21 @@ test('NVMe driver on a device: the CQ status word is read full width, each SQ en
   }
 });
 
-test('virtio split queue: descriptors and rings keep their widths, the avail index is stored after the ring entry with a barrier before used.flags is read, used.idx is reloaded, the doorbell is one 16-bit store', () => {
-  const dist = path.resolve(__dirname, '../..');
-  const code = optimizedCode(`
-    const { SplitQueue, splitQueueLayout } = require(${JSON.stringify(path.join(dist, 'src/drivers/virtio/split-queue.js'))});
-    const { Region } = require(${JSON.stringify(path.join(dist, 'src/device/region.js'))});
+/** Script lines both virtqueue cases start with: a 16 KiB BAR (`bar`) and 64 KiB of queue memory (`memory`, `size` entries) on anonymous mappings. */
+function virtqueueSetup(dist: string): string {
+  return `const { Region } = require(${JSON.stringify(path.join(dist, 'src/device/region.js'))});
     const { native, constants } = require(${JSON.stringify(path.join(dist, 'src/native/index.js'))});
     const anon = (size) => native.mmap(size, constants.PROT_READ | constants.PROT_WRITE, constants.MAP_SHARED | constants.MAP_ANONYMOUS, -1, 0);
     const bar = new Region({ mapRegion: (i, o, s) => anon(s), unmapRegion: (b) => native.munmap(b) }, { index: 0, size: 0x4000, readable: true, writable: true, mappable: true, sparseAreas: undefined }, 'bar');
     const size = 256;
-    const memory = anon(65536);
+    const memory = anon(65536);`;
+}
+
+test('virtio split queue: descriptors and rings keep their widths, the avail index is stored after the ring entry with a barrier before used.flags is read, used.idx is reloaded, the doorbell is one 16-bit store', () => {
+  const dist = path.resolve(__dirname, '../..');
+  const code = optimizedCode(`
+    const { SplitQueue, splitQueueLayout } = require(${JSON.stringify(path.join(dist, 'src/drivers/virtio/split-queue.js'))});
+    ${virtqueueSetup(dist)}
     const q = new SplitQueue(0, size, memory, 0, 0x100000, () => bar.write16(0x3004, 0));
     const usedIdx = new Uint16Array(memory, splitQueueLayout(size).usedOffset, 3);
     function offer(i) { const id = i & 255; q.setDescriptor(id, 0x200000 + id * 4096, 4096, 2); q.push(id); q.publish(); q.kick(); }
@@ -198,12 +203,7 @@ test('virtio packed queue: descriptors keep their widths, the held-back flags st
   const dist = path.resolve(__dirname, '../..');
   const code = optimizedCode(`
     const { PackedQueue, packedQueueLayout } = require(${JSON.stringify(path.join(dist, 'src/drivers/virtio/packed-queue.js'))});
-    const { Region } = require(${JSON.stringify(path.join(dist, 'src/device/region.js'))});
-    const { native, constants } = require(${JSON.stringify(path.join(dist, 'src/native/index.js'))});
-    const anon = (size) => native.mmap(size, constants.PROT_READ | constants.PROT_WRITE, constants.MAP_SHARED | constants.MAP_ANONYMOUS, -1, 0);
-    const bar = new Region({ mapRegion: (i, o, s) => anon(s), unmapRegion: (b) => native.munmap(b) }, { index: 0, size: 0x4000, readable: true, writable: true, mappable: true, sparseAreas: undefined }, 'bar');
-    const size = 256;
-    const memory = anon(65536);
+    ${virtqueueSetup(dist)}
     function doorbell() { bar.write16(0x3004, 0); }
     const q = new PackedQueue(0, size, memory, 0, 0x100000, doorbell);
     const ring = new Uint16Array(memory, 0, 8 * size);

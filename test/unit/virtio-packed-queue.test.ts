@@ -13,6 +13,7 @@ import { DESC_F_NEXT, DESC_F_WRITE, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_E
 import { RxQueue, TxQueue } from '../../src/drivers/virtio-net/queues';
 import { PacketBatch } from '../../src/drivers/virtio-net/packet-batch';
 import type { DmaBuffer } from '../../src/dma/dma-space';
+import { assertFrames, writeFrame } from '../support/virtio-frames';
 import { UserpciError } from '../../src/errors';
 
 const IOVA = 0x1_2345_0000; // above 4 GiB: the high address words must be right too
@@ -151,21 +152,12 @@ test('receive: frames through a 5-entry ring (not a power of two), over 2^16 of 
     const order = take.map((_, i) => take[(i + round) % count]!);
     for (const b of order) {
       const bytes = dev.bytes(b.descs[0]!);
-      const len = 60 + ((sent * 37) % 1455);
-      bytes.fill(0, 0, 12);
-      for (let i = 0; i < len; i++) bytes[12 + i] = (sent + i) & 0xff;
-      dev.use(b.id, 12 + len);
+      dev.use(b.id, writeFrame(bytes, sent));
       sent++;
     }
     const n = rx.burst(batch);
     assert.equal(n, count);
-    for (let k = 0; k < n; k++) {
-      const seq = sent - count + k;
-      const len = 60 + ((seq * 37) % 1455);
-      assert.equal(batch.lengths[k], len);
-      const o = batch.offset(k);
-      if (batch.data[o] !== (seq & 0xff) || batch.data[o + len - 1] !== ((seq + len - 1) & 0xff)) assert.fail(`frame ${seq} corrupted`);
-    }
+    assertFrames(batch, n, sent - count);
     posted = posted.concat(dev.takeAvailable());
     assert.equal(posted.length, 5, 'every buffer is back with the device');
   }

@@ -629,6 +629,19 @@ static napi_value n_set_thread_affinity(napi_env env, napi_callback_info info) {
   return make_undefined(env);
 }
 
+/*
+ * setThreadScheduler(policy, priority): the calling thread's scheduling policy from now on
+ * (sched_setscheduler on the thread: SCHED_FIFO with priority 1-99, SCHED_OTHER with 0).
+ */
+static napi_value n_set_thread_scheduler(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int32_t policy, priority;
+  if (!get_i32(env, argv[0], &policy) || !get_i32(env, argv[1], &priority)) return throw_type(env, "policy and priority must be integers");
+  struct sched_param param = {.sched_priority = priority};
+  if (sched_setscheduler(0, policy, &param) < 0) return throw_errno(env, errno, "sched_setscheduler");
+  return make_undefined(env);
+}
+
 /* dup(fd) -> a new fd for the same file, close-on-exec (a thread that must keep it open on its own). */
 static napi_value n_dup(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
@@ -1048,6 +1061,7 @@ static napi_value constants(napi_env env) {
   C(EFD_NONBLOCK); C(EFD_SEMAPHORE);
   C(RLIMIT_MEMLOCK); C(RLIMIT_NOFILE);
   C(POLLIN); C(POLLOUT); C(POLLERR); C(POLLHUP); C(POLLNVAL);
+  C(SCHED_OTHER); C(SCHED_FIFO);
   napi_set_named_property(env, obj, "PAGE_SIZE", make_num(env, (double)sysconf(_SC_PAGESIZE)));
 #undef C
   return obj;
@@ -1062,7 +1076,8 @@ static napi_value init(napi_env env, napi_value exports) {
     F("mmap", n_mmap), F("munmap", n_munmap), F("madvise", n_madvise), F("mlock", n_mlock),
     F("munlock", n_munlock), F("addressOf", n_address_of), F("mappingStats", n_mapping_stats), F("getrlimit", n_getrlimit),
     F("eventfd", n_eventfd), F("eventfdRead", n_eventfd_read), F("eventfdWrite", n_eventfd_write),
-    F("eventfdTake", n_eventfd_take), F("setThreadAffinity", n_set_thread_affinity), F("dup", n_dup),
+    F("eventfdTake", n_eventfd_take), F("setThreadAffinity", n_set_thread_affinity),
+    F("setThreadScheduler", n_set_thread_scheduler), F("dup", n_dup),
     F("watch", n_watch), F("watchStop", n_watch_stop), F("watchRef", n_watch_ref),
     F("unixListen", n_unix_listen), F("unixAccept", n_unix_accept), F("unixConnect", n_unix_connect),
     F("socketpair", n_socketpair), F("sendmsg", n_sendmsg), F("recvmsg", n_recvmsg),

@@ -33,6 +33,15 @@ export interface ThreadHandler {
    * (kernel VFIO; as the kernel pins its own threaded handlers), else wherever it is scheduled.
    */
   cpus?: readonly number[];
+  /**
+   * Run the thread SCHED_FIFO at this priority (1-99) instead of the default time-sharing policy,
+   * as the kernel runs its own threaded IRQ handlers (priority 50): woken by the interrupt, it
+   * preempts whatever time-shared thread runs on its CPU at once. Needs CAP_SYS_NICE (or an
+   * RLIMIT_RTPRIO that allows it): else the switch fails with EPERM. A handler that never
+   * blocks can then starve its CPU's other threads (the kernel's RT throttling still leaves them
+   * 5% by default): keep it short.
+   */
+  realtimePriority?: number;
 }
 
 /** Eventfds of threads still running at exit: each is told to stop, so the process never waits on a blocked one. */
@@ -164,12 +173,16 @@ export class InterruptVector extends EventEmitter<InterruptVectorEvents> impleme
     if (cpusAsked && (!Array.isArray(handler.cpus) || handler.cpus.some((c) => !Number.isInteger(c) || c < 0))) {
       throw new InvalidArgumentError(`thread handler cpus must be an array of CPU numbers, got ${String(handler.cpus)}`);
     }
+    const priority = handler.realtimePriority;
+    if (priority !== undefined && (!Number.isInteger(priority) || priority < 1 || priority > 99)) {
+      throw new InvalidArgumentError(`realtimePriority must be an integer from 1 to 99, got ${String(priority)}`);
+    }
     const cpus = cpusAsked ? [...handler.cpus!] : this.hostCpus();
     // The thread gets its own dup (and closes it when it ends); ours stays valid until we close
     // it, so a late stop token can never hit a reused fd number.
     const fd = native.dup(this.fd);
     const count = new Float64Array(new SharedArrayBuffer(8));
-    const workerData: ThreadWorkerData = { fd, count: count.buffer as SharedArrayBuffer, module: handler.module, exportName: handler.export, data: handler.data, cpus, cpusAsked };
+    const workerData: ThreadWorkerData = { fd, count: count.buffer as SharedArrayBuffer, module: handler.module, exportName: handler.export, data: handler.data, cpus, cpusAsked, realtimePriority: priority };
     this.stopWatching();
     // The file is shared with the dup: the thread's read(2) blocks in the kernel. Nothing on this
     // thread reads it until the thread has ended (poll() and wait() refuse 'thread' delivery).
@@ -215,7 +228,9 @@ export class InterruptVector extends EventEmitter<InterruptVectorEvents> impleme
         // Back on the event loop once the thread is gone and the eventfd non-blocking again.
         void this.threadEnded.then(() => {
           if (!this.closedBy && this.deliveryMode === 'thread' && this.worker === null) this.backToEventLoop();
-          reject(new UserpciError('EINVAL', `${this.kind} vector ${this.vector}: the interrupt thread could not start: ${err.message}`, { cause: err }));
+          // EPERM (no right to a real-time priority) says what to fix; anything else is the caller's setup.
+          const code = (err as { code?: unknown }).code === 'EPERM' ? 'EPERM' : 'EINVAL';
+          reject(new UserpciError(code, `${this.kind} vector ${this.vector}: the interrupt thread could not start: ${err.message}`, { cause: err }));
         });
       };
       worker.on('message', onReady);

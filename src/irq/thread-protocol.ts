@@ -18,4 +18,6 @@ export interface ThreadWorkerData {
   cpus: number[] | undefined;
   /** The caller chose `cpus` (a failure to pin is then an error), rather than the IRQ's affinity. */
   cpusAsked: boolean;
+  /** SCHED_FIFO at this priority; none: the default time-sharing policy. */
+  realtimePriority: number | undefined;
 }

@@ -1,13 +1,13 @@
 /**
  * The dedicated interrupt thread of a vector in 'thread' delivery (see interrupt-vector.ts):
- * pinned to the CPUs that take its interrupt (when known), it blocks in the kernel in read(2) on
- * the vector's eventfd (made blocking for the purpose) and calls the handler as soon as the
- * read returns: one system call per interrupt, as a C driver's thread, and nothing allocated.
+ * pinned to the CPUs that take its interrupt (when known), SCHED_FIFO when asked, it blocks in
+ * the kernel in read(2) on the vector's eventfd (made blocking for the purpose) and calls the
+ * handler as soon as the read returns: one system call per interrupt, as a C driver's thread, and nothing allocated.
  * It is told to end by a count of STOP_TOKEN or more on the same eventfd; the thread owns (and
  * finally closes) the fd it was given.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { native } from '../native/index';
+import { native, constants } from '../native/index';
 import { STOP_TOKEN, type ThreadWorkerData } from './thread-protocol';
 
 type Handler = (count: number, data: unknown) => void;
@@ -32,6 +32,18 @@ function pin(d: ThreadWorkerData): void {
   }
 }
 
+/** SCHED_FIFO when asked (a failure, EPERM most often, keeps its code: the switch fails with it). */
+function schedule(d: ThreadWorkerData): void {
+  if (d.realtimePriority === undefined) return;
+  try {
+    native.setThreadScheduler(constants.SCHED_FIFO, d.realtimePriority);
+  } catch (err) {
+    const e = new Error(`cannot run SCHED_FIFO at priority ${d.realtimePriority}: ${(err as Error).message}`) as Error & { code?: unknown };
+    e.code = (err as { code?: unknown }).code;
+    throw e;
+  }
+}
+
 function run(d: ThreadWorkerData): void {
   const port = parentPort!;
   const fd = d.fd;
@@ -40,6 +52,7 @@ function run(d: ThreadWorkerData): void {
   try {
     pin(d);
     const handler = loadHandler(d);
+    schedule(d);
     port.postMessage('ready');
     for (;;) {
       let n = native.eventfdTake(fd);

@@ -29,6 +29,7 @@ export interface NativeConstants {
   EFD_NONBLOCK: number; EFD_SEMAPHORE: number;
   RLIMIT_MEMLOCK: number; RLIMIT_NOFILE: number;
   POLLIN: number; POLLOUT: number; POLLERR: number; POLLHUP: number; POLLNVAL: number;
+  SCHED_OTHER: number; SCHED_FIFO: number;
   PAGE_SIZE: number;
 }
 
@@ -68,6 +69,8 @@ export interface NativeAddon {
   eventfdTake(fd: number): number;
   /** The calling thread runs only on these CPUs from now on (sched_setaffinity). */
   setThreadAffinity(cpus: Int32Array): void;
+  /** The calling thread's scheduling policy and priority from now on (sched_setscheduler): SCHED_FIFO 1-99, SCHED_OTHER 0. */
+  setThreadScheduler(policy: number, priority: number): void;
   /** A second fd for the same file (close-on-exec). */
   dup(fd: number): number;
   /**

@@ -36,3 +36,15 @@ export function exiting(count: number, data: { words: SharedArrayBuffer }): void
   handler(count, data);
   process.exit(0);
 }
+
+/** Word 2: this thread's scheduling policy (0 SCHED_OTHER, 1 SCHED_FIFO); word 3: its real-time priority. */
+export function policy(count: number, data: { words: SharedArrayBuffer }): void {
+  const w = new Int32Array(data.words);
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const stat = (require('node:fs') as typeof import('node:fs')).readFileSync('/proc/thread-self/stat', 'utf8');
+  // Fields after the command's closing parenthesis: state is field 3; rt_priority 40, policy 41.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  Atomics.store(w, 2, Number(fields[41 - 3]));
+  Atomics.store(w, 3, Number(fields[40 - 3]));
+  handler(count, data);
+}

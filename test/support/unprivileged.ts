@@ -52,6 +52,8 @@ export function stagedPath(relative: string): string {
 export interface UnprivilegedOptions {
   /** RLIMIT_MEMLOCK for the child, in KiB (`ulimit -l`). */
   memlockKiB?: number;
+  /** RLIMIT_RTPRIO for the child (`ulimit -r`): the highest real-time priority it may take without CAP_SYS_NICE. */
+  rtprio?: number;
   env?: NodeJS.ProcessEnv;
 }
 
@@ -60,8 +62,8 @@ export function runNodeUnprivileged(args: string[], options: UnprivilegedOptions
   unprivilegedPackageRoot();
   if (runningAsRoot && !existsSync('/usr/bin/setpriv')) throw new Error('setpriv (util-linux) is needed to run a test unprivileged as root');
   const drop = runningAsRoot ? ['/usr/bin/setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups'] : [];
-  const limit = options.memlockKiB === undefined ? '' : `ulimit -l ${options.memlockKiB} && `;
-  // The shell sets the limit (setpriv has no option for it), then execs the rest unchanged.
+  const limit = (options.memlockKiB === undefined ? '' : `ulimit -l ${options.memlockKiB} && `) + (options.rtprio === undefined ? '' : `ulimit -r ${options.rtprio} && `);
+  // The shell sets the limits (setpriv has no option for it), then execs the rest unchanged.
   return spawnSync('sh', ['-c', `${limit}exec "$@"`, 'sh', ...drop, process.execPath, ...args], {
     encoding: 'utf8',
     env: options.env ?? process.env,

@@ -7,7 +7,9 @@ import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { native } from '../../src/native/index';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { native, constants } from '../../src/native/index';
+import { runNodeUnprivileged, runningAsRoot, stagedPath } from '../support/unprivileged';
 import { InterruptVector } from '../../src/irq/interrupt-vector';
 
 const tick = () => new Promise((r) => setTimeout(r, 10));
@@ -259,4 +261,47 @@ test('thread delivery: a thread that ends by itself brings the vector back to th
   assert.equal(await next, 2);
   assert.equal(v.total, 3);
   v.close();
+});
+
+test('thread delivery: realtimePriority runs the thread SCHED_FIFO at that priority; out of range is EINVAL, without the right EPERM', async () => {
+  const words = new SharedArrayBuffer(16);
+  const w = new Int32Array(words);
+  const plain = new InterruptVector('msix', 10);
+  await plain.deliverOnThread({ module: HANDLERS, export: 'policy', data: { words } });
+  native.eventfdWrite(plain.fd, 1);
+  assert.ok(blockUntil(w, 1, 1));
+  assert.deepEqual([Atomics.load(w, 2), Atomics.load(w, 3)], [constants.SCHED_OTHER, 0], 'time-shared by default');
+  plain.close();
+
+  if (runningAsRoot) {
+    const rt = new InterruptVector('msix', 11);
+    await rt.deliverOnThread({ module: HANDLERS, export: 'policy', data: { words }, realtimePriority: 7 });
+    native.eventfdWrite(rt.fd, 1);
+    assert.ok(blockUntil(w, 1, 2));
+    assert.deepEqual([Atomics.load(w, 2), Atomics.load(w, 3)], [constants.SCHED_FIFO, 7], 'SCHED_FIFO at the priority asked for');
+    assert.ok(!/^policy\s*:\s*1$/m.test(readFileSync('/proc/thread-self/sched', 'utf8')), 'the main thread stays time-shared');
+    rt.close();
+  }
+
+  const bad = new InterruptVector('msix', 12);
+  for (const p of [0, 100, 1.5]) {
+    await assert.rejects(bad.deliverOnThread({ module: HANDLERS, realtimePriority: p }), (e: any) => e.code === 'EINVAL' && /realtimePriority/.test(e.message));
+  }
+  assert.equal(bad.delivery, 'event-loop');
+  bad.close();
+
+  // Without CAP_SYS_NICE and with RLIMIT_RTPRIO 0 (as nobody) the switch fails with EPERM and the vector stays on the event loop.
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'irq-rt-'));
+  chmodSync(dir, 0o755);
+  const mod = path.join(dir, 'handler.js');
+  writeFileSync(mod, 'exports.handler = () => {};\n', { mode: 0o644 });
+  const script = `
+    const { InterruptVector } = require(${JSON.stringify(stagedPath('dist/src/irq/interrupt-vector.js'))});
+    const v = new InterruptVector('msi', 0);
+    v.deliverOnThread({ module: ${JSON.stringify(mod)}, realtimePriority: 10 }).then(
+      () => { console.log('started'); v.close(); },
+      (e) => { console.log(e.code, v.delivery); v.close(); });`;
+  const r = runNodeUnprivileged(['-e', script], { rtprio: 0 });
+  rmSync(dir, { recursive: true, force: true });
+  assert.equal(r.stdout.trim(), 'EPERM event-loop', r.stderr);
 });

@@ -112,7 +112,7 @@ test('10,000-interrupt soak: no lost or duplicated completion, stable fds and me
   assert.ok(growth < 16 << 20, `RSS grew ${growth} bytes over 9,000 interrupts`);
 });
 
-test('msi on a dedicated thread and polled: each interrupt reaches the handler once while the main thread blocks; the thread runs on the CPUs the kernel takes the IRQ on', { timeout: 300_000 }, async () => {
+test('msi on a dedicated thread (time-shared, then SCHED_FIFO) and polled: each interrupt reaches the handler once while the main thread blocks; the thread runs on the CPUs the kernel takes the IRQ on', { timeout: 300_000 }, async () => {
   await using device = await openDevice(edu0);
   const edu = new EduDriver(device);
   const [v] = device.enableInterrupts('msi');
@@ -143,6 +143,19 @@ test('msi on a dedicated thread and polled: each interrupt reaches the handler o
   assert.equal(Atomics.load(w, 2), mask, 'the thread runs on the IRQ\'s CPUs');
   await v!.deliverOnEventLoop();
   assert.equal(v!.total, 200);
+  // realtimePriority: the same delivery from a SCHED_FIFO thread.
+  const rtWords = new SharedArrayBuffer(16);
+  const rt = new Int32Array(rtWords);
+  await v!.deliverOnThread({ module: path.resolve(__dirname, '../support/irq-thread-handler.js'), export: 'policy', data: { words: rtWords }, realtimePriority: 50 });
+  for (let i = 1; i <= 20; i++) {
+    edu.raiseInterrupt(0x1);
+    for (let k = 0; k < 600 && Atomics.load(rt, 1) < i; k++) Atomics.wait(rt, 1, i - 1, 100);
+    assert.equal(Atomics.load(rt, 1), i, `interrupt ${i} handled on the SCHED_FIFO thread`);
+    assert.equal(edu.acknowledgeInterrupt(), 0x1);
+  }
+  assert.deepEqual([Atomics.load(rt, 0), Atomics.load(rt, 2), Atomics.load(rt, 3)], [20, 1, 50], 'each interrupt counted once, on a thread SCHED_FIFO (policy 1) at priority 50');
+  await v!.deliverOnEventLoop();
+  assert.equal(v!.total, 220);
   v!.deliverPolled();
   for (let i = 0; i < 200; i++) {
     edu.raiseInterrupt(0x1);
@@ -151,7 +164,7 @@ test('msi on a dedicated thread and polled: each interrupt reaches the handler o
     assert.equal(n, 1);
     assert.equal(edu.acknowledgeInterrupt(), 0x1);
   }
-  assert.equal(v!.total, 400);
+  assert.equal(v!.total, 420);
 });
 
 test('armed interrupts do not keep the process alive', () => {

@@ -5,10 +5,11 @@
  *
  *   baseline regs N            volatile 32/64-bit loads and stores on the memfd mapped at fd 3
  *   baseline irq N             eventfd latency: a raiser thread writes, this thread blocks in read(2)
- *   baseline raise N           the raiser alone, for the TypeScript receiver: eventfd at fd 3,
+ *   baseline raise N [CPU]     the raiser alone, for the TypeScript receiver: eventfd at fd 3,
  *                              shared page at fd 4 (f64 raise time at 0, i32 acknowledgements at 8)
- *   baseline receive N         a C receiver for that raiser (blocks in poll/read on fd 3): the
- *                              same two-process set-up as ours, for a like-for-like C figure
+ *   baseline receive N [CPU [PRIO]]  a C receiver for that raiser (blocks in read(2) on fd 3): the
+ *                              same two-process set-up as ours, for a like-for-like C figure;
+ *                              pinned to CPU, SCHED_FIFO at PRIO when given
  *   baseline dma N             the JS-side work of a streaming map+unmap: first-fit IOVA allocation
  *                              with merge on free and the VFIO map/unmap argument structs, no ioctl
  *   baseline nvme QD N         the NVMe protocol at queue depth QD on an instant device, one thread:
@@ -17,9 +18,10 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/vfio.h>
-#include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,6 +94,20 @@ struct raiser {
   long n;
 };
 
+/* Run this thread on one CPU (cpu < 0: leave it) and, with priority > 0, SCHED_FIFO at that priority. */
+static void place(int cpu, int priority) {
+  if (cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set)) die("sched_setaffinity");
+  }
+  if (priority > 0) {
+    struct sched_param param = {.sched_priority = priority};
+    if (sched_setscheduler(0, SCHED_FIFO, &param)) die("sched_setscheduler");
+  }
+}
+
 static void sleep_us(long us) {
   struct timespec ts = {0, us * 1000};
   nanosleep(&ts, NULL);
@@ -139,17 +155,21 @@ static void bench_irq(long n) {
   print_latencies(lat, n, n / 20);
 }
 
-/* The receiver alone, for the same cross-process set-up as the TypeScript receiver's: eventfd at fd 3, page at fd 4. */
-static void bench_receive(long n) {
+/*
+ * The receiver alone, for the same cross-process set-up as the TypeScript receiver's: eventfd at
+ * fd 3 (made blocking: one read(2) per interrupt, as our dedicated thread), page at fd 4; on CPU
+ * `cpu` (-1: anywhere), SCHED_FIFO at `priority` when above 0 (as our thread with realtimePriority).
+ */
+static void bench_receive(long n, int cpu, int priority) {
   volatile struct shared_page *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, 4, 0);
   if (page == MAP_FAILED) die("mmap fd 4");
+  if (fcntl(3, F_SETFL, fcntl(3, F_GETFL) & ~O_NONBLOCK)) die("fcntl fd 3");
+  place(cpu, priority);
   double *lat = calloc(n, sizeof *lat);
   for (long i = 0; i < n; i++) {
     uint64_t count;
     ssize_t r;
-    while ((r = read(3, &count, sizeof count)) < 0 && errno == EAGAIN) {
-      struct pollfd p = {3, POLLIN, 0};
-      poll(&p, 1, -1);
+    while ((r = read(3, &count, sizeof count)) < 0 && errno == EINTR) {
     }
     if (r != sizeof count) die("read eventfd");
     lat[i] = now_ns() - page->raised_at;
@@ -158,9 +178,10 @@ static void bench_receive(long n) {
   print_latencies(lat, n, n / 20);
 }
 
-static void bench_raise(long n) {
+static void bench_raise(long n, int cpu) {
   void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, 4, 0);
   if (p == MAP_FAILED) die("mmap fd 4");
+  place(cpu, 0);
   struct raiser r = {3, p, n};
   raise_all(&r);
   while (__atomic_load_n(&r.page->ack, __ATOMIC_ACQUIRE) < n) sleep_us(100);
@@ -389,8 +410,8 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(argv[1], "regs")) bench_regs(atol(argv[2]));
   else if (!strcmp(argv[1], "irq")) bench_irq(atol(argv[2]));
-  else if (!strcmp(argv[1], "raise")) bench_raise(atol(argv[2]));
-  else if (!strcmp(argv[1], "receive")) bench_receive(atol(argv[2]));
+  else if (!strcmp(argv[1], "raise")) bench_raise(atol(argv[2]), argc > 3 ? atoi(argv[3]) : -1);
+  else if (!strcmp(argv[1], "receive")) bench_receive(atol(argv[2]), argc > 3 ? atoi(argv[3]) : -1, argc > 4 ? atoi(argv[4]) : 0);
   else if (!strcmp(argv[1], "dma")) bench_dma(atol(argv[2]));
   else if (!strcmp(argv[1], "nvme") && argc == 4) bench_nvme(atoi(argv[2]), atol(argv[3]));
   else if (!strcmp(argv[1], "nvme-device") && argc == 4) bench_nvme_device(atoi(argv[2]), atol(argv[3]));

@@ -6,9 +6,10 @@
  *   edu-baseline regs  ADDRESS N      register read and write cost (ns per access)
  *   edu-baseline dma   ADDRESS N      coherent buffer alloc+map+unmap+free per second
  *   edu-baseline irq   ADDRESS N      MSI latency: raise register write to read() returning
- *   edu-baseline irq-thread ADDRESS N MSI latency to a reader thread blocked in read(), woken by
- *                                     the IRQ; the raiser waits on a futex meanwhile (the span
- *                                     and the steps of our 'thread' delivery, in C)
+ *   edu-baseline irq-thread ADDRESS N [PRIO]  MSI latency to a reader thread blocked in read(),
+ *                                     woken by the IRQ; the raiser waits on a futex meanwhile (the
+ *                                     span and the steps of our 'thread' delivery, in C); with
+ *                                     PRIO the reader runs SCHED_FIFO at PRIO (as realtimePriority)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -202,8 +203,14 @@ static void futex(int *word, int op, int value) {
   syscall(SYS_futex, word, op, value, NULL, NULL, 0);
 }
 
+static int irq_priority; /* > 0: the reader thread runs SCHED_FIFO at this priority */
+
 static void *irq_reader(void *arg) {
   (void)arg;
+  if (irq_priority > 0) {
+    struct sched_param param = {.sched_priority = irq_priority};
+    if (sched_setscheduler(0, SCHED_FIFO, &param)) die("sched_setscheduler");
+  }
   for (long i = 0; i < irq_n + 100; i++) {
     uint64_t count;
     if (read(irq_efd, &count, sizeof count) != sizeof count) die("read eventfd");
@@ -214,8 +221,9 @@ static void *irq_reader(void *arg) {
   return NULL;
 }
 
-static void bench_irq_thread(long n, const char *address) {
+static void bench_irq_thread(long n, const char *address, int priority) {
   irq_efd = route_msi(address);
+  irq_priority = priority;
   irq_n = n;
   pthread_t reader;
   if (pthread_create(&reader, NULL, irq_reader, NULL)) die("pthread_create");
@@ -234,8 +242,8 @@ static void bench_irq_thread(long n, const char *address) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 4) {
-    fprintf(stderr, "usage: %s regs|dma|irq|irq-thread ADDRESS N\n", argv[0]);
+  if (argc != 4 && !(argc == 5 && !strcmp(argv[1], "irq-thread"))) {
+    fprintf(stderr, "usage: %s regs|dma|irq ADDRESS N | irq-thread ADDRESS N [PRIO]\n", argv[0]);
     return 2;
   }
   long n = atol(argv[3]);
@@ -243,7 +251,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "regs")) bench_regs(n);
   else if (!strcmp(argv[1], "dma")) bench_dma(n);
   else if (!strcmp(argv[1], "irq")) bench_irq(n, argv[2]);
-  else if (!strcmp(argv[1], "irq-thread")) bench_irq_thread(n, argv[2]);
+  else if (!strcmp(argv[1], "irq-thread")) bench_irq_thread(n, argv[2], argc == 5 ? atoi(argv[4]) : 0);
   else return 2;
   return 0;
 }

@@ -2,10 +2,14 @@
  * The TypeScript half of the VFIO and interrupt benchmarks, run in the guest beside
  * edu-baseline.c doing the same operations. Prints one JSON object, like the C program.
  *
- *   node dist/bench/vfio/guest.js regs|dma|irq|irq-thread|irq-polled ADDRESS N
+ *   node dist/bench/vfio/guest.js regs|dma|irq|irq-thread|irq-thread-fifo|irq-polled ADDRESS N
  *
  * irq: the handler on the event loop (default delivery); irq-thread: on the vector's dedicated
- * thread blocked in the kernel on the eventfd; irq-polled: the main thread spinning on poll().
+ * thread blocked in the kernel on the eventfd; irq-thread-fifo: the same thread SCHED_FIFO
+ * (realtimePriority 50, as the kernel's threaded IRQ handlers); irq-polled: the main thread
+ * spinning on poll(). The irq modes also print where the IRQ is delivered (irqCpuMask: its
+ * effective affinity) and, for the thread modes, where the thread may run (threadCpuMask) and
+ * its policy (threadPolicy 1: SCHED_FIFO).
  */
 import * as path from 'node:path';
 import { openDevice } from '../../src/device/open';
@@ -39,16 +43,20 @@ async function main(): Promise<void> {
     for (let i = 0; i < n; i++) device.mapDma(buffer, 'to-device').unmap();
     const t3 = process.hrtime(t2);
     console.log(JSON.stringify({ coherentPerSec: n / (ns(t1) / 1e9), streamingPerSec: n / (ns(t3) / 1e9) }));
-  } else if (mode === 'irq' || mode === 'irq-thread' || mode === 'irq-polled') {
+  } else if (mode === 'irq' || mode === 'irq-thread' || mode === 'irq-thread-fifo' || mode === 'irq-polled') {
     const [vector] = device.enableInterrupts('msi');
     // Raise from (and, but for the thread mode, receive on) the CPU the interrupt is delivered
     // to, as edu-baseline does: under TCG a wake-up of another, halted vCPU costs tens of us.
     const cpus = vector!.hostCpus();
     if (cpus) native.setThreadAffinity(Int32Array.from(cpus));
-    const lat = mode === 'irq' ? await latencyEventLoop(bar, vector!, n) : mode === 'irq-thread' ? await latencyThread(bar, vector!, n) : latencyPolled(bar, vector!, n);
+    const where = { threadCpuMask: -1, threadPolicy: -1 };
+    const lat = mode === 'irq' ? await latencyEventLoop(bar, vector!, n)
+      : mode === 'irq-polled' ? latencyPolled(bar, vector!, n)
+      : await latencyThread(bar, vector!, n, mode === 'irq-thread-fifo' ? 50 : undefined, where);
     lat.sort();
     const pct = (p: number) => lat[Math.floor((n * p) / 100)]! / 1e3;
-    console.log(JSON.stringify({ p50Us: pct(50), p90Us: pct(90), p99Us: pct(99) }));
+    const irqCpuMask = cpus ? cpus.reduce((m, c) => m | (1 << c), 0) : -1;
+    console.log(JSON.stringify({ p50Us: pct(50), p90Us: pct(90), p99Us: pct(99), irqCpuMask, ...(mode.startsWith('irq-thread') ? where : {}) }));
   } else {
     throw new Error(`unknown mode ${mode}`);
   }
@@ -81,12 +89,13 @@ async function latencyEventLoop(bar: Region, v: InterruptVector, n: number): Pro
   return lat;
 }
 
-/** Raise to the handler's first instruction on the vector's interrupt thread. */
-async function latencyThread(bar: Region, v: InterruptVector, n: number): Promise<Float64Array> {
-  const shared = new SharedArrayBuffer(16);
+/** Raise to the handler's first instruction on the vector's interrupt thread (SCHED_FIFO at realtimePriority when given). */
+async function latencyThread(bar: Region, v: InterruptVector, n: number, realtimePriority: number | undefined, where: { threadCpuMask: number; threadPolicy: number }): Promise<Float64Array> {
+  const shared = new SharedArrayBuffer(24);
   const time = new Float64Array(shared, 0, 1);
   const flag = new Int32Array(shared, 8, 1);
-  await v.deliverOnThread({ module: path.join(__dirname, 'irq-thread-handler.js'), data: { shared } });
+  const placed = new Int32Array(shared, 12, 2);
+  await v.deliverOnThread({ module: path.join(__dirname, 'irq-thread-handler.js'), data: { shared }, ...(realtimePriority !== undefined ? { realtimePriority } : {}) });
   const lat = new Float64Array(n);
   for (let i = -WARM_UP; i < n; i++) {
     Atomics.store(flag, 0, 0);
@@ -99,6 +108,8 @@ async function latencyThread(bar: Region, v: InterruptVector, n: number): Promis
     bar.write32(ACK, bar.read32(STATUS));
   }
   await v.deliverOnEventLoop();
+  where.threadCpuMask = placed[0]!;
+  where.threadPolicy = placed[1]!;
   return lat;
 }
 

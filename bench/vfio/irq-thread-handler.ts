@@ -2,7 +2,11 @@
  * bench:irq's handler for 'thread' delivery: runs on the vector's interrupt thread, reads the
  * clock first (the latency ends here), then tells the main thread (shared memory: a Float64 time
  * in ns at byte 0, an Int32 flag at byte 8). Its views are made once, as a driver's would be.
+ * At its first call (a warm-up interrupt) it also notes where it runs: Int32s at byte 12, the
+ * CPUs it may run on as a bit mask, and at byte 16 its scheduling policy (1: SCHED_FIFO).
  */
+import * as fs from 'node:fs';
+
 let time: Float64Array | null = null;
 let flag: Int32Array | null = null;
 
@@ -11,6 +15,14 @@ export function handler(_count: number, data: { shared: SharedArrayBuffer }): vo
   if (time === null) {
     time = new Float64Array(data.shared, 0, 1);
     flag = new Int32Array(data.shared, 8, 1);
+    const where = new Int32Array(data.shared, 12, 2);
+    const list = /^Cpus_allowed_list:\s*(\S+)$/m.exec(fs.readFileSync('/proc/thread-self/status', 'utf8'))![1]!;
+    for (const part of list.split(',')) {
+      const [a, b = a] = part.split('-').map(Number) as [number, number?];
+      for (let c = a; c <= b! && c < 31; c++) where[0]! |= 1 << c;
+    }
+    const stat = fs.readFileSync('/proc/thread-self/stat', 'utf8');
+    where[1] = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[41 - 3]);
   }
   time[0] = t[0] * 1e9 + t[1];
   Atomics.store(flag!, 0, 1);

@@ -6,9 +6,10 @@
  *
  *   node dist/bench/vfio/run.js vfio    register access and DMA map/unmap
  *   node dist/bench/vfio/run.js irq     interrupt latency: the handler on the event loop (default),
- *                                       on the vector's dedicated thread, and the main thread polling,
- *                                       against C reading on the raising thread; the dedicated thread
- *                                       also against a C reader thread woken by the IRQ (the same span);
+ *                                       on the vector's dedicated thread (time-shared and SCHED_FIFO 50),
+ *                                       and the main thread polling, against C reading on the raising
+ *                                       thread; the dedicated thread also against a C reader thread
+ *                                       woken by the IRQ (the same span; time-shared and SCHED_FIFO 50);
  *                                       every side raises from the CPU the kernel takes the MSI on
  *                                       (a wake-up of another, halted vCPU costs tens of us under TCG)
  */
@@ -31,28 +32,42 @@ async function main(which: string): Promise<number> {
   const baseline = buildStatic('bench/vfio/edu-baseline.c');
   const ours = 'node dist/bench/vfio/guest.js';
   const bind = `${FIND_EDU}\n[ -n "$EDU" ] || { echo "no edu device in the guest"; exit 1; }\nnode -e "require('./dist/src/pci/bind.js').bindToVfio(process.argv[1])" "$EDU"`;
-  // Alternate the two sides so neither gets a warmer machine.
-  const steps = which === 'vfio'
-    ? [['regs', 200000], ['dma', 2000]] as const
-    : [['irq', 3000], ['irq-thread', 3000]] as const;
-  // Our side of a step: the same mode, or for irq each interrupt delivery in turn.
-  // (C irq-thread is a second C baseline only: a reader thread woken by the IRQ, as ours on its thread.)
-  const oursModes = (mode: string) => (mode === 'irq' ? ['irq', 'irq-thread', 'irq-polled'] : mode === 'irq-thread' ? [] : [mode]);
+  // Alternate the two sides so neither gets a warmer machine: each C baseline runs right before
+  // the modes of ours compared with it. [C mode, its arguments after N, our modes]
+  const steps: [string, string, string[]][] = which === 'vfio'
+    ? [['regs', '', ['regs']], ['dma', '', ['dma']]]
+    : [
+        ['irq', '', ['irq', 'irq-polled']],
+        // C reader threads woken by the IRQ, as ours on its thread; time-shared, then SCHED_FIFO 50.
+        ['irq-thread', '', ['irq-thread']],
+        ['irq-thread-fifo', ' 50', ['irq-thread-fifo']],
+      ];
+  const count = which === 'vfio' ? { regs: 200000, dma: 2000 } as Record<string, number> : {};
   const lines: string[] = [bind];
   for (let round = 0; round < 2; round++) {
-    for (const [mode, n] of steps) {
-      lines.push(`echo "C ${mode} $(${baseline} ${mode} ${ADDRESS} ${n})"`);
-      for (const m of oursModes(mode)) lines.push(`echo "TS ${m} $(${ours} ${m} ${ADDRESS} ${n})"`);
+    for (const [mode, args, oursModes] of steps) {
+      const n = count[mode] ?? 3000;
+      const cMode = mode === 'irq-thread-fifo' ? 'irq-thread' : mode;
+      lines.push(`echo "C ${mode} $(${baseline} ${cMode} ${ADDRESS} ${n}${args})"`);
+      for (const m of oursModes) lines.push(`echo "TS ${m} $(${ours} ${m} ${ADDRESS} ${n})"`);
     }
   }
   const stdout = await bootBench(which, { devices: ['-device', 'edu'], command: `set -e\n${lines.join('\n')}`, timeoutMs: 15 * 60_000 });
   if (stdout === undefined) return 1;
   // Keep the best of the rounds for each side and mode (least disturbed by the emulator).
   const best = new Map<string, number>();
+  /** Where the IRQ and our interrupt threads ran, per mode and round (CPU bit masks, policy). */
+  const placement: string[] = [];
   for (const line of stdout.split('\n')) {
     const m = /^(C|TS) ([\w-]+) (\{.*\})$/.exec(line.trim());
     if (!m) continue;
-    for (const [k, v] of Object.entries(JSON.parse(m[3]!) as Record<string, number>)) {
+    const figures = JSON.parse(m[3]!) as Record<string, number>;
+    if (figures.irqCpuMask !== undefined) {
+      const cpusOf = (mask: number) => (mask < 0 ? 'unknown' : [...Array(31).keys()].filter((c) => mask & (1 << c)).join(','));
+      placement.push(`${m[2]}: IRQ delivered to CPU ${cpusOf(figures.irqCpuMask)}${figures.threadCpuMask !== undefined ? `, thread on CPU ${cpusOf(figures.threadCpuMask)} ${figures.threadPolicy === 1 ? 'SCHED_FIFO' : 'SCHED_OTHER'}` : ''}`);
+    }
+    for (const [k, v] of Object.entries(figures)) {
+      if (!k.endsWith('Ns') && !k.endsWith('Us') && !k.endsWith('PerSec')) continue;
       const key = `${m[1]} ${m[2]} ${k}`;
       const lowerIsBetter = k.endsWith('Ns') || k.endsWith('Us');
       const prev = best.get(key);
@@ -74,12 +89,14 @@ async function main(which: string): Promise<number> {
     rate('streaming 4 KiB map+unmap', 'dma', 'streamingPerSec', 'ops/s');
   } else {
     // C blocks in read(2) on the eventfd; ours: the event loop (default), a dedicated thread, polling.
-    for (const [label, mode] of [['event loop', 'irq'], ['dedicated thread', 'irq-thread'], ['polled', 'irq-polled']] as const) {
+    for (const [label, mode] of [['event loop', 'irq'], ['dedicated thread', 'irq-thread'], ['dedicated thread SCHED_FIFO', 'irq-thread-fifo'], ['polled', 'irq-polled']] as const) {
       for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, ${label} (raise to handler)`, 'irq', `${p}Us`, 'us', mode);
     }
     // The same span in C: the raiser blocks on a futex, a reader thread blocked in read(2) on the
     // IRQ's CPU is woken (C above reads on the raising thread: no wake-up, no context switch).
     for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, dedicated thread vs a C reader thread`, 'irq-thread', `${p}Us`, 'us', 'irq-thread');
+    for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, dedicated thread SCHED_FIFO vs a C reader thread SCHED_FIFO`, 'irq-thread-fifo', `${p}Us`, 'us', 'irq-thread-fifo');
+    for (const l of placement) console.log(`  placement ${l}`);
   }
   console.log(`\n${which} benchmark (edu in a TCG guest; C = same operations in C through VFIO)`);
   for (const c of cases) {

@@ -25,13 +25,21 @@ type ParsedCommandLine<O extends Options> = ReturnType<typeof parseArgs<{ args: 
 /**
  * A command line as the commands take it: `options` strictly (an unknown option is a usage error,
  * which main() words) and exactly the positionals `names` lists, e.g. ['ADDRESS']: one missing is
- * "missing ADDRESS", one more is "unexpected argument".
+ * "missing ADDRESS", one more is "unexpected argument". A command with several forms passes
+ * `names` as a function of the positionals given (`config ADDRESS write` takes one more), and
+ * the form's usage line as `synopsis` when it is not the command's first.
  */
-export function parseCommandLine<const O extends Options>(args: string[], options: O, names: readonly string[]): ParsedCommandLine<O> {
+export function parseCommandLine<const O extends Options>(
+  args: string[],
+  options: O,
+  names: readonly string[] | ((positionals: readonly string[]) => readonly string[]),
+  synopsis?: (positionals: readonly string[]) => string | undefined,
+): ParsedCommandLine<O> {
   const parsed = parseArgs({ args, options, allowPositionals: true, strict: true });
+  const form = typeof names === 'function' ? names(parsed.positionals) : names;
   const given = parsed.positionals.length;
-  if (given < names.length) throw new UsageError(`missing ${names[given]}`);
-  if (given > names.length) throw new UsageError(`unexpected argument "${parsed.positionals[names.length]}"`);
+  if (given < form.length) throw new UsageError(`missing ${form[given]}`, synopsis?.(parsed.positionals));
+  if (given > form.length) throw new UsageError(`unexpected argument "${parsed.positionals[form.length]}"`, synopsis?.(parsed.positionals));
   return parsed;
 }
 

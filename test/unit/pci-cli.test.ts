@@ -116,6 +116,20 @@ describe('userpci dispatcher', () => {
     assertCleanFailure(userpci(['list', '--json=yes']), 2, /^userpci list: option --json takes no value\n/);
   });
 
+  it('words a wrong number of arguments alike in every command (config, nvme, net too), before touching any device', () => {
+    for (const [args, message] of [
+      [['nvme'], /missing identify\|read\|write\|verify\|export\|ublk\nusage: userpci nvme/],
+      [['nvme', 'identify'], /missing ADDRESS\nusage: userpci nvme/],
+      [['nvme', 'identify', '0000:00:04.0', 'extra'], /unexpected argument "extra"\nusage: userpci nvme/],
+      [['net'], /missing info\|send\|recv\|tap\nusage: userpci net/],
+      [['net', 'info'], /missing ADDRESS\nusage: userpci net/],
+      [['net', 'info', '0000:00:05.0', 'extra'], /unexpected argument "extra"\nusage: userpci net/],
+      [['config'], /missing ADDRESS\nusage: userpci config/],
+    ] as const) {
+      assertCleanFailure(userpci([...args]), 2, message);
+    }
+  });
+
   it('states the exit-code rule in --help', () => {
     assert.match(userpci(['--help']).stdout, /Exit status: 0 done, 1 the command failed, 2 the command line was malformed/);
   });
@@ -344,6 +358,8 @@ describe('userpci config', () => {
     assert.equal(read.status, 0, read.stderr);
     assert.deepEqual(JSON.parse(read.stdout), { address: '0000:01:00.0', offset: 0, width: 2, value: '8086' });
     assertCleanFailure(userpci(['config', '0000:01:00.0', 'peek', '0.b']), 2, /expected "read" or "write"/);
+    assertCleanFailure(userpci(['config', '0000:01:00.0', 'read', '0x3c.b', '2a']), 2, /unexpected argument "2a"/);
+    assertCleanFailure(userpci(['config', '0000:01:00.0']), 2, /missing "read" or "write"/);
     assertCleanFailure(userpci(['config', '01:00', 'read', '0.b']), 2, /invalid PCI address "01:00"/);
   });
 

@@ -1,10 +1,9 @@
-import { parseArgs } from 'node:util';
 import { UserpciError } from '../../errors.js';
 import { formatPciAddress, parsePciAddress, type PciAddress } from '../../pci/address.js';
 import { parseConfigSpace } from '../../pci/config-space.js';
 import { readConfigBytes, readConfigRange, writeConfigBytes } from '../../pci/sysfs.js';
 import * as regs from '../../uapi/pci-regs.js';
-import { UsageError, hex, parseHex, print, sysfsRoot } from '../format.js';
+import { UsageError, hex, parseCommandLine, parseHex, print, sysfsRoot } from '../format.js';
 import type { CliCommand } from '../main.js';
 
 const USAGE = `userpci config ADDRESS read REGISTER [--json]
@@ -43,22 +42,21 @@ export const configCommand: CliCommand = {
   summary: 'read or write a config-space register (like setpci)',
   usage: USAGE,
   async run(args: string[]): Promise<number> {
-    const { values, positionals } = parseArgs({ args, options: { json: { type: 'boolean', default: false } }, allowPositionals: true, strict: true });
+    const isWrite = (positionals: readonly string[]) => positionals[1] === 'write';
+    const { values, positionals } = parseCommandLine(
+      args,
+      { json: { type: 'boolean', default: false } },
+      (given) => ['ADDRESS', '"read" or "write"', 'REGISTER', ...(isWrite(given) ? ['VALUE to write'] : [])],
+      (given) => (isWrite(given) ? USAGE.split('\n')[1] : undefined),
+    );
     const report = (value: number) =>
       print(
         values.json
           ? JSON.stringify({ address: formatPciAddress(address), offset, width: spec.width, value: hex(value, spec.width * 2) })
           : hex(value, spec.width * 2),
       );
-    const [addressText, operation, registerText, valueText, ...extra] = positionals;
-    if (addressText === undefined) throw new UsageError('missing ADDRESS');
-    if (operation !== 'read' && operation !== 'write') {
-      throw new UsageError(operation === undefined ? 'missing "read" or "write"' : `expected "read" or "write", not "${operation}"`);
-    }
-    if (registerText === undefined) throw new UsageError('missing REGISTER');
-    if (operation === 'read' && valueText !== undefined) throw new UsageError(`unexpected argument "${valueText}" after a read`);
-    if (operation === 'write' && valueText === undefined) throw new UsageError('missing VALUE to write', USAGE.split('\n')[1]);
-    if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"`);
+    const [addressText, operation, registerText, valueText] = positionals as [string, string, string, string | undefined];
+    if (operation !== 'read' && operation !== 'write') throw new UsageError(`expected "read" or "write", not "${operation}"`);
 
     const address = parsePciAddress(addressText);
     const spec = parseRegister(registerText);

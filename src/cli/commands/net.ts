@@ -3,7 +3,6 @@
  * driver, and a TAP interface that lends it to the kernel's network stack. ADDRESS is the PCI
  * address of a function bound to vfio-pci (--bind binds it first).
  */
-import { parseArgs } from 'node:util';
 import { isValidPciAddress } from '../../pci/address.js';
 import { UserpciError, InvalidArgumentError } from '../../errors.js';
 import { VirtioNet } from '../../drivers/virtio-net/net-device.js';
@@ -12,7 +11,7 @@ import { VIRTIO_VENDOR_ID } from '../../drivers/virtio/constants.js';
 import { VIRTIO_NET_DEVICE_TYPE } from '../../drivers/virtio-net/constants.js';
 import { PacketBatch } from '../../drivers/virtio-net/packet-batch.js';
 import { NetTap } from '../../exports/tap/tap.js';
-import { UsageError, hex, parseCount, print, toJson } from '../format.js';
+import { UsageError, hex, parseCommandLine, parseCount, print, toJson } from '../format.js';
 import { stopSignal } from '../stop-signal.js';
 import type { CliCommand } from '../main.js';
 import { requireVfioBinding, sysfsNumber } from '../vfio-target.js';
@@ -63,7 +62,7 @@ const OPTIONS = {
 type Values = ReturnType<typeof parse>['values'];
 
 function parse(args: string[]) {
-  return parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true });
+  return parseCommandLine(args, OPTIONS, ['info|send|recv|tap', 'ADDRESS']);
 }
 
 async function openNic(address: string, values: Values): Promise<VirtioNet> {
@@ -220,11 +219,8 @@ export const netCommand: CliCommand = {
   usage: USAGE,
   async run(args: string[]): Promise<number> {
     const { values, positionals } = parse(args);
-    const [action, address, ...rest] = positionals;
-    if (action === undefined) throw new UsageError('missing info|send|recv|tap');
-    if (address === undefined) throw new UsageError('missing ADDRESS');
+    const [action, address] = positionals as [string, string];
     const frame = values.frame;
-    if (rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
     switch (action) {
       case 'info': return info(address, values);
       case 'send': return send(address, frame, values);

@@ -5,7 +5,6 @@
  * vfio-user socket path.
  */
 import * as fs from 'node:fs';
-import { parseArgs } from 'node:util';
 import { isValidPciAddress } from '../../pci/address.js';
 import { UserpciError, InvalidArgumentError } from '../../errors.js';
 import { NvmeController } from '../../drivers/nvme/controller.js';
@@ -15,7 +14,7 @@ import { NbdServer } from '../../exports/nbd/server.js';
 import { NvmeBlockDevice } from '../../exports/nbd/nvme-device.js';
 import { serveNamespaceOverUblk } from '../../exports/ublk/nvme.js';
 import type { UblkServer } from '../../exports/ublk/server.js';
-import { UsageError, formatSize, parseCount, print, toJson } from '../format.js';
+import { UsageError, formatSize, parseCommandLine, parseCount, print, toJson } from '../format.js';
 import { stopSignal } from '../stop-signal.js';
 import type { CliCommand } from '../main.js';
 import { requireVfioBinding, sysfsNumber } from '../vfio-target.js';
@@ -94,7 +93,7 @@ const OPTIONS = {
 type Values = ReturnType<typeof parse>['values'];
 
 function parse(args: string[]) {
-  return parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true });
+  return parseCommandLine(args, OPTIONS, ['identify|read|write|verify|export|ublk', 'ADDRESS']);
 }
 
 function need<T>(value: T | undefined, name: string): T {
@@ -360,10 +359,7 @@ export const nvmeCommand: CliCommand = {
   usage: USAGE,
   async run(args: string[]): Promise<number> {
     const { values, positionals } = parse(args);
-    const [action, address, extra] = positionals;
-    if (action === undefined) throw new UsageError('missing identify|read|write|verify|export|ublk');
-    if (address === undefined) throw new UsageError('missing ADDRESS');
-    if (extra !== undefined) throw new UsageError(`unexpected argument "${extra}"`);
+    const [action, address] = positionals as [string, string];
     switch (action) {
       case 'identify': return identify(address, values);
       case 'read': return read(address, values);

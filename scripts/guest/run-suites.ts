@@ -61,7 +61,7 @@ export const SUITES: GuestRun[] = [
     // 28-bit DMA mask, one started with a 24-bit mask.
     name: 'edu',
     qemuDevices: EDU_PAIR,
-    tests: ['dist/test/guest/smoke.test.js', 'dist/test/guest/vfio-edu.test.js', 'dist/test/guest/irq-edu.test.js', 'dist/test/guest/vfio-dma.test.js', 'dist/test/guest/dma-safety.test.js', 'dist/test/guest/proxy-edu.test.js'],
+    tests: ['dist/test/guest/smoke.test.js', 'dist/test/guest/vfio-edu.test.js', 'dist/test/guest/irq-edu.test.js', 'dist/test/guest/vfio-dma.test.js', 'dist/test/guest/dma-safety.test.js', 'dist/test/guest/proxy-edu.test.js', 'dist/test/guest/iova-lifecycle.test.js'],
     timeoutMs: 15 * MIN, // a hang guard: a busy machine (several guests at once) takes far longer than CI
   },
   {

@@ -280,6 +280,11 @@ export class DmaSpace {
     this.highest = limit;
   }
 
+  /** Bytes of IOVA space free in this device's IOMMU domain (shared with every device in it). */
+  get domainIovaFree(): number {
+    return this.allocator.available;
+  }
+
   get liveBuffers(): number {
     return this.buffers.size;
   }
@@ -342,8 +347,9 @@ export class DmaSpace {
     const memory = buffer.takeMemory();
     try {
       this.backend.dmaUnmap(buffer.iova, buffer.size);
-    } finally {
+      // Only a range out of the IOMMU goes back: one still mapped is never handed out again.
       this.allocator.release(buffer.iova);
+    } finally {
       releaseDmaMemory(memory);
     }
   }
@@ -419,11 +425,8 @@ export class DmaSpace {
       last.slot = slot;
     }
     mapping.slot = -1;
-    try {
-      this.backend.dmaUnmap(mapping.pageIova, mapping.pageSize);
-    } finally {
-      this.allocator.giveBack(mapping.pageIova, mapping.pageSize);
-    }
+    this.backend.dmaUnmap(mapping.pageIova, mapping.pageSize);
+    this.allocator.giveBack(mapping.pageIova, mapping.pageSize); // not when the unmap failed: see freeBuffer
   }
 
   /**
@@ -431,21 +434,38 @@ export class DmaSpace {
    * buffer that another open device still maps keeps its memory: only its fd is closed, and the
    * other mapping's view holds the pages until that mapping is dropped and collected (the addon
    * unmaps an ArrayBuffer collected without munmap).
+   *
+   * Each range the IOMMU unmapped goes back to the domain's allocator, which other devices in the
+   * domain (a VFIO container) go on using: once the unmap returned, no device reaches that IOVA
+   * (type1 flushes the IOTLB before it returns). A range whose unmap failed may still be mapped:
+   * it stays taken for the domain's life. The handles the user still holds are marked gone here,
+   * so they cannot give a range back a second time.
    */
-  releaseAll(reason: string, unmapInIommu = true): void {
+  releaseAll(reason: string): void {
     openSpaces.delete(this.ref);
+    this.closed = reason;
     for (const m of this.mappings.splice(0)) {
       m.slot = -1;
-      if (unmapInIommu) ignore(() => this.backend.dmaUnmap(m.pageIova, m.pageSize));
+      if (this.tearDown(m.pageIova, m.pageSize)) this.allocator.giveBack(m.pageIova, m.pageSize);
     }
     for (const b of [...this.buffers]) {
       this.buffers.delete(b);
       const memory = b.takeMemory();
-      if (unmapInIommu) ignore(() => this.backend.dmaUnmap(b.iova, b.size));
+      if (this.tearDown(b.iova, b.size)) this.allocator.release(b.iova);
       if (mappingsOf(memory.buffer) > 0) releaseDmaMemory(memory, { keepPages: true });
       else releaseDmaMemory(memory);
     }
-    this.closed = reason;
+  }
+
+  /** Unmap a range in the IOMMU during teardown: whether it is out of the IOMMU now. */
+  private tearDown(iova: number, size: number): boolean {
+    try {
+      this.backend.dmaUnmap(iova, size);
+      return true;
+    } catch {
+      // Teardown goes on; the kernel drops whatever is left when the container closes.
+      return false;
+    }
   }
 
   private checkOpen(): void {
@@ -457,13 +477,5 @@ export class DmaSpace {
     // VFIO_IOMMU_MAP_DMA fails with ENOMEM when pinning would go over RLIMIT_MEMLOCK.
     if (isSystemError(err) && err.code === 'ENOMEM') return memlockError(doing, pinned, 'pin', err);
     return wrapSystemError(err, doing);
-  }
-}
-
-function ignore(fn: () => void): void {
-  try {
-    fn();
-  } catch {
-    // Teardown goes on: the kernel drops whatever is left when the container closes.
   }
 }

@@ -19,7 +19,6 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
@@ -29,6 +28,7 @@ import { Region } from '../../src/device/region';
 import { DmaSpace } from '../../src/dma/dma-space';
 import type { Backend } from '../../src/device/backend';
 import { InterruptVector } from '../../src/irq/interrupt-vector';
+import { parseCpuList } from '../../src/irq/irq-affinity';
 import { NvmeController } from '../../src/drivers/nvme/controller';
 import type { NvmeQueue } from '../../src/drivers/nvme/queue';
 import type { NvmeNamespace } from '../../src/drivers/nvme/namespace';
@@ -154,9 +154,9 @@ function benchDma(bin: string): void {
  * Interrupt latency, like for like: where the scheduler puts the woken thread (on the raiser's
  * CPU, or on another one it must first wake with an IPI; this host may itself be a VM) moves the
  * figure more than anything the receiver does, so every case fixes it the same way for C and for
- * ours: the C raiser (another process) pinned to CPU 0, the receiver (C process, our handler's
- * thread) pinned to CPU 0 ("same CPU") or CPU 1 ("other CPU"), optionally SCHED_FIFO on both
- * sides. Rounds alternate C and ours; each case reports the median of the rounds' percentiles.
+ * ours: the C raiser (another process) pinned to the first CPU we may use, the receiver (C
+ * process, our handler's thread) to the same ("same CPU") or the next one ("other CPU"),
+ * optionally SCHED_FIFO on both sides. Rounds alternate C and ours; each case reports the median of the rounds' percentiles.
  */
 const IRQ_N = 1000;
 const IRQ_ROUNDS = Number(process.env.IRQ_ROUNDS ?? 7);
@@ -266,14 +266,17 @@ async function benchIrq(bin: string): Promise<void> {
   // C as two threads of one process, unpinned (for reference: no second process, no placement).
   const cThread = runC(bin, ['irq', String(2000)]);
   add('interrupt latency p50, C raiser thread -> C read(2) thread (same process, unpinned)', cThread.p50Ns! / 1000, cThread.p50Ns! / 1000, 'us', null);
-  const cpus = os.availableParallelism();
-  const allCpus = Int32Array.from({ length: cpus }, (_, i) => i);
-  const placements = [{ name: 'same CPU', cpu: 0 }, ...(cpus > 1 ? [{ name: 'other CPU', cpu: 1 }] : [])];
+  // The CPUs this process may use (a taskset may have narrowed them): the raiser goes on the
+  // first, the receiver on the first or the second; the main thread gets all of them back after.
+  const allowed = parseCpuList(/^Cpus_allowed_list:\s*(\S+)$/m.exec(fs.readFileSync('/proc/thread-self/status', 'utf8'))?.[1] ?? '') ?? [0];
+  const allCpus = Int32Array.from(allowed);
+  const raiserCpu = allowed[0]!;
+  const placements = [{ name: 'same CPU', cpu: raiserCpu }, ...(allowed.length > 1 ? [{ name: 'other CPU', cpu: allowed[1]! }] : [])];
   const configs: { mode: IrqMode; placement: { name: string; cpu: number }; priority: number }[] = [];
   for (const placement of placements) {
     configs.push({ mode: 'thread', placement, priority: 0 }, { mode: 'thread', placement, priority: IRQ_RT_PRIORITY }, { mode: 'event loop', placement, priority: 0 });
     // Polling on the raiser's CPU would only take the CPU from it.
-    if (placement.cpu !== 0) configs.push({ mode: 'polled', placement, priority: 0 });
+    if (placement.cpu !== raiserCpu) configs.push({ mode: 'polled', placement, priority: 0 });
   }
   for (const { mode, placement, priority } of configs) {
     const page = irqPage(IRQ_N);
@@ -290,10 +293,10 @@ async function benchIrq(bin: string): Promise<void> {
     const ours: { p50: number; p99: number }[] = [];
     try {
       // Warm-up: the JIT optimizes the handler and the loop.
-      for (let i = 0; i < 2; i++) await oursRound(bin, v, mode, page, IRQ_N, 0);
+      for (let i = 0; i < 2; i++) await oursRound(bin, v, mode, page, IRQ_N, raiserCpu);
       for (let round = 0; round < IRQ_ROUNDS; round++) {
-        c.push(await cRound(bin, IRQ_N, 0, placement.cpu, priority));
-        ours.push(await oursRound(bin, v, mode, page, IRQ_N, 0));
+        c.push(await cRound(bin, IRQ_N, raiserCpu, placement.cpu, priority));
+        ours.push(await oursRound(bin, v, mode, page, IRQ_N, raiserCpu));
       }
     } finally {
       if (mode === 'thread') await v.deliverOnEventLoop();

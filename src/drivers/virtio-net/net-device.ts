@@ -89,6 +89,8 @@ interface ControlQueue {
   u8: Uint8Array;
   /** The last command sent: the next waits for it. */
   busy: Promise<void>;
+  /** Set once a command went unanswered: the device still holds the queue's only descriptors. */
+  stuck: string | undefined;
 }
 
 export class VirtioNet extends EventEmitter implements AsyncDisposable {
@@ -223,7 +225,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
       this.slotMemory.push(mem);
       // Descriptor 0: class, command and data (device-readable); 1: the ack byte (device-writable).
       vq.setDescriptor(1, mem.iova + CTRL_ACK, 1, V.DESC_F_WRITE);
-      this.ctrl = { vq, mem, u8: new Uint8Array(mem.buffer), busy: Promise.resolve() };
+      this.ctrl = { vq, mem, u8: new Uint8Array(mem.buffer), busy: Promise.resolve(), stuck: undefined };
     }
     this.readConfig();
     t.driverOk();
@@ -257,8 +259,11 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
   /**
    * Sends a command over the control queue (CTRL_VQ): class, command and `data` (at most
    * 2000 bytes, little-endian fields as the spec lays them out), and resolves once the device
-   * acknowledged it. ENOTSUP without a control queue; EIO when the device answers VIRTIO_NET_ERR
-   * (say, VQ_PAIRS_SET above max_virtqueue_pairs); ETIMEDOUT when it does not answer in 5 s.
+   * acknowledged it. ENOTSUP without a control queue; EINVAL for anything else malformed, before
+   * the device sees it; EIO when the device answers VIRTIO_NET_ERR (say, VQ_PAIRS_SET above
+   * max_virtqueue_pairs); ETIMEDOUT when it does not answer in 5 s, and EIO for every later
+   * command until the NIC is opened again (the device still holds the queue's buffers, and a late
+   * answer must not pass for another command's); ENODEV when the NIC is closed meanwhile.
    * Commands queue behind each other. The driver sends VQ_PAIRS_SET itself at open; a command
    * that changes what the driver relies on (the pair count, the MAC) is the caller's to undo.
    */
@@ -279,6 +284,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
     const { vq, mem, u8 } = ctrl;
     const what = `control command ${cls}.${command}`;
     this.checkQueue(0);
+    if (ctrl.stuck) throw new UserpciError('EIO', `${this.name} cannot take ${what}: ${ctrl.stuck}; open it again`);
     u8[0] = cls;
     u8[1] = command;
     u8.set(data, 2);
@@ -290,9 +296,13 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
     const deadline = Date.now() + CTRL_TIMEOUT_MS;
     // QEMU answers inside the doorbell write; a device that takes longer is waited for on the event loop.
     for (let spins = 0; vq.usedCount() === 0; spins++) {
-      if (this.transport.device.closed) throw new DeviceGoneError(`${this.name} went away during ${what}`);
-      if (Date.now() > deadline) throw new UserpciError('ETIMEDOUT', `${this.name} did not answer ${what} in ${CTRL_TIMEOUT_MS} ms`);
+      if (Date.now() > deadline) {
+        ctrl.stuck = `it did not answer ${what} in ${CTRL_TIMEOUT_MS} ms`;
+        throw new UserpciError('ETIMEDOUT', `${this.name} did not answer ${what} in ${CTRL_TIMEOUT_MS} ms`);
+      }
       await new Promise((r) => (spins < 100 ? setImmediate(r) : setTimeout(r, 1)));
+      // A close meanwhile reset the device and freed the ring: do not look at it again.
+      if (this.closedReason || this.transport.device.closed) throw new DeviceGoneError(`${this.closedReason ?? `${this.name} went away`} during ${what}`);
     }
     vq.consume(1);
     const ack = u8[CTRL_ACK]!;

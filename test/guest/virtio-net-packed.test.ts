@@ -19,7 +19,7 @@ import { UserpciError } from '../../src/errors';
 import { bindToVfio } from '../../src/pci/bind';
 import { requireGuest, findDevices } from './guest-env';
 import * as F from './net-frames';
-import { ALL_SIZES, MERGE_SIZES, badInput, cli, extraMergeBuffers, interfaceOf, kernelToUs, receive, sendFrame, usToKernel, type NetPeers } from './net-peer';
+import { ALL_SIZES, MERGE_SIZES, badInput, cli, eventIdxNegotiation, extraMergeBuffers, interfaceOf, kernelToUs, kernelToUsListening, receive, sendFrame, usToKernel, type NetPeers } from './net-peer';
 
 const OUR_MAC = '52:54:00:00:78:02';
 const KERNEL_MAC = '52:54:00:00:78:01';
@@ -56,6 +56,7 @@ test('bring-up: RING_PACKED offered and negotiated, info says packed; the kernel
   assert.equal(info.ring, 'packed');
   assert.ok(info.offered.includes('RING_PACKED') && info.negotiated.includes('RING_PACKED'), info.negotiated.join(' '));
   assert.ok(info.negotiated.includes('ACCESS_PLATFORM'));
+  assert.equal(info.eventIdx, true, 'RING_EVENT_IDX taken: event offsets on the packed ring');
   assert.equal(info.mac, OUR_MAC);
   assert.equal(info.interrupts, 'msix');
   assert.ok(info.queueSize >= 64, `queue size ${info.queueSize}`);
@@ -94,6 +95,18 @@ test('packed ring: listen() wakes on the receive interrupt (driver event suppres
   const reply = await got;
   net.stopListening();
   assert.deepEqual([...F.parseArp(reply)!.senderMac], [...peers.kernelMac]);
+});
+
+test('EVENT_IDX (packed ring): negotiated by default and named by info and `userpci net info`; declined with eventIdx: false / --no-event-idx', async () => {
+  await eventIdxNegotiation(ours, peers, (o) => VirtioNet.open(ours, o));
+});
+
+test('EVENT_IDX (packed ring): every frame size 60..1514 from the kernel arrives intact on the receive interrupt, re-armed by the event offset and wrap counter after each drain', async (t) => {
+  await using net = await VirtioNet.open(ours);
+  assert.deepEqual([net.info().ring, net.info().eventIdx], ['packed', true]);
+  const rx = await kernelToUsListening(net, peers, ALL_SIZES);
+  t.diagnostic(`receive interrupts ${rx.interrupts} for ${rx.packets} frames`);
+  assert.ok(rx.interrupts >= 1 && rx.interrupts <= rx.packets, JSON.stringify(rx));
 });
 
 test('packed ring: bad input gives UserpciErrors and sends nothing; a closed NIC is ENODEV', async () => {

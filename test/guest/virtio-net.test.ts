@@ -18,7 +18,7 @@ import { UserpciError } from '../../src/errors';
 import { bindToVfio } from '../../src/pci/bind';
 import { requireGuest, findDevices } from './guest-env';
 import * as F from './net-frames';
-import { ALL_SIZES, CLI, MERGE_SIZES, badInput, cli, extraMergeBuffers, interfaceOf, kernelToUs, receive as receiveFrom, sendFrame, usToKernel, type NetPeers } from './net-peer';
+import { ALL_SIZES, CLI, MERGE_SIZES, badInput, cli, eventIdxNegotiation, extraMergeBuffers, interfaceOf, kernelToUs, kernelToUsListening, receive as receiveFrom, sendFrame, usToKernel, type NetPeers } from './net-peer';
 
 const OUR_IP = '10.77.0.2';
 const KERNEL_IP = '10.77.0.1';
@@ -71,6 +71,7 @@ test('bring-up: VERSION_1 and ACCESS_PLATFORM negotiated, MAC and link from the 
   assert.ok(info.queueSize >= 64, `queue size ${info.queueSize}`);
   assert.equal(info.ring, 'split', 'this NIC offers no RING_PACKED');
   assert.equal(info.controlQueue, false, 'nor MQ: no control queue');
+  assert.equal(info.eventIdx, true, 'RING_EVENT_IDX taken (QEMU offers it by default)');
   await net.close();
   await assert.rejects(VirtioNet.open(ours, { queuePairs: 2 }), (e: UserpciError) => e.code === 'ENOTSUP' && /no MQ/.test(e.message));
   await assert.rejects(net.control(4, 0), (e: UserpciError) => e.code === 'ENODEV');
@@ -123,6 +124,18 @@ test('mergeable receive buffers: with 256-byte buffers, large frames span severa
   // The first buffer holds the 12-byte header and 240 bytes of frame (256 less 4 of padding),
   // each further one 252. The ARP exchange before the sizes took one buffer.
   assert.equal(rx.buffers - rx.packets, extraMergeBuffers(MERGE_SIZES), JSON.stringify(rx));
+});
+
+test('EVENT_IDX (split ring): negotiated by default and named by info and `userpci net info`; declined with eventIdx: false / --no-event-idx', async () => {
+  await eventIdxNegotiation(ours, peers(), (o) => VirtioNet.open(ours, o));
+});
+
+test('EVENT_IDX (split ring): every frame size 60..1514 from the kernel arrives intact on the receive interrupt, re-armed by used_event after each drain', async (t) => {
+  await using net = await VirtioNet.open(ours);
+  assert.equal(net.info().eventIdx, true);
+  const rx = await kernelToUsListening(net, peers(), ALL_SIZES);
+  t.diagnostic(`receive interrupts ${rx.interrupts} for ${rx.packets} frames`);
+  assert.ok(rx.interrupts >= 1 && rx.interrupts <= rx.packets, JSON.stringify(rx));
 });
 
 test('bad input: oversized and short frames, empty batches, a closed device: UserpciErrors, nothing sent', async () => {

@@ -253,3 +253,71 @@ test('virtio packed queue: descriptors keep their widths, the held-back flags st
   assert.ok(take.some((l) => /\bmovzxwl r\w+,\[r\w+\+r\w+\*(1|2)(\+0x[0-9a-f]+)?\]/.test(l)), `the buffer id is a 16-bit load${show(take)}`);
   assert.ok(take.some((l) => /\bmovl r\w+,\[r\w+\+r\w+\*(1|4)(\+0x[0-9a-f]+)?\]/.test(l)), `the used length is a 32-bit load${show(take)}`);
 });
+
+test('virtio queues with EVENT_IDX: the device\'s event word is loaded (Atomics) after the locked publishing store and before the doorbell; arming stores the event with Atomics.store before the used ring is reloaded (Atomics)', () => {
+  const dist = path.resolve(__dirname, '../..');
+  const code = optimizedCode(`
+    const { SplitQueue, splitQueueLayout } = require(${JSON.stringify(path.join(dist, 'src/drivers/virtio/split-queue.js'))});
+    const { PackedQueue, packedQueueLayout } = require(${JSON.stringify(path.join(dist, 'src/drivers/virtio/packed-queue.js'))});
+    ${virtqueueSetup(dist)}
+    const s = new SplitQueue(0, size, memory, 0, 0x100000, () => bar.write16(0x3004, 0), true);
+    const pmem = anon(65536);
+    const p = new PackedQueue(1, size, pmem, 0, 0x200000, () => bar.write16(0x3008, 0), true);
+    const sl = splitQueueLayout(size);
+    const used16 = new Uint16Array(memory, sl.usedOffset, 3 + 4 * size);
+    const ring = new Uint16Array(pmem, 0, 8 * size);
+    const devEvents = new Uint16Array(pmem, packedQueueLayout(size).deviceOffset, 2);
+    devEvents[1] = 2; // DESC
+    s.setInterrupts(true);
+    p.setInterrupts(true);
+    let wrap = 0x8080;
+    function offerSplit(i) { const id = i & 255; s.setDescriptor(id, 0x300000 + id * 4096, 4096, 2); s.push(id); s.publish(); return s.kick(); }
+    function armSplit() { const n = s.usedCount(); s.consume(n); return s.armInterrupt(); }
+    function offerPacked(i) { const id = i & 255; p.setDescriptor(id, 0x300000 + id * 4096, 4096, 2); p.push(id); p.publish(); return p.kick(); }
+    function armPacked() { const n = p.usedCount(); p.consume(n); return p.armInterrupt(); }
+    let sum = 0;
+    for (let i = 0; i < 200000; i++) {
+      // The device's events: every other offer at the new entry (a doorbell), else just past it (none).
+      used16[2 + 4 * size] = (i & 1) ? i & 0xffff : (i + 1) & 0xffff;
+      devEvents[0] = ((i & 1) ? (i & 255) : ((i + 1) & 255)) | (((i >> 8) & 1) ? 0 : 0x8000);
+      sum += offerSplit(i) + offerPacked(i);
+      // The device returns what was offered 8 offers ago: the rings always hold some (arming re-reads them).
+      if (i >= 8) {
+        used16[1] = (i - 7) & 0xffff;
+        const u = (i - 8) & 255;
+        ring[8 * u + 7] = wrap; if (u === 255) wrap ^= 0x8080;
+      }
+      sum += armSplit() + armPacked();
+    }
+    if (sum < 0) console.log(sum);`);
+  const s = sections(code, ['offerSplit', 'armSplit', 'offerPacked', 'armPacked']);
+  // Both queues' usedCount, where optimized on their own: each reads the device's word with Atomics.load.
+  const usedCountSections = code.split('--- Raw source ---').filter((x) => /^name = usedCount$/m.test(x));
+  const usedCountLoads = usedCountSections.length > 0 && usedCountSections.every((x) => /\(AtomicsLoad\)/.test(x));
+  const show = (lines: string[]) => `\n${lines.join('\n')}`;
+  const first = (lines: string[], re: RegExp) => lines.findIndex((l) => re.test(l));
+  for (const [fn, bell] of [['offerSplit', 0x3004], ['offerPacked', 0x3008]] as const) {
+    const lines = s.get(fn)!;
+    const store = first(lines, /\(AtomicsStore\)/);
+    const load = first(lines, /\(AtomicsLoad\)/);
+    const doorbellRe = new RegExp(String.raw`\bmovw \[r\w+\+r\w+\*1\+0x${bell.toString(16)}\],`);
+    const inlined = first(lines, doorbellRe);
+    const doorbell = inlined >= 0 ? inlined : lines.findIndex((l, i) => i > load && /\bcall r\w+$/.test(l));
+    assert.ok(store >= 0, `${fn}: published with Atomics.store (the full barrier)${show(lines)}`);
+    assert.ok(load > store, `${fn}: the device's event word is read with Atomics.load after it${show(lines)}`);
+    assert.ok(doorbell > load, `${fn}: the doorbell comes after the event check${show(lines)}`);
+    if (inlined >= 0) assert.equal(lines.filter((l) => doorbellRe.test(l)).length, 1, `${fn}: one 16-bit doorbell store${show(lines)}`);
+    assert.equal(lines.filter((l) => /\bxchg/.test(l)).length, 0, `${fn}: no locked store into the BAR or the ring${show(lines)}`);
+    assert.equal(lines.filter((l) => /\btest[bw] \[r\w+\+r\w+\*/.test(l)).length, 0, `${fn}: no narrowed read of device-written memory${show(lines)}`);
+  }
+  for (const fn of ['armSplit', 'armPacked']) {
+    const lines = s.get(fn)!;
+    const stores = lines.map((l, i) => (/\(AtomicsStore\)/.test(l) ? i : -1)).filter((i) => i >= 0);
+    const loads = lines.map((l, i) => (/\(AtomicsLoad\)/.test(l) ? i : -1)).filter((i) => i >= 0);
+    assert.equal(stores.length, 1, `${fn}: the event index/offset is stored once, with Atomics.store${show(lines)}`);
+    // usedCount() inlined (an Atomics.load after the store) or called (optimized on its own, with its Atomics.load).
+    const reread = loads.some((i) => i > stores[0]!) || (lines.some((l, i) => i > stores[0]! && /\bcall r\w+$/.test(l)) && usedCountLoads);
+    assert.ok(reread, `${fn}: the used ring is read again (Atomics.load) after it${show(lines)}`);
+    assert.equal(lines.filter((l) => /\btest[bw] \[r\w+\+r\w+\*/.test(l)).length, 0, `${fn}: no narrowed read of the used ring${show(lines)}`);
+  }
+});

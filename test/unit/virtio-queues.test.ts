@@ -5,8 +5,8 @@
  */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { SplitQueue, splitQueueLayout } from '../../src/drivers/virtio/split-queue';
-import { DESC_F_WRITE, USED_F_NO_NOTIFY } from '../../src/drivers/virtio/constants';
+import { SplitQueue, needEvent, splitQueueLayout } from '../../src/drivers/virtio/split-queue';
+import { AVAIL_F_NO_INTERRUPT, DESC_F_WRITE, USED_F_NO_NOTIFY } from '../../src/drivers/virtio/constants';
 import { RxQueue, TxQueue } from '../../src/drivers/virtio-net/queues';
 import { PacketBatch, copyBytes } from '../../src/drivers/virtio-net/packet-batch';
 import type { DmaBuffer } from '../../src/dma/dma-space';
@@ -60,13 +60,27 @@ class FakeDevice {
   setNoNotify(on: boolean): void {
     this.dv.setUint16(this.layout.usedOffset, on ? USED_F_NO_NOTIFY : 0, true);
   }
+  /** EVENT_IDX: the avail index the device wants a doorbell for (after the used ring). */
+  setAvailEvent(idx: number): void {
+    this.dv.setUint16(this.layout.usedOffset + 4 + 8 * this.size, idx & 0xffff, true);
+  }
+  /** EVENT_IDX: the used index the driver wants an interrupt for (after the avail ring). */
+  usedEvent(): number {
+    return this.dv.getUint16(this.layout.availOffset + 4 + 2 * this.size, true);
+  }
+  availFlags(): number {
+    return this.dv.getUint16(this.layout.availOffset, true);
+  }
+  get usedIndex(): number {
+    return this.usedIdx;
+  }
 }
 
-function setup(size: number, slot: number) {
+function setup(size: number, slot: number, eventIdx = false) {
   const ring = new ArrayBuffer(splitQueueLayout(size).bytes);
   const data = new ArrayBuffer(size * slot);
   let doorbells = 0;
-  const vq = new SplitQueue(0, size, ring, 0, 0x9000, () => doorbells++);
+  const vq = new SplitQueue(0, size, ring, 0, 0x9000, () => doorbells++, eventIdx);
   const dma = { buffer: data, iova: IOVA } as unknown as DmaBuffer;
   return { vq, dma, dev: new FakeDevice(ring, size, data), doorbells: () => doorbells };
 }
@@ -192,4 +206,138 @@ test('copyBytes: aligned and unaligned offsets, every length 0..40', () => {
       assert.equal(dst[doff + len] ?? 0, 0, 'nothing written past the end');
     }
   }
+});
+
+test('needEvent (vring_need_event): an event index counts when the move from old to new passed it, modulo 2^16', () => {
+  // Plain: old 10, new 14 covers 10..13.
+  assert.equal(needEvent(10, 14, 10), true, 'event at old');
+  assert.equal(needEvent(13, 14, 10), true, 'event at new - 1');
+  assert.equal(needEvent(14, 14, 10), false, 'event at new: not reached yet');
+  assert.equal(needEvent(9, 14, 10), false, 'event before old: passed at an earlier kick');
+  // Across 2^16: old 0xfffe, new 2 covers 0xfffe, 0xffff, 0, 1.
+  assert.equal(needEvent(0xfffe, 2, 0xfffe), true);
+  assert.equal(needEvent(0xffff, 2, 0xfffe), true);
+  assert.equal(needEvent(0, 2, 0xfffe), true);
+  assert.equal(needEvent(1, 2, 0xfffe), true);
+  assert.equal(needEvent(2, 2, 0xfffe), false);
+  assert.equal(needEvent(0xfffd, 2, 0xfffe), false);
+  assert.equal(needEvent(5, 5, 5), false, 'nothing moved: never');
+});
+
+test('EVENT_IDX split queue: a doorbell exactly when avail.idx passes avail_event since the last kick, well past 2^16, whatever used.flags say', () => {
+  const { vq, dev, doorbells } = setup(8, 64, true);
+  assert.equal(vq.eventIdx, true);
+  dev.setNoNotify(true); // ignored with EVENT_IDX
+  let idx = 0; // avail.idx as the device will see it
+  let rung = 0;
+  let total = 0;
+  for (let round = 0; round < 30_000; round++) {
+    const count = 1 + (round % 4);
+    total += count;
+    const old = idx;
+    for (let k = 0; k < count; k++) {
+      vq.setDescriptor(k, IOVA + k * 64, 64, DESC_F_WRITE);
+      vq.push(k);
+    }
+    vq.publish();
+    idx = (idx + count) & 0xffff;
+    // The device's event, relative to this batch: at its first entry, its last, just past it, just before it.
+    const where = round % 4;
+    const event = where === 0 ? old : where === 1 ? idx - 1 : where === 2 ? idx : old - 1;
+    dev.setAvailEvent(event);
+    const want = where < 2;
+    assert.equal(vq.kick(), want, `round ${round}: avail ${old}->${idx}, avail_event ${event & 0xffff}`);
+    if (want) rung++;
+    assert.equal(doorbells(), rung);
+    // The device takes and returns everything so the ring never fills.
+    for (const id of dev.takeAvailable()) dev.use(id, 0);
+    dev.publishUsed();
+    vq.consume(vq.usedCount());
+  }
+  assert.ok(total > 65536 && idx === (total & 0xffff), `${total} entries: avail.idx wrapped past 2^16`);
+  assert.equal(rung, 15_000);
+});
+
+test('EVENT_IDX split queue: kicks without anything new published ring nothing; an event passed while a batch was not kicked counts at the next kick', () => {
+  const { vq, dev, doorbells } = setup(8, 64, true);
+  vq.setDescriptor(0, IOVA, 64, DESC_F_WRITE);
+  vq.push(0);
+  vq.publish();
+  dev.setAvailEvent(0);
+  assert.equal(vq.kick(), true);
+  assert.equal(vq.kick(), false, 'the same index again: the device was told');
+  // Two batches, one kick: the range covers both (the event sits in the first).
+  vq.push(0);
+  vq.publish();
+  vq.push(0);
+  vq.publish();
+  dev.setAvailEvent(1);
+  assert.equal(vq.kick(), true);
+  assert.equal(doorbells(), 2);
+});
+
+test('EVENT_IDX split queue: used_event written (next entry when on, furthest when off), flags left 0, armInterrupt says when entries came back unannounced', () => {
+  const { vq, dma, dev } = setup(8, 256, true);
+  const rx = new RxQueue(vq, dma, 256, false);
+  assert.equal(dev.availFlags(), 0, 'flags stay 0 with EVENT_IDX (spec 2.7.7.2)');
+  assert.equal(dev.usedEvent(), 0xffff, 'polled: one behind what was consumed (0), across the wrap');
+  rx.setInterrupts(true);
+  assert.equal(dev.usedEvent(), 0, 'on: an interrupt for entry 0');
+  const batch = new PacketBatch(8);
+  let posted = dev.takeAvailable();
+  let sent = 0;
+  // The device's interrupt decision at each flush (QEMU's virtio_should_notify with event index).
+  let signalled = 0;
+  let interrupts = 0;
+  const flush = () => {
+    const now = dev.usedIndex;
+    if (needEvent(dev.usedEvent(), now, signalled)) interrupts++;
+    signalled = now;
+    dev.publishUsed();
+  };
+  for (let round = 0; round < 32_000; round++) {
+    // A batch of 1..3 frames, flushed one by one as QEMU's receive does: one interrupt for the batch.
+    const count = 1 + (round % 3);
+    const before = interrupts;
+    for (let k = 0; k < count; k++) {
+      const id = posted.shift()!;
+      dev.use(id, writeFrame(dev.bytes(id), sent++));
+      flush();
+    }
+    assert.equal(interrupts - before, 1, `round ${round}: one interrupt for ${count} frames`);
+    assert.equal(rx.burst(batch), count);
+    posted = posted.concat(dev.takeAvailable());
+    if (round % 5 === 4) {
+      // A frame returned after the drain and before the arm raised no interrupt: arm says so.
+      const id = posted.shift()!;
+      dev.use(id, writeFrame(dev.bytes(id), sent++));
+      flush();
+      assert.equal(interrupts - before, 1, 'no interrupt: used_event was already passed');
+      assert.equal(vq.armInterrupt(), false, 'an entry is waiting: take it, do not wait');
+      assert.equal(rx.burst(batch), 1);
+      posted = posted.concat(dev.takeAvailable());
+    }
+    assert.equal(vq.armInterrupt(), true);
+    assert.equal(dev.usedEvent(), dev.usedIndex, 'armed for the next entry the device writes');
+  }
+  assert.ok(sent > 65536, `${sent} frames: the used index wrapped`);
+  rx.setInterrupts(false);
+  assert.equal(dev.usedEvent(), (dev.usedIndex - 1) & 0xffff);
+  assert.equal(vq.armInterrupt(), true, 'polled: nothing armed');
+  assert.equal(dev.usedEvent(), (dev.usedIndex - 1) & 0xffff);
+});
+
+test('without EVENT_IDX a split queue keeps the flags and never writes used_event', () => {
+  const { vq, dev } = setup(4, 64);
+  vq.setInterrupts(false);
+  assert.equal(dev.availFlags(), AVAIL_F_NO_INTERRUPT);
+  vq.setInterrupts(true);
+  assert.equal(dev.availFlags(), 0);
+  assert.equal(vq.armInterrupt(), true);
+  assert.equal(dev.usedEvent(), 0);
+  vq.setDescriptor(0, IOVA, 64, 0);
+  vq.push(0);
+  vq.publish();
+  dev.setAvailEvent(5); // ignored
+  assert.equal(vq.kick(), true);
 });

@@ -23,7 +23,8 @@ from user space. The device must be bound to vfio-pci; --bind does that first an
 bound (\`userpci unbind ADDRESS\` gives it back to the kernel).
 
   info ADDRESS [--json]
-      MAC, link, MTU, queues and their ring format (split or packed), and the features offered
+      MAC, link, MTU, queues and their ring format (split or packed, with or without event
+      index), and the features offered
       and negotiated
   send ADDRESS [--dst MAC] [--ethertype N] [--size BYTES] [--count N] [--frame HEX]
       send --count frames (default 1) of --size bytes (default 60; 14..1514) from the NIC's
@@ -43,7 +44,9 @@ bound (\`userpci unbind ADDRESS\` gives it back to the kernel).
 
 Common options:
   --bind          bind ADDRESS to vfio-pci first
-  --split-ring    use split virtqueues even when the device offers packed ones (RING_PACKED)`;
+  --split-ring    use split virtqueues even when the device offers packed ones (RING_PACKED)
+  --no-event-idx  suppress doorbells and interrupts with the ring flags even when the device
+                  offers event indices (RING_EVENT_IDX)`;
 
 const OPTIONS = {
   json: { type: 'boolean', default: false },
@@ -57,6 +60,7 @@ const OPTIONS = {
   'timeout-ms': { type: 'string' },
   name: { type: 'string' },
   'split-ring': { type: 'boolean', default: false },
+  'no-event-idx': { type: 'boolean', default: false },
 } as const;
 
 type Values = ReturnType<typeof parse>['values'];
@@ -76,7 +80,7 @@ async function openNic(address: string, values: Values): Promise<VirtioNet> {
       throw new UserpciError('EINVAL', `${address} is not a virtio network card (${hex(vendor, 4)}:${hex(device, 4)}, virtio-net is 1af4:1041): not binding it; find one with \`userpci list --vendor 1af4 --device 1041\``);
     }
   });
-  return VirtioNet.open(address, { packedRing: !values['split-ring'] });
+  return VirtioNet.open(address, { packedRing: !values['split-ring'], eventIdx: !values['no-event-idx'] });
 }
 
 function parseMac(text: string): Uint8Array {
@@ -97,7 +101,7 @@ async function info(address: string, values: Values): Promise<number> {
     else {
       print([
         `${i.address}: virtio-net ${i.mac}, link ${i.linkUp ? 'up' : 'down'}, MTU ${i.mtu} (frames up to ${i.maxFrameSize} bytes)`,
-        `  queue pairs ${i.queuePairs} of ${i.maxQueuePairs}${i.controlQueue ? ' (control queue)' : ''}, ${i.ring} rings of ${i.queueSize} entries, receive buffers of ${i.rxBufferSize} bytes, interrupts: ${i.interrupts}`,
+        `  queue pairs ${i.queuePairs} of ${i.maxQueuePairs}${i.controlQueue ? ' (control queue)' : ''}, ${i.ring} rings of ${i.queueSize} entries${i.eventIdx ? ' with event index (RING_EVENT_IDX)' : ''}, receive buffers of ${i.rxBufferSize} bytes, interrupts: ${i.interrupts}`,
         `  offered:    ${i.offered.join(' ')}`,
         `  negotiated: ${i.negotiated.join(' ')}`,
       ].join('\n'));

@@ -50,6 +50,12 @@ export interface VirtioNetOptions {
    * false keeps split rings.
    */
   packedRing?: boolean;
+  /**
+   * Take RING_EVENT_IDX when offered; default true: a doorbell only when the device's event index
+   * says it waits for one, and, on the receive interrupt, one interrupt per batch rather than
+   * per frame. false keeps the flags (NO_NOTIFY / NO_INTERRUPT, or ENABLE/DISABLE when packed).
+   */
+  eventIdx?: boolean;
   /** Negotiate CSUM/GUEST_CSUM when offered, so checksum flags pass through; default true. */
   checksumOffload?: boolean;
   /** 'msix' (default when the device has enough vectors): an interrupt per receive queue and one for configuration changes; 'poll': none. */
@@ -73,6 +79,8 @@ export interface VirtioNetInfo {
   interrupts: 'msix' | 'poll';
   /** Virtqueue format in use: 'packed' when RING_PACKED was negotiated. */
   ring: 'split' | 'packed';
+  /** RING_EVENT_IDX negotiated: doorbells and interrupts suppressed by event index. */
+  eventIdx: boolean;
   offered: string[];
   negotiated: string[];
 }
@@ -175,6 +183,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
     let want = V.featureBit(N.NET_F_MAC) | V.featureBit(N.NET_F_STATUS) | V.featureBit(N.NET_F_MTU);
     if (mergeable) want |= V.featureBit(N.NET_F_MRG_RXBUF);
     if (options.packedRing ?? true) want |= V.featureBit(V.F_RING_PACKED);
+    if (options.eventIdx ?? true) want |= V.featureBit(V.F_RING_EVENT_IDX);
     if (options.checksumOffload ?? true) want |= V.featureBit(N.NET_F_CSUM) | V.featureBit(N.NET_F_GUEST_CSUM);
     if (mq) want |= V.featureBit(N.NET_F_MQ) | V.featureBit(N.NET_F_CTRL_VQ);
     // VERSION_1 (the modern interface) and ACCESS_PLATFORM (DMA through the IOMMU, so our IOVAs
@@ -352,7 +361,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
     return {
       address: this.name, mac: this.macString, linkUp: this.linkUp, mtu: this.mtu, maxFrameSize: this.maxFrameSize,
       queuePairs: this.queuePairs, maxQueuePairs: this.maxQueuePairs, controlQueue: this.ctrl !== undefined, queueSize: this.rx[0]?.vq.size ?? 0,
-      rxBufferSize: this.rxBufferSize, interrupts: this.interruptMode, ring: this.transport.ringFormat,
+      rxBufferSize: this.rxBufferSize, interrupts: this.interruptMode, ring: this.transport.ringFormat, eventIdx: this.transport.eventIdx,
       offered: V.featureNames(this.offered, N.NET_FEATURE_NAMES), negotiated: V.featureNames(this.features, N.NET_FEATURE_NAMES),
     };
   }
@@ -423,26 +432,39 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
    * caller that takes them itself with rxBurst (a bridge, a poll loop that sleeps when idle):
    * on the queue's MSI-X interrupt, or polling every millisecond without MSI-X. Frames already waiting
    * get one call soon after. Returns the function that stops the calls.
+   * With EVENT_IDX the interrupt is asked for again after each call (one per batch): frames that
+   * came back meanwhile, which raised none, get another call on the next event-loop turn.
    */
   onReceive(queue: number, ready: () => void): () => void {
     this.checkQueue(queue);
     const q = this.rx[queue]!;
     let stopped = false;
-    const call = () => {
-      if (!stopped && !this.closedReason) ready();
-    };
+    const live = () => !stopped && !this.closedReason;
+    let call: () => void;
     let stop: () => void;
     if (this.interruptMode === 'msix') {
       const vector = this.vectors[1 + queue]!;
-      vector.on('interrupt', call);
+      call = () => {
+        if (!live()) return;
+        ready();
+        if (live() && !q.vq.armInterrupt()) setImmediate(call);
+      };
+      const onInterrupt = () => {
+        q.stats.interrupts++;
+        call();
+      };
+      vector.on('interrupt', onInterrupt);
       vector.ref();
       q.setInterrupts(true);
       stop = () => {
         if (!this.closedReason) q.setInterrupts(false);
-        vector.off('interrupt', call);
+        vector.off('interrupt', onInterrupt);
         vector.unref();
       };
     } else {
+      call = () => {
+        if (live()) ready();
+      };
       // Again at once while frames remain (the caller took a batch's worth), else in a millisecond.
       let timer: NodeJS.Timeout | undefined;
       const poll = () => {

@@ -23,10 +23,12 @@ export interface QueueStats {
   buffers: number;
   /** Doorbells rung (notifications the device asked for). */
   doorbells: number;
+  /** Receive: interrupts taken by onReceive()/listen(). */
+  interrupts: number;
 }
 
 function newStats(): QueueStats {
-  return { packets: 0, bytes: 0, dropped: 0, buffers: 0, doorbells: 0 };
+  return { packets: 0, bytes: 0, dropped: 0, buffers: 0, doorbells: 0, interrupts: 0 };
 }
 
 export class RxQueue {

@@ -21,13 +21,19 @@
  * typed arrays here and are copied into the ring when the id is offered; the buffer id the device
  * hands back is the chain's head id. Returned chains are read once (id and length copied out), so
  * their positions may be offered again before consume(). Nothing here allocates after construction.
+ *
+ * With EVENT_IDX (spec 2.8.10) either side's event structure may say DESC: "an event when the
+ * descriptor at ring offset `desc & 0x7fff` is made available (the device's) or used (ours) in
+ * the lap whose wrap counter is `desc >> 15`". Positions are then compared as split-ring indices
+ * (needEvent), an event of the previous lap counted one ring size back, as Linux and QEMU do.
  */
 import { InvalidArgumentError, UserpciError } from '../../errors';
 import { alignUp } from '../../dma/iova-allocator';
 import {
-  DESC_F_NEXT, MAX_PACKED_QUEUE_SIZE, PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE,
+  DESC_F_NEXT, MAX_PACKED_QUEUE_SIZE, PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE,
 } from './constants';
 import type { Virtqueue } from './virtqueue';
+import { needEvent } from './split-queue';
 
 export interface PackedQueueLayout {
   descOffset: number;
@@ -61,7 +67,8 @@ export class PackedQueue implements Virtqueue {
   private readonly ring32: Uint32Array;
   private readonly ring16: Uint16Array;
   private readonly driverEvents: Uint16Array;
-  private readonly deviceEvents: Uint16Array;
+  /** The device's event structure as one word (desc | flags << 16): both read in one load. */
+  private readonly deviceEvents: Uint32Array;
   // What each descriptor id describes, copied into the ring when offered.
   private readonly addrLo: Uint32Array;
   private readonly addrHi: Uint32Array;
@@ -86,6 +93,12 @@ export class PackedQueue implements Virtqueue {
   private pendingPos = -1;
   private pendingFlags = 0;
   private unpublished = 0;
+  /** EVENT_IDX: positions pushed since publish(), positions published since kick(), and where publish() left us (offset, wrap bit 15). */
+  private pendingPositions = 0;
+  private sinceKick = 0;
+  private publishedPos = 0;
+  private publishedWrap = 0x8000;
+  private interruptsOn = false;
   /** Chains published and not yet seen back. */
   private withDevice = 0;
   /** Ring positions taken by chains not yet seen back. */
@@ -103,6 +116,8 @@ export class PackedQueue implements Virtqueue {
     iova: number,
     /** Rings the device's doorbell for this queue. */
     private readonly notifyDevice: () => void,
+    /** RING_EVENT_IDX negotiated: event offsets (flags DESC) honoured and used. */
+    readonly eventIdx = false,
   ) {
     const layout = packedQueueLayout(size);
     if (byteOffset % 16 !== 0 || byteOffset + layout.bytes > memory.byteLength) {
@@ -114,7 +129,7 @@ export class PackedQueue implements Virtqueue {
     this.ring32 = new Uint32Array(memory, byteOffset + layout.descOffset, 4 * size);
     this.ring16 = new Uint16Array(memory, byteOffset + layout.descOffset, 8 * size);
     this.driverEvents = new Uint16Array(memory, byteOffset + layout.driverOffset, 2);
-    this.deviceEvents = new Uint16Array(memory, byteOffset + layout.deviceOffset, 2);
+    this.deviceEvents = new Uint32Array(memory, byteOffset + layout.deviceOffset, 1);
     this.addrLo = new Uint32Array(size);
     this.addrHi = new Uint32Array(size);
     this.lengths = new Uint32Array(size);
@@ -167,6 +182,7 @@ export class PackedQueue implements Virtqueue {
     }
     this.chainLength[head] = n;
     this.positionsInUse += n;
+    this.pendingPositions += n;
     this.unpublished++;
     if (this.pendingPos < 0) {
       this.pendingPos = first;
@@ -205,12 +221,31 @@ export class PackedQueue implements Virtqueue {
     }
     this.withDevice += this.unpublished;
     this.unpublished = 0;
+    this.sinceKick += this.pendingPositions;
+    this.pendingPositions = 0;
+    this.publishedPos = this.nextAvail;
+    this.publishedWrap = this.availBits === PACKED_DESC_F_AVAIL ? 0x8000 : 0;
   }
 
-  /** Rings the doorbell unless the device's event suppression says DISABLE (ENABLE, or DESC without our EVENT_IDX: ring). */
+  /**
+   * Rings the doorbell unless the device's event suppression says DISABLE, or with EVENT_IDX says
+   * DESC at a position the batches published since the last kick() did not reach (ENABLE, or
+   * DESC without EVENT_IDX: ring).
+   */
   kick(): boolean {
     // Atomics: the device writes this word; a narrowed or hoisted load could miss its change.
-    if ((Atomics.load(this.deviceEvents, 1) & 3) === RING_EVENT_FLAGS_DISABLE) return false;
+    // One 32-bit load: offset and flags from the same moment.
+    const events = Atomics.load(this.deviceEvents, 0);
+    const flags = (events >>> 16) & 3;
+    const added = this.sinceKick;
+    this.sinceKick = 0;
+    if (flags === RING_EVENT_FLAGS_DISABLE) return false;
+    if (flags === RING_EVENT_FLAGS_DESC && this.eventIdx) {
+      const now = this.publishedPos;
+      // An offset in the lap before ours lies one ring size back (and may be negative: modulo 2^16).
+      const event = (events & 0x7fff) - ((events & 0x8000) === this.publishedWrap ? 0 : this.size);
+      if (!needEvent(event & 0xffff, now, (now - added) & 0xffff)) return false;
+    }
     this.notifyDevice();
     return true;
   }
@@ -273,7 +308,26 @@ export class PackedQueue implements Virtqueue {
     return this.unpublished + this.withDevice + this.foundCount;
   }
 
+  /** ENABLE or DISABLE; with EVENT_IDX, on is DESC at the next used position (its offset stored first). */
   setInterrupts(on: boolean): void {
-    this.driverEvents[1] = on ? RING_EVENT_FLAGS_ENABLE : RING_EVENT_FLAGS_DISABLE;
+    this.interruptsOn = on;
+    if (on && this.eventIdx) {
+      this.driverEvents[0] = this.nextUsed | (this.usedBits === BOTH ? 0x8000 : 0);
+      this.driverEvents[1] = RING_EVENT_FLAGS_DESC;
+    } else {
+      this.driverEvents[1] = on ? RING_EVENT_FLAGS_ENABLE : RING_EVENT_FLAGS_DISABLE;
+    }
+  }
+
+  /**
+   * EVENT_IDX, interrupts on: the event offset becomes the next position the device writes a used
+   * descriptor at (and our wrap counter there), so it interrupts once for it. Stored with
+   * Atomics.store, the barrier before the ring is read again: a descriptor used before the device
+   * saw the new offset raised no interrupt, and false says so.
+   */
+  armInterrupt(): boolean {
+    if (!this.eventIdx || !this.interruptsOn) return true;
+    Atomics.store(this.driverEvents, 0, this.nextUsed | (this.usedBits === BOTH ? 0x8000 : 0));
+    return this.usedCount() === 0;
   }
 }

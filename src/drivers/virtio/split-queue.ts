@@ -10,11 +10,23 @@
  *   available    le16 flags, le16 idx, le16 ring[size], le16 used_event      (2-byte aligned)
  *   used         le16 flags, le16 idx, {le32 id, le32 len}[size], le16 avail_event (4-byte aligned)
  * Indices run freely modulo 2^16; the ring slot is index & (size - 1).
+ *
+ * With EVENT_IDX (spec 2.7.7, 2.7.10) the two trailing words replace the flags: the device's
+ * avail_event says which avail index it wants a doorbell for, our used_event which used index we
+ * want an interrupt for; either fires only when the other side's index passes it (needEvent).
  */
 import { InvalidArgumentError } from '../../errors';
 import { alignUp } from '../../dma/iova-allocator';
 import { AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, MAX_QUEUE_SIZE, USED_F_NO_NOTIFY } from './constants';
 import type { Virtqueue } from './virtqueue';
+
+/**
+ * Whether moving an index from `old` to `now` passed `event` (all modulo 2^16): event in [old, now).
+ * The spec's vring_need_event: with EVENT_IDX, a doorbell or interrupt is due only then.
+ */
+export function needEvent(event: number, now: number, old: number): boolean {
+  return ((now - event - 1) & 0xffff) < ((now - old) & 0xffff);
+}
 
 export interface QueueLayout {
   descOffset: number;
@@ -51,6 +63,13 @@ export class SplitQueue implements Virtqueue {
   private availIdx = 0;
   /** used.idx as far as we have consumed it. */
   private lastUsed = 0;
+  /** avail.idx as last published, and as it was at the last kick() (EVENT_IDX: the range a doorbell covers). */
+  private publishedIdx = 0;
+  private kickedIdx = 0;
+  /** Word indices of used_event (in avail16) and avail_event (in used16). */
+  private readonly usedEventAt: number;
+  private readonly availEventAt: number;
+  private interruptsOn = false;
 
   /**
    * `memory` is zeroed DMA memory of at least splitQueueLayout(size).bytes starting at
@@ -64,6 +83,8 @@ export class SplitQueue implements Virtqueue {
     iova: number,
     /** Rings the device's doorbell for this queue. */
     private readonly notifyDevice: () => void,
+    /** RING_EVENT_IDX negotiated: doorbells and interrupts by event index instead of flags. */
+    readonly eventIdx = false,
   ) {
     const layout = splitQueueLayout(size);
     if (byteOffset % 16 !== 0 || byteOffset + layout.bytes > memory.byteLength) {
@@ -78,6 +99,8 @@ export class SplitQueue implements Virtqueue {
     this.avail16 = new Uint16Array(memory, byteOffset + layout.availOffset, 3 + size);
     this.used16 = new Uint16Array(memory, byteOffset + layout.usedOffset, 3 + 4 * size);
     this.used32 = new Uint32Array(memory, byteOffset + layout.usedOffset, 1 + 2 * size);
+    this.usedEventAt = 2 + size;
+    this.availEventAt = 2 + 4 * size;
   }
 
   /** Fill descriptor `id`. `next` matters only with DESC_F_NEXT. */
@@ -113,11 +136,21 @@ export class SplitQueue implements Virtqueue {
    */
   publish(): void {
     Atomics.store(this.avail16, 1, this.availIdx);
+    this.publishedIdx = this.availIdx;
   }
 
-  /** Ring the doorbell unless the device said it does not need one (used.flags). */
+  /**
+   * Ring the doorbell unless the device said it does not need one: used.flags, or with EVENT_IDX
+   * unless avail.idx passed the device's avail_event since the last kick(). Both are read
+   * (Atomics.load) after publish()'s locked store, so neither can be stale against it.
+   */
   kick(): boolean {
-    if (Atomics.load(this.used16, 0) & USED_F_NO_NOTIFY) return false;
+    if (this.eventIdx) {
+      const now = this.publishedIdx;
+      const old = this.kickedIdx;
+      this.kickedIdx = now;
+      if (!needEvent(Atomics.load(this.used16, this.availEventAt), now, old)) return false;
+    } else if (Atomics.load(this.used16, 0) & USED_F_NO_NOTIFY) return false;
     this.notifyDevice();
     return true;
   }
@@ -147,8 +180,28 @@ export class SplitQueue implements Virtqueue {
     return (this.availIdx - this.lastUsed) & 0xffff;
   }
 
-  /** Ask the device for an interrupt when it uses buffers (or not: polling). */
+  /**
+   * Ask the device for an interrupt when it uses buffers (or not: polling). With EVENT_IDX the
+   * device ignores the flags (we keep them 0, spec 2.7.7.2): on, used_event names the next entry;
+   * off, the entry furthest away (one behind what we consumed), so a queue polled for long gets
+   * at most one interrupt per 2^16 entries it returns.
+   */
   setInterrupts(on: boolean): void {
-    this.avail16[0] = on ? 0 : AVAIL_F_NO_INTERRUPT;
+    this.interruptsOn = on;
+    if (!this.eventIdx) this.avail16[0] = on ? 0 : AVAIL_F_NO_INTERRUPT;
+    else this.avail16[this.usedEventAt] = on ? this.lastUsed : (this.lastUsed - 1) & 0xffff;
+  }
+
+  /**
+   * With interrupts on and EVENT_IDX: used_event = what we consumed, so the device interrupts
+   * once for the next entry and then not until armed again (one interrupt per batch). A locked
+   * store, the barrier before used.idx is read again: an entry the device wrote before it saw the
+   * new used_event raised no interrupt, so false says "take it now". Without EVENT_IDX every
+   * entry interrupts while the flags allow it: always true.
+   */
+  armInterrupt(): boolean {
+    if (!this.eventIdx || !this.interruptsOn) return true;
+    Atomics.store(this.avail16, this.usedEventAt, this.lastUsed);
+    return this.usedCount() === 0;
   }
 }

@@ -211,6 +211,11 @@ export class VirtioPciTransport {
     return C.hasFeature(this.negotiated, C.F_RING_PACKED) ? 'packed' : 'split';
   }
 
+  /** RING_EVENT_IDX negotiated: every queue set up from now on suppresses doorbells and interrupts by event index. */
+  get eventIdx(): boolean {
+    return C.hasFeature(this.negotiated, C.F_RING_EVENT_IDX);
+  }
+
   /**
    * Puts queue `index` in fresh DMA memory, in the negotiated ring format, tells the device where
    * its three parts are, routes its interrupts, and enables it. Between FEATURES_OK and DRIVER_OK only.
@@ -226,6 +231,7 @@ export class VirtioPciTransport {
     let size = Math.min(setup.size, max);
     size = 2 ** Math.floor(Math.log2(size)); // the split ring needs a power of two (the packed one does not mind)
     const packed = this.ringFormat === 'packed';
+    const eventIdx = this.eventIdx;
     const bytes = packed ? packedQueueLayout(size).bytes : splitQueueLayout(size).bytes;
     const memory = this.device.allocDma(bytes);
     this.queueMemory.push(memory);
@@ -239,13 +245,13 @@ export class VirtioPciTransport {
     let queue: Virtqueue;
     r.write16(b + C.COMMON_QUEUE_SIZE, size);
     if (packed) {
-      const q = new PackedQueue(index, size, memory.buffer, 0, memory.iova, notify);
+      const q = new PackedQueue(index, size, memory.buffer, 0, memory.iova, notify, eventIdx);
       this.write64(C.COMMON_QUEUE_DESC, q.descIova);
       this.write64(C.COMMON_QUEUE_DRIVER, q.driverIova);
       this.write64(C.COMMON_QUEUE_DEVICE, q.deviceIova);
       queue = q;
     } else {
-      const q = new SplitQueue(index, size, memory.buffer, 0, memory.iova, notify);
+      const q = new SplitQueue(index, size, memory.buffer, 0, memory.iova, notify, eventIdx);
       this.write64(C.COMMON_QUEUE_DESC, q.descIova);
       this.write64(C.COMMON_QUEUE_DRIVER, q.availIova);
       this.write64(C.COMMON_QUEUE_DEVICE, q.usedIova);

@@ -35,4 +35,13 @@ export interface Virtqueue {
 
   /** Ask the device for an interrupt when it returns chains (or not: polling). */
   setInterrupts(on: boolean): void;
+  /**
+   * With interrupts on, after taking what came back: ask for one interrupt for the next returned
+   * chain. With EVENT_IDX the device raises one and then none until the next arm (one per batch);
+   * false means chains came back meanwhile that raised none: take them, then arm again.
+   * Without EVENT_IDX every returned chain may interrupt: always true.
+   */
+  armInterrupt(): boolean;
+  /** RING_EVENT_IDX negotiated: doorbells and interrupts follow event indices (offsets for packed rings). */
+  readonly eventIdx: boolean;
 }

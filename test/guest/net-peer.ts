@@ -221,6 +221,12 @@ export async function kernelToUsListening(net: VirtioNet, peers: NetPeers, sizes
   const got = new Map<number, Buffer>();
   let wake: (() => void) | undefined;
   net.on('frame', (f: Buffer) => {
+    // The kernel re-checks our address now and then (its neighbour entry goes stale): answer.
+    const arp = F.parseArp(f);
+    if (arp && arp.op === 1 && arp.targetIp === peers.ourIp) {
+      void net.send(F.arpReply(peers.ourMac, ourIp, arp.senderMac, F.ipBytes(arp.senderIp)));
+      return;
+    }
     const ip = F.parseIpv4(f);
     if (ip?.proto === 17 && ip.src === peers.kernelIp) {
       got.set(f.length, f);

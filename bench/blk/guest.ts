@@ -9,6 +9,8 @@
  *
  *   node dist/bench/blk/guest.js --baseline PATH [--seconds S] [--warmup S] [--rounds N] [--profile] [--targets a,b]
  *
+ * --trace S: after the cases, S seconds of 4 KiB QD1 reads on each target under ftrace: per I/O,
+ * CPU time by process (idle too), system calls, switches, wake-ups and interrupts (trace.ts).
  * --profile runs the ublk and NBD servers under node --cpu-prof and prints their self time by
  * function while the cases ran (start-up and exit left out). Prints a line per measurement and, last, `BENCH_JSON {...}` for the host runner.
  */
@@ -18,6 +20,7 @@ import * as path from 'node:path';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { bindToVfio, boundDriver } from '../../src/pci/bind';
 import { kernelDisk, summarizeProfile, type CpuProfile } from '../nvme/guest';
+import { describeTrace, idleDriver, idleStates, startTrace, stopTrace, summarize, type IoTrace } from './trace';
 
 export interface BlkCase {
   name: string;
@@ -46,12 +49,16 @@ export interface BlkResults {
   cpus: number;
   kernel: string;
   clocksource: string;
+  /** /sys/devices/system/cpu/vulnerabilities/meltdown: "Mitigation: PTI" means a page-table switch at every kernel entry and exit (under TCG each one empties the vCPU's TLB). */
+  meltdown: string;
   targets: Target[];
   iops: Record<string, Partial<Record<Target, number>>>;
   rounds: Record<string, Partial<Record<Target, number[]>>>;
   /** Server process CPU time per I/O (user, system), µs, in the round with the best IOPS. */
   serverCpu: Record<string, Partial<Record<Target, { userUs: number; sysUs: number }>>>;
   profiles: Partial<Record<Target, string[]>>;
+  /** --trace: per target, what one QD1 read cost the guest (ftrace, bench/blk/trace.ts). */
+  traces: Partial<Record<Target, IoTrace>>;
 }
 
 interface Measured {
@@ -64,6 +71,9 @@ const SYS = '/sys/bus/pci/devices';
 const CLI = path.resolve(__dirname, '../../src/cli/commands/nvme.js');
 const SOCKET = '/tmp/userpci-bench-nbd.sock';
 const PROFILE_DIR = '/tmp/userpci-bench-prof';
+/** --trace: each target traced once (its first round), the summaries kept for BENCH_JSON. */
+const traced = new Set<Target>();
+const traces: Partial<Record<Target, IoTrace>> = {};
 
 function arg(name: string, fallback?: string): string | undefined {
   const i = process.argv.indexOf(name);
@@ -110,9 +120,10 @@ function cpuTimes(pid: number): { user: number; sys: number } {
   return { user: Number(f[11]) * 10_000, sys: Number(f[12]) * 10_000 };
 }
 
-async function startServer(args: string[], ready: string, profile: boolean, cli = CLI): Promise<Server> {
+async function startServer(args: string[], ready: string, profile: boolean, cli = CLI, cpus?: string): Promise<Server> {
   const node = profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, '--cpu-prof-interval=200'] : [];
-  const child = spawn(process.execPath, [...node, cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const argv = [...node, cli, ...args];
+  const child = cpus ? spawn('taskset', ['-c', cpus, process.execPath, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
@@ -135,9 +146,12 @@ async function stopServer(s: Server): Promise<void> {
 }
 
 /** The C program on `disk`; with `serverPid`, that process's CPU time per I/O over the run. */
-function runBaseline(baseline: string, disk: string, c: BlkCase, seconds: number, warmup: number, serverPid?: number): Measured {
+function runBaseline(baseline: string, disk: string, c: BlkCase, seconds: number, warmup: number, serverPid?: number, cpus?: string): Measured {
   const before = serverPid ? cpuTimes(serverPid) : null;
-  const out = execFileSync(baseline, [disk, c.mode, String(c.bs), String(c.qd), String(seconds), String(warmup)], { encoding: 'utf8', timeout: (seconds + warmup + 120) * 1000 });
+  const args = [disk, c.mode, String(c.bs), String(c.qd), String(seconds), String(warmup)];
+  const out = cpus
+    ? execFileSync('taskset', ['-c', cpus, baseline, ...args], { encoding: 'utf8', timeout: (seconds + warmup + 120) * 1000 })
+    : execFileSync(baseline, args, { encoding: 'utf8', timeout: (seconds + warmup + 120) * 1000 });
   const j = JSON.parse(out.trim().split('\n').pop()!) as { iops: number; ios: number; seconds: number };
   if (!before) return { iops: j.iops };
   // The warm-up's I/Os count too: estimated at the measured rate.
@@ -160,18 +174,43 @@ function readProfile(window: { fromUs: number; toUs: number }): string[] {
 async function measureTarget(target: Target, addr: string, baseline: string, seconds: number, warmup: number, profile: boolean): Promise<{ cases: Record<string, Measured>; window: { fromUs: number; toUs: number } }> {
   const out: Record<string, Measured> = {};
   const window = { fromUs: 0, toUs: 0 };
+  // --pin CPUS --pin-targets a,b:server: those targets' server and reader run on these CPUs only
+  // (taskset); "NAME:server" pins the server alone.
+  const pinAs = arg('--pin-targets')?.split(',').find((t) => t === target || t === `${target}:server`);
+  const serverPin = pinAs ? arg('--pin') : undefined;
+  const pin = pinAs === target ? serverPin : undefined;
   const each = (disk: string, pid?: number) => {
     window.fromUs = nowUs();
     for (const c of wantedCases()) {
       // Console markers: the host notes its CPUs and this guest's QEMU threads meanwhile (bench/host-load.ts).
       console.error(`bench:blk: phase-start ${target}/${c.name}`);
-      const m = runBaseline(baseline, disk, c, seconds, warmup, pid);
+      const m = runBaseline(baseline, disk, c, seconds, warmup, pid, pin);
       console.error(`bench:blk: phase-end ${target}/${c.name} ios=${Math.round(m.iops * (seconds + warmup))}`);
       out[c.name] = m;
       const cpu = m.userUs === undefined ? '' : `; server CPU per I/O: user ${m.userUs.toFixed(0)} µs, system ${m.sysUs!.toFixed(0)} µs`;
       console.log(`${c.name} ${target}: ${Math.round(m.iops)} IOPS (${disk}${cpu})`);
     }
     window.toUs = nowUs();
+    const traceS = Number(arg('--trace', '0'));
+    if (traceS > 0 && !traced.has(target)) {
+      traced.add(target);
+      const idle0 = idleStates();
+      startTrace();
+      try {
+        runBaseline(baseline, disk, CASES[0]!, traceS, 0, undefined, pin);
+      } finally {
+        const t = summarize(stopTrace());
+        const idle1 = idleStates();
+        t.idleDriver = idleDriver();
+        t.idle = {};
+        for (const [k, v] of Object.entries(idle1)) {
+          const e = v.usage - (idle0[k]?.usage ?? 0);
+          if (e > 0) t.idle[k] = { entries: +(e / Math.max(1, t.ios)).toFixed(2), us: Math.round((v.us - (idle0[k]?.us ?? 0)) / Math.max(1, t.ios)) };
+        }
+        traces[target] = t;
+        console.log(describeTrace(target, t));
+      }
+    }
   };
   if (target === 'kernel') {
     each(await kernelDisk(addr));
@@ -184,7 +223,7 @@ async function measureTarget(target: Target, addr: string, baseline: string, sec
     if (target === 'ublk-alt' && !alt) throw new Error('target ublk-alt needs --alt DIR');
     const cli = target === 'ublk-alt' ? path.resolve(__dirname, '../../..', alt!, 'dist/src/cli/commands/nvme.js') : CLI;
     const extra = arg('--ublk-args')?.split(' ').filter(Boolean) ?? [];
-    const s = await startServer(['ublk', addr, '--id', '0', '--queues', '1', '--depth', '64', ...irq, ...(target === 'ublk' ? extra : [])], 'ublk: serving', profile, cli);
+    const s = await startServer(['ublk', addr, '--id', '0', '--queues', '1', '--depth', '64', ...irq, ...(target === 'ublk' ? extra : [])], 'ublk: serving', profile, cli, serverPin);
     try {
       each('/dev/ublkb0', s.child.pid);
     } finally {
@@ -222,7 +261,8 @@ async function main(): Promise<void> {
   const targets = (arg('--targets')?.split(',') ?? TARGETS) as Target[];
   const addr = nvmeFunction('bench-blk');
   const clocksource = fs.readFileSync('/sys/devices/system/clocksource/clocksource0/current_clocksource', 'utf8').trim();
-  const results: BlkResults = { node: process.version, cpus: os.cpus().length, kernel: os.release(), clocksource, targets, iops: {}, rounds: {}, serverCpu: {}, profiles: {} };
+  const meltdown = fs.readFileSync('/sys/devices/system/cpu/vulnerabilities/meltdown', 'utf8').trim();
+  const results: BlkResults = { node: process.version, cpus: os.cpus().length, kernel: os.release(), clocksource, meltdown, targets, iops: {}, rounds: {}, serverCpu: {}, profiles: {}, traces };
   for (const c of wantedCases()) {
     results.rounds[c.name] = Object.fromEntries(targets.map((t) => [t, []]));
     results.iops[c.name] = Object.fromEntries(targets.map((t) => [t, 0]));

@@ -14,11 +14,15 @@
  * node --cpu-prof: self time by function), --targets ublk,nbd,kernel[,ublk-irq] (ublk-irq: the
  * ublk server with MSI-X NVMe completions instead of polling; ublk-alt: the ublk server of
  * another build, --alt DIR, a package root inside the checkout with dist/ and build/, for an A/B
- * in one boot), --cases a,b (some of the cases only), --ublk-args "..." (extra options for the ublk target's server), --verbose (guest console).
+ * in one boot), --kernel-args "..." (appended to the guest kernel's command line), --pin CPUS
+ * --pin-targets a,b:server (those targets' server and reader, or with ":server" the server alone,
+ * under taskset -c CPUS), --trace S (after the cases, S seconds of QD1 reads per target under the guest's ftrace:
+ * per I/O, CPU time by process, system calls, switches, wake-ups, interrupts), --cases a,b (some of the cases only), --ublk-args "..." (extra options for the ublk target's server), --verbose (guest console).
  */
 import { arg, benchMain, buildStatic, runGuestBench } from '../guest-bench';
 import { childQemu, describeLoad, hostLoad, snapshot, type HostSnapshot } from '../host-load';
 import { CASES, type BlkResults } from './guest';
+import { describeTrace } from './trace';
 
 const NULL_SIZE = 8 * 1024 * 1024 * 1024;
 
@@ -36,12 +40,16 @@ async function main(): Promise<number> {
   const baseline = buildStatic('bench/nvme/kernel-baseline.c');
   const guestArgs = ['--baseline', baseline, '--seconds', String(seconds), '--warmup', String(warmup), '--rounds', String(rounds)];
   if (process.argv.includes('--profile')) guestArgs.push('--profile');
+  const trace = arg('--trace');
+  if (trace) guestArgs.push('--trace', trace);
   const targets = arg('--targets');
   if (targets) guestArgs.push('--targets', targets);
   const only = arg('--cases');
   if (only) guestArgs.push('--cases', only);
   const alt = arg('--alt');
   if (alt) guestArgs.push('--alt', alt);
+  const pin = arg('--pin');
+  if (pin) guestArgs.push('--pin', pin, '--pin-targets', arg('--pin-targets') ?? 'ublk');
   const ublkArgs = arg('--ublk-args');
   if (ublkArgs) guestArgs.push('--ublk-args', `'${ublkArgs}'`);
   const t0 = Date.now();
@@ -61,6 +69,7 @@ async function main(): Promise<number> {
       else if (started.has(m[2]!)) process.stderr.write(`bench:blk: ${m[2]}: ${describeLoad(hostLoad(started.get(m[2]!)!, snapshot(qemu)), Number(m[3] ?? 0))}\n`);
     },
     kernel: '6.12',
+    kernelArgs: arg('--kernel-args')?.split(' ').filter(Boolean),
     devices: BLK_DEVICES,
     command: `modprobe ublk_drv; echo 64 > /proc/sys/vm/nr_hugepages; node dist/bench/blk/guest.js ${guestArgs.join(' ')}`,
     timeoutMs: 30 * 60_000,
@@ -68,7 +77,7 @@ async function main(): Promise<number> {
   });
   if (!data) return 1;
   console.log('');
-  console.log(`Block layer reads (io_uring, O_DIRECT), QEMU nvme on null-co, Linux ${data.kernel}, ${data.cpus} vCPUs (TCG, clocksource ${data.clocksource}), node ${data.node}; ${seconds} s per measurement, best of ${rounds} round(s); ${Math.round((Date.now() - t0) / 1000)} s in all`);
+  console.log(`Block layer reads (io_uring, O_DIRECT), QEMU nvme on null-co, Linux ${data.kernel}, ${data.cpus} vCPUs (TCG, clocksource ${data.clocksource}), node ${data.node}, Meltdown: ${data.meltdown ?? '?'}; ${seconds} s per measurement, best of ${rounds} round(s); ${Math.round((Date.now() - t0) / 1000)} s in all`);
   const shown = data.targets;
   const ran = CASES.filter((c) => data.iops[c.name] !== undefined);
   console.log(`${'case'.padEnd(20)} ${shown.map((t) => `${t} IOPS`.padStart(14)).join(' ')} ${'ublk/kernel'.padStart(12)} ${'ublk/nbd'.padStart(9)}   server CPU per I/O, user+sys µs`);
@@ -81,6 +90,7 @@ async function main(): Promise<number> {
     console.log(`${c.name.padEnd(20)} ${shown.map((t) => String(Math.round(n(r[t]))).padStart(14)).join(' ')} ${(n(r.ublk) / n(r.kernel)).toFixed(2).padStart(12)} ${(n(r.ublk) / n(r.nbd)).toFixed(2).padStart(9)}   ${shown.filter((t) => t !== 'kernel').map((t) => `${t} ${cpu(sc[t])}`).join(', ')}`);
   }
   for (const c of ran) console.log(`  rounds ${c.name}: ${shown.map((t) => `${t} ${data.rounds[c.name]![t]!.map(Math.round).join('/')}`).join('; ')}`);
+  for (const [t, tr] of Object.entries(data.traces ?? {})) console.log(describeTrace(t, tr));
   for (const c of ran) {
     const r = data.iops[c.name]!;
     if (r.ublk === undefined || r.kernel === undefined) continue;

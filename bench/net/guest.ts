@@ -36,6 +36,8 @@ const TRACE = Number(arg('--trace', '0'));
 /** --profile N: after the rounds, N round trips of each of our ping-pongs with both workers under node --cpu-prof. */
 const PROFILE = Number(arg('--profile', '0'));
 const WORKER = path.join(__dirname, 'worker.js');
+/** --ab-event-idx: each of our cases twice per round, with RING_EVENT_IDX and declined ("-noevidx" cases), against the same kernel run. */
+const AB_EVENT_IDX = process.argv.includes('--ab-event-idx');
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -272,6 +274,8 @@ async function main(): Promise<void> {
     results[k]![side].push(v);
   };
   const latency: { ours: number[]; oursIrq: number[]; kernel: number[] } = { ours: [], oursIrq: [], kernel: [] };
+  const declined = { ours: [] as number[], oursIrq: [] as number[] };
+  const latencyOf = (v: string) => (v ? declined : latency);
   for (let round = 0; round < ROUNDS; round++) {
     // Kernel on both NICs.
     for (const n of [a, b]) if (boundDriver(n) === 'vfio-pci') unbindFromVfio(n);
@@ -297,22 +301,29 @@ async function main(): Promise<void> {
       console.log(`round ${round} kernel rtt p50 ${pct(rtt, 50).toFixed(1)} us p99 ${pct(rtt, 99).toFixed(1)} us`);
     }
     for (const i of [ia, ib]) execFileSync('ip', ['link', 'set', i, 'down']);
-    // Ours on both NICs.
+    // Ours on both NICs (with --ab-event-idx: with RING_EVENT_IDX, then declined; alternating order per round).
     for (const n of [a, b]) bindToVfio(n);
-    for (const size of [60, 1514]) {
-      const c = `pps-${size === 60 ? 64 : size}`;
-      const { pps, intervals } = await oursPps(a, b, size, `r${round}-ours-${c}`);
-      add(c, 'ours', pps);
-      console.log(`round ${round} ours ${size}-byte frames: ${pps.toFixed(0)} pps (per ${INTERVAL_MS} ms: ${intervals.join(' ')})`);
+    const variants = AB_EVENT_IDX ? (round % 2 === 0 ? ['', '-noevidx'] : ['-noevidx', '']) : [''];
+    for (const v of variants) {
+      if (v) process.env.NET_BENCH_EVENT_IDX = '0';
+      else delete process.env.NET_BENCH_EVENT_IDX;
+      for (const size of [60, 1514]) {
+        const c = `pps-${size === 60 ? 64 : size}`;
+        const { pps, intervals } = await oursPps(a, b, size, `r${round}-ours-${c}${v}`);
+        add(`${c}${v}`, 'ours', pps);
+        if (v) add(`${c}${v}`, 'kernel', results[c]!.kernel[round]!);
+        console.log(`round ${round} ours${v} ${size}-byte frames: ${pps.toFixed(0)} pps (per ${INTERVAL_MS} ms: ${intervals.join(' ')})`);
+      }
+      const rtt = await pingPong(`r${round}-ours-rtt-64${v}`, [process.execPath, [WORKER, 'ping', a, String(RTTS)]], [process.execPath, [WORKER, 'echo', b]], { ping: a, echo: b });
+      latencyOf(v).ours.push(...rtt);
+      console.log(`round ${round} ours${v} rtt p50 ${pct(rtt, 50).toFixed(1)} us p99 ${pct(rtt, 99).toFixed(1)} us`);
+      // The same on the receive interrupt (onReceive + bursts): nobody spins, so QEMU's main-loop
+      // thread (virtio-net's transmit bottom half, the hub) is not competing with two busy vCPUs.
+      const rttIrq = await pingPong(`r${round}-ours-rtt-64-irq${v}`, [process.execPath, [WORKER, 'ping-irq', a, String(RTTS)]], [process.execPath, [WORKER, 'echo-irq', b]], { ping: a, echo: b });
+      latencyOf(v).oursIrq.push(...rttIrq);
+      console.log(`round ${round} ours${v} (interrupts) rtt p50 ${pct(rttIrq, 50).toFixed(1)} us p99 ${pct(rttIrq, 99).toFixed(1)} us`);
     }
-    const rtt = await pingPong(`r${round}-ours-rtt-64`, [process.execPath, [WORKER, 'ping', a, String(RTTS)]], [process.execPath, [WORKER, 'echo', b]], { ping: a, echo: b });
-    latency.ours.push(...rtt);
-    console.log(`round ${round} ours rtt p50 ${pct(rtt, 50).toFixed(1)} us p99 ${pct(rtt, 99).toFixed(1)} us`);
-    // The same on the receive interrupt (onReceive + bursts): nobody spins, so QEMU's main-loop
-    // thread (virtio-net's transmit bottom half, the hub) is not competing with two busy vCPUs.
-    const rttIrq = await pingPong(`r${round}-ours-rtt-64-irq`, [process.execPath, [WORKER, 'ping-irq', a, String(RTTS)]], [process.execPath, [WORKER, 'echo-irq', b]], { ping: a, echo: b });
-    latency.oursIrq.push(...rttIrq);
-    console.log(`round ${round} ours (interrupts) rtt p50 ${pct(rttIrq, 50).toFixed(1)} us p99 ${pct(rttIrq, 99).toFixed(1)} us`);
+    delete process.env.NET_BENCH_EVENT_IDX;
   }
   for (const n of [a, b]) if (boundDriver(n) === 'vfio-pci') unbindFromVfio(n);
   const traces: { name: string; summary: TraceSummary }[] = [];
@@ -369,6 +380,12 @@ async function main(): Promise<void> {
     cases.push({ name: `rtt-64-p${p}`, ours: +ours.toFixed(1), kernel: +kernel.toFixed(1), unit: 'us', ratio: +(kernel / ours).toFixed(3) });
     const irq = pct(latency.oursIrq.sort((x, y) => x - y), p);
     cases.push({ name: `rtt-64-irq-p${p}`, ours: +irq.toFixed(1), kernel: +kernel.toFixed(1), unit: 'us', ratio: +(kernel / irq).toFixed(3) });
+    if (AB_EVENT_IDX) {
+      const o = pct(declined.ours.sort((x, y) => x - y), p);
+      cases.push({ name: `rtt-64-p${p}-noevidx`, ours: +o.toFixed(1), kernel: +kernel.toFixed(1), unit: 'us', ratio: +(kernel / o).toFixed(3) });
+      const i = pct(declined.oursIrq.sort((x, y) => x - y), p);
+      cases.push({ name: `rtt-64-irq-p${p}-noevidx`, ours: +i.toFixed(1), kernel: +kernel.toFixed(1), unit: 'us', ratio: +(kernel / i).toFixed(3) });
+    }
   }
   console.log(`BENCH_JSON ${JSON.stringify({ cases, traces, profiles })}`);
 }

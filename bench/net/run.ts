@@ -14,7 +14,9 @@
  * (default 2), --rtts N (round trips per latency run, default 1000), --verbose (guest console),
  * --tsc (guest clocksource TSC instead of the HPET Linux picks under TCG), --trace N and --profile N
  * (after the rounds: N round trips of each ping-pong under ftrace, cut into legs with the system
- * calls per round trip, bench/net/trace.ts; and under the V8 profiler, steady state only).
+ * calls per round trip, bench/net/trace.ts; and under the V8 profiler, steady state only),
+ * --ab-event-idx (each of our cases twice per round, with RING_EVENT_IDX and declined: "-noevidx"
+ * cases; each worker's closing line gives its doorbells and receive interrupts).
  * While it runs, the host notes for every measurement its CPUs' load and this guest's QEMU
  * threads (CPU time, time runnable but waiting for a host CPU: bench/host-load.ts), and the
  * guest its own view (user/system time per CPU and per worker); the table adds the rates per
@@ -46,6 +48,7 @@ async function main(): Promise<number> {
     const v = arg(o);
     if (v !== undefined) guestArgs.push(o, v);
   }
+  if (process.argv.includes('--ab-event-idx')) guestArgs.push('--ab-event-idx');
   const t0 = Date.now();
   // The guest says when each measurement starts and ends (console lines); the host notes what its
   // CPUs and this guest's QEMU threads did meanwhile.
@@ -58,7 +61,7 @@ async function main(): Promise<number> {
     devices: NET_BENCH_DEVICES,
     onConsole: (line) => {
       if (verbose) process.stderr.write(`${line}\n`);
-      else if (/^bench:net: \S+: guest:/.test(line)) process.stderr.write(`${line}\n`);
+      else if (/^bench:net: \S+: guest:/.test(line) || /^bench:net worker \S+: eventIdx/.test(line)) process.stderr.write(`${line}\n`);
       const m = /bench:net: phase-(start|end) (\S+)/.exec(line);
       if (!m) return;
       qemu ??= childQemu();

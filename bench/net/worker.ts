@@ -236,7 +236,9 @@ async function pingIrq(net: VirtioNet, rounds: number): Promise<void> {
 
 async function main(): Promise<void> {
   const [mode, address, arg] = process.argv.slice(2);
-  const net = await VirtioNet.open(address!, { interrupts: mode!.endsWith('-irq') ? 'msix' : 'poll' });
+  // bench:net --ab-event-idx: the same run with RING_EVENT_IDX declined (NET_BENCH_EVENT_IDX=0).
+  const eventIdx = process.env.NET_BENCH_EVENT_IDX !== '0';
+  const net = await VirtioNet.open(address!, { interrupts: mode!.endsWith('-irq') ? 'msix' : 'poll', eventIdx });
   say({ ready: true, mac: net.macString });
   process.stderr.write(`bench:net worker ${mode} ${address}: up\n`);
   if (mode!.startsWith('echo')) profileStart();
@@ -250,7 +252,8 @@ async function main(): Promise<void> {
     else throw new Error(`unknown mode ${mode}`);
   } finally {
     await profileStop();
-    process.stderr.write(`bench:net worker ${mode}: closing (${JSON.stringify(net.stats())})\n`);
+    // One line the host prints (bench/net/run.ts): doorbells and interrupts per frame come from it.
+    process.stderr.write(`bench:net worker ${mode}: eventIdx ${net.info().eventIdx} closing (${JSON.stringify(net.stats())})\n`);
     await net.close();
   }
 }

@@ -1,5 +1,6 @@
 /** userpci: PCI device drivers in user space, in TypeScript. The public API. */
 export * from './errors';
+export { useSerialScavenge } from './gc-tuning';
 export { openDevice } from './device/open';
 export { PciDevice, dmaLimitFromMask, type OpenOptions, CONFIG_REGION_INDEX, ROM_REGION_INDEX, BAR_COUNT } from './device/device';
 export { Region } from './device/region';

@@ -16,6 +16,7 @@ import { serveNamespaceOverUblk } from '../../exports/ublk/nvme.js';
 import type { UblkServer } from '../../exports/ublk/server.js';
 import { UsageError, formatSize, parseCommandLine, parseCount, print, toJson } from '../format.js';
 import { stopSignal } from '../stop-signal.js';
+import { useSerialScavenge } from '../../gc-tuning.js';
 import type { CliCommand } from '../main.js';
 import { requireVfioBinding, sysfsNumber } from '../vfio-target.js';
 
@@ -49,6 +50,8 @@ that first and leaves it bound: \`userpci unbind ADDRESS\` gives it back to the 
       --spin-us: once a queue has nothing in flight, look for the next request this long
       before sleeping (default 0); --defer-taskrun: rings that take new requests only when the
       server enters them, not by interrupting it (IORING_SETUP_DEFER_TASKRUN)
+  export and ublk scavenge V8's young generation on the main thread only (useSerialScavenge):
+  their garbage is short-lived, and parallel scavenges cost them more than they save
 
 Common options:
   --nsid N        namespace (default 1)
@@ -247,6 +250,7 @@ async function verify(address: string, values: Values): Promise<number> {
 }
 
 async function exportNbd(address: string, values: Values): Promise<number> {
+  useSerialScavenge();
   const port = parseCount(values.port, '--port');
   if ((values.socket === undefined) === (port === undefined)) throw new UsageError('give exactly one of --socket PATH and --port N');
   if (port !== undefined && (port < 1 || port > 65535)) throw new UsageError(`--port must be 1..65535, got ${port}`);
@@ -293,6 +297,7 @@ async function exportNbd(address: string, values: Values): Promise<number> {
 }
 
 async function exportUblk(address: string, values: Values): Promise<number> {
+  useSerialScavenge();
   const queues = parseCount(values.queues, '--queues') ?? 1;
   const id = parseCount(values.id, '--id');
   const ctrl = await openController(address, values);

@@ -352,8 +352,12 @@ function newSpaceCeiling(): number {
       const s = size();
       if (s > last) { last = s; since = 0; }
     }
-    console.log(last);`;
-  return Number(execFileSync(process.execPath, [...process.execArgv, '-e', probe], { encoding: 'utf8' }).trim());
+    console.log('new space ceiling ' + last);`;
+  // Flags such as --trace-gc-nvp print more.
+  const out = execFileSync(process.execPath, [...process.execArgv, '-e', probe], { encoding: 'utf8', maxBuffer: 64 << 20 });
+  const size = Number(/^new space ceiling (\d+)$/m.exec(out)?.[1]);
+  if (!(size > 0)) throw new Error('the new-space probe printed no size');
+  return size;
 }
 
 let ceiling = 0;

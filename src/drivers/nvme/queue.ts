@@ -152,6 +152,18 @@ function executor(resolve: (value: number | PromiseLike<number>) => void): void 
   executorTarget!.resolve = resolve;
 }
 
+/**
+ * The promise of `r`. A function of its own, optimized for this path alone: where start() was
+ * first optimized for the callback API, the inlined constructor built the reject function too
+ * (56 B more per promise I/O in bench:native's QD1 case after its callback case).
+ */
+function promiseFor(r: Request): Promise<number> {
+  executorTarget = r;
+  const promise = new Promise<number>(executor);
+  executorTarget = null;
+  return promise;
+}
+
 /** A thenable that rejects whatever adopts it with `error` (a promise resolved with it rejects). */
 class Rejection {
   constructor(private readonly error: Error) {}
@@ -702,9 +714,7 @@ export class NvmeQueue {
     if (callback !== null) {
       r.callback = callback;
     } else {
-      executorTarget = r;
-      promise = new Promise<number>(executor);
-      executorTarget = null;
+      promise = promiseFor(r);
     }
     if (this.deadReason !== null || r.failure !== null) {
       r.failure ??= this.deadReason;

@@ -82,6 +82,27 @@ test('vfio-user mapsAnyMemory: any other failure is the caller\'s to hear, not a
   }
 });
 
+test('vfio-user: a map the server refuses as busy (a proxy whose IOMMU unmap failed there) is EBUSY saying so, and the client keeps no record of it', () => {
+  const { client, peer } = scripted();
+  const fd = native.memfdCreate('dma-reach-busy', 0);
+  try {
+    native.ftruncate(fd, 8192);
+    const memory = new Uint8Array(8192);
+    const request = { iova: 0x10000, size: 8192, vaddr: native.addressOf(memory), memory, memoryIova: 0x10000, fd, fdOffset: 0, deviceReads: true, deviceWrites: true };
+    native.sendmsg(peer, [reply(2, Command.DMA_MAP, new Uint8Array(0), Errno.EBUSY)], []);
+    assert.throws(() => client.dmaMap(request), (e: any) => e instanceof UserpciError && e.code === 'EBUSY' && /busy in its IOMMU/.test(e.message) && /0x10000/.test(e.message));
+    native.sendmsg(peer, [reply(3, Command.DMA_MAP)], []);
+    client.dmaMap({ ...request, iova: 0x20000, memoryIova: 0x20000 });
+    const maps = sentBy(peer).filter((m) => m.header.command === Command.DMA_MAP);
+    assert.deepEqual(maps.map((m) => decodeDmaMap(m.payload).address), [0x10000, 0x20000]);
+    for (const m of maps) for (const received of m.fds) native.close(received);
+  } finally {
+    native.close(fd);
+    client.close();
+    native.close(peer);
+  }
+});
+
 test('vfio-user IOVAs stay where any IOMMU behind a server can map them: below 2^39, outside the x86 MSI window', () => {
   const { client, peer } = scripted();
   try {

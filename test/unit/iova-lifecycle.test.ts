@@ -4,7 +4,8 @@
  * name a live map, and unmaps can be made to fail. Closing a device gives back to the domain's
  * allocator exactly the ranges its close took out of the IOMMU, leaves every other device's maps
  * alone, and never hands out again an IOVA still mapped (the real kernel: guest run 'edu',
- * test/guest/iova-lifecycle.test.ts).
+ * test/guest/iova-lifecycle.test.ts). The proxy over the same model: a client's map whose unmap
+ * failed keeps its memory and is refused to later clients.
  */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -17,6 +18,10 @@ import * as path from 'node:path';
 import { openDevice } from '../../src/device/open';
 import { EduDriver } from '../../src/drivers/edu/edu-driver';
 import { startServerThread } from '../../src/vfio-user/server/thread';
+import { ProxyHost } from '../../src/vfio-user/proxy/proxy-host';
+import type { VfioBackend } from '../../src/backends/vfio/vfio-backend';
+import { DmaFlags, Errno } from '../../src/vfio-user/protocol/codec';
+import { native } from '../../src/native/index';
 
 const PAGE = 4096;
 /** 63 usable pages (IOVA 0 is never handed out): small, so a leak runs out of space within a few closes. */
@@ -172,4 +177,60 @@ test('vfio-user: each connection is its own IOVA space, handed over whole at eve
   } finally {
     await server.stop();
   }
+});
+
+/** The proxy's VFIO device over the model domain: no regions or interrupts, config space reads as zeros. */
+function proxyOver(domain: ModelDomain): { host: ProxyHost; memories: Uint8Array[]; logged: string[] } {
+  const backend = domain.backend('proxy') as Backend & Record<string, unknown>;
+  const memories: Uint8Array[] = [];
+  const map = backend.dmaMap.bind(backend);
+  backend.dmaMap = (r: BackendDmaMapRequest) => {
+    map(r);
+    memories.push(r.memory);
+  };
+  Object.assign(backend, {
+    deviceInfo: () => ({ numRegions: 0, numIrqs: 0 }),
+    regionRead: (_index: number, _offset: number, into: Uint8Array) => into.fill(0),
+    regionWrite: () => {},
+  });
+  const logged: string[] = [];
+  return { host: new ProxyHost(backend as unknown as VfioBackend, { log: (m) => logged.push(m) }), memories, logged };
+}
+
+function clientMemory(size: number): number {
+  const fd = native.memfdCreate('iova-lifecycle-client', 0);
+  native.ftruncate(fd, size);
+  return fd; // the proxy consumes it
+}
+
+test('proxy: a client\'s map whose IOMMU unmap failed at disconnect keeps its memory mapped, and later clients are refused its IOVAs with EBUSY, not EEXIST', () => {
+  const domain = new ModelDomain();
+  const { host, memories, logged } = proxyOver(domain);
+  const RW = DmaFlags.READ | DmaFlags.WRITE;
+  // First client: two maps; the IOMMU will refuse to unmap one of them.
+  assert.equal(host.dmaMap(8 * PAGE, 2 * PAGE, RW, clientMemory(2 * PAGE), 0), 0);
+  assert.equal(host.dmaMap(16 * PAGE, PAGE, RW, clientMemory(PAGE), 0), 0);
+  const [stuckMemory, goneMemory] = memories;
+  domain.failUnmap.add(8 * PAGE);
+  host.clientDetached();
+  assert.deepEqual([...domain.maps.keys()], [8 * PAGE], 'the IOMMU still maps what failed to unmap');
+  assert.equal(stuckMemory!.length, 2 * PAGE, 'memory the device may still reach stays mapped in the proxy');
+  stuckMemory![0] = 0xa5; // and writable: not unmapped under the device
+  assert.equal(goneMemory!.length, 0, 'memory out of the IOMMU is unmapped');
+  assert.ok(logged.some((m) => /0x8000/.test(m) && /unmap/i.test(m)), 'the failure is logged');
+  // Next client: the stuck range (and any overlap) is refused as busy; the rest is free.
+  assert.equal(host.dmaMap(8 * PAGE, 2 * PAGE, RW, clientMemory(2 * PAGE), 0), Errno.EBUSY);
+  assert.equal(host.dmaMap(9 * PAGE, 4 * PAGE, RW, clientMemory(4 * PAGE), 0), Errno.EBUSY);
+  assert.equal(host.dmaMap(16 * PAGE, PAGE, RW, clientMemory(PAGE), 0), 0, 'a range that left the IOMMU is mapped again');
+  assert.equal(host.dmaMap(10 * PAGE, PAGE, RW, clientMemory(PAGE), 0), 0, 'right after the stuck range is free');
+  assert.deepEqual([...domain.maps.keys()].sort((a, b) => a - b), [8 * PAGE, 10 * PAGE, 16 * PAGE]);
+  // A live client's unmap that fails is reported, and its range goes the same way.
+  domain.failUnmap.add(16 * PAGE);
+  assert.equal(host.dmaUnmap(16 * PAGE, PAGE), Errno.EIO);
+  assert.equal(memories[memories.length - 2]!.length, PAGE, 'kept mapped');
+  host.clientDetached();
+  assert.equal(host.dmaMap(16 * PAGE, PAGE, RW, clientMemory(PAGE), 0), Errno.EBUSY);
+  assert.equal(host.dmaMap(10 * PAGE, PAGE, RW, clientMemory(PAGE), 0), 0);
+  host.clientDetached();
+  assert.deepEqual([...domain.maps.keys()].sort((a, b) => a - b), [8 * PAGE, 16 * PAGE], 'only the stuck ranges are left in the IOMMU');
 });

@@ -384,6 +384,10 @@ export class VfioUserClient implements Backend {
         // A proxy for a real device: its IOMMU reaches memory only through a mapping of it.
         throw new UserpciError('ENOTSUP', `${this.name}: the server cannot reach memory without an fd (a proxy for a real device); use memory it can map, such as allocDma buffers`);
       }
+      if ((err as { code?: string }).code === 'EBUSY') {
+        // `userpci proxy` after an IOMMU unmap failed for an earlier client: the device may still reach that range.
+        throw new UserpciError('EBUSY', `${this.name}: the server refused DMA map [0x${iova.toString(16)}, +${size}): the range is busy in its IOMMU (behind userpci proxy: an earlier client's unmap failed there); the next map takes another IOVA`, { cause: err });
+      }
       throw err;
     }
     this.dmaMaps.push({ iova, size, bytes, bytesIova, deviceReads: request.deviceReads, deviceWrites: request.deviceWrites });

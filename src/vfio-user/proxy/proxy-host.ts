@@ -56,13 +56,16 @@ export class ProxyHost implements SessionHost {
     this.log = options.log ?? (() => {});
     this.info = backend.deviceInfo();
     // The client's maps, each mapped here and put into the real IOMMU at the client's IOVA.
+    // Past the container's IOVA allocator (src/dma): nothing in this process takes from it (no DmaSpace here, the CLI opens no other device, ProxyHost is not exported).
     this.dma = new DmaSpace(undefined, {
       map: (m) => backend.dmaMap({ iova: m.iova, size: m.size, vaddr: native.addressOf(m.memory), memory: m.memory, memoryIova: m.iova, deviceReads: m.readable, deviceWrites: m.writable }),
       unmap: (m) => {
         try {
           backend.dmaUnmap(m.iova, m.size);
+          return true;
         } catch (err) {
-          this.log(`IOMMU unmap of 0x${m.iova.toString(16)} failed: ${(err as Error).message}`);
+          this.log(`IOMMU unmap of [0x${m.iova.toString(16)}, +0x${m.size.toString(16)}) failed: ${(err as Error).message}; its memory stays mapped here and the range is refused (EBUSY) to every later map`);
+          return false;
         }
       },
     });
@@ -114,6 +117,7 @@ export class ProxyHost implements SessionHost {
   dmaMap(iova: number, size: number, flags: number, fd: number | undefined, offset: number): number {
     const error = this.dma.map(iova, size, flags, fd, offset);
     if (fd === undefined) this.log(`refused a DMA map without fd at 0x${iova.toString(16)}: a real device reaches memory only through the IOMMU; share memory by fd`);
+    else if (error === Errno.EBUSY) this.log(`refused a DMA map at [0x${iova.toString(16)}, +0x${size.toString(16)}): it overlaps a range whose IOMMU unmap failed earlier`);
     const read = (flags & DmaFlags.READ) !== 0;
     const write = (flags & DmaFlags.WRITE) !== 0;
     this.trace?.write({ ev: 'dma-map', iova, size, read, write, fd: fd !== undefined, ...(error ? { error: errnoName(error) } : {}) });

@@ -32,13 +32,19 @@ export interface RemoteDma {
 export interface DmaIommu {
   /** Throws (an error with an errno code) to refuse the map. */
   map(mapping: DmaMapping & { memory: Uint8Array }): void;
-  /** Must not throw: the map goes either way. */
-  unmap(mapping: DmaMapping): void;
+  /** Must not throw. False: the unmap failed, so the IOMMU may still map the range. */
+  unmap(mapping: DmaMapping): boolean;
 }
 
 export class DmaSpace {
   /** Sorted by iova; never overlapping. */
   private maps: DmaMapping[] = [];
+  /**
+   * Maps whose IOMMU unmap failed: the device may still reach them, so their memory stays mapped
+   * here (pinned, never freed under the device) and their IOVAs are refused (EBUSY) to every
+   * later map of this space's life (for the proxy, every later client).
+   */
+  private readonly stuck: DmaMapping[] = [];
 
   constructor(
     private readonly maxMaps = 65535,
@@ -61,6 +67,7 @@ export class DmaSpace {
       if (size <= 0 || iova + size > Number.MAX_SAFE_INTEGER || (flags & ~(DmaFlags.READ | DmaFlags.WRITE)) !== 0) return Errno.EINVAL;
       if (this.maps.length >= this.maxMaps) return Errno.ENOSPC;
       if (this.maps.some((m) => iova < m.iova + m.size && m.iova < iova + size)) return Errno.EEXIST;
+      if (this.stuck.some((m) => iova < m.iova + m.size && m.iova < iova + size)) return Errno.EBUSY;
       const mapping: DmaMapping = {
         iova,
         size,
@@ -111,13 +118,13 @@ export class DmaSpace {
     return Number.isSafeInteger(offset) && offset >= 0 && offset + size <= st.size;
   }
 
-  /** Remove the map that matches exactly. Returns 0 or an errno. */
+  /** Remove the map that matches exactly. Returns 0 or an errno (EIO: the IOMMU unmap failed; the range is stuck). */
   unmap(iova: number, size: number): number {
     const i = this.maps.findIndex((m) => m.iova === iova && m.size === size);
     if (i < 0) return Errno.ENOENT;
-    this.release(this.maps[i]!);
+    const released = this.release(this.maps[i]!);
     this.maps.splice(i, 1);
-    return 0;
+    return released ? 0 : Errno.EIO;
   }
 
   clear(): void {
@@ -125,11 +132,16 @@ export class DmaSpace {
     this.maps = [];
   }
 
-  private release(m: DmaMapping): void {
-    if (m.buffer && this.iommu) this.iommu.unmap(m);
+  /** Take a map down; false when the IOMMU may still map it (it is then kept as stuck). */
+  private release(m: DmaMapping): boolean {
+    if (m.buffer && this.iommu && !this.iommu.unmap(m)) {
+      this.stuck.push(m);
+      return false;
+    }
     if (m.buffer) native.munmap(m.buffer);
     m.buffer = undefined;
     m.memory = undefined;
+    return true;
   }
 
   /** The maps covering [iova, iova+length) in order, or undefined if any byte is unmapped. */

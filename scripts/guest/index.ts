@@ -81,6 +81,25 @@ export function parseTapCounts(tap: string): TestCounts | null {
   };
 }
 
+/**
+ * A background job for the guest: after `seconds`, print where each node process waits (its
+ * kernel wait channel and stack, for a system call that never returns) and ask each for a
+ * diagnostic report (SIGUSR2 under --report-on-signal: the JavaScript stack, for a promise
+ * that never settles: its stack and libuv handles), then print them. A run that finishes first ends the
+ * guest and this job with it.
+ */
+function hangReport(seconds: number): string {
+  return `(sleep ${seconds}; echo "userpci-guest: ${seconds} s into the job: where the node processes wait";` +
+    ' for d in /proc/[0-9]*; do [ "$(cat $d/comm 2>/dev/null)" = node ] || continue;' +
+    ' echo "--- pid ${d#/proc/}: $(tr "\\0" " " < $d/cmdline | cut -c1-200)";' +
+    ' echo "wchan: $(cat $d/wchan)"; cat $d/stack;' +
+    // Only node --test and its file processes: they take SIGUSR2 for a report (NODE_OPTIONS
+    // below); a program a test started may not, and would die of it.
+    ' case "$(tr "\\0" " " < $d/cmdline)" in *--test*) kill -USR2 ${d#/proc/};; esac; done; sleep 20;' +
+    ' for f in $(ls /tmp/report.*.json 2>/dev/null); do echo "--- $f"; grep -A8 javascriptStack $f;' +
+    ' grep -A2000 \'"libuv"\' $f | grep -E \'"(type|fd|remainingTime|is_referenced)"\'; done) &';
+}
+
 /** Boots one guest with the run's devices and runs its test files there with `node --test`. */
 export async function runGuestTests(run: GuestRun, opts: OutputOptions = {}): Promise<GuestTestResult> {
   const repo = repoRoot();
@@ -93,9 +112,11 @@ export async function runGuestTests(run: GuestRun, opts: OutputOptions = {}): Pr
   }
   await run.setup?.();
   // One file at a time: test files share the guest's devices. Spec to the console for people,
-  // TAP to the results share for the counts.
+  // TAP to the results share for the counts. Two minutes before the host's hang guard, a
+  // background report says where every node process waits (see hangReport).
   const job = [
-    'node --test --test-concurrency=1',
+    hangReport(Math.max(60, Math.floor(run.timeoutMs / 1000) - 120)),
+    'NODE_OPTIONS="--report-on-signal --report-directory=/tmp" node --test --test-concurrency=1',
     '--test-reporter=spec --test-reporter-destination=stdout',
     '--test-reporter=tap --test-reporter-destination=/results/tap.txt',
     ...run.tests.map(shQuote),

@@ -20,7 +20,8 @@ import * as path from 'node:path';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { bindToVfio, boundDriver } from '../../src/pci/bind';
 import { kernelDisk, summarizeProfile, type CpuProfile } from '../nvme/guest';
-import { describeTrace, idleDriver, idleStates, startTrace, stopTrace, summarize, type IoTrace } from './trace';
+import { describeTrace, idleDriver, idleStates, startIoTrace, summarize, type IoTrace } from './trace';
+import { stopTrace } from '../guest-trace';
 
 export interface BlkCase {
   name: string;
@@ -195,7 +196,7 @@ async function measureTarget(target: Target, addr: string, baseline: string, sec
     if (traceS > 0 && !traced.has(target)) {
       traced.add(target);
       const idle0 = idleStates();
-      startTrace();
+      startIoTrace();
       try {
         runBaseline(baseline, disk, CASES[0]!, traceS, 0, undefined, pin);
       } finally {

@@ -10,9 +10,7 @@
  * "iou-wrk-PID"). I/Os are counted as the reader's io_uring_enter calls (one per I/O at QD1).
  */
 import * as fs from 'node:fs';
-import { execFileSync } from 'node:child_process';
-
-const T = '/sys/kernel/tracing';
+import { startTrace } from '../guest-trace';
 
 const EVENTS = [
   'sched:sched_switch', 'sched:sched_wakeup', 'raw_syscalls:sys_enter', 'irq:irq_handler_entry',
@@ -42,43 +40,11 @@ export function idleDriver(): string {
   return `${r('current_driver')}/${r('current_governor_ro') === '?' ? r('current_governor') : r('current_governor_ro')}`;
 }
 
-export function startTrace(): void {
-  if (!fs.existsSync(`${T}/trace_marker`)) execFileSync('mount', ['-t', 'tracefs', 'nodev', T]);
-  const w = (f: string, v: string) => fs.writeFileSync(`${T}/${f}`, v);
-  w('tracing_on', '0');
-  w('trace_clock', 'mono');
-  w('buffer_size_kb', '16384');
-  // One event per write: an event this kernel lacks fails alone.
-  w('set_event', '');
-  for (const e of EVENTS) {
-    try {
-      fs.appendFileSync(`${T}/set_event`, `${e}\n`);
-    } catch {
-      // not in this kernel
-    }
-  }
+/** The trace session of --trace: EVENTS, and a kernel stack per contended lock. */
+export function startIoTrace(): void {
   // Where a contended lock is taken: a kernel stack per contention (spinning under TCG is a
   // `pause` loop, each one a trip through QEMU's CPU loop and its big lock).
-  try {
-    w('events/lock/contention_begin/trigger', 'stacktrace');
-  } catch {
-    // no lock events in this kernel
-  }
-  w('trace', '');
-  w('tracing_on', '1');
-}
-
-export function stopTrace(): string {
-  fs.writeFileSync(`${T}/tracing_on`, '0');
-  const text = fs.readFileSync(`${T}/trace`, 'utf8');
-  fs.writeFileSync(`${T}/set_event`, '');
-  try {
-    fs.writeFileSync(`${T}/events/lock/contention_begin/trigger`, '!stacktrace');
-  } catch {
-    // none set
-  }
-  fs.writeFileSync(`${T}/trace`, '');
-  return text;
+  startTrace({ events: EVENTS, bufferKb: 16384, triggers: { 'lock/contention_begin': 'stacktrace' } });
 }
 
 export interface IoTrace {

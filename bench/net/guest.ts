@@ -18,7 +18,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { bindToVfio, unbindFromVfio, boundDriver } from '../../src/pci/bind';
-import { describeTrace, startTrace, stopTrace, summarize, type TraceSummary } from './trace';
+import { describeTrace, startRttTrace, summarize, type TraceSummary } from './trace';
+import { stopTrace } from '../guest-trace';
 import { describeProfile, summarizeProfile } from './profile-summary';
 
 function arg(name: string, def: string): string {
@@ -330,7 +331,7 @@ async function main(): Promise<void> {
   if (TRACE > 0) {
     const traced = async (name: string, run: () => Promise<unknown>) => {
       process.env.NET_BENCH_TRACE = '1';
-      startTrace();
+      startRttTrace();
       try {
         await run();
       } finally {

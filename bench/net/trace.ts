@@ -12,28 +12,11 @@
  * Spinning workers take no interrupt and never sleep: those legs are then absent and the QEMU
  * leg runs from one marker to the next.
  */
-import * as fs from 'node:fs';
-import { execFileSync } from 'node:child_process';
+import { startTrace } from '../guest-trace';
 
-const T = '/sys/kernel/tracing';
-
-export function startTrace(): void {
-  if (!fs.existsSync(`${T}/trace_marker`)) execFileSync('mount', ['-t', 'tracefs', 'nodev', T]);
-  const w = (f: string, v: string) => fs.writeFileSync(`${T}/${f}`, v);
-  w('tracing_on', '0');
-  w('trace_clock', 'mono');
-  w('buffer_size_kb', '8192');
-  w('set_event', 'irq:irq_handler_entry sched:sched_switch sched:sched_wakeup raw_syscalls:sys_enter');
-  w('trace', '');
-  w('tracing_on', '1');
-}
-
-export function stopTrace(): string {
-  fs.writeFileSync(`${T}/tracing_on`, '0');
-  const text = fs.readFileSync(`${T}/trace`, 'utf8');
-  fs.writeFileSync(`${T}/set_event`, '');
-  fs.writeFileSync(`${T}/trace`, '');
-  return text;
+/** The trace session of --trace: interrupts, switches, wake-ups and system calls. */
+export function startRttTrace(): void {
+  startTrace({ events: ['irq:irq_handler_entry', 'sched:sched_switch', 'sched:sched_wakeup', 'raw_syscalls:sys_enter'], bufferKb: 8192 });
 }
 
 interface Ev {

@@ -85,7 +85,9 @@ export function parseTapCounts(tap: string): TestCounts | null {
  * A background job for the guest: after `seconds`, print where each node process waits (its
  * kernel wait channel and stack, for a system call that never returns) and ask each for a
  * diagnostic report (SIGUSR2 under --report-on-signal: the JavaScript stack, for a promise
- * that never settles: its stack and libuv handles), then print them. A run that finishes first ends the
+ * that never settles: its stack and libuv handles), then print them. A process blocked in a
+ * synchronous call (spawnSync, execFileSync) writes its report only once the call returns; its
+ * kernel stack and the child it waits for say where it is. A run that finishes first ends the
  * guest and this job with it.
  */
 function hangReport(seconds: number): string {
@@ -93,9 +95,10 @@ function hangReport(seconds: number): string {
     ' for d in /proc/[0-9]*; do [ "$(cat $d/comm 2>/dev/null)" = node ] || continue;' +
     ' echo "--- pid ${d#/proc/}: $(tr "\\0" " " < $d/cmdline | cut -c1-200)";' +
     ' echo "wchan: $(cat $d/wchan)"; cat $d/stack;' +
-    // Only node --test and its file processes: they take SIGUSR2 for a report (NODE_OPTIONS
-    // below); a program a test started may not, and would die of it.
-    ' case "$(tr "\\0" " " < $d/cmdline)" in *--test*) kill -USR2 ${d#/proc/};; esac; done; sleep 20;' +
+    // Only node processes whose NODE_OPTIONS asks for a report on a signal (node --test, its
+    // file processes, which carry no --test on their command line, and what they started with
+    // that environment): any other would die of SIGUSR2.
+    ' grep -qz "^NODE_OPTIONS=.*--report-on-signal" $d/environ && kill -USR2 ${d#/proc/}; done; sleep 20;' +
     ' for f in $(ls /tmp/report.*.json 2>/dev/null); do echo "--- $f"; grep -A8 javascriptStack $f;' +
     ' grep -A2000 \'"libuv"\' $f | grep -E \'"(type|fd|remainingTime|is_referenced)"\'; done) &';
 }

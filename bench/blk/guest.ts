@@ -39,9 +39,10 @@ export const CASES: BlkCase[] = [
 /**
  * ublk-irq: `userpci nvme ublk --interrupts` (NVMe completions by MSI-X, no polling); ublk-alt:
  * `userpci nvme ublk` from another build (--alt DIR, a package root under the checkout: A/B in
- * one boot); only when asked for.
+ * one boot); ublk-threads: `userpci nvme ublk --threads` (a queue per CPU, each on a thread
+ * pinned to its CPUs with its own NVMe queue pair); only when asked for.
  */
-export type Target = 'ublk' | 'nbd' | 'kernel' | 'ublk-irq' | 'ublk-alt';
+export type Target = 'ublk' | 'nbd' | 'kernel' | 'ublk-irq' | 'ublk-alt' | 'ublk-threads';
 export const TARGETS: Target[] = ['ublk', 'nbd', 'kernel'];
 
 /** IOPS per case per target (the best of the rounds), the servers' CPU per I/O, their profiles. */
@@ -218,13 +219,14 @@ async function measureTarget(target: Target, addr: string, baseline: string, sec
     return { cases: out, window };
   }
   if (boundDriver(addr) !== 'vfio-pci') bindToVfio(addr);
-  if (target === 'ublk' || target === 'ublk-irq' || target === 'ublk-alt') {
+  if (target === 'ublk' || target === 'ublk-irq' || target === 'ublk-alt' || target === 'ublk-threads') {
     const irq = target === 'ublk-irq' ? ['--interrupts'] : [];
+    const queues = target === 'ublk-threads' ? ['--threads'] : ['--queues', '1'];
     const alt = arg('--alt');
     if (target === 'ublk-alt' && !alt) throw new Error('target ublk-alt needs --alt DIR');
     const cli = target === 'ublk-alt' ? path.resolve(__dirname, '../../..', alt!, 'dist/src/cli/commands/nvme.js') : CLI;
     const extra = arg('--ublk-args')?.split(' ').filter(Boolean) ?? [];
-    const s = await startServer(['ublk', addr, '--id', '0', '--queues', '1', '--depth', '64', ...irq, ...(target === 'ublk' ? extra : [])], 'ublk: serving', profile, cli, serverPin);
+    const s = await startServer(['ublk', addr, '--id', '0', ...queues, '--depth', '64', ...irq, ...(target === 'ublk' ? extra : [])], 'ublk: serving', profile, cli, serverPin);
     try {
       each('/dev/ublkb0', s.child.pid);
     } finally {

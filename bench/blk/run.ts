@@ -12,7 +12,8 @@
  * Options: --seconds S (per measurement, default 5), --warmup S (default 1), --rounds N (each
  * target N times, alternating; the best counts; default 2), --profile (the servers under
  * node --cpu-prof: self time by function), --targets ublk,nbd,kernel[,ublk-irq] (ublk-irq: the
- * ublk server with MSI-X NVMe completions instead of polling; ublk-alt: the ublk server of
+ * ublk server with MSI-X NVMe completions instead of polling; ublk-threads: `nvme ublk --threads`, a pinned thread per
+ * queue and a queue per CPU; ublk-alt: the ublk server of
  * another build, --alt DIR, a package root inside the checkout with dist/ and build/, for an A/B
  * in one boot), --kernel-args "..." (appended to the guest kernel's command line), --pin CPUS
  * --pin-targets a,b:server (those targets' server and reader, or with ":server" the server alone,
@@ -94,6 +95,10 @@ async function main(): Promise<number> {
   for (const c of ran) {
     const r = data.iops[c.name]!;
     if (r.ublk === undefined || r.kernel === undefined) continue;
+    if (r['ublk-threads'] !== undefined) {
+      cases.push({ name: `ublk-threads-vs-kernel/${c.name}`, ours: Math.round(r['ublk-threads']), baseline: Math.round(r.kernel), unit: 'IOPS', ratio: Number((r['ublk-threads'] / r.kernel).toFixed(3)) });
+      cases.push({ name: `ublk-threads-vs-ublk/${c.name}`, ours: Math.round(r['ublk-threads']), baseline: Math.round(r.ublk), unit: 'IOPS', ratio: Number((r['ublk-threads'] / r.ublk).toFixed(3)) });
+    }
     cases.push({ name: `ublk-vs-kernel/${c.name}`, ours: Math.round(r.ublk), baseline: Math.round(r.kernel), unit: 'IOPS', ratio: Number((r.ublk / r.kernel).toFixed(3)) });
   }
   for (const c of ran) {

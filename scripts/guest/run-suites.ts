@@ -108,8 +108,8 @@ export const SUITES: GuestRun[] = [
     name: 'ublk',
     kernel: '6.12',
     qemuDevices: [...EDU_PAIR, ...UBLK_DRIVES.qemu],
-    tests: ['dist/test/guest/vfio-edu.test.js', 'dist/test/guest/irq-edu.test.js', 'dist/test/guest/nvme.test.js', 'dist/test/guest/ublk.test.js'],
-    timeoutMs: 12 * MIN,
+    tests: ['dist/test/guest/vfio-edu.test.js', 'dist/test/guest/irq-edu.test.js', 'dist/test/guest/nvme.test.js', 'dist/test/guest/ublk.test.js', 'dist/test/guest/ublk-threads.test.js'],
+    timeoutMs: 18 * MIN, // a hang guard
     setup: freshImages(UBLK_DRIVES.images),
   },
 ];

@@ -10,6 +10,8 @@ import { _IOR, _IOWR } from './ioctl';
 const CTRL_CMD_SIZE = 32;
 const IO_CMD_SIZE = 16;
 
+/** The CPUs blk-mq maps to a queue (data[0]: the queue id; the buffer receives a cpumask). */
+export const UBLK_U_CMD_GET_QUEUE_AFFINITY = _IOR('u', 0x01, CTRL_CMD_SIZE);
 export const UBLK_U_CMD_GET_DEV_INFO = _IOR('u', 0x02, CTRL_CMD_SIZE);
 export const UBLK_U_CMD_ADD_DEV = _IOWR('u', 0x04, CTRL_CMD_SIZE);
 export const UBLK_U_CMD_DEL_DEV = _IOWR('u', 0x05, CTRL_CMD_SIZE);
@@ -98,7 +100,7 @@ export function ublkUserCopyOffset(queue: number, tag: number): number {
 /** Every entry above, under its C name, for the ABI test. */
 export const UBLK_ABI = {
   ioctls: {
-    UBLK_U_CMD_GET_DEV_INFO, UBLK_U_CMD_ADD_DEV, UBLK_U_CMD_DEL_DEV, UBLK_U_CMD_START_DEV, UBLK_U_CMD_STOP_DEV,
+    UBLK_U_CMD_GET_QUEUE_AFFINITY, UBLK_U_CMD_GET_DEV_INFO, UBLK_U_CMD_ADD_DEV, UBLK_U_CMD_DEL_DEV, UBLK_U_CMD_START_DEV, UBLK_U_CMD_STOP_DEV,
     UBLK_U_CMD_SET_PARAMS, UBLK_U_CMD_GET_PARAMS, UBLK_U_CMD_GET_FEATURES, UBLK_U_IO_FETCH_REQ, UBLK_U_IO_COMMIT_AND_FETCH_REQ,
   } as Record<string, number>,
   constants: {

@@ -12,7 +12,8 @@ import type { NvmeNamespace } from '../../drivers/nvme/namespace.js';
 import { planFootprint, planWrites, runWorkload } from '../../drivers/nvme/workload.js';
 import { NbdServer } from '../../exports/nbd/server.js';
 import { NvmeBlockDevice } from '../../exports/nbd/nvme-device.js';
-import { serveNamespaceOverUblk } from '../../exports/ublk/nvme.js';
+import { serveNamespaceOverUblk, serveNamespaceOverUblkThreads } from '../../exports/ublk/nvme.js';
+import type { UblkThreadServer } from '../../exports/ublk/thread-server.js';
 import type { UblkServer } from '../../exports/ublk/server.js';
 import { UsageError, formatSize, parseCommandLine, parseCount, print, toJson } from '../format.js';
 import { stopSignal } from '../stop-signal.js';
@@ -42,14 +43,16 @@ that first and leaves it bound: \`userpci unbind ADDRESS\` gives it back to the 
       \`nbd-client -N NAME -u PATH -t 10 /dev/nbd0\`; flushes and shuts the controller down on
       exit. If the device goes away (unplug, reset), outstanding requests get ESHUTDOWN, the
       clients are disconnected, and the export exits with status 3
-  ublk ADDRESS [--id N] [--queues N] [--read-only] [--spin-us N] [--defer-taskrun]
+  ublk ADDRESS [--id N] [--queues N] [--threads] [--read-only] [--spin-us N] [--defer-taskrun]
       serve the namespace as the kernel block device /dev/ublkbN (Linux 6.0+, modprobe ublk_drv),
       one ublk queue per NVMe I/O queue pair, until SIGINT/SIGTERM or the device's removal; then
       the disk is removed and the ublk device deleted. Devices that killed servers of ours left
       are deleted first; --id reuses an id (a dead server's leftover with it is deleted first).
       --spin-us: once a queue has nothing in flight, look for the next request this long
       before sleeping (default 0); --defer-taskrun: rings that take new requests only when the
-      server enters them, not by interrupting it (IORING_SETUP_DEFER_TASKRUN)
+      server enters them, not by interrupting it (IORING_SETUP_DEFER_TASKRUN); --threads: each
+      queue on a thread of its own pinned to the CPUs the kernel maps to it, with its own polled
+      NVMe queue pair (--queues defaults to one per CPU then; kernel VFIO only)
   export and ublk scavenge V8's young generation on the main thread only (useSerialScavenge):
   their garbage is short-lived, and parallel scavenges cost them more than they save
 
@@ -91,6 +94,7 @@ const OPTIONS = {
   interrupts: { type: 'boolean', default: false },
   'spin-us': { type: 'string' },
   'defer-taskrun': { type: 'boolean', default: false },
+  threads: { type: 'boolean', default: false },
 } as const;
 
 type Values = ReturnType<typeof parse>['values'];
@@ -298,6 +302,7 @@ async function exportNbd(address: string, values: Values): Promise<number> {
 
 async function exportUblk(address: string, values: Values): Promise<number> {
   useSerialScavenge();
+  if (values.threads) return exportUblkThreads(address, values);
   const queues = parseCount(values.queues, '--queues') ?? 1;
   const id = parseCount(values.id, '--id');
   const ctrl = await openController(address, values);
@@ -320,6 +325,42 @@ async function exportUblk(address: string, values: Values): Promise<number> {
     const doorbells = ctrl.queues.reduce((n, q) => n + q.doorbells, 0);
     print(`ublk: ${why}: ${server.diskPath} deleted after ${server.requests} requests (${sum((q) => q.stats.callbacks)} on the driver's callback path); ` +
       `${sum((q) => q.ring.enters)} io_uring_enter calls, ${doorbells} NVMe SQ doorbells, ${sum((q) => q.stats.spinHits)} of ${sum((q) => q.stats.spins)} idle spins found a request`);
+    return 0;
+  } finally {
+    await server?.close().catch(() => undefined);
+    await ctrl.close().catch(() => undefined);
+  }
+}
+
+/** `nvme ublk --threads`: one pinned thread per ublk queue, each with its own NVMe queue pair. */
+async function exportUblkThreads(address: string, values: Values): Promise<number> {
+  if (values.interrupts) throw new UsageError('--threads polls its NVMe queues (no --interrupts)');
+  const queues = parseCount(values.queues, '--queues');
+  const id = parseCount(values.id, '--id');
+  const ctrl = await openController(address, values);
+  let server: UblkThreadServer | undefined;
+  try {
+    const ns = await ctrl.namespace(parseCount(values.nsid, '--nsid') ?? 1);
+    server = await serveNamespaceOverUblkThreads(ctrl, ns, { id, queues, depth: parseCount(values.depth, '--depth') ?? 64, readOnly: values['read-only'],
+      idleSpinUs: parseCount(values['spin-us'], '--spin-us') ?? 0, deferTaskrun: values['defer-taskrun'] });
+    const stop = stopSignal();
+    for (const r of server.reclaimed) print(`ublk: deleted /dev/ublkb${r.id}, left by process ${r.pid} (no longer running)`);
+    const cpus = server.queueCpus.map((c) => c.join(',') || 'any').join(' | ');
+    print(`ublk: serving ${ctrl.name} namespace ${ns.nsid} (${ns.size} bytes, ${ns.blockSize}-byte blocks) as ${server.diskPath} (${server.queueCpus.length} queue(s) of depth ${server.info.depth}, requests up to ${server.info.maxIoBytes} bytes; a thread per queue on CPUs ${cpus})`);
+    const why = await new Promise<string>((resolve) => {
+      void stop.then(resolve);
+      ctrl.device.once('removed', () => resolve('device removed'));
+      server!.once('close', () => resolve('a queue thread ended'));
+    });
+    if (values.verbose) process.stderr.write(`ublk: ${why}: stopping ${server.diskPath}\n`);
+    await server.close();
+    if (why !== 'device removed') await ns.flush().catch(() => undefined);
+    const stats = server.queueStats;
+    const sum = (f: (q: NonNullable<(typeof stats)[number]>) => number) => stats.reduce((n, q) => n + (q ? f(q) : 0), 0);
+    print(`ublk: ${why}: ${server.diskPath} deleted after ${server.requests} requests (${sum((q) => q.callbacks)} on the driver's callback path); ` +
+      `${sum((q) => q.enters)} io_uring_enter calls, ${sum((q) => q.doorbells)} NVMe SQ doorbells, ${sum((q) => q.spinHits)} of ${sum((q) => q.spins)} idle spins found a request; ` +
+      `per queue requests ${stats.map((q) => q?.requests ?? 0).join('/')}`);
+    if (server.firstError) process.stderr.write(`ublk: ${server.firstError.message}\n`);
     return 0;
   } finally {
     await server?.close().catch(() => undefined);

@@ -67,6 +67,21 @@ export interface ControllerCapabilities {
   version: string;
 }
 
+/** A queue pair whose rings and memory another thread owns and drives (see reserveQueuePair). */
+export interface ExternalQueueRings {
+  sqIova: number;
+  cqIova: number;
+  /** SQ entries (depth + 1) and CQ entries. */
+  entries: number;
+  cqEntries: number;
+}
+
+interface ReservedQueue {
+  rings: ExternalQueueRings | null;
+  /** Told once the controller cannot keep the queue (lost, closed, or reset: its rings start over). */
+  lost: (error: Error) => void;
+}
+
 interface QueueEntry {
   queue: NvmeQueue;
   /** MSI-X vector index, or -1 when polled. */
@@ -99,6 +114,7 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
   defaultQueue: NvmeQueue | undefined;
 
   private readonly entries = new Map<number, QueueEntry>();
+  private readonly reserved = new Map<number, ReservedQueue>();
   private readonly registered = new WeakMap<ArrayBuffer, DmaBuffer>();
   private readonly namespaces = new Map<number, NvmeNamespace>();
   private identifyBuffer: DmaBuffer | undefined;
@@ -334,11 +350,7 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
     if (!Number.isInteger(depth) || depth < 1 || depth > maxDepth) {
       throw new InvalidArgumentError(`queue depth must be 1..${maxDepth} (a queue holds one command fewer than its ${maxDepth + 1} entries, CAP.MQES + 1), got ${String(options.depth)}`);
     }
-    let qid = 1;
-    while (this.entries.has(qid)) qid++;
-    if (qid > this.grantedQueuePairs) {
-      throw new UserpciError('ENOSPC', `${this.name}: all ${this.grantedQueuePairs} I/O queue pairs the controller granted are in use`);
-    }
+    const qid = this.freeQueueId();
     let vector = -1;
     if (options.interrupts) vector = this.prepareVector(qid, options.vector);
     const queue = new NvmeQueue(this, qid, depth, options);
@@ -353,6 +365,60 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
     }
     if (vector >= 0) queue.attachVector(this.device.interrupts.active[vector]!);
     return queue;
+  }
+
+  private freeQueueId(): number {
+    let qid = 1;
+    while (this.entries.has(qid) || this.reserved.has(qid)) qid++;
+    if (qid > this.grantedQueuePairs) {
+      throw new UserpciError('ENOSPC', `${this.name}: all ${this.grantedQueuePairs} I/O queue pairs the controller granted are in use`);
+    }
+    return qid;
+  }
+
+  /**
+   * A queue id for a queue pair another thread drives (its own NvmeQueue over memory it shares
+   * with this process's DMA space: ublk's per-queue threads). The thread builds its rings for
+   * this id, then createReservedQueuePair() makes them known to the controller. `lost` is called
+   * once if the controller is lost, closed or reset (a reset starts every ring over, which only
+   * the owning thread could follow: its queue is to fail what it holds and stop).
+   */
+  reserveQueuePair(lost: (error: Error) => void): number {
+    this.checkOpen();
+    const qid = this.freeQueueId();
+    this.reserved.set(qid, { rings: null, lost });
+    return qid;
+  }
+
+  /** Create the reserved queue pair `qid` on the controller (CQ, then SQ) with rings at these IOVAs. */
+  async createReservedQueuePair(qid: number, rings: ExternalQueueRings): Promise<void> {
+    const r = this.reserved.get(qid);
+    if (!r || r.rings) throw new InvalidArgumentError(`${this.name}: queue ${qid} is not reserved, or already created`);
+    await this.createRings(qid, rings, -1);
+    r.rings = rings;
+  }
+
+  /** Delete a reserved queue pair from the controller (when created) and give its id back. */
+  async deleteReservedQueuePair(qid: number): Promise<void> {
+    const r = this.reserved.get(qid);
+    if (!r) return;
+    this.reserved.delete(qid);
+    if (r.rings && !this.closed) {
+      await this.adminCommand(R.ADMIN_DELETE_IO_SQ, 0, qid);
+      await this.adminCommand(R.ADMIN_DELETE_IO_CQ, 0, qid);
+    }
+  }
+
+  private dropReserved(error: Error): void {
+    const all = [...this.reserved.values()];
+    for (const r of all) r.rings = null;
+    for (const r of all) {
+      try {
+        r.lost(error);
+      } catch {
+        // the owner's business
+      }
+    }
   }
 
   /** Create up to `count` queue pairs (fewer when the controller granted fewer). */
@@ -378,17 +444,20 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
     }
   }
 
-  private async createQueueOnController(entry: QueueEntry): Promise<void> {
-    const q = entry.queue;
-    const ien = entry.vector >= 0 ? R.CQ_IEN | (entry.vector << 16) : 0;
+  private createQueueOnController(entry: QueueEntry): Promise<void> {
+    return this.createRings(entry.queue.qid, entry.queue, entry.vector);
+  }
+
+  private async createRings(qid: number, q: ExternalQueueRings, vector: number): Promise<void> {
+    const ien = vector >= 0 ? R.CQ_IEN | (vector << 16) : 0;
     // Physically contiguous queues (PC = 1) are named by PRP1 alone, however many pages they
     // span: one page's worth of length keeps PRP2 zero (no PRP list, which the admin queue lacks).
     const page = this.pageSize;
-    await this.adminCommand(R.ADMIN_CREATE_IO_CQ, 0, (((q.cqEntries - 1) << 16) | q.qid) >>> 0, (R.CQ_PC | ien) >>> 0, 0, 0, 0, 0, q.cqIova, page);
+    await this.adminCommand(R.ADMIN_CREATE_IO_CQ, 0, (((q.cqEntries - 1) << 16) | qid) >>> 0, (R.CQ_PC | ien) >>> 0, 0, 0, 0, 0, q.cqIova, page);
     try {
-      await this.adminCommand(R.ADMIN_CREATE_IO_SQ, 0, (((q.entries - 1) << 16) | q.qid) >>> 0, ((q.qid << 16) | R.SQ_PC) >>> 0, 0, 0, 0, 0, q.sqIova, page);
+      await this.adminCommand(R.ADMIN_CREATE_IO_SQ, 0, (((q.entries - 1) << 16) | qid) >>> 0, ((qid << 16) | R.SQ_PC) >>> 0, 0, 0, 0, 0, q.sqIova, page);
     } catch (err) {
-      await this.adminCommand(R.ADMIN_DELETE_IO_CQ, 0, q.qid).catch(() => undefined);
+      await this.adminCommand(R.ADMIN_DELETE_IO_CQ, 0, qid).catch(() => undefined);
       throw err;
     }
   }
@@ -546,6 +615,7 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
     }
     const aborted = new UserpciError('EIO', `${this.name}: command aborted by a controller reset (${reason})`);
     for (const q of all) q.abortAll(aborted, false);
+    this.dropReserved(new UserpciError('EIO', `${this.name}: a controller reset (${reason}) ended the queues other threads drive`));
     try {
       this.device.enable(); // a function-level reset clears decoding and bus mastering
       await this.disable();
@@ -588,6 +658,17 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
     })();
     if (this.recovering) await this.recovering.catch(() => undefined);
     if (healthy && !this.device.closed) {
+      // Reserved queues are deleted on the controller here; abandon() below tells their owners.
+      for (const [qid, r] of this.reserved) {
+        if (!r.rings) continue;
+        r.rings = null;
+        try {
+          await this.adminCommand(R.ADMIN_DELETE_IO_SQ, 0, qid);
+          await this.adminCommand(R.ADMIN_DELETE_IO_CQ, 0, qid);
+        } catch {
+          // Shutdown below still brings the controller to a safe state.
+        }
+      }
       for (const q of this.queues) {
         try {
           await this.adminCommand(R.ADMIN_DELETE_IO_SQ, 0, q.qid);
@@ -625,6 +706,8 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
   private abandon(reason: Error): void {
     if (this.closed) return;
     this.closed = reason;
+    this.dropReserved(reason);
+    this.reserved.clear();
     for (const e of this.entries.values()) e.queue.destroy(reason);
     this.entries.clear();
     this.defaultQueue = undefined;

@@ -126,6 +126,18 @@ export class UblkControl {
     return { diskMajor: v.getUint32(U.PARAMS.devt + U.PARAM_DEVT.disk_major, true), diskMinor: v.getUint32(U.PARAMS.devt + U.PARAM_DEVT.disk_minor, true) };
   }
 
+  /**
+   * GET_QUEUE_AFFINITY: the CPUs blk-mq maps to queue `qid` (a request submitted on one of them
+   * is queued there). The kernel wants a cpumask of whole longs covering nr_cpu_ids: 1024 CPUs here.
+   */
+  async queueAffinity(devId: number, qid: number): Promise<number[]> {
+    const buf = new Uint8Array(128);
+    await this.command(U.UBLK_U_CMD_GET_QUEUE_AFFINITY, devId, buf, qid, 'GET_QUEUE_AFFINITY');
+    const cpus: number[] = [];
+    for (let i = 0; i < buf.length * 8; i++) if (buf[i >> 3]! & (1 << (i & 7))) cpus.push(i);
+    return cpus;
+  }
+
   /** START_DEV: settles once every queue has fetched and the disk is added (partitions scanned). */
   async start(devId: number, serverPid: number): Promise<void> {
     await this.command(U.UBLK_U_CMD_START_DEV, devId, null, serverPid, 'START_DEV');

@@ -2,4 +2,6 @@
 export { UblkServer, type UblkServerOptions } from './server';
 export { UblkControl, type UblkDeviceInfo, type UblkParams } from './control';
 export { type UblkBlockDevice } from './block-device';
-export { NvmeUblkDevice, serveNamespaceOverUblk } from './nvme';
+export { NvmeUblkDevice, serveNamespaceOverUblk, serveNamespaceOverUblkThreads } from './nvme';
+export { UblkThreadServer, type UblkThreadServerOptions, type UblkThreadDeviceSpec } from './thread-server';
+export type { UblkThreadDevice, UblkThreadDeviceFactory } from './queue-thread';

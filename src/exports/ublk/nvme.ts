@@ -3,14 +3,21 @@
  * queue each), with the tags' I/O buffers in the controller's DMA memory, so reads and writes
  * go zero copy between the kernel's copy and the device.
  */
+import { MessageChannel } from 'node:worker_threads';
+import * as os from 'node:os';
 import type { NvmeController } from '../../drivers/nvme/controller';
+import { VfioBackend } from '../../backends/vfio/vfio-backend';
+import { DeviceGoneError, UserpciError } from '../../errors';
 import type { NvmeNamespace } from '../../drivers/nvme/namespace';
 import type { NvmeQueue } from '../../drivers/nvme/queue';
 import type { DmaBuffer } from '../../dma/dma-space';
+import type { MessagePort } from 'node:worker_threads';
 import { NvmeBlockDevice } from '../nbd/nvme-device';
 import { UBLK_IO_OP_READ, UBLK_IO_OP_WRITE } from '../../uapi/ublk';
 import type { UblkBlockDevice, UblkIoDone } from './block-device';
 import { UblkServer, type UblkServerOptions } from './server';
+import { UblkThreadServer, type UblkThreadServerOptions } from './thread-server';
+import { nvmeThreadPoolBytes, type FromNvmeThread, type NvmeThreadQueueData, type ToNvmeThread } from './nvme-thread';
 
 export class NvmeUblkDevice extends NvmeBlockDevice implements UblkBlockDevice {
   readonly volatileCache: boolean;
@@ -102,4 +109,83 @@ export async function serveNamespaceOverUblk(
   while (queues.length < want) queues.push(await controller.createQueuePair({ depth, interrupts: options.interrupts }));
   const devices = queues.slice(0, want).map((q) => new NvmeUblkDevice(namespace, q, options.readOnly));
   return UblkServer.start(devices, { ...options, depth: Math.min(depth, ...queues.slice(0, want).map((q) => q.depth)) });
+}
+
+/**
+ * Serves `namespace` as /dev/ublkbN with each ublk queue on a thread of its own (UblkThreadServer:
+ * pinned to the CPUs blk-mq maps to the queue; one queue per CPU by default), each thread driving
+ * an NVMe I/O queue pair of its own, polled (see nvme-thread.ts). Kernel VFIO only (the thread
+ * maps BAR0 from the VFIO device fd). A lost or reset controller fails the threads' I/O: the
+ * disk answers EIO until the server is closed.
+ */
+export async function serveNamespaceOverUblkThreads(
+  controller: NvmeController,
+  namespace: NvmeNamespace,
+  options: Omit<UblkThreadServerOptions, 'afterClose'> & { readOnly?: boolean } = {},
+): Promise<UblkThreadServer> {
+  const backend = controller.device.backend;
+  if (!(backend instanceof VfioBackend)) throw new UserpciError('ENOTSUP', `${controller.name}: ublk queue threads need the device through kernel VFIO (they map its BAR from the VFIO device fd)`);
+  const want = Math.min(options.queues ?? os.cpus().length, controller.grantedQueuePairs - controller.queues.length);
+  if (want < 1) throw new UserpciError('ENOSPC', `${controller.name}: no NVMe I/O queue pair left for the ublk queue threads`);
+  const depth = Math.min(options.depth ?? 64, controller.maxQueueEntries - 1);
+  const maxIo = options.maxIoBytes ?? Math.min(512 << 10, Math.floor(namespace.maxTransfer / 4096) * 4096);
+  const layout = backend.regionLayout(0);
+  const identity = controller.identity;
+  const pools: DmaBuffer[] = [];
+  const qids: number[] = [];
+  const ports: MessagePort[] = [];
+  const cleanup = async () => {
+    for (const p of ports.splice(0)) p.close();
+    for (const qid of qids.splice(0)) await controller.deleteReservedQueuePair(qid).catch(() => undefined);
+    for (const b of pools.splice(0)) {
+      if (!controller.isClosed && !b.freed) {
+        try {
+          b.free();
+        } catch {
+          // released with its device
+        }
+      }
+    }
+  };
+  const perQueue = (): { data: unknown; transfer: MessagePort[] } => {
+    const channel = new MessageChannel();
+    const mine = channel.port1;
+    ports.push(mine);
+    const nqid = controller.reserveQueuePair((error) => {
+      mine.postMessage({ kind: 'lost', message: error.message, code: (error as { code?: string }).code ?? 'EIO' } satisfies ToNvmeThread);
+    });
+    qids.push(nqid);
+    const poolBytes = nvmeThreadPoolBytes(depth, controller.pageSize, maxIo, controller.maxQueueEntries, maxIo);
+    const pool = controller.allocBuffer(poolBytes, 'never');
+    pools.push(pool);
+    mine.on('message', (m: FromNvmeThread) => {
+      const stand = { qid: nqid } as NvmeQueue;
+      if (m.kind === 'rings') {
+        controller.createReservedQueuePair(nqid, m).then(
+          () => mine.postMessage({ kind: 'created' } satisfies ToNvmeThread),
+          (e: Error) => mine.postMessage({ kind: 'error', message: e.message, code: (e as { code?: string }).code ?? 'EIO' } satisfies ToNvmeThread),
+        );
+      } else if (m.kind === 'stalled') controller.queueStalled(stand);
+      else if (m.kind === 'timedOut') controller.queueTimedOut(stand);
+      else if (m.kind === 'fault') controller.queueFault(stand, m.gone ? new DeviceGoneError(m.message) : new Error(m.message));
+    });
+    mine.unref();
+    const data: NvmeThreadQueueData = {
+      qid: nqid, depth, memfd: pool.fd, poolIova: pool.iova, poolBytes, deviceFd: backend.deviceFd, barOffset: layout.offset, barSize: layout.size,
+      barAreas: layout.sparseAreas ?? [], name: controller.name, pageSize: controller.pageSize, doorbellStride: controller.doorbellStride,
+      maxTransfer: maxIo, maxQueueEntries: controller.maxQueueEntries, nsid: namespace.nsid, blockSize: namespace.blockSize, blocks: namespace.blocks,
+      readOnly: options.readOnly ?? false, volatileCache: identity.volatileWriteCache, canTrim: namespace.supportsTrim, canWriteZeroes: identity.supportsWriteZeroes,
+      port: channel.port2,
+    };
+    return { data, transfer: [channel.port2] };
+  };
+  try {
+    return await UblkThreadServer.start(
+      { module: require.resolve('./nvme-thread'), export: 'createUblkDevice', data: perQueue },
+      { ...options, queues: want, depth, maxIoBytes: maxIo, afterClose: cleanup },
+    );
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
 }

@@ -192,7 +192,7 @@ export class UblkServer extends EventEmitter {
 }
 
 /** /dev/ublkcN appears once devtmpfs has it; ADD_DEV returns before that on a busy machine. */
-async function openCdev(devId: number): Promise<number> {
+export async function openCdev(devId: number): Promise<number> {
   const path = `/dev/ublkc${devId}`;
   for (let i = 0; ; i++) {
     try {
@@ -209,7 +209,7 @@ async function openCdev(devId: number): Promise<number> {
  * are both gone: stopped and deleted. Best effort: a device that vanishes or refuses meanwhile
  * is left alone (another process may be reclaiming it too).
  */
-async function reclaimDeadOwned(control: UblkControl): Promise<ReclaimedDevice[]> {
+export async function reclaimDeadOwned(control: UblkControl): Promise<ReclaimedDevice[]> {
   let names: string[];
   try {
     names = readdirSync('/sys/class/ublk-char');
@@ -237,7 +237,7 @@ async function reclaimDeadOwned(control: UblkControl): Promise<ReclaimedDevice[]
 }
 
 /** A device with this id whose server is gone (killed): stop and delete it so the id can be reused. */
-async function reclaimLeftover(control: UblkControl, id: number): Promise<void> {
+export async function reclaimLeftover(control: UblkControl, id: number): Promise<void> {
   if (!existsSync(`/dev/ublkc${id}`) && !existsSync(`/sys/class/ublk-char/ublkc${id}`)) return;
   let info: UblkDeviceInfo;
   try {

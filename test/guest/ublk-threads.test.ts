@@ -1,0 +1,188 @@
+/**
+ * ublk with a thread per queue (`userpci nvme ublk --threads`) on the 6.12 guest (2 CPUs): one
+ * ublk queue per CPU, each served by a thread pinned to the CPUs the kernel maps to it, driving
+ * an NVMe queue pair of its own. Data written from both CPUs at once reads back the same from
+ * the other CPU (both queues served); a server killed at a random point (starting up, or under
+ * writes) leaves a disk that fails I/O and the next start with the same id works; removing the
+ * NVMe function ends the server and the removal completes.
+ */
+import { test, before, after } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as crypto from 'node:crypto';
+import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
+import { bindToVfio, boundDriver, unbindFromVfio } from '../../src/pci/bind';
+import { fillPattern } from '../../src/drivers/nvme/workload';
+import { requireGuest } from './guest-env';
+
+const CLI = path.resolve(__dirname, '../../src/cli/commands/nvme.js');
+const SYS = '/sys/bus/pci/devices';
+const DISK = '/dev/ublkb0';
+const MiB = 1 << 20;
+let dev: string;
+
+interface Server {
+  child: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  exited: Promise<number | null>;
+}
+
+function sh(cmd: string, args: string[]): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 });
+}
+
+function waitOutput(s: Server, check: () => boolean, what: string, ms = 120_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => done(new Error(`${what}: not seen in ${ms} ms; stdout ${s.stdout()} stderr ${s.stderr()}`)), ms);
+    const onData = () => check() && done(null);
+    const onExit = () => done(check() ? null : new Error(`${what}: server exited ${s.child.exitCode}: ${s.stderr()}`));
+    const done = (e: Error | null) => {
+      clearTimeout(timer);
+      s.child.stdout!.off('data', onData);
+      s.child.off('exit', onExit);
+      if (e) reject(e);
+      else resolve();
+    };
+    s.child.stdout!.on('data', onData);
+    s.child.once('exit', onExit);
+    onData();
+  });
+}
+
+function launch(extra: string[] = ['--threads']): Server {
+  const child = spawn(process.execPath, [CLI, 'ublk', dev, '--id', '0', '--verbose', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number | null>((r) => child.once('exit', (c, signal) => {
+    if (signal) err += `(ended by ${signal})`;
+    r(c);
+  }));
+  return { child, stdout: () => out, stderr: () => err, exited };
+}
+
+async function startServer(extra: string[] = ['--threads']): Promise<Server> {
+  const s = launch(extra);
+  await waitOutput(s, () => s.stdout().includes('ublk: serving'), 'ublk server start');
+  assert.ok(fs.existsSync(DISK), `${DISK} exists once the server says it serves`);
+  return s;
+}
+
+async function stopServer(s: Server): Promise<string> {
+  s.child.kill('SIGTERM');
+  assert.equal(await s.exited, 0, `server exit status; stderr: ${s.stderr()}`);
+  return s.stdout();
+}
+
+const digest = (b: Uint8Array) => crypto.createHash('sha256').update(b).digest('hex');
+
+/** dd on one CPU (taskset), direct I/O; resolves with its exit status and stderr. */
+function ddOn(cpu: number, args: string[]): Promise<{ status: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn('taskset', ['-c', String(cpu), 'dd', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    child.once('exit', (status) => resolve({ status, stderr: err }));
+  });
+}
+
+function readBack(cpu: number, offsetMiB: number, lengthMiB: number): Buffer {
+  return execFileSync('taskset', ['-c', String(cpu), 'dd', `if=${DISK}`, 'bs=1M', `skip=${offsetMiB}`, `count=${lengthMiB}`, 'iflag=direct', 'status=none'], { maxBuffer: 64 * MiB, timeout: 120_000 });
+}
+
+before(() => {
+  requireGuest();
+  sh('modprobe', ['ublk_drv']);
+  for (const addr of fs.readdirSync(SYS).sort()) {
+    try {
+      const ctrl = fs.readdirSync(path.join(SYS, addr, 'nvme'))[0]!;
+      if (fs.readFileSync(path.join(SYS, addr, 'nvme', ctrl, 'serial'), 'utf8').trim() === 'userpci-nbd') dev = addr;
+    } catch {
+      // not an nvme function on the kernel driver
+    }
+  }
+  assert.ok(dev, 'NVMe device with serial userpci-nbd on the kernel nvme driver');
+  bindToVfio(dev);
+});
+
+after(() => {
+  if (dev && boundDriver(dev) === 'vfio-pci') unbindFromVfio(dev);
+});
+
+test('ublk --threads: a queue per CPU, each thread on its queue\'s CPUs; writes from both CPUs at once read back from the other', { timeout: 300_000 }, async () => {
+  assert.equal(spawnSync('nproc', [], { encoding: 'utf8' }).stdout.trim(), '2', 'this guest has 2 CPUs');
+  const s = await startServer();
+  assert.match(s.stdout(), /\(2 queue\(s\) of depth 64, requests up to \d+ bytes; a thread per queue on CPUs 0 \| 1\)/);
+  assert.equal(fs.readdirSync('/sys/block/ublkb0/mq').length, 2, 'two blk-mq hardware queues');
+  for (const q of [0, 1]) assert.equal(fs.readFileSync(`/sys/block/ublkb0/mq/${q}/cpu_list`, 'utf8').trim(), String(q), `hardware queue ${q} takes CPU ${q}'s requests`);
+  const a = Buffer.from(fillPattern(new Uint8Array(16 * MiB), 21));
+  const b = Buffer.from(fillPattern(new Uint8Array(16 * MiB), 22));
+  fs.writeFileSync('/tmp/ublk-a.bin', a);
+  fs.writeFileSync('/tmp/ublk-b.bin', b);
+  // Both at once, each from its own CPU: 4 KiB and 64 KiB requests, into either half.
+  const [wa, wb] = await Promise.all([
+    ddOn(0, ['if=/tmp/ublk-a.bin', `of=${DISK}`, 'bs=4k', 'oflag=direct', 'conv=notrunc,fsync', 'status=none']),
+    ddOn(1, ['if=/tmp/ublk-b.bin', `of=${DISK}`, 'bs=64k', `seek=${(32 * MiB) / (64 << 10)}`, 'oflag=direct', 'conv=notrunc,fsync', 'status=none']),
+  ]);
+  assert.equal(wa.status, 0, wa.stderr);
+  assert.equal(wb.status, 0, wb.stderr);
+  assert.equal(digest(readBack(1, 0, 16)), digest(a), 'CPU 0\'s writes read back on CPU 1');
+  assert.equal(digest(readBack(0, 32, 16)), digest(b), 'CPU 1\'s writes read back on CPU 0');
+  const out = await stopServer(s);
+  const m = /deleted after (\d+) requests \((\d+) on the driver's callback path\).*per queue requests (\d+)\/(\d+)/.exec(out);
+  assert.ok(m, out);
+  assert.ok(Number(m[3]) > 0 && Number(m[4]) > 0, `both queues served requests: ${m[0]}`);
+  assert.ok(Number(m[2]) > Number(m[1]) / 2, `most requests on the callback path: ${m[0]}`);
+  assert.ok(!fs.existsSync(DISK) && !fs.existsSync('/dev/ublkc0'), 'disk and device deleted');
+  // A server of the one-loop mode reads the same bytes.
+  const plain = launch(['--queues', '1']);
+  await waitOutput(plain, () => plain.stdout().includes('ublk: serving'), 'one-loop server start');
+  assert.equal(digest(readBack(0, 0, 16)), digest(a));
+  await stopServer(plain);
+});
+
+test('ublk --threads: killed at a random point (starting, or under writes from both CPUs): the disk fails I/O, the next start with the same id works', { timeout: 600_000 }, async () => {
+  for (let round = 0; round < 4; round++) {
+    const underLoad = round % 2 === 1;
+    let s: Server;
+    let writers: Promise<{ status: number | null; stderr: string }>[] = [];
+    if (underLoad) {
+      s = await startServer();
+      writers = [0, 1].map((cpu) => ddOn(cpu, ['if=/dev/zero', `of=${DISK}`, 'bs=4k', `seek=${cpu * 4096}`, 'count=4096', 'oflag=direct', 'status=none']));
+    } else {
+      s = launch();
+    }
+    // Somewhere in start-up or in the writes: a random point, not a timing claim.
+    await new Promise((r) => setTimeout(r, Math.floor(Math.random() * (underLoad ? 1500 : 3000))));
+    s.child.kill('SIGKILL');
+    await s.exited;
+    for (const w of await Promise.all(writers)) assert.equal(typeof w.status, 'number', 'each writer ended (no hang)');
+    if (fs.existsSync(DISK)) {
+      const r = spawnSync('dd', [`if=${DISK}`, 'of=/dev/null', 'bs=4096', 'count=1', 'iflag=direct'], { encoding: 'utf8', timeout: 60_000 });
+      assert.equal(r.error, undefined, 'dd finished (no hung task)');
+      assert.notEqual(r.status, 0, `reading the orphaned disk fails: ${r.stderr}`);
+    }
+    const next = await startServer();
+    assert.equal(readBack(round % 2, 0, 1).length, MiB, 'the new server reads');
+    await stopServer(next);
+    assert.ok(!fs.existsSync('/dev/ublkc0'), `round ${round}: device deleted`);
+  }
+});
+
+test('ublk --threads: removing the NVMe function ends the server cleanly and the removal completes', { timeout: 240_000 }, async () => {
+  const s = await startServer();
+  const remover = spawn('sh', ['-c', `echo 1 > ${path.join(SYS, dev, 'remove')}`], { stdio: 'ignore' });
+  const removed = new Promise<number | null>((r) => remover.once('exit', (c) => r(c)));
+  const hang = new Promise<string>((r) => setTimeout(() => r('hang'), 180_000).unref());
+  const first = await Promise.race([s.exited.then(() => 'server exited'), hang]);
+  assert.equal(first, 'server exited', `server still running after the removal; stdout ${s.stdout()} stderr ${s.stderr()}`);
+  assert.equal(await removed, 0, 'the removal completed (no thread kept the BAR mapped)');
+  assert.equal(await s.exited, 0, `exit status after removal; stderr ${s.stderr()}`);
+  assert.match(s.stdout(), /ublk: device removed: \/dev\/ublkb0 deleted/);
+  assert.ok(!fs.existsSync('/dev/ublkc0'));
+  fs.writeFileSync('/sys/bus/pci/rescan', '1');
+  assert.ok(fs.existsSync(path.join(SYS, dev)), 'the function is back after a rescan');
+});

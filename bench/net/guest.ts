@@ -21,6 +21,7 @@ import { bindToVfio, unbindFromVfio, boundDriver } from '../../src/pci/bind';
 import { describeTrace, startRttTrace, summarize, type TraceSummary } from './trace';
 import { stopTrace } from '../guest-trace';
 import { describeProfile, summarizeProfile } from './profile-summary';
+import { describeSlow, summarizeSlow, type EchoLog, type SlowNote } from './slow';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(name);
@@ -39,6 +40,13 @@ const PROFILE = Number(arg('--profile', '0'));
 const WORKER = path.join(__dirname, 'worker.js');
 /** --ab-event-idx: each of our cases twice per round, with RING_EVENT_IDX and declined ("-noevidx" cases), against the same kernel run. */
 const AB_EVENT_IDX = process.argv.includes('--ab-event-idx');
+/** --watch: the echo notes per frame when it took it and when its reply left (a clock read each), so slow round trips are cut into legs. */
+const WATCH = process.argv.includes('--watch');
+if (WATCH) process.env.NET_BENCH_WATCH = '1';
+/** --no-pps: the ping-pongs only (each round still binds, runs and unbinds both drivers). */
+const PPS = !process.argv.includes('--no-pps');
+/** Slow round trips per case over all rounds (bench/net/slow.ts). */
+const slowTotals = new Map<string, { rounds: number; count: number; lost: number; pingUnrungStuck: number; echoUnrungLate: number; legs: Record<string, number> }>();
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -216,7 +224,7 @@ async function pingPong(name: string, pingCmd: [string, string[]], echoCmd: [str
   await e.next();
   if (ours) pinVfioIrqs(ours.echo, 1);
   const p = pinned(0, pingCmd[0], pingCmd[1]);
-  let result: { rttUs: number[] };
+  let result: { rttUs: number[]; slow?: SlowNote[] };
   if (ours) {
     await p.next(); // ours says ready first; its 100 warm-up round trips come before any measured
     pinVfioIrqs(ours.ping, 0);
@@ -225,14 +233,32 @@ async function pingPong(name: string, pingCmd: [string, string[]], echoCmd: [str
   const c0 = cpuTimes();
   const p0 = procTimes(p.proc.pid);
   const e0 = procTimes(e.proc.pid);
-  result = await p.next<{ rttUs: number[] }>(600_000);
+  result = await p.next<{ rttUs: number[]; slow?: SlowNote[] }>(600_000);
   const [c1, p1, e1] = [cpuTimes(), procTimes(p.proc.pid), procTimes(e.proc.pid)];
   phase('end', name);
   console.error(`bench:net: ${name}: ${guestView(c0, c1, p0, p1, e0, e1, result.rttUs.length + 100)}`);
   await p.finish();
-  if (ours) e.send('stop');
-  else e.proc.kill('SIGTERM');
+  let echoLog: EchoLog | undefined;
+  if (ours) {
+    e.send('stop');
+    if (WATCH) echoLog = (await e.next<{ echoLog: EchoLog }>()).echoLog;
+  } else e.proc.kill('SIGTERM');
   await e.finish();
+  if (ours && result.slow) {
+    const irq = pingCmd[1].includes('ping-irq');
+    const s = summarizeSlow(name, result.slow, echoLog, irq);
+    console.log(describeSlow(name, s, result.rttUs.length));
+    for (const l of s.lines) console.log(l);
+    const key = name.replace(/^r\d+-/, '');
+    const t = slowTotals.get(key) ?? { rounds: 0, count: 0, lost: 0, pingUnrungStuck: 0, echoUnrungLate: 0, legs: {} };
+    t.rounds++;
+    t.count += s.count;
+    t.lost += s.lost;
+    t.pingUnrungStuck += s.pingUnrungStuck;
+    t.echoUnrungLate += s.echoUnrungLate;
+    for (const [k, v] of Object.entries(s.legs)) t.legs[k] = (t.legs[k] ?? 0) + v;
+    slowTotals.set(key, t);
+  }
   return result.rttUs;
 }
 
@@ -290,7 +316,7 @@ async function main(): Promise<void> {
       if (m) try { fs.writeFileSync(`/proc/irq/${m[1]}/smp_affinity`, '2'); } catch { /* not movable */ }
     }
     await sleep(500);
-    for (const size of [60, 1514]) {
+    for (const size of PPS ? [60, 1514] : []) {
       const c = `pps-${size === 60 ? 64 : size}`;
       const { pps, intervals } = await kernelPps(ia, ib, ibMac, size, `r${round}-kernel-${c}`);
       add(c, 'kernel', pps);
@@ -308,7 +334,7 @@ async function main(): Promise<void> {
     for (const v of variants) {
       if (v) process.env.NET_BENCH_EVENT_IDX = '0';
       else delete process.env.NET_BENCH_EVENT_IDX;
-      for (const size of [60, 1514]) {
+      for (const size of PPS ? [60, 1514] : []) {
         const c = `pps-${size === 60 ? 64 : size}`;
         const { pps, intervals } = await oursPps(a, b, size, `r${round}-ours-${c}${v}`);
         add(`${c}${v}`, 'ours', pps);
@@ -368,6 +394,16 @@ async function main(): Promise<void> {
       }
     }
     for (const n of [a, b]) if (boundDriver(n) === 'vfio-pci') unbindFromVfio(n);
+  }
+  // An interrupt line nobody handles (a polled NIC without MSI-X raises INTx) would show here.
+  try {
+    const kmsg = execFileSync('dmesg', { encoding: 'utf8' }).split('\n').filter((l) => /nobody cared|Disabling IRQ|spurious/i.test(l));
+    console.log(`guest kernel: ${kmsg.length ? kmsg.join(' | ') : 'no spurious-interrupt messages'}`);
+  } catch {
+    // no dmesg
+  }
+  for (const [k, t] of slowTotals) {
+    console.log(`slow total ${k}: ${t.count} round trips over 10 ms in ${t.rounds} run(s), ${t.lost} lost; longest leg ${JSON.stringify(t.legs)}; ping sends unrung and stuck ${t.pingUnrungStuck}; echo replies unrung and late ${t.echoUnrungLate}`);
   }
   const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
   const cases: Record<string, unknown>[] = Object.entries(results).map(([name, r]) => ({

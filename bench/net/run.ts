@@ -16,7 +16,10 @@
  * (after the rounds: N round trips of each ping-pong under ftrace, cut into legs with the system
  * calls per round trip, bench/net/trace.ts; and under the V8 profiler, steady state only),
  * --ab-event-idx (each of our cases twice per round, with RING_EVENT_IDX and declined: "-noevidx"
- * cases; each worker's closing line gives its doorbells and receive interrupts).
+ * cases; each worker's closing line gives its doorbells and receive interrupts), --packed (both NICs
+ * offer packed virtqueues), --no-pps (the ping-pongs only), --watch (the echo notes when it took each
+ * frame and when its reply left, so that each round trip over 10 ms is cut into legs with both
+ * workers' ring state: bench/net/slow.ts; the ping notes its rings on every slow round trip anyway).
  * While it runs, the host notes for every measurement its CPUs' load and this guest's QEMU
  * threads (CPU time, time runnable but waiting for a host CPU: bench/host-load.ts), and the
  * guest its own view (user/system time per CPU and per worker); the table adds the rates per
@@ -25,11 +28,13 @@
 import { arg, benchMain, buildStatic, runGuestBench } from '../guest-bench';
 import { childQemu, describeLoad, hostLoad, snapshot, type HostLoad, type HostSnapshot } from '../host-load';
 
+/** --packed: both NICs offer packed virtqueues (QEMU packed=on); the kernel's virtio_net takes them too. */
+const PACKED = process.argv.includes('--packed') ? ',packed=on' : '';
 const NET_BENCH_DEVICES = [
   // Thread names ("CPU 0/TCG", the main loop keeps "qemu-system-x86") for the host-load lines.
   '-name', 'debug-threads=on',
-  '-netdev', 'hubport,id=h0,hubid=0', '-device', 'virtio-net-pci,netdev=h0,disable-legacy=on,iommu_platform=on,mac=52:54:00:00:88:01',
-  '-netdev', 'hubport,id=h1,hubid=0', '-device', 'virtio-net-pci,netdev=h1,disable-legacy=on,iommu_platform=on,mac=52:54:00:00:88:02',
+  '-netdev', 'hubport,id=h0,hubid=0', '-device', `virtio-net-pci,netdev=h0,disable-legacy=on,iommu_platform=on${PACKED},mac=52:54:00:00:88:01`,
+  '-netdev', 'hubport,id=h1,hubid=0', '-device', `virtio-net-pci,netdev=h1,disable-legacy=on,iommu_platform=on${PACKED},mac=52:54:00:00:88:02`,
 ];
 
 interface Case {
@@ -48,7 +53,7 @@ async function main(): Promise<number> {
     const v = arg(o);
     if (v !== undefined) guestArgs.push(o, v);
   }
-  if (process.argv.includes('--ab-event-idx')) guestArgs.push('--ab-event-idx');
+  for (const o of ['--ab-event-idx', '--watch', '--no-pps']) if (process.argv.includes(o)) guestArgs.push(o);
   const t0 = Date.now();
   // The guest says when each measurement starts and ends (console lines); the host notes what its
   // CPUs and this guest's QEMU threads did meanwhile.

@@ -9,6 +9,14 @@
  *   echo-irq, ping-irq    the same, sleeping on the receive queue's MSI-X interrupt
  *                         (onReceive(), then rxBurst/txBurst) instead of spinning
  * Every mode prints {"ready": true} once its NIC is up. All poll; nothing allocates per packet.
+ *
+ * Slow round trips: a ping that waits over SLOW_MS notes, once, both of its rings as they stand
+ * (VirtioNet.ringState: published/kicked/used indices and event words) and whether and when its
+ * frame left (the device took it from the transmit ring); the result carries up to 40 such notes.
+ * With NET_BENCH_WATCH=1 the echo notes per frame when it took it, whether its reply rang the
+ * doorbell, and when the device took the reply, on the ping's clock (CLOCK_MONOTONIC, ms), and
+ * prints them at 'stop': bench/net/guest.ts joins both to say which leg each slow round trip lost
+ * its time in.
  */
 import * as fs from 'node:fs';
 import * as readline from 'node:readline';
@@ -18,6 +26,74 @@ import { VirtioNet } from '../../src/drivers/virtio-net/net-device';
 import { PacketBatch } from '../../src/drivers/virtio-net/packet-batch';
 
 const ETHERTYPE = [0x88, 0xb6]; // local experimental
+
+/** A round trip waiting longer than this is noted with the rings' state (bench/net/guest.ts says where it lost its time). */
+const SLOW_MS = 10;
+const MAX_SLOW = 40;
+/** performance.now() + this = CLOCK_MONOTONIC in ms: the same clock in every process of the guest. */
+const MONO = Number(process.hrtime.bigint()) / 1e6 - performance.now();
+const WATCH = process.env.NET_BENCH_WATCH === '1';
+
+interface Slow {
+  seq: number;
+  /** Sent at (CLOCK_MONOTONIC ms). */
+  sent: number;
+  /** Whether that send rang the doorbell. */
+  rang: boolean;
+  /** Round trip in ms (200: lost). */
+  rttMs: number;
+  /** ms into the wait when the rings were noted, and their state then. */
+  atMs: number;
+  state: ReturnType<VirtioNet['ringState']>;
+  /** Interrupt-driven: receive interrupts taken up to then (stats.rx.interrupts). */
+  interrupts: number;
+  /** ms into the wait when the frame was first seen gone from the transmit ring (-1: still there at the end). */
+  leftMs: number;
+}
+
+/** Transmit ring empty as far as the device is concerned (everything published was taken back): the frame left. */
+function txDone(net: VirtioNet, size: number): boolean {
+  return net.txSpace(0) === size;
+}
+
+/** Per-frame notes of the echo (NET_BENCH_WATCH=1), indexed by arrival. */
+class EchoLog {
+  readonly seq = new Int32Array(4096);
+  readonly got = new Float64Array(4096);
+  readonly rang = new Uint8Array(4096);
+  readonly left = new Float64Array(4096);
+  n = 0;
+  private pending = -1;
+  private doorbells = 0;
+  private readonly size: number;
+  constructor(private readonly net: VirtioNet) {
+    this.size = net.info().queueSize;
+  }
+  /** After echoing the batch's first n frames. */
+  echoed(batch: PacketBatch, n: number, t: number): void {
+    const d = this.net.stats().tx.doorbells;
+    for (let i = 0; i < n && this.n < this.seq.length; i++) {
+      const o = batch.offset(i);
+      this.seq[this.n] = batch.data[o + 14]! | (batch.data[o + 15]! << 8);
+      this.got[this.n] = t + MONO;
+      this.rang[this.n] = d > this.doorbells ? 1 : 0;
+      this.left[this.n] = -1;
+      this.pending = this.n++;
+    }
+    this.doorbells = d;
+  }
+  /** While spinning: when the device has taken the last reply. */
+  poll(): void {
+    if (this.pending >= 0 && txDone(this.net, this.size)) {
+      this.left[this.pending] = performance.now() + MONO;
+      this.pending = -1;
+    }
+  }
+  toJSON(): unknown {
+    const n = this.n;
+    return { seq: [...this.seq.subarray(0, n)], got: [...this.got.subarray(0, n)].map((x) => +x.toFixed(3)), rang: [...this.rang.subarray(0, n)], left: [...this.left.subarray(0, n)].map((x) => +x.toFixed(3)) };
+  }
+}
 
 // bench:net --trace: a marker in the guest kernel's trace at each step (bench/net/trace.ts).
 const traceFd = process.env.NET_BENCH_TRACE === '1' ? fs.openSync('/sys/kernel/tracing/trace_marker', 'w') : -1;
@@ -112,16 +188,23 @@ async function tx(net: VirtioNet, size: number): Promise<void> {
 async function echo(net: VirtioNet): Promise<void> {
   const cmd = commands();
   const batch = new PacketBatch(64);
+  const log = WATCH ? new EchoLog(net) : undefined;
   for (let spin = 0; ; spin++) {
     const n = net.rxBurst(0, batch);
     if (n > 0) {
+      const t = log ? performance.now() : 0;
       mark('netlat E rx');
       echoBack(net, batch, n);
       mark('netlat E tx');
+      log?.echoed(batch, n, t);
     }
+    log?.poll();
     if ((spin & 1023) === 0) {
       await tick();
-      if (cmd.next() === 'stop') return;
+      if (cmd.next() === 'stop') {
+        if (log) say({ echoLog: log });
+        return;
+      }
     }
   }
 }
@@ -135,6 +218,8 @@ async function ping(net: VirtioNet, rounds: number): Promise<void> {
   frame.set(ETHERTYPE, 12);
   out.add(frame);
   const rtt = new Float64Array(rounds);
+  const slow: Slow[] = [];
+  const size = net.info().queueSize;
   for (let r = -100; r < rounds; r++) { // 100 warm-up round trips
     if (r === 0) profileStart();
     const seq = r + 100;
@@ -142,8 +227,10 @@ async function ping(net: VirtioNet, rounds: number): Promise<void> {
     out.data[15] = (seq >> 8) & 0xff;
     const t0 = performance.now();
     mark('netlat P tx');
+    const bells = net.stats().tx.doorbells;
     while (net.txBurst(0, out) === 0);
     let got = false;
+    let note: Slow | undefined;
     for (let spin = 0; !got; spin++) {
       const n = net.rxBurst(0, inb);
       for (let i = 0; i < n; i++) {
@@ -153,12 +240,22 @@ async function ping(net: VirtioNet, rounds: number): Promise<void> {
       // Lost: counts as 200 ms, as in the C baseline. The clock only every 1024 spins: in the TCG
       // guest a clock read is a system call and an HPET register read under QEMU's big lock,
       // which the device model needs to move the frame this loop waits for.
-      if (!got && (spin & 1023) === 1023 && performance.now() - t0 > 200) break;
+      if (!got && (spin & 1023) === 1023) {
+        const waited = performance.now() - t0;
+        if (waited > SLOW_MS && !note && slow.length < MAX_SLOW) {
+          note = { seq, sent: t0 + MONO, rang: net.stats().tx.doorbells > bells, rttMs: 0, atMs: +waited.toFixed(3), state: net.ringState(0), interrupts: 0, leftMs: -1 };
+          slow.push(note);
+        }
+        if (note && note.leftMs < 0 && txDone(net, size)) note.leftMs = +(performance.now() - t0).toFixed(3);
+        if (waited > 200) break;
+      }
     }
     mark('netlat P rx');
-    if (r >= 0) rtt[r] = (performance.now() - t0) * 1000;
+    const ms = performance.now() - t0;
+    if (note) note.rttMs = +Math.min(ms, 200).toFixed(3);
+    if (r >= 0) rtt[r] = ms * 1000;
   }
-  say({ rttUs: [...rtt].sort((a, b) => a - b) });
+  say({ rttUs: [...rtt].sort((a, b) => a - b), slow });
 }
 
 /** Send the batch's first `n` frames back where they came from: MACs swapped in place, every one sent. */
@@ -178,16 +275,20 @@ function echoBack(net: VirtioNet, batch: PacketBatch, n: number): void {
 async function echoIrq(net: VirtioNet): Promise<void> {
   const cmd = commands();
   const batch = new PacketBatch(64);
+  const log = WATCH ? new EchoLog(net) : undefined;
   // On the receive interrupt: take what is there, swap the MACs, send it back (bursts, no allocation).
   const stop = net.onReceive(0, () => {
     for (let n = net.rxBurst(0, batch); n > 0; n = net.rxBurst(0, batch)) {
+      const t = log ? performance.now() : 0;
       mark('netlat E rx');
       echoBack(net, batch, n);
       mark('netlat E tx');
+      log?.echoed(batch, n, t);
     }
   });
   await cmd.until('stop');
   stop();
+  if (log) say({ echoLog: log });
 }
 
 async function pingIrq(net: VirtioNet, rounds: number): Promise<void> {
@@ -210,6 +311,8 @@ async function pingIrq(net: VirtioNet, rounds: number): Promise<void> {
     }
   });
   const rtt = new Float64Array(rounds);
+  const slow: Slow[] = [];
+  const size = net.info().queueSize;
   for (let r = -100; r < rounds; r++) {
     if (r === 0) profileStart();
     seq = (r + 100) & 0xffff;
@@ -217,8 +320,24 @@ async function pingIrq(net: VirtioNet, rounds: number): Promise<void> {
     out.data[15] = (seq >> 8) & 0xff;
     const t0 = performance.now();
     mark('netlat P tx');
+    const bells = net.stats().tx.doorbells;
+    let note: Slow | undefined;
     const got = new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, 200); // lost: counts as 200 ms
+      // At SLOW_MS: note the rings (a frame back in the receive ring with no interrupt taken shows
+      // here), then wait out the rest of the 200 ms loss timeout, watching the transmit ring.
+      let timer = setTimeout(function slowCheck() {
+        const waited = performance.now() - t0;
+        if (waited >= 200) {
+          resolve();
+          return;
+        }
+        if (!note && slow.length < MAX_SLOW) {
+          note = { seq, sent: t0 + MONO, rang: net.stats().tx.doorbells > bells, rttMs: 0, atMs: +waited.toFixed(3), state: net.ringState(0), interrupts: net.stats().rx.interrupts, leftMs: -1 };
+          slow.push(note);
+        }
+        if (note && note.leftMs < 0 && txDone(net, size)) note.leftMs = +waited.toFixed(3);
+        timer = setTimeout(slowCheck, note && note.leftMs < 0 ? 5 : 200 - waited);
+      }, SLOW_MS);
       waiting = () => {
         clearTimeout(timer);
         waiting = undefined;
@@ -228,10 +347,12 @@ async function pingIrq(net: VirtioNet, rounds: number): Promise<void> {
     while (net.txBurst(0, out) === 0);
     await got;
     mark('netlat P rx');
-    if (r >= 0) rtt[r] = (performance.now() - t0) * 1000;
+    const ms = performance.now() - t0;
+    if (note) note.rttMs = +Math.min(ms, 200).toFixed(3);
+    if (r >= 0) rtt[r] = ms * 1000;
   }
   stop();
-  say({ rttUs: [...rtt].sort((a, b) => a - b) });
+  say({ rttUs: [...rtt].sort((a, b) => a - b), slow });
 }
 
 async function main(): Promise<void> {

@@ -6,5 +6,5 @@ export * as netConstants from './constants';
 export { VirtioPciTransport, virtioDeviceType, findVirtioLayout } from '../virtio/transport';
 export { SplitQueue, splitQueueLayout } from '../virtio/split-queue';
 export { PackedQueue, packedQueueLayout } from '../virtio/packed-queue';
-export type { Virtqueue } from '../virtio/virtqueue';
+export type { Virtqueue, VirtqueueState } from '../virtio/virtqueue';
 export * as virtioConstants from '../virtio/constants';

@@ -24,7 +24,7 @@ import type { PciDevice } from '../../device/device';
 import type { DmaBuffer } from '../../dma/dma-space';
 import type { InterruptVector } from '../../irq/interrupt-vector';
 import { VirtioPciTransport } from '../virtio/transport';
-import type { Virtqueue } from '../virtio/virtqueue';
+import type { Virtqueue, VirtqueueState } from '../virtio/virtqueue';
 import * as V from '../virtio/constants';
 import * as N from './constants';
 import { PacketBatch } from './packet-batch';
@@ -369,6 +369,15 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
   stats(queue = 0): { rx: QueueStats; tx: QueueStats } {
     this.checkQueue(queue);
     return { rx: { ...this.rx[queue]!.stats }, tx: { ...this.tx[queue]!.stats } };
+  }
+
+  /**
+   * Diagnostics (allocates; not for per-packet use): both rings of a queue pair as they stand,
+   * ours and the device's indices and event words (Virtqueue.ringState).
+   */
+  ringState(queue = 0): { rx: VirtqueueState; tx: VirtqueueState } {
+    this.checkQueue(queue);
+    return { rx: this.rx[queue]!.vq.ringState(), tx: this.tx[queue]!.vq.ringState() };
   }
 
   // ------------------------------------------------------------------ bursts

@@ -32,7 +32,7 @@ import { alignUp } from '../../dma/iova-allocator';
 import {
   DESC_F_NEXT, MAX_PACKED_QUEUE_SIZE, PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE,
 } from './constants';
-import type { Virtqueue } from './virtqueue';
+import type { Virtqueue, VirtqueueState } from './virtqueue';
 import { needEvent } from './split-queue';
 
 export interface PackedQueueLayout {
@@ -329,5 +329,28 @@ export class PackedQueue implements Virtqueue {
     if (!this.eventIdx || !this.interruptsOn) return true;
     Atomics.store(this.driverEvents, 0, this.nextUsed | (this.usedBits === BOTH ? 0x8000 : 0));
     return this.usedCount() === 0;
+  }
+
+  ringState(): VirtqueueState {
+    // Used descriptors written at our next position onwards and not read yet (the ring is not changed).
+    let unread = 0;
+    for (let pos = this.nextUsed, bits = this.usedBits, left = this.withDevice; left > 0; left--) {
+      const f = Atomics.load(this.ring16, (pos << 3) + 7);
+      if ((f & BOTH) !== bits) break;
+      const id = this.ring16[(pos << 3) + 6]!;
+      const n = id < this.size ? this.chainLength[id]! : 0;
+      if (n === 0) break;
+      unread++;
+      pos += n;
+      if (pos >= this.size) {
+        pos -= this.size;
+        bits ^= BOTH;
+      }
+    }
+    return {
+      format: 'packed', published: this.publishedPos | this.publishedWrap, kicked: this.sinceKick, deviceUsed: unread,
+      consumed: this.nextUsed | (this.usedBits === BOTH ? 0x8000 : 0), deviceEvent: Atomics.load(this.deviceEvents, 0),
+      driverEvent: this.driverEvents[0]! | (this.driverEvents[1]! << 16), deviceFlags: 0, outstanding: this.outstanding,
+    };
   }
 }

@@ -18,7 +18,7 @@
 import { InvalidArgumentError } from '../../errors';
 import { alignUp } from '../../dma/iova-allocator';
 import { AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, MAX_QUEUE_SIZE, USED_F_NO_NOTIFY } from './constants';
-import type { Virtqueue } from './virtqueue';
+import type { Virtqueue, VirtqueueState } from './virtqueue';
 
 /**
  * Whether moving an index from `old` to `now` passed `event` (all modulo 2^16): event in [old, now).
@@ -203,5 +203,13 @@ export class SplitQueue implements Virtqueue {
     if (!this.eventIdx || !this.interruptsOn) return true;
     Atomics.store(this.avail16, this.usedEventAt, this.lastUsed);
     return this.usedCount() === 0;
+  }
+
+  ringState(): VirtqueueState {
+    return {
+      format: 'split', published: this.publishedIdx, kicked: this.kickedIdx, deviceUsed: Atomics.load(this.used16, 1), consumed: this.lastUsed,
+      deviceEvent: Atomics.load(this.used16, this.availEventAt), driverEvent: this.avail16[this.usedEventAt]! | (this.avail16[0]! << 16),
+      deviceFlags: Atomics.load(this.used16, 0), outstanding: this.outstanding,
+    };
   }
 }

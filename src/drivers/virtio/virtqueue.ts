@@ -44,4 +44,30 @@ export interface Virtqueue {
   armInterrupt(): boolean;
   /** RING_EVENT_IDX negotiated: doorbells and interrupts follow event indices (offsets for packed rings). */
   readonly eventIdx: boolean;
+  /**
+   * Diagnostics, not for hot paths (it allocates): where each side stands right now, so a stalled
+   * exchange shows whether the device holds entries we were not told of or we published without
+   * a doorbell. Split: indices modulo 2^16; packed: ring positions with the wrap counter in bit 15.
+   */
+  ringState(): VirtqueueState;
+}
+
+export interface VirtqueueState {
+  format: 'split' | 'packed';
+  /** Published to the device (split avail.idx; packed: next position and wrap bit). */
+  published: number;
+  /** Split: avail.idx at the last kick(); packed: positions published since it. */
+  kicked: number;
+  /** Split: the device's used.idx; packed: used chains the device has written that we have not read yet (read now). */
+  deviceUsed: number;
+  /** Split: used entries consumed; packed: next used position we read, with our wrap bit. */
+  consumed: number;
+  /** The device's event word: split avail_event, packed desc | flags << 16. */
+  deviceEvent: number;
+  /** Ours: split used_event | avail.flags << 16; packed desc | flags << 16. */
+  driverEvent: number;
+  /** Split: used.flags (NO_NOTIFY); packed: 0. */
+  deviceFlags: number;
+  /** Chains offered and not yet returned. */
+  outstanding: number;
 }

@@ -224,7 +224,7 @@ async function pingPong(name: string, pingCmd: [string, string[]], echoCmd: [str
   await e.next();
   if (ours) pinVfioIrqs(ours.echo, 1);
   const p = pinned(0, pingCmd[0], pingCmd[1]);
-  let result: { rttUs: number[]; slow?: SlowNote[] };
+  let result: { rttUs: number[]; slow?: SlowNote[]; slowCount?: number };
   if (ours) {
     await p.next(); // ours says ready first; its 100 warm-up round trips come before any measured
     pinVfioIrqs(ours.ping, 0);
@@ -233,7 +233,7 @@ async function pingPong(name: string, pingCmd: [string, string[]], echoCmd: [str
   const c0 = cpuTimes();
   const p0 = procTimes(p.proc.pid);
   const e0 = procTimes(e.proc.pid);
-  result = await p.next<{ rttUs: number[]; slow?: SlowNote[] }>(600_000);
+  result = await p.next<{ rttUs: number[]; slow?: SlowNote[]; slowCount?: number }>(600_000);
   const [c1, p1, e1] = [cpuTimes(), procTimes(p.proc.pid), procTimes(e.proc.pid)];
   phase('end', name);
   console.error(`bench:net: ${name}: ${guestView(c0, c1, p0, p1, e0, e1, result.rttUs.length + 100)}`);
@@ -246,7 +246,7 @@ async function pingPong(name: string, pingCmd: [string, string[]], echoCmd: [str
   await e.finish();
   if (ours && result.slow) {
     const irq = pingCmd[1].includes('ping-irq');
-    const s = summarizeSlow(name, result.slow, echoLog, irq);
+    const s = summarizeSlow(name, result.slowCount ?? result.slow.length, result.slow, echoLog, irq);
     console.log(describeSlow(name, s, result.rttUs.length));
     for (const l of s.lines) console.log(l);
     const key = name.replace(/^r\d+-/, '');
@@ -403,7 +403,7 @@ async function main(): Promise<void> {
     // no dmesg
   }
   for (const [k, t] of slowTotals) {
-    console.log(`slow total ${k}: ${t.count} round trips over 10 ms in ${t.rounds} run(s), ${t.lost} lost; longest leg ${JSON.stringify(t.legs)}; ping sends unrung and stuck ${t.pingUnrungStuck}; echo replies unrung and late ${t.echoUnrungLate}`);
+    console.log(`slow total ${k}: ${t.count} round trips over 10 ms in ${t.rounds} run(s) (${t.lost} lost among those noted); longest leg of those noted ${JSON.stringify(t.legs)}; ping sends unrung and stuck ${t.pingUnrungStuck}; echo replies unrung and late ${t.echoUnrungLate}`);
   }
   const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
   const cases: Record<string, unknown>[] = Object.entries(results).map(([name, r]) => ({

@@ -31,7 +31,9 @@ export interface EchoLog {
 export type Leg = 'ping-tx' | 'to-echo' | 'echo-tx' | 'to-ping' | 'unknown';
 
 export interface SlowSummary {
+  /** Round trips over SLOW_MS (warm-up included), and how many of them were noted. */
   count: number;
+  noted: number;
   lost: number;
   /** Slow round trips by the leg that took longest. */
   legs: Record<Leg, number>;
@@ -61,9 +63,9 @@ function ring(s: VirtqueueState): string {
     : `published ${hex(s.published)} sinceKick ${s.kicked} unread ${s.deviceUsed} next-used ${hex(s.consumed)} device-event ${hex(s.deviceEvent)} driver-event ${hex(s.driverEvent)} outstanding ${s.outstanding}`;
 }
 
-export function summarizeSlow(name: string, notes: SlowNote[], echo: EchoLog | undefined, irq: boolean): SlowSummary {
+export function summarizeSlow(name: string, count: number, notes: SlowNote[], echo: EchoLog | undefined, irq: boolean): SlowSummary {
   const legs: Record<Leg, number> = { 'ping-tx': 0, 'to-echo': 0, 'echo-tx': 0, 'to-ping': 0, unknown: 0 };
-  const out: SlowSummary = { count: notes.length, lost: 0, legs, pingUnrungStuck: 0, echoUnrungLate: 0, replyWaitingNoIrq: 0, lines: [] };
+  const out: SlowSummary = { count, noted: notes.length, lost: 0, legs, pingUnrungStuck: 0, echoUnrungLate: 0, replyWaitingNoIrq: 0, lines: [] };
   const bySeq = new Map<number, number>();
   if (echo) echo.seq.forEach((s, i) => bySeq.set(s, i));
   for (const n of notes) {
@@ -97,7 +99,7 @@ export function summarizeSlow(name: string, notes: SlowNote[], echo: EchoLog | u
 
 export function describeSlow(name: string, s: SlowSummary, rounds: number): string {
   const legs = Object.entries(s.legs).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v}`).join(', ');
-  return `slow ${name}: ${s.count} of ${rounds + 100} round trips over 10 ms (${s.lost} lost at 200 ms)${s.count ? `; longest leg: ${legs}` : ''}; ` +
+  return `slow ${name}: ${s.count} of ${rounds + 100} round trips over 10 ms${s.noted < s.count ? `, the first ${s.noted} noted` : ''} (${s.lost} of those lost at 200 ms)${s.noted ? `; longest leg: ${legs}` : ''}; ` +
     `ping sends unrung with the frame still in the ring: ${s.pingUnrungStuck}; echo replies unrung and late: ${s.echoUnrungLate}` +
     `${s.replyWaitingNoIrq ? `; replies waiting in the receive ring at the note: ${s.replyWaitingNoIrq}` : ''}`;
 }

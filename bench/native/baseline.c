@@ -12,7 +12,7 @@
  *                              pinned to CPU, SCHED_FIFO at PRIO when given
  *   baseline dma N             the JS-side work of a streaming map+unmap: first-fit IOVA allocation
  *                              with merge on free and the VFIO map/unmap argument structs, no ioctl
- *   baseline nvme QD N         the NVMe protocol at queue depth QD on an instant device, one thread:
+ *   baseline nvme QD N [CPU]   the NVMe protocol at queue depth QD on an instant device, one thread (on CPU):
  *                              SQ entries, doorbells, CQ phase polling, a callback per completion
  *   baseline nvme-device QD N  the instant device's own cost per command (to subtract)
  */
@@ -405,7 +405,7 @@ static void bench_nvme_device(int qd, long n) {
 
 int main(int argc, char **argv) {
   if (argc < 3) {
-    fprintf(stderr, "usage: %s regs|irq|raise|dma N | nvme|nvme-device QD N\n", argv[0]);
+    fprintf(stderr, "usage: %s regs|irq|raise|dma N | nvme QD N [CPU] | nvme-device QD N\n", argv[0]);
     return 2;
   }
   if (!strcmp(argv[1], "regs")) bench_regs(atol(argv[2]));
@@ -413,7 +413,10 @@ int main(int argc, char **argv) {
   else if (!strcmp(argv[1], "raise")) bench_raise(atol(argv[2]), argc > 3 ? atoi(argv[3]) : -1);
   else if (!strcmp(argv[1], "receive")) bench_receive(atol(argv[2]), argc > 3 ? atoi(argv[3]) : -1, argc > 4 ? atoi(argv[4]) : 0);
   else if (!strcmp(argv[1], "dma")) bench_dma(atol(argv[2]));
-  else if (!strcmp(argv[1], "nvme") && argc == 4) bench_nvme(atoi(argv[2]), atol(argv[3]));
+  else if (!strcmp(argv[1], "nvme") && (argc == 4 || argc == 5)) {
+    place(argc == 5 ? atoi(argv[4]) : -1, 0);
+    bench_nvme(atoi(argv[2]), atol(argv[3]));
+  }
   else if (!strcmp(argv[1], "nvme-device") && argc == 4) bench_nvme_device(atoi(argv[2]), atol(argv[3]));
   else return 2;
   return 0;

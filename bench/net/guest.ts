@@ -45,6 +45,8 @@ const WATCH = process.argv.includes('--watch');
 if (WATCH) process.env.NET_BENCH_WATCH = '1';
 /** --no-pps: the ping-pongs only (each round still binds, runs and unbinds both drivers). */
 const PPS = !process.argv.includes('--no-pps');
+/** --no-kernel: our cases only (the kernel's virtio_net on packed rings stalled its transmit queue under pktgen here: NETDEV WATCHDOG). */
+const KERNEL = !process.argv.includes('--no-kernel');
 /** Slow round trips per case over all rounds (bench/net/slow.ts). */
 const slowTotals = new Map<string, { rounds: number; count: number; lost: number; pingUnrungStuck: number; echoUnrungLate: number; legs: Record<string, number> }>();
 
@@ -303,8 +305,8 @@ async function main(): Promise<void> {
   const latency: { ours: number[]; oursIrq: number[]; kernel: number[] } = { ours: [], oursIrq: [], kernel: [] };
   const declined = { ours: [] as number[], oursIrq: [] as number[] };
   const latencyOf = (v: string) => (v ? declined : latency);
-  for (let round = 0; round < ROUNDS; round++) {
-    // Kernel on both NICs.
+  // Kernel on both NICs: pktgen rates and the AF_PACKET ping-pong.
+  const kernelRound = async (round: number) => {
     for (const n of [a, b]) if (boundDriver(n) === 'vfio-pci') unbindFromVfio(n);
     const [ia, ib] = [ifaceOf(a), ifaceOf(b)];
     for (const i of [ia, ib]) execFileSync('ip', ['link', 'set', i, 'up']);
@@ -328,8 +330,11 @@ async function main(): Promise<void> {
       console.log(`round ${round} kernel rtt p50 ${pct(rtt, 50).toFixed(1)} us p99 ${pct(rtt, 99).toFixed(1)} us`);
     }
     for (const i of [ia, ib]) execFileSync('ip', ['link', 'set', i, 'down']);
+  };
+  for (let round = 0; round < ROUNDS; round++) {
+    if (KERNEL) await kernelRound(round);
     // Ours on both NICs (with --ab-event-idx: with RING_EVENT_IDX, then declined; alternating order per round).
-    for (const n of [a, b]) bindToVfio(n);
+    for (const n of [a, b]) if (boundDriver(n) !== 'vfio-pci') bindToVfio(n);
     const variants = AB_EVENT_IDX ? (round % 2 === 0 ? ['', '-noevidx'] : ['-noevidx', '']) : [''];
     for (const v of variants) {
       if (v) process.env.NET_BENCH_EVENT_IDX = '0';
@@ -338,7 +343,7 @@ async function main(): Promise<void> {
         const c = `pps-${size === 60 ? 64 : size}`;
         const { pps, intervals } = await oursPps(a, b, size, `r${round}-ours-${c}${v}`);
         add(`${c}${v}`, 'ours', pps);
-        if (v) add(`${c}${v}`, 'kernel', results[c]!.kernel[round]!);
+        if (v && KERNEL) add(`${c}${v}`, 'kernel', results[c]!.kernel[round]!);
         console.log(`round ${round} ours${v} ${size}-byte frames: ${pps.toFixed(0)} pps (per ${INTERVAL_MS} ms: ${intervals.join(' ')})`);
       }
       const rtt = await pingPong(`r${round}-ours-rtt-64${v}`, [process.execPath, [WORKER, 'ping', a, String(RTTS)]], [process.execPath, [WORKER, 'echo', b]], { ping: a, echo: b });

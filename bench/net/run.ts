@@ -17,7 +17,7 @@
  * calls per round trip, bench/net/trace.ts; and under the V8 profiler, steady state only),
  * --ab-event-idx (each of our cases twice per round, with RING_EVENT_IDX and declined: "-noevidx"
  * cases; each worker's closing line gives its doorbells and receive interrupts), --packed (both NICs
- * offer packed virtqueues), --no-pps (the ping-pongs only), --watch (the echo notes when it took each
+ * offer packed virtqueues), --no-pps (the ping-pongs only), --no-kernel (our cases only), --watch (the echo notes when it took each
  * frame and when its reply left, so that each round trip over 10 ms is cut into legs with both
  * workers' ring state: bench/net/slow.ts; the ping notes its rings on every slow round trip anyway).
  * While it runs, the host notes for every measurement its CPUs' load and this guest's QEMU
@@ -53,7 +53,7 @@ async function main(): Promise<number> {
     const v = arg(o);
     if (v !== undefined) guestArgs.push(o, v);
   }
-  for (const o of ['--ab-event-idx', '--watch', '--no-pps']) if (process.argv.includes(o)) guestArgs.push(o);
+  for (const o of ['--ab-event-idx', '--watch', '--no-pps', '--no-kernel']) if (process.argv.includes(o)) guestArgs.push(o);
   const t0 = Date.now();
   // The guest says when each measurement starts and ends (console lines); the host notes what its
   // CPUs and this guest's QEMU threads did meanwhile.
@@ -118,7 +118,7 @@ async function main(): Promise<number> {
   console.log(`virtio-net on a QEMU hub, guest with 2 vCPUs (TCG), one per side; ${Math.round((Date.now() - t0) / 1000)} s in all`);
   console.log(`${'case'.padEnd(16)} ${'ours'.padStart(10)} ${'kernel'.padStart(10)} ${'unit'.padEnd(12)}  ${'ratio'.padStart(6)}   per round (ours | kernel)`);
   for (const c of data.cases) {
-    console.log(`${c.name.padEnd(16)} ${String(c.ours).padStart(10)} ${String(c.kernel).padStart(10)} ${c.unit.padEnd(12)}  ${c.ratio.toFixed(2).padStart(6)}   ${c.oursRounds ? `${c.oursRounds.join(' ')} | ${c.kernelRounds!.join(' ')}` : ''}`);
+    console.log(`${c.name.padEnd(16)} ${String(c.ours).padStart(10)} ${String(c.kernel).padStart(10)} ${c.unit.padEnd(12)}  ${(c.ratio ?? NaN).toFixed(2).padStart(6)}   ${c.oursRounds ? `${c.oursRounds.join(' ')} | ${c.kernelRounds!.join(' ')}` : ''}`);
   }
   // The host during each case's runs (means over the rounds): busy = all its CPUs, others = all
   // but this guest's QEMU; a case measured while others took the cores shows it here.

@@ -21,9 +21,16 @@
  * `node dist/bench/native/run.js [regs,dma,irq,nvme]` runs some groups only; NVME_QD=1,32 and
  * NVME_API=callback,batch,promise,promise-serial narrow the NVMe cases (while iterating); NVME_ROUNDS
  * sets the rounds per CPU (default 5).
+ *
+ * Young-generation sizes (an application's node flags) are measured on request, each in a child
+ * process started with them: NVME_SEMI_SPACE=16,32,64,128 (MiB), NVME_PAGES_TOGETHER=1 (each
+ * size again with V8's heap pages placed together, bench/native/heap-together.c),
+ * NVME_CONFIG_ROUNDS (default 2), NVME_GC_TRACE=1 (V8's per-scavenge phase times); see
+ * benchYoungConfigs. Every NVMe case's `config` in RESULT says which configuration it ran.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
@@ -56,6 +63,8 @@ interface Case {
   ratio: number | null;
   bytesPerIo?: number;
   gcShare?: number;
+  /** See NvmeRound.gcShareByMedianPause. */
+  gcShareByMedianPause?: number;
   /** V8's new space (young generation) while measured, MiB; see warmUp. */
   newSpaceMiB?: number;
   /** NVMe rounds (see measure): how many ran, how many counted (host at full speed), the median of all. */
@@ -63,6 +72,16 @@ interface Case {
   counted?: number;
   hostSlow?: boolean;
   oursAllRounds?: number;
+  /** NVMe cases: the process's GC configuration (V8's defaults, or what was set, and how). */
+  config?: string;
+  /** Scavenges per measured round, their mean pause (ms) and the I/Os between two of them (medians of the rounds used). */
+  scavenges?: number;
+  scavengePauseMs?: number;
+  iosPerScavenge?: number;
+  /** Young-generation configurations: each configuration round's GC share (the case carries their median). */
+  gcShareRounds?: number[];
+  /** With NVME_GC_TRACE: per-scavenge means of V8's --trace-gc-nvp fields over the measured rounds. */
+  nvp?: Record<string, number>;
 }
 
 const cases: Case[] = [];
@@ -435,6 +454,15 @@ interface NvmeRound {
   cBefore: number;
   cAfter: number;
   gcShare: number;
+  /**
+   * The same with every scavenge counted at the round's median scavenge pause: on a busy host a
+   * pause the scheduler preempted (the process waits for a CPU inside it) counts in gcShare at
+   * its full wall time; this figure shows what the scavenges themselves cost.
+   */
+  gcShareByMedianPause: number;
+  scavenges: number;
+  /** Mean scavenge pause, ms. */
+  scavengePauseMs: number;
 }
 
 /**
@@ -453,7 +481,7 @@ interface NvmeRound {
  * need: heap used before and after each GC) gathers heap statistics inside every pause, which
  * about doubled the pauses and the CPU time it was meant to measure.
  */
-async function measure(drive: (ios: number) => Promise<void> | void, ios: number, qd: number, cRound: (cpu: number) => number): Promise<{ ns: number; c: number; bytes: number; gcShare: number; newSpace: number; rounds: NvmeRound[]; counted: NvmeRound[]; hostSlow: boolean }> {
+async function measure(drive: (ios: number) => Promise<void> | void, ios: number, qd: number, cRound: (cpu: number) => number): Promise<Measured> {
   await warmUp(drive, ios);
   const newSpace = newSpaceSize();
   const allowed = allowedCpus();
@@ -464,9 +492,12 @@ async function measure(drive: (ios: number) => Promise<void> | void, ios: number
     fastestC.set(qd, Math.min(ns, fastestC.get(qd) ?? Infinity));
     return ns;
   };
-  const pauses: { start: number; end: number }[] = [];
+  const pauses: { start: number; end: number; minor: boolean }[] = [];
   const observer = new PerformanceObserver((list) => {
-    for (const e of list.getEntries()) pauses.push({ start: e.startTime, end: e.startTime + e.duration });
+    for (const e of list.getEntries()) {
+      const minor = ((e as unknown as { detail?: { kind?: number } }).detail)?.kind === perfConstants.NODE_PERFORMANCE_GC_MINOR;
+      pauses.push({ start: e.startTime, end: e.startTime + e.duration, minor });
+    }
   });
   observer.observe({ entryTypes: ['gc'] });
   try {
@@ -475,17 +506,33 @@ async function measure(drive: (ios: number) => Promise<void> | void, ios: number
         native.setThreadAffinity(Int32Array.from([cpu]));
         const cBefore = c(cpu);
         gc();
+        // NVME_GC_TRACE (a child run with --trace-gc-nvp): V8's per-scavenge lines between these
+        // marks belong to the measured rounds (see nvpMeans).
+        if (GC_MARKS) process.stdout.write('@@nvp begin\n');
         const w0 = performance.now();
         const t0 = cpuMs();
         await drive(ios);
         const t1 = cpuMs();
         const w1 = performance.now();
+        if (GC_MARKS) process.stdout.write('@@nvp end\n');
         const cAfter = c(cpu);
         await gcEntriesDelivered();
         let gcMs = 0;
-        for (const p of pauses) if (p.start >= w0 && p.end <= w1) gcMs += p.end - p.start;
+        let majorMs = 0;
+        const minor: number[] = [];
+        for (const p of pauses) {
+          if (p.start < w0 || p.end > w1) continue;
+          gcMs += p.end - p.start;
+          if (p.minor) minor.push(p.end - p.start);
+          else majorMs += p.end - p.start;
+        }
         pauses.length = 0;
-        rounds.push({ cpu, ours: ((t1 - t0) * 1e6) / ios, cBefore, cAfter, gcShare: gcMs / (w1 - w0) });
+        const typical = minor.length > 0 ? median(minor) : 0;
+        rounds.push({
+          cpu, ours: ((t1 - t0) * 1e6) / ios, cBefore, cAfter, gcShare: gcMs / (w1 - w0),
+          gcShareByMedianPause: (typical * minor.length + majorMs) / (w1 - w0), scavenges: minor.length,
+          scavengePauseMs: minor.length > 0 ? minor.reduce((a, b) => a + b, 0) / minor.length : 0,
+        });
       }
     }
   } finally {
@@ -507,6 +554,9 @@ async function measure(drive: (ios: number) => Promise<void> | void, ios: number
     ns: median(used.map((r) => r.ours)),
     c: median(used.flatMap((r) => [r.cBefore, r.cAfter])),
     gcShare: median(used.map((r) => r.gcShare)),
+    gcShareByMedianPause: median(used.map((r) => r.gcShareByMedianPause)),
+    scavenges: median(used.map((r) => r.scavenges)),
+    scavengePauseMs: median(used.map((r) => r.scavengePauseMs)),
     bytes: Math.max(0, (used1 - used0 + freed) / ios),
     newSpace: Math.min(newSpace, newSpaceSize()),
     rounds,
@@ -514,6 +564,28 @@ async function measure(drive: (ios: number) => Promise<void> | void, ios: number
     hostSlow: counted.length === 0,
   };
 }
+
+interface Measured {
+  /** Medians of the rounds used (see measure). */
+  ns: number;
+  c: number;
+  gcShare: number;
+  gcShareByMedianPause: number;
+  scavenges: number;
+  scavengePauseMs: number;
+  bytes: number;
+  newSpace: number;
+  rounds: NvmeRound[];
+  counted: NvmeRound[];
+  hostSlow: boolean;
+}
+
+/** Set in the children of benchYoungConfigs() that run with --trace-gc-nvp. */
+const GC_MARKS = process.env.NVME_GC_MARKS === '1';
+/** The GC configuration this process runs with (a child of benchYoungConfigs() is told its own). */
+const CONFIG = process.env.NVME_CONFIG ?? 'V8 defaults';
+/** Its semi-space size, MiB, when a child of benchYoungConfigs() (V8's default ceiling is 16). */
+const SEMI_SPACE_MIB = Number(process.env.NVME_SEMI_SPACE_MIB ?? 16);
 
 /** NVMe cases: promise-serial is the promise API with the application's useSerialScavenge() opt-in. */
 type Api = 'callback' | 'batch' | 'promise' | 'promise-serial';
@@ -547,13 +619,16 @@ async function benchNvme(bin: string): Promise<void> {
       // on a uint32 above 2^31 (a double) is an fprem loop, which cost every JS case several ns.
       const unitMask = 2 ** Math.floor(Math.log2(ns.blocks / 8)) - 1;
       const cRound = (cpu: number) => runC(bin, ['nvme', String(qd), '2000000', String(cpu)]).nsPerIo!;
-      const ios = qd === 1 ? 300_000 : 1_000_000;
+      // A young generation above V8's default (16 MiB semi-spaces) scavenges less often: a round
+      // then spans as many scavenges as at the default.
+      const ios = (qd === 1 ? 300_000 : 1_000_000) * Math.max(1, SEMI_SPACE_MIB / 16);
       for (const api of (process.env.NVME_API ? process.env.NVME_API.split(',') : ['callback', 'batch', 'promise', 'promise-serial']) as Api[]) {
         const promise = api === 'promise' || api === 'promise-serial';
         const drive = promise ? promiseDriver(ns, q, nvme, buf.iova, qd, unitMask) : callbackDriver(ns, q, nvme, buf.iova, qd, unitMask, api === 'batch');
         // The application's opt-in (src/gc-tuning.ts), for this case only: V8's default otherwise.
         if (api === 'promise-serial') useSerialScavenge(true);
-        let m: Awaited<ReturnType<typeof measure>>;
+        if (GC_MARKS) process.stdout.write(`@@case QD${qd} ${api}\n`);
+        let m: Measured;
         try {
           m = await measure(drive, ios, qd, cRound);
         } finally {
@@ -565,7 +640,9 @@ async function benchNvme(bin: string): Promise<void> {
         const f = (r: NvmeRound) => `${r.ours.toFixed(1)} (C ${r.cBefore.toFixed(1)}/${r.cAfter.toFixed(1)})${m.counted.includes(r) ? '' : '*'}`;
         console.log(`${name}: ns/IO per round, * = host slow (C over ${HOST_SLACK}x its fastest, ${fastestC.get(qd)!.toFixed(2)}): ${allowedCpus().map((cpu) => `CPU ${cpu}: ${m.rounds.filter((r) => r.cpu === cpu).map(f).join(' ')}`).join('; ')}`);
         add(name, m.ns, m.c, 'ns/IO', target, {
-          bytesPerIo: m.bytes, gcShare: m.gcShare, newSpaceMiB: m.newSpace / 2 ** 20,
+          bytesPerIo: m.bytes, gcShare: m.gcShare, gcShareByMedianPause: m.gcShareByMedianPause, newSpaceMiB: m.newSpace / 2 ** 20,
+          config: `${CONFIG}${api === 'promise-serial' ? ', useSerialScavenge()' : ''}`,
+          scavenges: m.scavenges, scavengePauseMs: m.scavengePauseMs, iosPerScavenge: m.scavenges > 0 ? ios / m.scavenges : ios,
           rounds: m.rounds.length, counted: m.counted.length, hostSlow: m.hostSlow, oursAllRounds: median(m.rounds.map((r) => r.ours)),
         });
       }
@@ -578,6 +655,110 @@ async function benchNvme(bin: string): Promise<void> {
       if (!device.closed) device.close();
     }
   }
+}
+
+/**
+ * Young-generation configurations, for the promise API (NVME_SEMI_SPACE=16,32,64,128: semi-space
+ * sizes in MiB; NVME_PAGES_TOGETHER=1 adds each size again with V8's heap pages placed together,
+ * see heap-together.c). V8 fixes the semi-space size when the isolate is created, so each runs in
+ * a child node process (this script, NVMe promise cases only) started as an application would
+ * start it: `--min-semi-space-size=N --max-semi-space-size=N` (at that size from the start; its
+ * ceiling probe and warm-up run with the same flags). Each child measures V8's parallel scavenges
+ * and useSerialScavenge(). NVME_CONFIG_ROUNDS rounds (default 2) run the configurations in
+ * alternating order; a case reports its median round by GC share (of two, the higher) and every
+ * round's share. NVME_GC_TRACE=1 runs the children with --trace-gc-nvp and adds, per case, the
+ * per-scavenge means of V8's phase times over the measured rounds.
+ */
+async function benchYoungConfigs(): Promise<void> {
+  const sizes = (process.env.NVME_SEMI_SPACE ?? '').split(',').filter((v) => v !== '').map(Number);
+  if (sizes.length === 0) return;
+  if (sizes.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`NVME_SEMI_SPACE: semi-space sizes in MiB, e.g. 16,64 (got ${process.env.NVME_SEMI_SPACE})`);
+  const shim = process.env.NVME_PAGES_TOGETHER === '1' ? buildShim() : null;
+  const trace = process.env.NVME_GC_TRACE === '1';
+  const configs = sizes.flatMap((n) => [false, ...(shim ? [true] : [])].map((together) => ({ n, together })));
+  const rounds = Number(process.env.NVME_CONFIG_ROUNDS ?? 2);
+  const seen = new Map<string, { short: string; runs: Case[] }>();
+  for (let round = 0; round < rounds; round++) {
+    for (const { n, together } of round % 2 === 0 ? configs : [...configs].reverse()) {
+      const flags = [`--min-semi-space-size=${n}`, `--max-semi-space-size=${n}`];
+      const short = `semi-space ${n} MiB${together ? ', V8 pages placed together' : ''}`;
+      const label = `semi-space ${n} MiB (node ${flags.join(' ')})${together ? ', V8 pages placed together (LD_PRELOAD bench shim heap-together.c)' : ''}`;
+      const env: NodeJS.ProcessEnv = { ...process.env, NVME_API: 'promise,promise-serial', NVME_CONFIG: label, NVME_SEMI_SPACE_MIB: String(n), NVME_SEMI_SPACE: '', NVME_GC_MARKS: trace ? '1' : '' };
+      if (together) env.LD_PRELOAD = shim!;
+      const started = Date.now();
+      let out: string;
+      try {
+        out = execFileSync(process.execPath, [...process.execArgv, ...flags, ...(trace ? ['--trace-gc-nvp'] : []), __filename, 'nvme'], { env, encoding: 'utf8', maxBuffer: 256 << 20, stdio: ['ignore', 'pipe', 'inherit'] });
+      } catch (err) {
+        failures.push(`NVMe promise cases, ${label}, round ${round + 1}: ${(err as Error).message.split('\n')[0]}`);
+        continue;
+      }
+      const result = JSON.parse(/^RESULT (.*)$/m.exec(out)?.[1] ?? '{"cases":[],"failures":["no RESULT line"]}') as { cases: Case[]; failures: string[] };
+      for (const f of result.failures) failures.push(`${label}: ${f}`);
+      const nvp = trace ? nvpMeans(out) : new Map<string, Record<string, number>>();
+      for (const c of result.cases) {
+        const key = `${c.name} ${c.config}`;
+        const qd = /QD(\d+)/.exec(c.name)?.[1];
+        const api = c.name.includes('serial scavenge') ? 'promise-serial' : 'promise';
+        const entry = seen.get(key) ?? { short, runs: [] };
+        entry.runs.push({ ...c, nvp: nvp.get(`QD${qd} ${api}`) });
+        seen.set(key, entry);
+      }
+      console.log(`young generation round ${round + 1}, ${label}: ${((Date.now() - started) / 1000).toFixed(0)} s, GC share ${result.cases.map((c) => `${/QD\d+/.exec(c.name)?.[0]}${c.name.includes('serial') ? ' serial' : ''} ${(100 * (c.gcShare ?? 0)).toFixed(1)}% (${(100 * (c.gcShareByMedianPause ?? 0)).toFixed(1)}%)`).join(', ')}`);
+    }
+  }
+  for (const { short, runs } of seen.values()) {
+    const sorted = [...runs].sort((a, b) => (a.gcShare ?? 0) - (b.gcShare ?? 0));
+    const mid = sorted[Math.floor(sorted.length / 2)]!;
+    const name = mid.name.replace(' (driver + instant device)', `, ${short} (driver + instant device, child process)`);
+    cases.push({ ...mid, name, ratio: mid.target === null ? null : mid.target / mid.ours, gcShareRounds: runs.map((r) => r.gcShare ?? 0) });
+  }
+}
+
+/** The LD_PRELOAD shim of NVME_PAGES_TOGETHER, built here like the C baseline. */
+function buildShim(): string {
+  const src = path.join(REPO, 'bench/native/heap-together.c');
+  const out = path.join(REPO, '.cache/bench/native/heap-together.so');
+  fs.mkdirSync(path.dirname(out), { recursive: true });
+  if (!fs.existsSync(out) || fs.statSync(out).mtimeMs < fs.statSync(src).mtimeMs) {
+    execFileSync('cc', ['-O2', '-Wall', '-shared', '-fPIC', '-o', out, src], { stdio: 'inherit' });
+  }
+  return out;
+}
+
+/**
+ * Per-scavenge means of --trace-gc-nvp's fields between a child's `@@nvp begin`/`end` marks, per
+ * `@@case` (V8 prints with printf and flushes each line; our marks are synchronous writes to the
+ * same pipe, so the order holds). Adds two remainders: `scavenge.unscoped` (the scavenge phase
+ * outside its named sub-phases: the semi-space flip, clearing each to-space page's mark bits,
+ * collecting the old-generation pages that hold remembered sets) and `pause.outside_scavenge`
+ * (the rest of the pause: the tracer's start, which walks the new-space pages allocated since
+ * the last GC to count bytes, prologue and epilogue).
+ */
+function nvpMeans(out: string): Map<string, Record<string, number>> {
+  const sums = new Map<string, { n: number; f: Record<string, number> }>();
+  let current = '';
+  let inside = false;
+  for (const line of out.split('\n')) {
+    if (line.startsWith('@@case ')) current = line.slice(7);
+    else if (line === '@@nvp begin') inside = true;
+    else if (line === '@@nvp end') inside = false;
+    else if (inside && line.includes(' gc=s ')) {
+      const f: Record<string, number> = {};
+      for (const m of line.matchAll(/([\w.]+)=([\d.]+)/g)) f[m[1]!] = Number(m[2]);
+      const sub = ['scavenge.roots', 'scavenge.parallel', 'scavenge.weak', 'scavenge.weak_global_handles.identify', 'scavenge.weak_global_handles.process', 'scavenge.update_refs', 'scavenge.sweep_array_buffers', 'scavenge.free_remembered_set'];
+      f['scavenge.unscoped'] = (f.scavenge ?? 0) - sub.reduce((a, k) => a + (f[k] ?? 0), 0);
+      f['pause.outside_scavenge'] = (f.pause ?? 0) - (f.scavenge ?? 0);
+      const s = sums.get(current) ?? { n: 0, f: {} };
+      s.n++;
+      for (const [k, v] of Object.entries(f)) s.f[k] = (s.f[k] ?? 0) + v;
+      sums.set(current, s);
+    }
+  }
+  const keep = ['pause', 'mutator', 'time_to_safepoint', 'heap.external.prologue', 'heap.external.epilogue', 'scavenge', 'scavenge.roots', 'scavenge.parallel', 'scavenge.weak_global_handles.identify', 'scavenge.weak_global_handles.process', 'scavenge.update_refs', 'scavenge.sweep_array_buffers', 'scavenge.free_remembered_set', 'scavenge.unscoped', 'pause.outside_scavenge', 'new_space_survived', 'promoted'];
+  const means = new Map<string, Record<string, number>>();
+  for (const [k, { n, f }] of sums) means.set(k, Object.fromEntries([['scavenges', n], ...keep.map((key) => [key, Math.round(((f[key] ?? 0) / n) * 1000) / 1000])]));
+  return means;
 }
 
 /** xorshift32 state in a typed array: an int32 kept in a variable is a heap number whenever it leaves the Smi range. */
@@ -674,16 +855,32 @@ async function main(): Promise<void> {
   if (want('dma')) benchDma(bin);
   if (want('irq')) await benchIrq(bin);
   if (want('nvme')) await benchNvme(bin);
-  console.log(`\nbench:native on this host (${process.version}); C = the same work in C (cc -O2) in the same run`);
-  console.log(`${'case'.padEnd(80)} ${'ours'.padStart(10)} ${'C'.padStart(10)}  unit     target   ratio  B/IO  GC     new space  rounds counted (NVMe: host at full speed)`);
+  if (want('nvme')) await benchYoungConfigs();
+  console.log(`\nbench:native on this host (${process.version}), load average ${os.loadavg().map((v) => v.toFixed(2)).join(' ')}; C = the same work in C (cc -O2) in the same run`);
+  console.log(`${'case'.padEnd(80)} ${'ours'.padStart(10)} ${'C'.padStart(10)}  unit     target   ratio  B/IO  GC (median)    new space  rounds counted (NVMe: host at full speed)  scavenge pause, I/Os between`);
   for (const c of cases) {
     const f = (v: number | null | undefined) => (v === null || v === undefined || Number.isNaN(v) ? '-' : v >= 100 ? v.toFixed(0) : v.toFixed(2));
-    console.log(`${c.name.padEnd(80)} ${f(c.ours).padStart(10)} ${f(c.c).padStart(10)}  ${c.unit.padEnd(7)} ${f(c.target).padStart(7)} ${(c.ratio === null ? '-' : c.ratio.toFixed(2)).padStart(7)}  ${c.bytesPerIo === undefined ? '' : c.bytesPerIo.toFixed(0).padStart(4)}  ${c.gcShare === undefined ? '' : `${(100 * c.gcShare).toFixed(1)}%`.padStart(5)}${c.newSpaceMiB === undefined ? '' : `  ${c.newSpaceMiB.toFixed(0)} MiB`}${c.rounds === undefined ? '' : `  ${c.counted}/${c.rounds} rounds${c.hostSlow ? ' (host slow in all: medians of all)' : ''}`}`);
+    console.log(`${c.name.padEnd(80)} ${f(c.ours).padStart(10)} ${f(c.c).padStart(10)}  ${c.unit.padEnd(7)} ${f(c.target).padStart(7)} ${(c.ratio === null ? '-' : c.ratio.toFixed(2)).padStart(7)}  ${c.bytesPerIo === undefined ? '' : c.bytesPerIo.toFixed(0).padStart(4)}  ${c.gcShare === undefined ? '' : `${(100 * c.gcShare).toFixed(1)}%`.padStart(5)}${c.gcShareByMedianPause === undefined ? '' : ` (${(100 * c.gcShareByMedianPause).toFixed(1)}%)`.padStart(8)}${c.newSpaceMiB === undefined ? '' : `  ${c.newSpaceMiB.toFixed(0)} MiB`}${c.rounds === undefined ? '' : `  ${c.counted}/${c.rounds} rounds${c.hostSlow ? ' (host slow in all: medians of all)' : ''}`}${c.scavengePauseMs ? `  ${c.scavengePauseMs.toFixed(3)} ms, ${c.iosPerScavenge!.toFixed(0)}` : ''}`);
   }
   for (const f of failures) console.log(`NOT MEASURED: ${f}`);
   console.log(`ratio = target / ours (1.0 or more: the issue's target is met); NVMe targets are the issue's (QD32 callback/batch ${90} ns = 1.25x SPDK's ${SPDK_NS} ns, promise 150 ns; QD1 half of the issue's first figures).`);
+  for (const c of cases) {
+    if (c.nvp) console.log(`${c.name}: per scavenge (ms, bytes; --trace-gc-nvp) ${Object.entries(c.nvp).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  }
   const r = (v: number | null | undefined) => (v === null || v === undefined || Number.isNaN(v) ? null : Math.round(v * 1000) / 1000);
-  console.log(`RESULT ${JSON.stringify({ bench: 'native', failures, cases: cases.map((c) => ({ name: c.name, ours: r(c.ours), c: r(c.c), unit: c.unit, target: r(c.target), ratio: r(c.ratio), ...(c.bytesPerIo !== undefined ? { bytesPerIo: r(c.bytesPerIo), gcShare: r(c.gcShare), newSpaceMiB: r(c.newSpaceMiB) } : {}), ...(c.rounds !== undefined ? { rounds: c.rounds, counted: c.counted, hostSlow: c.hostSlow, oursAllRounds: r(c.oursAllRounds) } : {}) })) })}`);
+  console.log(`RESULT ${JSON.stringify({
+    bench: 'native', failures, load: os.loadavg().map((v) => Math.round(v * 100) / 100),
+    cases: cases.map((c) => ({
+      name: c.name, ours: r(c.ours), c: r(c.c), unit: c.unit, target: r(c.target), ratio: r(c.ratio),
+      ...(c.bytesPerIo !== undefined ? {
+        bytesPerIo: r(c.bytesPerIo), gcShare: r(c.gcShare), gcShareByMedianPause: r(c.gcShareByMedianPause), newSpaceMiB: r(c.newSpaceMiB), config: c.config,
+        scavenges: c.scavenges, scavengePauseMs: r(c.scavengePauseMs), iosPerScavenge: r(c.iosPerScavenge),
+      } : {}),
+      ...(c.rounds !== undefined ? { rounds: c.rounds, counted: c.counted, hostSlow: c.hostSlow, oursAllRounds: r(c.oursAllRounds) } : {}),
+      ...(c.gcShareRounds ? { gcShareRounds: c.gcShareRounds.map(r) } : {}),
+      ...(c.nvp ? { nvp: c.nvp } : {}),
+    })),
+  })}`);
 }
 
 main().then(

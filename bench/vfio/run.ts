@@ -12,8 +12,23 @@
  *                                       woken by the IRQ (the same span; time-shared and SCHED_FIFO 50);
  *                                       every side raises from the CPU the kernel takes the MSI on
  *                                       (a wake-up of another, halted vCPU costs tens of us under TCG)
+ *
+ * Options (irq):
+ *   --clock tsc|hpet   the guest's clocksource (default tsc: `tsc=reliable`; Debian 12's 6.1 kernel
+ *                      otherwise takes the HPET under TCG, whose every read is a system call and
+ *                      an MMIO exit under QEMU's big lock). The same for every case, C and ours.
+ *   --rounds N         rounds of every case (default 2; each case keeps its best round)
+ *   --only a,b         only these steps (irq, irq-thread, irq-thread-fifo)
+ *   --variant L=PREFIX ours' thread modes again as `PREFIX dist/bench/vfio/guest.js ...` (node flags,
+ *                      `env IRQ_OTHER_THREADS=away node`: see guest.ts), reported as MODE@L
+ *   --trace            ftrace each case (bench/vfio/irq-trace.ts: legs of each sample, what ran on
+ *                      the IRQ's CPU in the slow ones); tracing costs time: figures differ
+ *   --kernel 6.12      boot the newer guest kernel
+ *   --verbose          the guest's console on stderr
+ * Per case the host side prints what this guest's QEMU threads did meanwhile (bench/host-load.ts).
  */
-import { benchMain, bootBench, buildStatic } from '../guest-bench';
+import { arg, benchMain, bootBench, buildStatic } from '../guest-bench';
+import { childQemu, describeLoad, hostLoad, snapshot, type HostSnapshot } from '../host-load';
 
 interface Case {
   name: string;
@@ -34,32 +49,90 @@ async function main(which: string): Promise<number> {
   const bind = `${FIND_EDU}\n[ -n "$EDU" ] || { echo "no edu device in the guest"; exit 1; }\nnode -e "require('./dist/src/pci/bind.js').bindToVfio(process.argv[1])" "$EDU"`;
   // Alternate the two sides so neither gets a warmer machine: each C baseline runs right before
   // the modes of ours compared with it. [C mode, its arguments after N, our modes]
-  const steps: [string, string, string[]][] = which === 'vfio'
-    ? [['regs', '', ['regs']], ['dma', '', ['dma']]]
+  const only = arg('--only')?.split(',');
+  const steps: [string, string, string[]][] = (which === 'vfio'
+    ? [['regs', '', ['regs']], ['dma', '', ['dma']]] as [string, string, string[]][]
     : [
         ['irq', '', ['irq', 'irq-polled']],
         // C reader threads woken by the IRQ, as ours on its thread; time-shared, then SCHED_FIFO 50.
         ['irq-thread', '', ['irq-thread']],
         ['irq-thread-fifo', ' 50', ['irq-thread-fifo']],
-      ];
+      ] as [string, string, string[]][]).filter(([mode]) => !only || only.includes(mode));
   const count = which === 'vfio' ? { regs: 200000, dma: 2000 } as Record<string, number> : {};
+  const rounds = Number(arg('--rounds') ?? 2);
+  const trace = which === 'irq' && process.argv.includes('--trace');
+  const clock = arg('--clock') ?? 'tsc';
+  if (clock !== 'tsc' && clock !== 'hpet') throw new Error('--clock tsc|hpet');
+  const kernel = arg('--kernel');
+  // --variant LABEL=PREFIX (repeatable): ours' thread modes again, run as `PREFIX dist/bench/vfio/guest.js ...`
+  // (e.g. stgc='node --single-threaded-gc', away='env IRQ_OTHER_THREADS=away node').
+  const variants: [string, string][] = [];
+  process.argv.forEach((a, i) => {
+    if (a !== '--variant') return;
+    const v = process.argv[i + 1] ?? '';
+    const eq = v.indexOf('=');
+    if (eq < 1 || !/^[\w.-]+$/.test(v.slice(0, eq))) throw new Error(`--variant LABEL=PREFIX, got ${v}`);
+    variants.push([v.slice(0, eq), v.slice(eq + 1)]);
+  });
   const lines: string[] = [bind];
-  for (let round = 0; round < 2; round++) {
+  if (which === 'irq') {
+    // What a clock read costs on each side (both read CLOCK_MONOTONIC: C clock_gettime, ours process.hrtime).
+    lines.push('echo "CLOCKSOURCE $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) $(uname -r)"');
+    lines.push(`echo "CLOCK C $(${baseline} clock - 100000)"`, `echo "CLOCK TS $(${ours} clock - 100000)"`);
+  }
+  /** One case: a phase on the console for the host's load line, under ftrace with --trace. */
+  const run = (side: 'C' | 'TS', mode: string, command: string, label: string) => {
+    lines.push(`echo "bench:irq: phase-start ${label}" >&2`);
+    if (trace) lines.push('node dist/bench/vfio/irq-trace.js start');
+    lines.push(`echo "${side} ${mode} $(${trace ? 'IRQ_SAMPLES=/tmp/irq-samples.json ' : ''}${command})"`);
+    if (trace) lines.push(`echo "TRACE ${label} $(node dist/bench/vfio/irq-trace.js stop /tmp/irq-samples.json)"`);
+    lines.push(`echo "bench:irq: phase-end ${label}" >&2`);
+  };
+  for (let round = 0; round < rounds; round++) {
     for (const [mode, args, oursModes] of steps) {
       const n = count[mode] ?? 3000;
       const cMode = mode === 'irq-thread-fifo' ? 'irq-thread' : mode;
-      lines.push(`echo "C ${mode} $(${baseline} ${cMode} ${ADDRESS} ${n}${args})"`);
-      for (const m of oursModes) lines.push(`echo "TS ${m} $(${ours} ${m} ${ADDRESS} ${n})"`);
+      run('C', mode, `${baseline} ${cMode} ${ADDRESS} ${n}${args}`, `C-${mode}-r${round}`);
+      for (const m of oursModes) run('TS', m, `${ours} ${m} ${ADDRESS} ${n}`, `TS-${m}-r${round}`);
+      // Variants of ours' thread modes: the same guest half under another command prefix.
+      if (mode.startsWith('irq-thread')) for (const [label, prefix] of variants) run('TS', `${mode}@${label}`, `${prefix} dist/bench/vfio/guest.js ${mode} ${ADDRESS} ${n}`, `TS-${mode}@${label}-r${round}`);
     }
   }
-  const stdout = await bootBench(which, { devices: ['-device', 'edu'], command: `set -e\n${lines.join('\n')}`, timeoutMs: 15 * 60_000 });
+  const verbose = process.argv.includes('--verbose');
+  const started = new Map<string, HostSnapshot>();
+  const loads: string[] = [];
+  let qemu: number | undefined;
+  const stdout = await bootBench(which, {
+    devices: [
+      // Thread names ("CPU 0/TCG"; the main loop keeps "qemu-system-x86") for the host-load lines.
+      '-name', 'debug-threads=on', '-device', 'edu',
+    ],
+    command: `set -e\n${lines.join('\n')}`,
+    timeoutMs: (trace ? 40 : 15) * 60_000,
+    kernelArgs: which === 'irq' && clock === 'tsc' ? ['tsc=reliable'] : [],
+    ...(kernel === '6.12' ? { kernel: '6.12' as const } : {}),
+    onConsole: (line) => {
+      if (verbose) process.stderr.write(`${line}\n`);
+      const m = /bench:irq: phase-(start|end) (\S+)/.exec(line);
+      if (!m) return;
+      qemu ??= childQemu();
+      if (qemu === undefined) return;
+      if (m[1] === 'start') started.set(m[2]!, snapshot(qemu));
+      else if (started.has(m[2]!)) loads.push(`${m[2]}: ${describeLoad(hostLoad(started.get(m[2]!)!, snapshot(qemu)))}`);
+    },
+  });
   if (stdout === undefined) return 1;
+  for (const l of loads) console.log(`  host ${l}`);
+  for (const line of stdout.split('\n')) {
+    // Every round's figures as measured (the table below keeps each case's best round).
+    if (/^(CLOCKSOURCE|CLOCK|TRACE|C|TS) /.test(line)) console.log(`  ${line}`);
+  }
   // Keep the best of the rounds for each side and mode (least disturbed by the emulator).
   const best = new Map<string, number>();
   /** Where the IRQ and our interrupt threads ran, per mode and round (CPU bit masks, policy). */
   const placement: string[] = [];
   for (const line of stdout.split('\n')) {
-    const m = /^(C|TS) ([\w-]+) (\{.*\})$/.exec(line.trim());
+    const m = /^(C|TS) ([\w@.-]+) (\{.*\})$/.exec(line.trim());
     if (!m) continue;
     const figures = JSON.parse(m[3]!) as Record<string, number>;
     if (figures.irqCpuMask !== undefined) {
@@ -89,13 +162,19 @@ async function main(which: string): Promise<number> {
     rate('streaming 4 KiB map+unmap', 'dma', 'streamingPerSec', 'ops/s');
   } else {
     // C blocks in read(2) on the eventfd; ours: the event loop (default), a dedicated thread, polling.
+    const has = (mode: string) => steps.some(([m]) => m === mode);
     for (const [label, mode] of [['event loop', 'irq'], ['dedicated thread', 'irq-thread'], ['dedicated thread SCHED_FIFO', 'irq-thread-fifo'], ['polled', 'irq-polled']] as const) {
+      if (!has('irq') || !has(mode === 'irq-polled' ? 'irq' : mode)) continue;
       for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, ${label} (raise to handler)`, 'irq', `${p}Us`, 'us', mode);
     }
-    // The same span in C: the raiser blocks on a futex, a reader thread blocked in read(2) on the
-    // IRQ's CPU is woken (C above reads on the raising thread: no wake-up, no context switch).
-    for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, dedicated thread vs a C reader thread`, 'irq-thread', `${p}Us`, 'us', 'irq-thread');
-    for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, dedicated thread SCHED_FIFO vs a C reader thread SCHED_FIFO`, 'irq-thread-fifo', `${p}Us`, 'us', 'irq-thread-fifo');
+    // The same span in C: the raiser blocks in read(2) on an eventfd, a reader thread blocked in
+    // read(2) on the IRQ's CPU is woken (C above reads on the raising thread: no wake-up, no switch).
+    if (has('irq-thread')) for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, dedicated thread vs a C reader thread`, 'irq-thread', `${p}Us`, 'us', 'irq-thread');
+    if (has('irq-thread-fifo')) for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, dedicated thread SCHED_FIFO vs a C reader thread SCHED_FIFO`, 'irq-thread-fifo', `${p}Us`, 'us', 'irq-thread-fifo');
+    for (const [label] of variants) {
+      if (has('irq-thread')) for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, dedicated thread [${label}] vs a C reader thread`, 'irq-thread', `${p}Us`, 'us', `irq-thread@${label}`);
+      if (has('irq-thread-fifo')) for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, dedicated thread SCHED_FIFO [${label}] vs a C reader thread SCHED_FIFO`, 'irq-thread-fifo', `${p}Us`, 'us', `irq-thread-fifo@${label}`);
+    }
     for (const l of placement) console.log(`  placement ${l}`);
   }
   console.log(`\n${which} benchmark (edu in a TCG guest; C = same operations in C through VFIO)`);

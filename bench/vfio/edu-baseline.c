@@ -190,10 +190,16 @@ static void dump_samples(const double *start, const double *lat, long n, int irq
   fclose(f);
 }
 
+/* Per read, the least over batches of 1000 (the batch the host left alone), as guest.ts's clock mode. */
 static void bench_clock(long n) {
-  double t0 = now_ns();
-  for (long i = 0; i < n; i++) now_ns();
-  printf("{\"clockNs\": %.1f}\n", (now_ns() - t0) / n);
+  double best = 1e18;
+  for (long b = 0; b < n / 1000; b++) {
+    double t0 = now_ns();
+    for (int i = 0; i < 1000; i++) now_ns();
+    double dt = (now_ns() - t0) / 1000;
+    if (b >= 5 && dt < best) best = dt;
+  }
+  printf("{\"clockNs\": %.1f}\n", best);
 }
 
 static void print_percentiles(double *lat, long n) {

@@ -26,13 +26,16 @@ async function main(): Promise<void> {
   const [mode, address, count] = process.argv.slice(2);
   const n = Number(count);
   if (mode === 'clock') {
-    let sink = 0;
-    for (let i = 0; i < 1000; i++) sink += process.hrtime()[1];
-    const t0 = process.hrtime();
-    for (let i = 0; i < n; i++) sink += process.hrtime()[1];
-    const t1 = process.hrtime(t0);
-    if (sink === 0.5) console.log('');
-    console.log(JSON.stringify({ clockNs: ns(t1) / n }));
+    // Per read, the least over batches of 1000 (the batch the host left alone), as edu-baseline.
+    const sink = new Float64Array(1);
+    let best = Infinity;
+    for (let b = 0; b < n / 1000; b++) {
+      const t0 = process.hrtime();
+      for (let i = 0; i < 1000; i++) sink[0] += process.hrtime()[1];
+      const dt = ns(process.hrtime(t0)) / 1000;
+      if (b >= 5 && dt < best) best = dt;
+    }
+    console.log(JSON.stringify({ clockNs: best }));
     return;
   }
   const device = await openDevice(address!);

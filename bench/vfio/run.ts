@@ -17,6 +17,11 @@
  *   --clock tsc|hpet   the guest's clocksource (default tsc: `tsc=reliable`; Debian 12's 6.1 kernel
  *                      otherwise takes the HPET under TCG, whose every read is a system call and
  *                      an MMIO exit under QEMU's big lock). The same for every case, C and ours.
+ *   --ab-hpet          with the TSC: each round runs every case on the HPET too (switched at run
+ *                      time: an A/B in one boot), reported with [HPET]
+ *   --count N          interrupts measured per case (default 10000: ours' JIT and the host's
+ *                      scheduling both reach their steady state; a 3000-interrupt C case ran
+ *                      in 0.1-0.4 s, inside the vCPU thread's first host time slice)
  *   --rounds N         rounds of every case (default 2; each case keeps its best round)
  *   --only a,b         only these steps (irq, irq-thread, irq-thread-fifo)
  *   --variant L=PREFIX ours' thread modes again as `PREFIX dist/bench/vfio/guest.js ...` (node flags,
@@ -60,6 +65,7 @@ async function main(which: string): Promise<number> {
       ] as [string, string, string[]][]).filter(([mode]) => !only || only.includes(mode));
   const count = which === 'vfio' ? { regs: 200000, dma: 2000 } as Record<string, number> : {};
   const rounds = Number(arg('--rounds') ?? 2);
+  const samples = Number(arg('--count') ?? 10000);
   const trace = which === 'irq' && process.argv.includes('--trace');
   const clock = arg('--clock') ?? 'tsc';
   if (clock !== 'tsc' && clock !== 'hpet') throw new Error('--clock tsc|hpet');
@@ -76,9 +82,7 @@ async function main(which: string): Promise<number> {
   });
   const lines: string[] = [bind];
   if (which === 'irq') {
-    // What a clock read costs on each side (both read CLOCK_MONOTONIC: C clock_gettime, ours process.hrtime).
     lines.push('echo "CLOCKSOURCE $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) $(uname -r)"');
-    lines.push(`echo "CLOCK C $(${baseline} clock - 100000)"`, `echo "CLOCK TS $(${ours} clock - 100000)"`);
   }
   /** One case: a phase on the console for the host's load line, under ftrace with --trace. */
   const run = (side: 'C' | 'TS', mode: string, command: string, label: string) => {
@@ -88,14 +92,23 @@ async function main(which: string): Promise<number> {
     if (trace) lines.push(`echo "TRACE ${label} $(node dist/bench/vfio/irq-trace.js stop /tmp/irq-samples.json)"`);
     lines.push(`echo "bench:irq: phase-end ${label}" >&2`);
   };
+  // --ab-hpet (with the TSC): every round again on the HPET, switched at run time, cases MODE.hpet.
+  const clocks = which === 'irq' && clock === 'tsc' && process.argv.includes('--ab-hpet') ? ['tsc', 'hpet'] : [clock];
+  const CURRENT_CLOCKSOURCE = '/sys/devices/system/clocksource/clocksource0/current_clocksource';
   for (let round = 0; round < rounds; round++) {
-    for (const [mode, args, oursModes] of steps) {
-      const n = count[mode] ?? 3000;
-      const cMode = mode === 'irq-thread-fifo' ? 'irq-thread' : mode;
-      run('C', mode, `${baseline} ${cMode} ${ADDRESS} ${n}${args}`, `C-${mode}-r${round}`);
-      for (const m of oursModes) run('TS', m, `${ours} ${m} ${ADDRESS} ${n}`, `TS-${m}-r${round}`);
-      // Variants of ours' thread modes: the same guest half under another command prefix.
-      if (mode.startsWith('irq-thread')) for (const [label, prefix] of variants) run('TS', `${mode}@${label}`, `${prefix} dist/bench/vfio/guest.js ${mode} ${ADDRESS} ${n}`, `TS-${mode}@${label}-r${round}`);
+    for (const cs of clocks) {
+      const sfx = cs === clocks[0] ? '' : `.${cs}`;
+      if (clocks.length > 1) lines.push(`echo ${cs} > ${CURRENT_CLOCKSOURCE}`, `[ "$(cat ${CURRENT_CLOCKSOURCE})" = ${cs} ]`);
+      // What a clock read costs on each side (both read CLOCK_MONOTONIC: C clock_gettime, ours process.hrtime).
+      if (which === 'irq' && round === 0) lines.push(`echo "CLOCK C${sfx} $(${baseline} clock - 100000)"`, `echo "CLOCK TS${sfx} $(${ours} clock - 100000)"`);
+      for (const [mode, args, oursModes] of steps) {
+        const n = count[mode] ?? samples;
+        const cMode = mode === 'irq-thread-fifo' ? 'irq-thread' : mode;
+        run('C', `${mode}${sfx}`, `${baseline} ${cMode} ${ADDRESS} ${n}${args}`, `C-${mode}${sfx}-r${round}`);
+        for (const m of oursModes) run('TS', `${m}${sfx}`, `${ours} ${m} ${ADDRESS} ${n}`, `TS-${m}${sfx}-r${round}`);
+        // Variants of ours' thread modes: the same guest half under another command prefix.
+        if (mode.startsWith('irq-thread')) for (const [label, prefix] of variants) run('TS', `${mode}@${label}${sfx}`, `${prefix} dist/bench/vfio/guest.js ${mode} ${ADDRESS} ${n}`, `TS-${mode}@${label}${sfx}-r${round}`);
+      }
     }
   }
   const verbose = process.argv.includes('--verbose');
@@ -161,19 +174,23 @@ async function main(which: string): Promise<number> {
     rate('coherent 4 KiB buffer alloc+map+unmap+free', 'dma', 'coherentPerSec', 'ops/s');
     rate('streaming 4 KiB map+unmap', 'dma', 'streamingPerSec', 'ops/s');
   } else {
-    // C blocks in read(2) on the eventfd; ours: the event loop (default), a dedicated thread, polling.
-    const has = (mode: string) => steps.some(([m]) => m === mode);
-    for (const [label, mode] of [['event loop', 'irq'], ['dedicated thread', 'irq-thread'], ['dedicated thread SCHED_FIFO', 'irq-thread-fifo'], ['polled', 'irq-polled']] as const) {
-      if (!has('irq') || !has(mode === 'irq-polled' ? 'irq' : mode)) continue;
-      for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, ${label} (raise to handler)`, 'irq', `${p}Us`, 'us', mode);
-    }
-    // The same span in C: the raiser blocks in read(2) on an eventfd, a reader thread blocked in
-    // read(2) on the IRQ's CPU is woken (C above reads on the raising thread: no wake-up, no switch).
-    if (has('irq-thread')) for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, dedicated thread vs a C reader thread`, 'irq-thread', `${p}Us`, 'us', 'irq-thread');
-    if (has('irq-thread-fifo')) for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, dedicated thread SCHED_FIFO vs a C reader thread SCHED_FIFO`, 'irq-thread-fifo', `${p}Us`, 'us', 'irq-thread-fifo');
-    for (const [label] of variants) {
-      if (has('irq-thread')) for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, dedicated thread [${label}] vs a C reader thread`, 'irq-thread', `${p}Us`, 'us', `irq-thread@${label}`);
-      if (has('irq-thread-fifo')) for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, dedicated thread SCHED_FIFO [${label}] vs a C reader thread SCHED_FIFO`, 'irq-thread-fifo', `${p}Us`, 'us', `irq-thread-fifo@${label}`);
+    for (const cs of clocks) {
+      const sfx = cs === clocks[0] ? '' : `.${cs}`;
+      const tag = clocks.length > 1 ? ` [${cs.toUpperCase()}]` : '';
+      // C blocks in read(2) on the eventfd; ours: the event loop (default), a dedicated thread, polling.
+      const has = (mode: string) => steps.some(([m]) => m === mode);
+      for (const [label, mode] of [['event loop', 'irq'], ['dedicated thread', 'irq-thread'], ['dedicated thread SCHED_FIFO', 'irq-thread-fifo'], ['polled', 'irq-polled']] as const) {
+        if (!has('irq') || !has(mode === 'irq-polled' ? 'irq' : mode)) continue;
+        for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, ${label} (raise to handler)${tag}`, `irq${sfx}`, `${p}Us`, 'us', `${mode}${sfx}`);
+      }
+      // The same span in C: the raiser blocks in read(2) on an eventfd, a reader thread blocked in
+      // read(2) on the IRQ's CPU is woken (C above reads on the raising thread: no wake-up, no switch).
+      if (has('irq-thread')) for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, dedicated thread vs a C reader thread${tag}`, `irq-thread${sfx}`, `${p}Us`, 'us', `irq-thread${sfx}`);
+      if (has('irq-thread-fifo')) for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, dedicated thread SCHED_FIFO vs a C reader thread SCHED_FIFO${tag}`, `irq-thread-fifo${sfx}`, `${p}Us`, 'us', `irq-thread-fifo${sfx}`);
+      for (const [label] of variants) {
+        if (has('irq-thread')) for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, dedicated thread [${label}] vs a C reader thread${tag}`, `irq-thread${sfx}`, `${p}Us`, 'us', `irq-thread@${label}${sfx}`);
+        if (has('irq-thread-fifo')) for (const p of ['p50', 'p90', 'p99']) time(`MSI latency ${p}, dedicated thread SCHED_FIFO [${label}] vs a C reader thread SCHED_FIFO${tag}`, `irq-thread-fifo${sfx}`, `${p}Us`, 'us', `irq-thread-fifo@${label}${sfx}`);
+      }
     }
     for (const l of placement) console.log(`  placement ${l}`);
   }

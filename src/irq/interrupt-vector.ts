@@ -40,6 +40,11 @@ export interface ThreadHandler {
    * RLIMIT_RTPRIO that allows it): else the switch fails with EPERM. A handler that never
    * blocks can then starve its CPU's other threads (the kernel's RT throttling still leaves them
    * 5% by default): keep it short.
+   *
+   * The thread shares its process with V8's background threads (compiler, GC helpers), which
+   * compete with it and with whatever raised the interrupt: for the lowest tail, run the driver's
+   * process as `node --single-threaded` (V8 compiles and collects on the JS threads themselves).
+   * bench:irq's `[st]` cases measure it (docs/ARCHITECTURE.md, Interrupts).
    */
   realtimePriority?: number;
 }

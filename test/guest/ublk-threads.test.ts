@@ -4,7 +4,8 @@
  * an NVMe queue pair of its own. Data written from both CPUs at once reads back the same from
  * the other CPU (both queues served); a server killed at a random point (starting up, or under
  * writes) leaves a disk that fails I/O and the next start with the same id works; removing the
- * NVMe function ends the server and the removal completes.
+ * NVMe function ends the server and the removal completes. And UblkThreadServer with a device
+ * of the caller's own built on each thread (a disk in shared memory).
  */
 import { test, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -14,7 +15,11 @@ import * as crypto from 'node:crypto';
 import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
 import { bindToVfio, boundDriver, unbindFromVfio } from '../../src/pci/bind';
 import { fillPattern } from '../../src/drivers/nvme/workload';
+import { UblkThreadServer } from '../../src/exports/ublk/thread-server';
+import { UblkServer } from '../../src/exports/ublk/server';
+import { MemoryBlockDevice } from '../../src/exports/nbd/block-device';
 import { requireGuest } from './guest-env';
+import type { MemoryThreadData } from './ublk-thread-memory';
 
 const CLI = path.resolve(__dirname, '../../src/cli/commands/nvme.js');
 const SYS = '/sys/bus/pci/devices';
@@ -110,6 +115,51 @@ before(() => {
 
 after(() => {
   if (dev && boundDriver(dev) === 'vfio-pci') unbindFromVfio(dev);
+});
+
+test('UblkThreadServer: each thread builds its own device (a disk in shared memory); writes from each CPU land in it, both threads serve and close; a device that fails to build fails the start and leaves no device', { timeout: 300_000 }, async () => {
+  const module = path.resolve(__dirname, 'ublk-thread-memory.js');
+  const disk = new SharedArrayBuffer(16 * MiB);
+  const counters = new SharedArrayBuffer(4 * 2 * 2);
+  const given = (extra: Partial<MemoryThreadData> = {}) => () => ({ data: { disk, counters, ...extra } satisfies MemoryThreadData });
+  const server = await UblkThreadServer.start({ module, data: given() }, { depth: 8, maxIoBytes: 128 << 10, reclaim: false });
+  try {
+    assert.equal(server.queueCpus.length, 2, 'one queue per CPU');
+    assert.deepEqual(server.queueCpus, [[0], [1]], 'each thread on the CPU blk-mq maps to its queue');
+    const a = Buffer.from(fillPattern(new Uint8Array(4 * MiB), 31));
+    const b = Buffer.from(fillPattern(new Uint8Array(4 * MiB), 32));
+    fs.writeFileSync('/tmp/ublk-mem-a.bin', a);
+    fs.writeFileSync('/tmp/ublk-mem-b.bin', b);
+    const [wa, wb] = await Promise.all([
+      ddOn(0, ['if=/tmp/ublk-mem-a.bin', `of=${server.diskPath}`, 'bs=4k', 'oflag=direct', 'conv=notrunc', 'status=none']),
+      ddOn(1, ['if=/tmp/ublk-mem-b.bin', `of=${server.diskPath}`, 'bs=64k', `seek=${(8 * MiB) / (64 << 10)}`, 'oflag=direct', 'conv=notrunc', 'status=none']),
+    ]);
+    assert.equal(wa.status, 0, wa.stderr);
+    assert.equal(wb.status, 0, wb.stderr);
+    const mem = new Uint8Array(disk);
+    assert.equal(digest(mem.subarray(0, 4 * MiB)), digest(a), 'CPU 0\'s writes are in the shared disk');
+    assert.equal(digest(mem.subarray(8 * MiB, 12 * MiB)), digest(b), 'CPU 1\'s writes are in the shared disk');
+  } finally {
+    await server.close();
+  }
+  const c = new Int32Array(counters);
+  assert.ok(c[0]! > 0 && c[2]! > 0, `both threads served requests: ${c[0]}/${c[2]}`);
+  assert.deepEqual([c[1], c[3]], [1, 1], 'both devices closed on their threads');
+  assert.ok(!fs.existsSync(`/dev/ublkc${server.id}`), 'device deleted');
+  const before = fs.readdirSync('/dev').filter((n) => n.startsWith('ublkc')).sort();
+  await assert.rejects(UblkThreadServer.start({ module, data: given({ failQueue: 1 }) }, { depth: 8, maxIoBytes: 128 << 10, reclaim: false }), /queue 1 thread: queue 1 refuses to start/);
+  assert.deepEqual(fs.readdirSync('/dev').filter((n) => n.startsWith('ublkc')).sort(), before, 'a failed start leaves no device');
+  await assert.rejects(UblkThreadServer.start({ module, data: given({ failBuffersQueue: 0 }) }, { depth: 8, maxIoBytes: 128 << 10, reclaim: false }), /queue 0 thread: queue 0 has no buffers/);
+  assert.deepEqual(fs.readdirSync('/dev').filter((n) => n.startsWith('ublkc')).sort(), before, 'a start that failed once the device was added deleted it');
+  // The same in the one-loop server: a queue that cannot get its buffers releases the descriptor
+  // mapping it made (it holds /dev/ublkcN open, and DEL_DEV waits for that) rather than hang the start.
+  class NoBuffers extends MemoryBlockDevice {
+    allocIoBuffer(): Uint8Array {
+      throw Object.assign(new Error('no buffers here'), { code: 'ENOMEM' });
+    }
+  }
+  await assert.rejects(UblkServer.start(new NoBuffers(8 * MiB), { depth: 4, maxIoBytes: 64 << 10, reclaim: false }), /no buffers here/);
+  assert.deepEqual(fs.readdirSync('/dev').filter((n) => n.startsWith('ublkc')).sort(), before, 'the one-loop server\'s failed start deleted its device');
 });
 
 test('ublk --threads: a queue per CPU, each thread on its queue\'s CPUs; writes from both CPUs at once read back from the other', { timeout: 300_000 }, async () => {

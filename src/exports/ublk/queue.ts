@@ -81,16 +81,27 @@ export class UblkQueue {
       throw wrapSystemError(e, `mapping ublk queue ${qid}'s descriptors`);
     }
     this.descU32 = new Uint32Array(this.descs);
-    this.ring = new IoUring(depth, { deferTaskrun });
     this.handles = new Float64Array(depth).fill(-1);
     this.ops = new Uint8Array(depth);
     this.lengths = new Int32Array(depth);
-    for (let tag = 0; tag < depth; tag++) {
-      const buf = device.allocIoBuffer ? device.allocIoBuffer(bufferSize) : new Uint8Array(bufferSize);
-      this.buffers.push(buf);
-      this.addrs.push(native.addressOf(buf));
-      if (device.startIo && device.ioBufferHandle) this.handles[tag] = device.ioBufferHandle(buf);
-      this.doneFns.push((err) => this.done(tag, err));
+    try {
+      this.ring = new IoUring(depth, { deferTaskrun });
+    } catch (e) {
+      native.munmap(this.descs);
+      throw e;
+    }
+    try {
+      for (let tag = 0; tag < depth; tag++) {
+        const buf = device.allocIoBuffer ? device.allocIoBuffer(bufferSize) : new Uint8Array(bufferSize);
+        this.buffers.push(buf);
+        this.addrs.push(native.addressOf(buf));
+        if (device.startIo && device.ioBufferHandle) this.handles[tag] = device.ioBufferHandle(buf);
+        this.doneFns.push((err) => this.done(tag, err));
+      }
+    } catch (e) {
+      // The descriptor mapping holds /dev/ublkcN open (DEL_DEV waits for its release): undo all of it.
+      this.close();
+      throw e;
     }
   }
 

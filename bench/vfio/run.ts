@@ -25,7 +25,8 @@
  *   --rounds N         rounds of every case (default 2; each case keeps its best round)
  *   --only a,b         only these steps (irq, irq-thread, irq-thread-fifo)
  *   --variant L=PREFIX ours' thread modes again as `PREFIX dist/bench/vfio/guest.js ...` (node flags,
- *                      `env IRQ_OTHER_THREADS=away node`: see guest.ts), reported as MODE@L
+ *                      `env IRQ_OTHER_THREADS=away node`: see guest.ts), reported as MODE@L; without
+ *                      one, st='node --single-threaded' (--no-variants: none)
  *   --trace            ftrace each case (bench/vfio/irq-trace.ts: legs of each sample, what ran on
  *                      the IRQ's CPU in the slow ones); tracing costs time: figures differ
  *   --kernel 6.12      boot the newer guest kernel
@@ -80,6 +81,9 @@ async function main(which: string): Promise<number> {
     if (eq < 1 || !/^[\w.-]+$/.test(v.slice(0, eq))) throw new Error(`--variant LABEL=PREFIX, got ${v}`);
     variants.push([v.slice(0, eq), v.slice(eq + 1)]);
   });
+  // By default ours' thread modes also run as a latency-bound driver would (ThreadHandler's advice):
+  // no V8 helper threads beside the interrupt thread.
+  if (which === 'irq' && variants.length === 0 && !process.argv.includes('--no-variants')) variants.push(['st', 'node --single-threaded']);
   const lines: string[] = [bind];
   if (which === 'irq') {
     lines.push('echo "CLOCKSOURCE $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) $(uname -r)"');

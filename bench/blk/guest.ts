@@ -122,8 +122,8 @@ function cpuTimes(pid: number): { user: number; sys: number } {
   return { user: Number(f[11]) * 10_000, sys: Number(f[12]) * 10_000 };
 }
 
-async function startServer(args: string[], ready: string, profile: boolean, cli = CLI, cpus?: string): Promise<Server> {
-  const node = profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, '--cpu-prof-interval=200'] : [];
+async function startServer(args: string[], ready: string, profile: boolean, cli = CLI, cpus?: string, nodeArgs: string[] = []): Promise<Server> {
+  const node = [...nodeArgs, ...(profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, '--cpu-prof-interval=200'] : [])];
   const argv = [...node, cli, ...args];
   const child = cpus ? spawn('taskset', ['-c', cpus, process.execPath, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
@@ -226,7 +226,13 @@ async function measureTarget(target: Target, addr: string, baseline: string, sec
     if (target === 'ublk-alt' && !alt) throw new Error('target ublk-alt needs --alt DIR');
     const cli = target === 'ublk-alt' ? path.resolve(__dirname, '../../..', alt!, 'dist/src/cli/commands/nvme.js') : CLI;
     const extra = arg('--ublk-args')?.split(' ').filter(Boolean) ?? [];
-    const s = await startServer(['ublk', addr, '--id', '0', ...queues, '--depth', '64', ...irq, ...(target === 'ublk' ? extra : [])], 'ublk: serving', profile, cli, serverPin);
+    // --alt-args: the ublk-alt server's own options (e.g. --alt . --alt-args "--threads" for an A/B of one mode).
+    const altExtra = target === 'ublk-alt' ? arg('--alt-args')?.split(' ').filter(Boolean) ?? [] : [];
+    const altThreads = altExtra.includes('--threads');
+    const serverArgs = ['ublk', addr, '--id', '0', ...(altThreads ? [] : queues), '--depth', '64', ...irq, ...(target === 'ublk' ? extra : []), ...altExtra];
+    // --node-args TARGET:"FLAGS": node options for that target's server (e.g. ublk-alt:--single-threaded).
+    const nodeArgs = process.argv.flatMap((a, i) => (process.argv[i - 1] === '--node-args' && a.startsWith(`${target}:`) ? a.slice(target.length + 1).split(' ').filter(Boolean) : []));
+    const s = await startServer(serverArgs, 'ublk: serving', profile, cli, serverPin, nodeArgs);
     try {
       each('/dev/ublkb0', s.child.pid);
     } finally {

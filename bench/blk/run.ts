@@ -18,7 +18,7 @@
  * in one boot), --kernel-args "..." (appended to the guest kernel's command line), --pin CPUS
  * --pin-targets a,b:server (those targets' server and reader, or with ":server" the server alone,
  * under taskset -c CPUS), --trace S (after the cases, S seconds of QD1 reads per target under the guest's ftrace:
- * per I/O, CPU time by process, system calls, switches, wake-ups, interrupts), --cases a,b (some of the cases only), --ublk-args "..." (extra options for the ublk target's server), --verbose (guest console).
+ * per I/O, CPU time by process, system calls, switches, wake-ups, interrupts), --cases a,b (some of the cases only), --ublk-args "..." (extra options for the ublk target's server), --alt-args "..." (the ublk-alt server's options, e.g. --threads), --node-args TARGET:"FLAGS" (node options for that target's server; repeatable), --verbose (guest console).
  */
 import { arg, benchMain, buildStatic, runGuestBench } from '../guest-bench';
 import { childQemu, describeLoad, hostLoad, snapshot, type HostSnapshot } from '../host-load';
@@ -53,6 +53,11 @@ async function main(): Promise<number> {
   if (pin) guestArgs.push('--pin', pin, '--pin-targets', arg('--pin-targets') ?? 'ublk');
   const ublkArgs = arg('--ublk-args');
   if (ublkArgs) guestArgs.push('--ublk-args', `'${ublkArgs}'`);
+  const altArgs = arg('--alt-args');
+  if (altArgs) guestArgs.push('--alt-args', `'${altArgs}'`);
+  process.argv.forEach((a, i) => {
+    if (process.argv[i - 1] === '--node-args') guestArgs.push('--node-args', `'${a}'`);
+  });
   const t0 = Date.now();
   // Per measurement, what the host's CPUs and this guest's QEMU threads did (run, and runnable
   // without a host CPU), per I/O: under TCG a vCPU waiting for the host is guest time lost.

@@ -121,3 +121,6 @@ export interface Backend {
    */
   onLost?(listener: (reason: Error) => void): void;
 }
+
+/** What a Region needs of its backend (a queue thread maps a BAR with no whole Backend behind it). */
+export type RegionBackend = Pick<Backend, 'mapRegion' | 'unmapRegion' | 'regionRead' | 'regionWrite'>;

@@ -23,7 +23,7 @@
  * pread/pwrite. Every access is bounds- and alignment-checked.
  */
 import { DeviceGoneError, InvalidArgumentError, RangeAccessError } from '../errors';
-import type { Backend, BackendRegionInfo } from './backend';
+import type { BackendRegionInfo, RegionBackend } from './backend';
 
 interface MappedArea {
   start: number;
@@ -81,7 +81,7 @@ export class Region {
   private readonly scratchByWidth = [1, 2, 4, 8].map((w) => new Uint8Array(this.scratch.buffer, 0, w));
 
   constructor(
-    private readonly backend: Backend,
+    private readonly backend: RegionBackend,
     info: BackendRegionInfo,
     private readonly label: string,
   ) {

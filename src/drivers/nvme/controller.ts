@@ -19,7 +19,7 @@ import type { Region } from '../../device/region';
 import type { DmaBuffer } from '../../dma/dma-space';
 import type { InterruptVector } from '../../irq/interrupt-vector';
 import * as R from './registers';
-import { NvmeQueue, type QueueHost, type QueueTuning } from './queue';
+import { NvmeQueue, type QueueHost, type QueueRef, type QueueTuning } from './queue';
 import {
   IDENTIFY_SIZE, parseControllerIdentity, parseNamespaceIdentity, parseNamespaceList,
   type ControllerIdentity, type NamespaceIdentity,
@@ -522,7 +522,7 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
   // ------------------------------------------------------------------ recovery
 
   /** QueueHost: a command timed out. Reset the controller (the driver's recovery), unless it is gone. */
-  queueTimedOut(queue: NvmeQueue): void {
+  queueTimedOut(queue: QueueRef): void {
     const csts = this.safeStatus();
     const why = csts === R.CSTS_GONE ? 'gone' : (csts & R.CSTS_CFS) !== 0 ? 'fatal status (CSTS.CFS)' : `command timeout on queue ${queue.qid}`;
     void this.recover(why).catch(() => undefined);
@@ -533,7 +533,7 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
    * now. A controller that stopped answering, or that someone else reset (it is no longer ready
    * while we have queues on it: they are gone), will not either: give up.
    */
-  queueStalled(queue: NvmeQueue): void {
+  queueStalled(queue: QueueRef): void {
     if (this.recovering || this.closed) return;
     const csts = this.safeStatus();
     if (csts === R.CSTS_GONE) this.lose(`${this.name} stopped answering (its registers read all ones or cannot be accessed)`);
@@ -542,7 +542,7 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
   }
 
   /** QueueHost: a register or queue-memory access failed. */
-  queueFault(queue: NvmeQueue, error: Error): void {
+  queueFault(queue: QueueRef, error: Error): void {
     if (this.closed) return;
     const gone = this.device.closed || error instanceof DeviceGoneError || this.safeStatus() === R.CSTS_GONE;
     if (gone) {

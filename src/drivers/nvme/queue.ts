@@ -54,6 +54,14 @@ function rethrowUncaught(err: unknown): void {
 }
 
 /** What a queue needs from its controller. */
+/** What a queue uses of its DMA memory: a DmaBuffer, or memory another thread maps (ublk's queue threads). */
+export type QueueMemory = Pick<DmaBuffer, 'buffer' | 'iova' | 'freed' | 'free'>;
+
+/** What the queue hands back to its host about itself. */
+export interface QueueRef {
+  readonly qid: number;
+}
+
 export interface QueueHost {
   readonly name: string;
   readonly regs: Region;
@@ -64,16 +72,16 @@ export interface QueueHost {
   /** Largest queue the controller takes, in entries (CAP.MQES + 1). */
   readonly maxQueueEntries: number;
   readonly doorbellStride: number;
-  allocDma(size: number): DmaBuffer;
+  allocDma(size: number): QueueMemory;
   /** A command on this queue outlived its timeout (the controller decides about recovery). */
-  queueTimedOut(queue: NvmeQueue): void;
+  queueTimedOut(queue: QueueRef): void;
   /** Commands are outstanding and none completed for a whole tick: worth a look at CSTS. */
-  queueStalled(queue: NvmeQueue): void;
+  queueStalled(queue: QueueRef): void;
   /**
    * A register or queue-memory access of this queue failed (the device was removed, closed or
    * stopped answering): the controller gives up, which destroys this queue. Never throws.
    */
-  queueFault(queue: NvmeQueue, error: Error): void;
+  queueFault(queue: QueueRef, error: Error): void;
 }
 
 export type CompletionCallback = (error: Error | null, result: number) => void;
@@ -191,8 +199,8 @@ export class NvmeQueue {
   readonly cqEntries: number;
   private readonly ackThreshold: number;
   private unacked = 0;
-  private readonly sqMem: DmaBuffer;
-  private readonly cqMem: DmaBuffer;
+  private readonly sqMem: QueueMemory;
+  private readonly cqMem: QueueMemory;
   private readonly sq: Uint32Array;
   private readonly cq: Uint32Array;
   private readonly sqDoorbell: number;
@@ -211,21 +219,21 @@ export class NvmeQueue {
   private freeTop: number;
   private busy = 0;
 
-  private readonly prpMem: DmaBuffer | null;
+  private readonly prpMem: QueueMemory | null;
   private readonly prp: Uint32Array | null;
   private readonly prpSlotBytes: number;
   /** Controller page size - 1 (a power of two). */
   private readonly pageMask: number;
   /** Hands an IOVA to and from prpList (see writeCommand); 0.5 makes it a double field from the start, updated in place. */
   private listIova = 0.5;
-  private bounceMem: DmaBuffer | null = null;
+  private bounceMem: QueueMemory | null = null;
   private bounce: Uint8Array | null = null;
   private bounceViews: (Uint8Array | null)[] = [];
   private bounceChunkBytes = 0;
   /** zeroCopyChunk's last answer. */
   private chunkBlockSize = 0;
   private chunkBytes = 0;
-  private dsmMem: DmaBuffer | null = null;
+  private dsmMem: QueueMemory | null = null;
   private dsm: Uint32Array | null = null;
 
   private pool: Request | null = null;

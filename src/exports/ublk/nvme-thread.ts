@@ -15,9 +15,8 @@ import type { MessagePort } from 'node:worker_threads';
 import { DeviceGoneError, InvalidArgumentError, RangeAccessError, UserpciError, type UserpciErrorCode } from '../../errors';
 import { constants as C, native } from '../../native/index';
 import { Region } from '../../device/region';
-import type { Backend } from '../../device/backend';
-import type { DmaBuffer } from '../../dma/dma-space';
-import { NvmeQueue, type QueueHost } from '../../drivers/nvme/queue';
+import type { RegionBackend } from '../../device/backend';
+import { NvmeQueue, type QueueHost, type QueueMemory } from '../../drivers/nvme/queue';
 import { NVM_FLUSH, NVM_READ, NVM_WRITE, RW_FUA } from '../../drivers/nvme/registers';
 import { UBLK_IO_OP_READ, UBLK_IO_OP_WRITE } from '../../uapi/ublk';
 import type { UblkIoDone } from './block-device';
@@ -78,22 +77,21 @@ class Pool {
 
   constructor(private readonly d: NvmeThreadQueueData) {}
 
-  alloc(size: number): DmaBuffer {
+  alloc(size: number): QueueMemory {
     const bytes = Math.ceil(size / C.PAGE_SIZE) * C.PAGE_SIZE;
     if (this.next + bytes > this.d.poolBytes) throw new UserpciError('ENOMEM', `${this.d.name} queue ${this.d.qid} thread: ${size} bytes more do not fit its ${this.d.poolBytes}-byte DMA buffer`);
     const offset = this.next;
     const buffer = native.mmap(bytes, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED | C.MAP_POPULATE, this.d.memfd, offset);
     this.next += bytes;
     this.maps.push(buffer);
-    const iova = this.d.poolIova + offset;
-    // What NvmeQueue uses of a DmaBuffer; the memory goes back with the pool.
-    return {
-      buffer, iova, size, freed: false,
-      iovaAt: (o: number) => iova + o,
+    // The memory goes back with the pool (release()).
+    const memory = {
+      buffer, iova: this.d.poolIova + offset, freed: false,
       free(): void {
-        (this as { freed: boolean }).freed = true;
+        memory.freed = true;
       },
-    } as unknown as DmaBuffer;
+    };
+    return memory;
   }
 
   release(): void {
@@ -101,11 +99,10 @@ class Pool {
   }
 }
 
-/** BAR0 mapped from the VFIO device fd: the part of a Backend a Region needs. */
-function barBackend(d: NvmeThreadQueueData, onUnmap: (b: ArrayBuffer) => void): Backend {
+/** BAR0 mapped from the VFIO device fd. */
+function barBackend(d: NvmeThreadQueueData, onUnmap: (b: ArrayBuffer) => void): RegionBackend {
   const gone = () => new DeviceGoneError(`${d.name}: the queue thread's BAR mapping is gone`);
   return {
-    name: `${d.name} (queue ${d.qid} thread)`,
     mapRegion: (_index: number, offset: number, size: number) => native.mmap(size, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, d.deviceFd, d.barOffset + offset),
     unmapRegion: onUnmap,
     regionRead: () => {
@@ -114,7 +111,7 @@ function barBackend(d: NvmeThreadQueueData, onUnmap: (b: ArrayBuffer) => void): 
     regionWrite: () => {
       throw gone();
     },
-  } as unknown as Backend;
+  };
 }
 
 class NvmeThreadDevice implements UblkThreadDevice {

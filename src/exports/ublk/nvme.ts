@@ -158,16 +158,16 @@ export async function serveNamespaceOverUblkThreads(
     const poolBytes = nvmeThreadPoolBytes(depth, controller.pageSize, maxIo, controller.maxQueueEntries, maxIo);
     const pool = controller.allocBuffer(poolBytes, 'never');
     pools.push(pool);
+    const ref = { qid: nqid };
     mine.on('message', (m: FromNvmeThread) => {
-      const stand = { qid: nqid } as NvmeQueue;
       if (m.kind === 'rings') {
         controller.createReservedQueuePair(nqid, m).then(
           () => mine.postMessage({ kind: 'created' } satisfies ToNvmeThread),
           (e: Error) => mine.postMessage({ kind: 'error', message: e.message, code: (e as { code?: string }).code ?? 'EIO' } satisfies ToNvmeThread),
         );
-      } else if (m.kind === 'stalled') controller.queueStalled(stand);
-      else if (m.kind === 'timedOut') controller.queueTimedOut(stand);
-      else if (m.kind === 'fault') controller.queueFault(stand, m.gone ? new DeviceGoneError(m.message) : new Error(m.message));
+      } else if (m.kind === 'stalled') controller.queueStalled(ref);
+      else if (m.kind === 'timedOut') controller.queueTimedOut(ref);
+      else if (m.kind === 'fault') controller.queueFault(ref, m.gone ? new DeviceGoneError(m.message) : new Error(m.message));
     });
     mine.unref();
     const data: NvmeThreadQueueData = {

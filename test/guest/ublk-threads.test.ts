@@ -12,75 +12,24 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as crypto from 'node:crypto';
-import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { bindToVfio, boundDriver, unbindFromVfio } from '../../src/pci/bind';
 import { fillPattern } from '../../src/drivers/nvme/workload';
 import { UblkThreadServer } from '../../src/exports/ublk/thread-server';
 import { UblkServer } from '../../src/exports/ublk/server';
 import { MemoryBlockDevice } from '../../src/exports/nbd/block-device';
 import { requireGuest } from './guest-env';
+import { nvmeBySerial } from './nvme-drives';
+import { DISK, launchUblk, sh, startUblk, stopUblk, waitOutput, type UblkProcess } from './ublk-server-process';
 import type { MemoryThreadData } from './ublk-thread-memory';
 
-const CLI = path.resolve(__dirname, '../../src/cli/commands/nvme.js');
 const SYS = '/sys/bus/pci/devices';
-const DISK = '/dev/ublkb0';
 const MiB = 1 << 20;
 let dev: string;
 
-interface Server {
-  child: ChildProcess;
-  stdout: () => string;
-  stderr: () => string;
-  exited: Promise<number | null>;
-}
-
-function sh(cmd: string, args: string[]): string {
-  return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 });
-}
-
-function waitOutput(s: Server, check: () => boolean, what: string, ms = 120_000): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => done(new Error(`${what}: not seen in ${ms} ms; stdout ${s.stdout()} stderr ${s.stderr()}`)), ms);
-    const onData = () => check() && done(null);
-    const onExit = () => done(check() ? null : new Error(`${what}: server exited ${s.child.exitCode}: ${s.stderr()}`));
-    const done = (e: Error | null) => {
-      clearTimeout(timer);
-      s.child.stdout!.off('data', onData);
-      s.child.off('exit', onExit);
-      if (e) reject(e);
-      else resolve();
-    };
-    s.child.stdout!.on('data', onData);
-    s.child.once('exit', onExit);
-    onData();
-  });
-}
-
-function launch(extra: string[] = ['--threads']): Server {
-  const child = spawn(process.execPath, [CLI, 'ublk', dev, '--id', '0', '--verbose', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<number | null>((r) => child.once('exit', (c, signal) => {
-    if (signal) err += `(ended by ${signal})`;
-    r(c);
-  }));
-  return { child, stdout: () => out, stderr: () => err, exited };
-}
-
-async function startServer(extra: string[] = ['--threads']): Promise<Server> {
-  const s = launch(extra);
-  await waitOutput(s, () => s.stdout().includes('ublk: serving'), 'ublk server start');
-  assert.ok(fs.existsSync(DISK), `${DISK} exists once the server says it serves`);
-  return s;
-}
-
-async function stopServer(s: Server): Promise<string> {
-  s.child.kill('SIGTERM');
-  assert.equal(await s.exited, 0, `server exit status; stderr: ${s.stderr()}`);
-  return s.stdout();
-}
+const launch = (extra: string[] = ['--threads']): UblkProcess => launchUblk([dev, '--id', '0', '--verbose', ...extra]);
+const startServer = (extra: string[] = ['--threads']): Promise<UblkProcess> => startUblk([dev, '--id', '0', '--verbose', ...extra]);
+const stopServer = stopUblk;
 
 const digest = (b: Uint8Array) => crypto.createHash('sha256').update(b).digest('hex');
 
@@ -101,14 +50,7 @@ function readBack(cpu: number, offsetMiB: number, lengthMiB: number): Buffer {
 before(() => {
   requireGuest();
   sh('modprobe', ['ublk_drv']);
-  for (const addr of fs.readdirSync(SYS).sort()) {
-    try {
-      const ctrl = fs.readdirSync(path.join(SYS, addr, 'nvme'))[0]!;
-      if (fs.readFileSync(path.join(SYS, addr, 'nvme', ctrl, 'serial'), 'utf8').trim() === 'userpci-nbd') dev = addr;
-    } catch {
-      // not an nvme function on the kernel driver
-    }
-  }
+  dev = nvmeBySerial().get('userpci-nbd')!;
   assert.ok(dev, 'NVMe device with serial userpci-nbd on the kernel nvme driver');
   bindToVfio(dev);
 });
@@ -197,7 +139,7 @@ test('ublk --threads: a queue per CPU, each thread on its queue\'s CPUs; writes 
 test('ublk --threads: killed at a random point (starting, or under writes from both CPUs): the disk fails I/O, the next start with the same id works', { timeout: 600_000 }, async () => {
   for (let round = 0; round < 4; round++) {
     const underLoad = round % 2 === 1;
-    let s: Server;
+    let s: UblkProcess;
     let writers: Promise<{ status: number | null; stderr: string }>[] = [];
     if (underLoad) {
       s = await startServer();

@@ -11,70 +11,18 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as crypto from 'node:crypto';
-import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { bindToVfio, boundDriver, unbindFromVfio } from '../../src/pci/bind';
 import { fillPattern } from '../../src/drivers/nvme/workload';
 import { UblkServer } from '../../src/exports/ublk/server';
 import { MemoryBlockDevice } from '../../src/exports/nbd/block-device';
 import { requireGuest } from './guest-env';
+import { nvmeBySerial } from './nvme-drives';
+import { DISK, sh, startUblk, stopUblk, type UblkProcess } from './ublk-server-process';
 
-const CLI = path.resolve(__dirname, '../../src/cli/commands/nvme.js');
 const SYS = '/sys/bus/pci/devices';
 const MNT = '/mnt/userpci-ublk';
-const DISK = '/dev/ublkb0';
 let dev: string;
-
-interface Server {
-  child: ChildProcess;
-  stdout: () => string;
-  stderr: () => string;
-  exited: Promise<number | null>;
-}
-
-function sh(cmd: string, args: string[]): string {
-  return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 });
-}
-
-/** Resolves when `check` holds after some output arrived or the process exited; rejects after ms (hang guard). */
-function waitOutput(s: Server, check: () => boolean, what: string, ms = 120_000): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => done(new Error(`${what}: not seen in ${ms} ms; stdout ${s.stdout()} stderr ${s.stderr()}`)), ms);
-    const onData = () => check() && done(null);
-    const onExit = () => done(check() ? null : new Error(`${what}: server exited ${s.child.exitCode}: ${s.stderr()}`));
-    const done = (e: Error | null) => {
-      clearTimeout(timer);
-      s.child.stdout!.off('data', onData);
-      s.child.off('exit', onExit);
-      if (e) reject(e);
-      else resolve();
-    };
-    s.child.stdout!.on('data', onData);
-    s.child.once('exit', onExit);
-    onData();
-  });
-}
-
-async function startServer(extra: string[] = [], id = ['--id', '0']): Promise<Server> {
-  const child = spawn(process.execPath, [CLI, 'ublk', dev, ...id, '--queues', '2', '--verbose', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<number | null>((r) => child.once('exit', (c, signal) => {
-    if (signal) err += `(ended by ${signal})`;
-    r(c);
-  }));
-  const s: Server = { child, stdout: () => out, stderr: () => err, exited };
-  await waitOutput(s, () => out.includes('ublk: serving'), 'ublk server start');
-  assert.ok(fs.existsSync(DISK), `${DISK} exists once the server says it serves`);
-  return s;
-}
-
-async function stopServer(s: Server): Promise<string> {
-  s.child.kill('SIGTERM');
-  assert.equal(await s.exited, 0, `server exit status; stderr: ${s.stderr()}`);
-  return s.stdout();
-}
 
 function files(): Map<string, Buffer> {
   const m = new Map<string, Buffer>();
@@ -87,27 +35,18 @@ function files(): Map<string, Buffer> {
 
 const digest = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex');
 
+const startServer = (extra: string[] = [], id = ['--id', '0']): Promise<UblkProcess> => startUblk([dev, ...id, '--queues', '2', '--verbose', ...extra]);
+const stopServer = stopUblk;
+
 function compareTree(root: string, expected: Map<string, Buffer>): void {
   for (const [name, data] of expected) assert.equal(digest(fs.readFileSync(path.join(root, name))), digest(data), `${name} survived`);
-}
-
-function findNvme(serial: string): string | undefined {
-  for (const addr of fs.readdirSync(SYS).sort()) {
-    try {
-      const ctrl = fs.readdirSync(path.join(SYS, addr, 'nvme'))[0]!;
-      if (fs.readFileSync(path.join(SYS, addr, 'nvme', ctrl, 'serial'), 'utf8').trim() === serial) return addr;
-    } catch {
-      // not an nvme function on the kernel driver
-    }
-  }
-  return undefined;
 }
 
 before(() => {
   requireGuest();
   sh('modprobe', ['ublk_drv']);
   assert.ok(fs.existsSync('/dev/ublk-control'), 'ublk_drv gives /dev/ublk-control');
-  dev = findNvme('userpci-nbd')!;
+  dev = nvmeBySerial().get('userpci-nbd')!;
   assert.ok(dev, 'NVMe device with serial userpci-nbd');
   bindToVfio(dev);
   fs.mkdirSync(MNT, { recursive: true });

@@ -23,6 +23,7 @@ import { RxQueue, TxQueue } from '../../src/drivers/virtio-net/queues';
 import { PacketBatch } from '../../src/drivers/virtio-net/packet-batch';
 import type { DmaBuffer } from '../../src/dma/dma-space';
 import { PackedRingDevice, RxDevice, SplitRingDevice, TxDevice, type RingDevice } from '../support/virtio-notify-model';
+import { prng } from '../../src/drivers/nvme/workload';
 
 const realStore = Atomics.store;
 const realLoad = Atomics.load;
@@ -43,17 +44,6 @@ interface Sched {
   pending: Pending[];
 }
 let sched: Sched | undefined;
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** The device gets 0, 1, 2... steps here (each half as likely as the one before). */
 function deviceMayRun(): void {
@@ -129,7 +119,7 @@ function dma(size: number, slot: number): DmaBuffer {
 
 /** One transmit run: frames offered in bursts of 1-3, the device's bottom half interleaved. Returns what was lost. */
 function transmitRun(v: Variant, seed: number, actions: number): { lost?: string; moved: number } {
-  const rand = mulberry32(seed);
+  const rand = prng(seed);
   const size = 4;
   let device!: TxDevice;
   const s: Sched = { rand, step: () => device.step(), bufferStores: v.bufferStores ?? false, pending: [] };
@@ -158,7 +148,7 @@ function transmitRun(v: Variant, seed: number, actions: number): { lost?: string
 
 /** One receive run: frames arriving at random, the driver on the interrupt as onReceive() does it (drain, arm, again if arming says so). */
 function receiveRun(v: Variant, seed: number, actions: number): { lost?: string; moved: number } {
-  const rand = mulberry32(seed);
+  const rand = prng(seed);
   const size = 4;
   let device!: RxDevice;
   const s: Sched = { rand, step: () => device.step(), bufferStores: v.bufferStores ?? false, pending: [] };

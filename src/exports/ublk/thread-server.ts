@@ -269,7 +269,7 @@ function listenErrors(t: QueueThread, server: UblkThreadServer): void {
   });
 }
 
-/** Tells a thread to finish and waits for it to end (a thread that does not answer is terminated). */
+/** Tells a thread to finish, waits for its answer (or its end), then ends it; no timeout: a queue still holding tags would keep DEL_DEV waiting anyway. */
 async function stopThread(t: QueueThread, aborted: boolean): Promise<void> {
   if (!t.alive) return;
   const closed = expect(t, 'closed').catch(() => undefined);

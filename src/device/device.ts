@@ -20,6 +20,7 @@ const PCI_COMMAND = 0x04;
 const PCI_COMMAND_IO = 0x1;
 const PCI_COMMAND_MEMORY = 0x2;
 const PCI_COMMAND_MASTER = 0x4;
+const PCI_COMMAND_INTX_DISABLE = 0x400;
 
 export interface OpenOptions {
   /**
@@ -126,6 +127,7 @@ export class PciDevice extends EventEmitter<PciDeviceEvents> implements AsyncDis
   /**
    * Turn on memory (and I/O) decoding, as pci_enable_device does: registers answer. Bus
    * mastering is a separate step (enableBusMaster), taken by the driver once its device is quiet.
+   * INTx stays disabled (PCI_COMMAND's Interrupt Disable) unless INTx delivery is on: see intxLine.
    */
   enable(): void {
     let cmd = this.config.read16(PCI_COMMAND) | PCI_COMMAND_MEMORY;
@@ -133,7 +135,21 @@ export class PciDevice extends EventEmitter<PciDeviceEvents> implements AsyncDis
       const low = this.config.read32(0x10 + 4 * i);
       if (low & 1) cmd |= PCI_COMMAND_IO;
     }
-    this.config.write16(PCI_COMMAND, cmd);
+    this.config.write16(PCI_COMMAND, this.interrupts.mode === 'intx' ? cmd & ~PCI_COMMAND_INTX_DISABLE : cmd | PCI_COMMAND_INTX_DISABLE);
+  }
+
+  /**
+   * Let the device assert its INTx pin or not. A polled driver, or one on MSI/MSI-X, takes no
+   * INTx, yet a device may still raise it (an NVMe controller does for every admin completion,
+   * virtio after a reset): the pin then stays asserted, with no handler behind it, and on a line
+   * shared with another device that device's driver sees an interrupt storm until the kernel
+   * disables the line. So the pin is disabled unless INTx delivery is on (VFIO carries the bit
+   * to the device while INTx is not in use, and masks it itself while it is).
+   */
+  private intxLine(on: boolean): void {
+    const cmd = this.config.read16(PCI_COMMAND);
+    const want = on ? cmd & ~PCI_COMMAND_INTX_DISABLE : cmd | PCI_COMMAND_INTX_DISABLE;
+    if (want !== cmd) this.config.write16(PCI_COMMAND, want);
   }
 
   /**
@@ -176,12 +192,18 @@ export class PciDevice extends EventEmitter<PciDeviceEvents> implements AsyncDis
   /** Arm `count` vectors of INTx, MSI or MSI-X (one mode at a time). */
   enableInterrupts(mode: InterruptMode, count = 1): readonly InterruptVector[] {
     this.checkOpen();
-    return this.interrupts.enable(mode, count);
+    if (mode === 'intx') this.intxLine(true);
+    try {
+      return this.interrupts.enable(mode, count);
+    } finally {
+      this.intxLine(this.interrupts.mode === 'intx');
+    }
   }
 
   disableInterrupts(): void {
     this.checkOpen();
     this.interrupts.disable();
+    this.intxLine(false);
   }
 
   /** Register access on BAR n (lazily mapped; cached). */

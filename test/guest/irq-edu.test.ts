@@ -90,6 +90,34 @@ test('intx: the line stays masked until the driver acknowledges and unmasks', as
   v!.unmask();
 });
 
+/** COMMAND and STATUS as the device holds them (sysfs reads the real config space, not VFIO's virtual copy). */
+function commandAndStatus(address: string): { intxDisabled: boolean; intxPending: boolean } {
+  const cfg = fs.readFileSync(`/sys/bus/pci/devices/${address}/config`);
+  return { intxDisabled: (cfg.readUInt16LE(4) & 0x400) !== 0, intxPending: (cfg.readUInt16LE(6) & 0x8) !== 0 };
+}
+
+test('the INTx pin is disabled (Interrupt Disable) unless INTx delivery is on: an interrupt raised meanwhile stays pending in the device, not asserted on the line', async () => {
+  await using device = await openDevice(edu0);
+  const edu = new EduDriver(device);
+  assert.deepEqual(commandAndStatus(edu0), { intxDisabled: true, intxPending: false }, 'after open');
+  edu.raiseInterrupt(0x1);
+  assert.deepEqual(commandAndStatus(edu0), { intxDisabled: true, intxPending: true }, 'raised with no delivery on: pending, pin disabled');
+  assert.equal(edu.acknowledgeInterrupt(), 0x1);
+  assert.equal(commandAndStatus(edu0).intxPending, false, 'acknowledged');
+  const [v] = device.enableInterrupts('intx');
+  assert.equal(commandAndStatus(edu0).intxDisabled, false, 'INTx delivery on: pin enabled');
+  edu.raiseInterrupt(0x2);
+  assert.equal(await v!.wait({ timeoutMs: 5000 }), 1);
+  assert.equal(edu.acknowledgeInterrupt(), 0x2);
+  v!.unmask();
+  device.enableInterrupts('msi');
+  assert.equal(commandAndStatus(edu0).intxDisabled, true, 'MSI on: pin disabled again');
+  device.enableInterrupts('intx');
+  assert.equal(commandAndStatus(edu0).intxDisabled, false, 'INTx on again');
+  device.disableInterrupts();
+  assert.equal(commandAndStatus(edu0).intxDisabled, true, 'interrupts off: pin disabled');
+});
+
 test('10,000-interrupt soak: no lost or duplicated completion, stable fds and memory', async () => {
   await using device = await openDevice(edu0);
   const edu = new EduDriver(device);

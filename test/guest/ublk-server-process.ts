@@ -68,3 +68,23 @@ export async function stopUblk(s: UblkProcess): Promise<string> {
   assert.equal(await s.exited, 0, `server exit status; stderr: ${s.stderr()}`);
   return s.stdout();
 }
+
+/**
+ * Removes PCI function `address` (from a child: the write blocks until vfio-pci has the device
+ * back) under a serving `s`: the server ends by itself with status 0, the removal completes, the
+ * disk and its ublk device are gone; then a rescan brings the function back.
+ */
+export async function removeUnderServer(s: UblkProcess, address: string, removedWhat = 'the removal completed'): Promise<void> {
+  const sys = path.join('/sys/bus/pci/devices', address);
+  const remover = spawn('sh', ['-c', `echo 1 > ${path.join(sys, 'remove')}`], { stdio: 'ignore' });
+  const removed = new Promise<number | null>((r) => remover.once('exit', (c) => r(c)));
+  const hang = new Promise<string>((r) => setTimeout(() => r('hang'), 180_000).unref());
+  const first = await Promise.race([s.exited.then(() => 'server exited'), hang]);
+  assert.equal(first, 'server exited', `server still running after the removal; stdout ${s.stdout()} stderr ${s.stderr()}`);
+  assert.equal(await removed, 0, removedWhat);
+  assert.equal(await s.exited, 0, `exit status after removal; stderr ${s.stderr()}`);
+  assert.match(s.stdout(), /ublk: device removed: \/dev\/ublkb0 deleted/);
+  assert.ok(!fs.existsSync('/dev/ublkc0'));
+  fs.writeFileSync('/sys/bus/pci/rescan', '1');
+  assert.ok(fs.existsSync(sys), 'the function is back after a rescan');
+}

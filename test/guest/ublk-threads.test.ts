@@ -20,10 +20,9 @@ import { UblkServer } from '../../src/exports/ublk/server';
 import { MemoryBlockDevice } from '../../src/exports/nbd/block-device';
 import { requireGuest } from './guest-env';
 import { nvmeBySerial } from './nvme-drives';
-import { DISK, launchUblk, sh, startUblk, stopUblk, waitOutput, type UblkProcess } from './ublk-server-process';
+import { DISK, launchUblk, removeUnderServer, sh, startUblk, stopUblk, waitOutput, type UblkProcess } from './ublk-server-process';
 import type { MemoryThreadData } from './ublk-thread-memory';
 
-const SYS = '/sys/bus/pci/devices';
 const MiB = 1 << 20;
 let dev: string;
 
@@ -165,16 +164,5 @@ test('ublk --threads: killed at a random point (starting, or under writes from b
 });
 
 test('ublk --threads: removing the NVMe function ends the server cleanly and the removal completes', { timeout: 240_000 }, async () => {
-  const s = await startServer();
-  const remover = spawn('sh', ['-c', `echo 1 > ${path.join(SYS, dev, 'remove')}`], { stdio: 'ignore' });
-  const removed = new Promise<number | null>((r) => remover.once('exit', (c) => r(c)));
-  const hang = new Promise<string>((r) => setTimeout(() => r('hang'), 180_000).unref());
-  const first = await Promise.race([s.exited.then(() => 'server exited'), hang]);
-  assert.equal(first, 'server exited', `server still running after the removal; stdout ${s.stdout()} stderr ${s.stderr()}`);
-  assert.equal(await removed, 0, 'the removal completed (no thread kept the BAR mapped)');
-  assert.equal(await s.exited, 0, `exit status after removal; stderr ${s.stderr()}`);
-  assert.match(s.stdout(), /ublk: device removed: \/dev\/ublkb0 deleted/);
-  assert.ok(!fs.existsSync('/dev/ublkc0'));
-  fs.writeFileSync('/sys/bus/pci/rescan', '1');
-  assert.ok(fs.existsSync(path.join(SYS, dev)), 'the function is back after a rescan');
+  await removeUnderServer(await startServer(), dev, 'the removal completed (no thread kept the BAR mapped)');
 });

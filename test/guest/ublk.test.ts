@@ -11,14 +11,14 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as crypto from 'node:crypto';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { bindToVfio, boundDriver, unbindFromVfio } from '../../src/pci/bind';
 import { fillPattern } from '../../src/drivers/nvme/workload';
 import { UblkServer } from '../../src/exports/ublk/server';
 import { MemoryBlockDevice } from '../../src/exports/nbd/block-device';
 import { requireGuest } from './guest-env';
 import { nvmeBySerial } from './nvme-drives';
-import { DISK, sh, startUblk, stopUblk, type UblkProcess } from './ublk-server-process';
+import { DISK, removeUnderServer, sh, startUblk, stopUblk, type UblkProcess } from './ublk-server-process';
 
 const SYS = '/sys/bus/pci/devices';
 const MNT = '/mnt/userpci-ublk';
@@ -135,19 +135,7 @@ test('ublk: the next start without --id deletes the device a killed server left,
 });
 
 test('ublk: removing the NVMe function ends the server cleanly and deletes the disk', { timeout: 240_000 }, async () => {
-  const s = await startServer();
-  // The write blocks until vfio-pci has the device back: from a child, so this process can watch.
-  const remover = spawn('sh', ['-c', `echo 1 > ${path.join(SYS, dev, 'remove')}`], { stdio: 'ignore' });
-  const removed = new Promise<number | null>((r) => remover.once('exit', (c) => r(c)));
-  const hang = new Promise<string>((r) => setTimeout(() => r('hang'), 180_000).unref());
-  const first = await Promise.race([s.exited.then(() => 'server exited'), hang]);
-  assert.equal(first, 'server exited', `server still running after the removal; stdout ${s.stdout()} stderr ${s.stderr()}`);
-  assert.equal(await removed, 0, 'the removal completed');
-  assert.equal(await s.exited, 0, `exit status after removal; stderr ${s.stderr()}`);
-  assert.match(s.stdout(), /ublk: device removed: \/dev\/ublkb0 deleted/);
-  assert.ok(!fs.existsSync('/dev/ublkc0'));
-  fs.writeFileSync('/sys/bus/pci/rescan', '1');
-  assert.ok(fs.existsSync(path.join(SYS, dev)), 'the function is back after a rescan');
+  await removeUnderServer(await startServer(), dev);
 });
 
 test('the kernel nvme driver mounts the filesystem ublk served', { timeout: 120_000 }, () => {

@@ -20,7 +20,7 @@ import { InvalidArgumentError, UserpciError, type UserpciErrorCode } from '../..
 import { constants as C, native } from '../../native';
 import * as U from '../../uapi/ublk';
 import { UblkControl, type UblkDeviceInfo } from './control';
-import { UBLK_OWNER_MARK, openCdev, reclaimDeadOwned, reclaimLeftover, type ReclaimedDevice } from './server';
+import { UBLK_OWNER_MARK, openCdev, reclaimDeadOwned, reclaimLeftover, type ReclaimedDevice, type UblkServerOptions } from './server';
 import type { FromQueueThread, QueueDeviceGeometry, QueueThreadData, QueueThreadStats, ToQueueThread } from './thread-protocol';
 
 export interface UblkThreadDeviceSpec {
@@ -32,16 +32,10 @@ export interface UblkThreadDeviceSpec {
   data?: (qid: number) => { data: unknown; transfer?: Transferable[] };
 }
 
-export interface UblkThreadServerOptions {
+/** UblkServer's options (the same meaning, per queue thread), and what only this server has. */
+export interface UblkThreadServerOptions extends UblkServerOptions {
   /** Queues, one thread each; default one per CPU (the driver grants at most that many). */
   queues?: number;
-  id?: number;
-  depth?: number;
-  maxIoBytes?: number;
-  writeCache?: boolean;
-  idleSpinUs?: number;
-  deferTaskrun?: boolean;
-  reclaim?: boolean;
   /** Pin each thread to its queue's CPUs (default true). */
   pin?: boolean;
   /** Runs at the end of close(), after the device was deleted (the caller's own teardown). */

@@ -22,11 +22,22 @@
  * NVME_API=callback,batch,promise,promise-serial narrow the NVMe cases (while iterating); NVME_ROUNDS
  * sets the rounds per CPU (default 5).
  *
- * Young-generation sizes (an application's node flags) are measured on request, each in a child
- * process started with them: NVME_SEMI_SPACE=16,32,64,128 (MiB), NVME_PAGES_TOGETHER=1 (each
- * size again with V8's heap pages placed together, bench/native/heap-together.c),
- * NVME_CONFIG_ROUNDS (default 2), NVME_GC_TRACE=1 (V8's per-scavenge phase times); see
- * benchYoungConfigs. Every NVMe case's `config` in RESULT says which configuration it ran.
+ * Young-generation configurations (an application's node flags) are measured on request, each in
+ * a child process started with them: NVME_SEMI_SPACE=16,32,64,128 (MiB: --min/--max-semi-space-size),
+ * NVME_NODE_FLAGS='--single-threaded-gc;--minor-mc --single-threaded-gc' (flag sets separated by
+ * `;`, `none` for no flags: V8's defaults in a child), NVME_PAGES_TOGETHER=1 (each configuration
+ * again with V8's heap pages placed together, bench/native/heap-together.c), NVME_CONFIG_ROUNDS
+ * (default 2), NVME_GC_TRACE=1 (V8's per-GC phase times); see benchYoungConfigs. Every NVMe
+ * case's `config` in RESULT says which configuration it ran, flags spelled out.
+ *
+ * GC fields of NVMe cases: `gcShare` (wall time in GC pauses / wall time), `gcShareByMedianPause`
+ * (young-generation GCs each at the round's median pause), `scavenges`, `scavengePauseMs` and
+ * `iosPerScavenge` count young-generation GCs whatever the collector: scavenges, or V8's minor
+ * mark-compacts under --minor-mc (perf_hooks `gc` kind 2, kGCTypeMinorMarkCompact); `youngGc`
+ * names the collector seen ('scavenge', 'minor-mc', both joined by '+', or 'none'). Pauses are
+ * the main thread's: GC work on V8's helper threads (parallel or concurrent tasks) is in `ours`
+ * (process CPU time) but not in the shares. `rssMiB`: the process's resident set after the
+ * case's measured rounds, MiB.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -67,6 +78,10 @@ interface Case {
   gcShareByMedianPause?: number;
   /** V8's new space (young generation) while measured, MiB; see warmUp. */
   newSpaceMiB?: number;
+  /** The process's resident set after the measured rounds, MiB. */
+  rssMiB?: number;
+  /** Young-generation collector seen: 'scavenge', 'minor-mc' (both: joined by '+'), 'none'. */
+  youngGc?: string;
   /** NVMe rounds (see measure): how many ran, how many counted (host at full speed), the median of all. */
   rounds?: number;
   counted?: number;
@@ -359,6 +374,20 @@ interface GcProfile {
 
 const GCProfiler = (v8 as unknown as { GCProfiler: new () => { start(): void; stop(): GcProfile } }).GCProfiler;
 
+/**
+ * perf_hooks `gc` entry kinds (V8's GCType bits) of young-generation collections: the scavenger's
+ * (kGCTypeScavenge, Node's NODE_PERFORMANCE_GC_MINOR) and minor mark-compact's (--minor-mc:
+ * kGCTypeMinorMarkCompact, 2 in V8 11.3, for which Node 20 has no constant).
+ */
+const GC_KIND_SCAVENGE = perfConstants.NODE_PERFORMANCE_GC_MINOR;
+const GC_KIND_MINOR_MC = 2;
+function gcKind(e: unknown): number | undefined {
+  return (e as { detail?: { kind?: number } }).detail?.kind;
+}
+function isYoungGc(kind: number | undefined): boolean {
+  return kind === GC_KIND_SCAVENGE || kind === GC_KIND_MINOR_MC;
+}
+
 /** Bytes V8's young generation (new space, both semi-spaces) occupies now. */
 function newSpaceSize(): number {
   return v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space')!.space_size;
@@ -422,7 +451,7 @@ async function warmUp(drive: (ios: number) => Promise<void> | void, ios: number)
   if (ceiling === 0) ceiling = newSpaceCeiling();
   let scavenges = 0;
   const observer = new PerformanceObserver((list) => {
-    for (const e of list.getEntries()) if (((e as unknown as { detail?: { kind?: number } }).detail)?.kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) scavenges++;
+    for (const e of list.getEntries()) if (isYoungGc(gcKind(e))) scavenges++;
   });
   observer.observe({ entryTypes: ['gc'] });
   try {
@@ -493,9 +522,12 @@ async function measure(drive: (ios: number) => Promise<void> | void, ios: number
     return ns;
   };
   const pauses: { start: number; end: number; minor: boolean }[] = [];
+  const youngKinds = new Set<number>();
   const observer = new PerformanceObserver((list) => {
     for (const e of list.getEntries()) {
-      const minor = ((e as unknown as { detail?: { kind?: number } }).detail)?.kind === perfConstants.NODE_PERFORMANCE_GC_MINOR;
+      const kind = gcKind(e);
+      const minor = isYoungGc(kind);
+      if (minor) youngKinds.add(kind!);
       pauses.push({ start: e.startTime, end: e.startTime + e.duration, minor });
     }
   });
@@ -541,6 +573,7 @@ async function measure(drive: (ios: number) => Promise<void> | void, ios: number
   }
   const counted = rounds.filter(counts);
   const used = counted.length > 0 ? counted : rounds;
+  const rss = process.memoryUsage.rss();
   gc();
   const profiler = new GCProfiler();
   profiler.start();
@@ -559,6 +592,8 @@ async function measure(drive: (ios: number) => Promise<void> | void, ios: number
     scavengePauseMs: median(used.map((r) => r.scavengePauseMs)),
     bytes: Math.max(0, (used1 - used0 + freed) / ios),
     newSpace: Math.min(newSpace, newSpaceSize()),
+    rss,
+    youngGc: youngKinds.size === 0 ? 'none' : [...youngKinds].sort().map((k) => (k === GC_KIND_MINOR_MC ? 'minor-mc' : 'scavenge')).join('+'),
     rounds,
     counted,
     hostSlow: counted.length === 0,
@@ -575,6 +610,10 @@ interface Measured {
   scavengePauseMs: number;
   bytes: number;
   newSpace: number;
+  /** The process's resident set after the measured rounds, bytes. */
+  rss: number;
+  /** The young-generation collector(s) seen in the measured rounds. */
+  youngGc: string;
   rounds: NvmeRound[];
   counted: NvmeRound[];
   hostSlow: boolean;
@@ -584,8 +623,8 @@ interface Measured {
 const GC_MARKS = process.env.NVME_GC_MARKS === '1';
 /** The GC configuration this process runs with (a child of benchYoungConfigs() is told its own). */
 const CONFIG = process.env.NVME_CONFIG ?? 'V8 defaults';
-/** Its semi-space size, MiB, when a child of benchYoungConfigs() (V8's default ceiling is 16). */
-const SEMI_SPACE_MIB = Number(process.env.NVME_SEMI_SPACE_MIB ?? 16);
+/** V8 11.3's new-space ceiling on a 64-bit host at its defaults (2 x 16 MiB semi-spaces), bytes. */
+const DEFAULT_NEW_SPACE = 32 << 20;
 
 /** NVMe cases: promise-serial is the promise API with the application's useSerialScavenge() opt-in. */
 type Api = 'callback' | 'batch' | 'promise' | 'promise-serial';
@@ -619,9 +658,12 @@ async function benchNvme(bin: string): Promise<void> {
       // on a uint32 above 2^31 (a double) is an fprem loop, which cost every JS case several ns.
       const unitMask = 2 ** Math.floor(Math.log2(ns.blocks / 8)) - 1;
       const cRound = (cpu: number) => runC(bin, ['nvme', String(qd), '2000000', String(cpu)]).nsPerIo!;
-      // A young generation above V8's default (16 MiB semi-spaces) scavenges less often: a round
-      // then spans as many scavenges as at the default.
-      const ios = (qd === 1 ? 300_000 : 1_000_000) * Math.max(1, SEMI_SPACE_MIB / 16);
+      // A young generation above V8's default collects less often: a round then spans about as
+      // many young-generation GCs as at the default (a child of benchYoungConfigs started with
+      // larger semi-spaces; minor MC's paged new space collects at its whole size, the
+      // scavenger at half, so minor MC rounds span about half as many).
+      if (ceiling === 0) ceiling = newSpaceCeiling();
+      const ios = (qd === 1 ? 300_000 : 1_000_000) * Math.max(1, Math.round(ceiling / DEFAULT_NEW_SPACE));
       for (const api of (process.env.NVME_API ? process.env.NVME_API.split(',') : ['callback', 'batch', 'promise', 'promise-serial']) as Api[]) {
         const promise = api === 'promise' || api === 'promise-serial';
         const drive = promise ? promiseDriver(ns, q, nvme, buf.iova, qd, unitMask) : callbackDriver(ns, q, nvme, buf.iova, qd, unitMask, api === 'batch');
@@ -641,6 +683,7 @@ async function benchNvme(bin: string): Promise<void> {
         console.log(`${name}: ns/IO per round, * = host slow (C over ${HOST_SLACK}x its fastest, ${fastestC.get(qd)!.toFixed(2)}): ${allowedCpus().map((cpu) => `CPU ${cpu}: ${m.rounds.filter((r) => r.cpu === cpu).map(f).join(' ')}`).join('; ')}`);
         add(name, m.ns, m.c, 'ns/IO', target, {
           bytesPerIo: m.bytes, gcShare: m.gcShare, gcShareByMedianPause: m.gcShareByMedianPause, newSpaceMiB: m.newSpace / 2 ** 20,
+          rssMiB: m.rss / 2 ** 20, youngGc: m.youngGc,
           config: `${CONFIG}${api === 'promise-serial' ? ', useSerialScavenge()' : ''}`,
           scavenges: m.scavenges, scavengePauseMs: m.scavengePauseMs, iosPerScavenge: m.scavenges > 0 ? ios / m.scavenges : ios,
           rounds: m.rounds.length, counted: m.counted.length, hostSlow: m.hostSlow, oursAllRounds: median(m.rounds.map((r) => r.ours)),
@@ -657,33 +700,68 @@ async function benchNvme(bin: string): Promise<void> {
   }
 }
 
+/** A young-generation configuration benchYoungConfigs runs in a child node process. */
+interface YoungConfig {
+  /** Node flags the child starts with (after this process's own execArgv). */
+  flags: string[];
+  /** The child's NVME_API. */
+  apis: string;
+  /** With the LD_PRELOAD shim of NVME_PAGES_TOGETHER. */
+  together: boolean;
+  /** In case names. */
+  short: string;
+  /** The cases' `config`: the flags spelled out. */
+  label: string;
+}
+
+/** The configurations asked for by NVME_SEMI_SPACE, NVME_NODE_FLAGS and NVME_PAGES_TOGETHER. */
+function youngConfigs(): YoungConfig[] {
+  const sizes = (process.env.NVME_SEMI_SPACE ?? '').split(',').filter((v) => v !== '').map(Number);
+  if (sizes.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`NVME_SEMI_SPACE: semi-space sizes in MiB, e.g. 16,64 (got ${process.env.NVME_SEMI_SPACE})`);
+  const sets = (process.env.NVME_NODE_FLAGS ?? '').split(';').map((v) => v.trim()).filter((v) => v !== '');
+  const base: Omit<YoungConfig, 'together'>[] = sizes.map((n) => {
+    const flags = [`--min-semi-space-size=${n}`, `--max-semi-space-size=${n}`];
+    // Both the scavenger's ways (V8's parallel default and useSerialScavenge()) at this size.
+    return { flags, apis: 'promise,promise-serial', short: `semi-space ${n} MiB`, label: `semi-space ${n} MiB (node ${flags.join(' ')})` };
+  });
+  for (const set of sets) {
+    const flags = set === 'none' ? [] : set.split(/\s+/);
+    if (flags.some((f) => !f.startsWith('--'))) throw new Error(`NVME_NODE_FLAGS: node flag sets separated by ';', 'none' for none, e.g. '--single-threaded-gc;--minor-mc --single-threaded-gc' (got ${process.env.NVME_NODE_FLAGS})`);
+    // The flags are the whole configuration: the promise API alone (no useSerialScavenge() on top).
+    const short = flags.length === 0 ? 'node without flags' : `node ${flags.join(' ')}`;
+    base.push({ flags, apis: 'promise', short, label: short });
+  }
+  const together = process.env.NVME_PAGES_TOGETHER === '1';
+  return base.flatMap((c) => [
+    { ...c, together: false },
+    ...(together ? [{ ...c, together: true, short: `${c.short}, V8 pages placed together`, label: `${c.label}, V8 pages placed together (LD_PRELOAD bench shim heap-together.c)` }] : []),
+  ]);
+}
+
 /**
- * Young-generation configurations, for the promise API (NVME_SEMI_SPACE=16,32,64,128: semi-space
- * sizes in MiB; NVME_PAGES_TOGETHER=1 adds each size again with V8's heap pages placed together,
- * see heap-together.c). V8 fixes the semi-space size when the isolate is created, so each runs in
- * a child node process (this script, NVMe promise cases only) started as an application would
- * start it: `--min-semi-space-size=N --max-semi-space-size=N` (at that size from the start; its
- * ceiling probe and warm-up run with the same flags). Each child measures V8's parallel scavenges
- * and useSerialScavenge(). NVME_CONFIG_ROUNDS rounds (default 2) run the configurations in
- * alternating order; a case reports its median round by GC share (of two, the higher) and every
- * round's share. NVME_GC_TRACE=1 runs the children with --trace-gc-nvp and adds, per case, the
- * per-scavenge means of V8's phase times over the measured rounds.
+ * Young-generation configurations, for the promise API: NVME_SEMI_SPACE=16,32,64,128 (semi-space
+ * sizes in MiB, each run as `--min-semi-space-size=N --max-semi-space-size=N` with V8's parallel
+ * scavenges and with useSerialScavenge()), NVME_NODE_FLAGS (node flag sets separated by `;`, e.g.
+ * `--minor-mc --single-threaded-gc`: the promise API under exactly those flags), and
+ * NVME_PAGES_TOGETHER=1 (each again with V8's heap pages placed together, see heap-together.c).
+ * V8 sets up its heap (semi-space sizes, which young-generation collector, helper threads) when
+ * the isolate is created, so each runs in a child node process (this script, NVMe promise cases
+ * only) started as an application would start it; its ceiling probe and warm-up run with the
+ * same flags. NVME_CONFIG_ROUNDS rounds (default 2) run the configurations in alternating order;
+ * a case reports its median round by GC share (of two, the higher) and every round's share.
+ * NVME_GC_TRACE=1 runs the children with --trace-gc-nvp and adds, per case, the per-GC means of
+ * V8's phase times over the measured rounds.
  */
 async function benchYoungConfigs(): Promise<void> {
-  const sizes = (process.env.NVME_SEMI_SPACE ?? '').split(',').filter((v) => v !== '').map(Number);
-  if (sizes.length === 0) return;
-  if (sizes.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`NVME_SEMI_SPACE: semi-space sizes in MiB, e.g. 16,64 (got ${process.env.NVME_SEMI_SPACE})`);
-  const shim = process.env.NVME_PAGES_TOGETHER === '1' ? buildShim() : null;
+  const configs = youngConfigs();
+  if (configs.length === 0) return;
+  const shim = configs.some((c) => c.together) ? buildShim() : null;
   const trace = process.env.NVME_GC_TRACE === '1';
-  const configs = sizes.flatMap((n) => [false, ...(shim ? [true] : [])].map((together) => ({ n, together })));
   const rounds = Number(process.env.NVME_CONFIG_ROUNDS ?? 2);
   const seen = new Map<string, { short: string; runs: Case[] }>();
   for (let round = 0; round < rounds; round++) {
-    for (const { n, together } of round % 2 === 0 ? configs : [...configs].reverse()) {
-      const flags = [`--min-semi-space-size=${n}`, `--max-semi-space-size=${n}`];
-      const short = `semi-space ${n} MiB${together ? ', V8 pages placed together' : ''}`;
-      const label = `semi-space ${n} MiB (node ${flags.join(' ')})${together ? ', V8 pages placed together (LD_PRELOAD bench shim heap-together.c)' : ''}`;
-      const env: NodeJS.ProcessEnv = { ...process.env, NVME_API: 'promise,promise-serial', NVME_CONFIG: label, NVME_SEMI_SPACE_MIB: String(n), NVME_SEMI_SPACE: '', NVME_GC_MARKS: trace ? '1' : '' };
+    for (const { flags, apis, together, short, label } of round % 2 === 0 ? configs : [...configs].reverse()) {
+      const env: NodeJS.ProcessEnv = { ...process.env, NVME_API: apis, NVME_CONFIG: label, NVME_SEMI_SPACE: '', NVME_NODE_FLAGS: '', NVME_PAGES_TOGETHER: '', NVME_GC_MARKS: trace ? '1' : '' };
       if (together) env.LD_PRELOAD = shim!;
       const started = Date.now();
       let out: string;
@@ -727,39 +805,56 @@ function buildShim(): string {
 }
 
 /**
- * Per-scavenge means of --trace-gc-nvp's fields between a child's `@@nvp begin`/`end` marks, per
- * `@@case` (V8 prints with printf and flushes each line; our marks are synchronous writes to the
- * same pipe, so the order holds). Adds two remainders: `scavenge.unscoped` (the scavenge phase
- * outside its named sub-phases: the semi-space flip, clearing each to-space page's mark bits,
- * collecting the old-generation pages that hold remembered sets) and `pause.outside_scavenge`
- * (the rest of the pause: the tracer's start, which walks the new-space pages allocated since
- * the last GC to count bytes, prologue and epilogue).
+ * Per-GC means of --trace-gc-nvp's fields for young-generation GCs between a child's `@@nvp
+ * begin`/`end` marks, per `@@case` (V8 prints with printf and flushes each line; our marks are
+ * synchronous writes to the same pipe, so the order holds). Scavenges (`gc=s`) get two
+ * remainders: `scavenge.unscoped` (the scavenge phase outside its named sub-phases: the
+ * semi-space flip, clearing each to-space page's mark bits, collecting the old-generation pages
+ * that hold remembered sets) and `pause.outside_scavenge` (the rest of the pause: the tracer's
+ * start, which walks the new-space pages allocated since the last GC to count bytes, prologue and
+ * epilogue). Minor mark-compacts (`gc=mmc`, --minor-mc) get `minor_mc.unscoped` (outside mark,
+ * clear, sweep, finish) and `pause.outside_minor_mc`.
  */
 function nvpMeans(out: string): Map<string, Record<string, number>> {
-  const sums = new Map<string, { n: number; f: Record<string, number> }>();
+  const sums = new Map<string, { n: number; collector: 's' | 'mmc'; f: Record<string, number> }>();
   let current = '';
   let inside = false;
   for (const line of out.split('\n')) {
     if (line.startsWith('@@case ')) current = line.slice(7);
     else if (line === '@@nvp begin') inside = true;
     else if (line === '@@nvp end') inside = false;
-    else if (inside && line.includes(' gc=s ')) {
+    else if (inside && (line.includes(' gc=s ') || line.includes(' gc=mmc '))) {
+      const collector = line.includes(' gc=s ') ? 's' : 'mmc';
       const f: Record<string, number> = {};
       for (const m of line.matchAll(/([\w.]+)=([\d.]+)/g)) f[m[1]!] = Number(m[2]);
-      const sub = ['scavenge.roots', 'scavenge.parallel', 'scavenge.weak', 'scavenge.weak_global_handles.identify', 'scavenge.weak_global_handles.process', 'scavenge.update_refs', 'scavenge.sweep_array_buffers', 'scavenge.free_remembered_set'];
-      f['scavenge.unscoped'] = (f.scavenge ?? 0) - sub.reduce((a, k) => a + (f[k] ?? 0), 0);
-      f['pause.outside_scavenge'] = (f.pause ?? 0) - (f.scavenge ?? 0);
-      const s = sums.get(current) ?? { n: 0, f: {} };
+      if (collector === 's') {
+        f['scavenge.unscoped'] = (f.scavenge ?? 0) - NVP_SCAVENGE_PHASES.reduce((a, k) => a + (f[k] ?? 0), 0);
+        f['pause.outside_scavenge'] = (f.pause ?? 0) - (f.scavenge ?? 0);
+      } else {
+        f['minor_mc.unscoped'] = (f.minor_mc ?? 0) - NVP_MINOR_MC_PHASES.reduce((a, k) => a + (f[k] ?? 0), 0);
+        f['pause.outside_minor_mc'] = (f.pause ?? 0) - (f.minor_mc ?? 0);
+      }
+      const s = sums.get(current) ?? { n: 0, collector, f: {} };
       s.n++;
       for (const [k, v] of Object.entries(f)) s.f[k] = (s.f[k] ?? 0) + v;
       sums.set(current, s);
     }
   }
-  const keep = ['pause', 'mutator', 'time_to_safepoint', 'heap.external.prologue', 'heap.external.epilogue', 'scavenge', 'scavenge.roots', 'scavenge.parallel', 'scavenge.weak_global_handles.identify', 'scavenge.weak_global_handles.process', 'scavenge.update_refs', 'scavenge.sweep_array_buffers', 'scavenge.free_remembered_set', 'scavenge.unscoped', 'pause.outside_scavenge', 'new_space_survived', 'promoted'];
+  const keep = {
+    s: ['pause', 'mutator', 'time_to_safepoint', 'heap.external.prologue', 'heap.external.epilogue', 'scavenge', 'scavenge.roots', 'scavenge.parallel', 'scavenge.weak_global_handles.identify', 'scavenge.weak_global_handles.process', 'scavenge.update_refs', 'scavenge.sweep_array_buffers', 'scavenge.free_remembered_set', 'scavenge.unscoped', 'pause.outside_scavenge', 'new_space_survived', 'promoted'],
+    mmc: ['pause', 'mutator', 'time_to_safepoint', 'minor_mc', 'mark', 'mark.seed', 'mark.closure_parallel', 'mark.closure', 'clear', 'sweep', 'sweep.new', 'sweep.start_jobs', 'sweep.array_buffers', 'finish', 'finish.ensure_capacity', 'background.mark', 'background.sweep', 'minor_mc.unscoped', 'pause.outside_minor_mc', 'new_space_survived', 'promoted'],
+  };
   const means = new Map<string, Record<string, number>>();
-  for (const [k, { n, f }] of sums) means.set(k, Object.fromEntries([['scavenges', n], ...keep.map((key) => [key, Math.round(((f[key] ?? 0) / n) * 1000) / 1000])]));
+  for (const [k, { n, collector, f }] of sums) {
+    means.set(k, Object.fromEntries([[collector === 's' ? 'scavenges' : 'minorMarkCompacts', n], ...keep[collector].map((key) => [key, Math.round(((f[key] ?? 0) / n) * 1000) / 1000])]));
+  }
   return means;
 }
+
+/** --trace-gc-nvp's named sub-phases of a scavenge. */
+const NVP_SCAVENGE_PHASES = ['scavenge.roots', 'scavenge.parallel', 'scavenge.weak', 'scavenge.weak_global_handles.identify', 'scavenge.weak_global_handles.process', 'scavenge.update_refs', 'scavenge.sweep_array_buffers', 'scavenge.free_remembered_set'];
+/** --trace-gc-nvp's top-level phases of a minor mark-compact (V8 11.3). */
+const NVP_MINOR_MC_PHASES = ['mark', 'clear', 'sweep', 'finish'];
 
 /** xorshift32 state in a typed array: an int32 kept in a variable is a heap number whenever it leaves the Smi range. */
 const lbaState = new Int32Array([0x2545f491]);
@@ -848,6 +943,7 @@ function promiseDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova:
 // ------------------------------------------------------------------ main
 
 async function main(): Promise<void> {
+  youngConfigs(); // malformed NVME_SEMI_SPACE / NVME_NODE_FLAGS: fail before the long part
   const bin = buildBaseline();
   const only = process.argv[2]?.split(',');
   const want = (k: string) => !only || only.includes(k);
@@ -857,15 +953,15 @@ async function main(): Promise<void> {
   if (want('nvme')) await benchNvme(bin);
   if (want('nvme')) await benchYoungConfigs();
   console.log(`\nbench:native on this host (${process.version}), load average ${os.loadavg().map((v) => v.toFixed(2)).join(' ')}; C = the same work in C (cc -O2) in the same run`);
-  console.log(`${'case'.padEnd(80)} ${'ours'.padStart(10)} ${'C'.padStart(10)}  unit     target   ratio  B/IO  GC (median)    new space  rounds counted (NVMe: host at full speed)  scavenge pause, I/Os between`);
+  console.log(`${'case'.padEnd(80)} ${'ours'.padStart(10)} ${'C'.padStart(10)}  unit     target   ratio  B/IO  GC (median)    new space, RSS  rounds counted (NVMe: host at full speed)  young GCs: collector, mean pause, I/Os between`);
   for (const c of cases) {
     const f = (v: number | null | undefined) => (v === null || v === undefined || Number.isNaN(v) ? '-' : v >= 100 ? v.toFixed(0) : v.toFixed(2));
-    console.log(`${c.name.padEnd(80)} ${f(c.ours).padStart(10)} ${f(c.c).padStart(10)}  ${c.unit.padEnd(7)} ${f(c.target).padStart(7)} ${(c.ratio === null ? '-' : c.ratio.toFixed(2)).padStart(7)}  ${c.bytesPerIo === undefined ? '' : c.bytesPerIo.toFixed(0).padStart(4)}  ${c.gcShare === undefined ? '' : `${(100 * c.gcShare).toFixed(1)}%`.padStart(5)}${c.gcShareByMedianPause === undefined ? '' : ` (${(100 * c.gcShareByMedianPause).toFixed(1)}%)`.padStart(8)}${c.newSpaceMiB === undefined ? '' : `  ${c.newSpaceMiB.toFixed(0)} MiB`}${c.rounds === undefined ? '' : `  ${c.counted}/${c.rounds} rounds${c.hostSlow ? ' (host slow in all: medians of all)' : ''}`}${c.scavengePauseMs ? `  ${c.scavengePauseMs.toFixed(3)} ms, ${c.iosPerScavenge!.toFixed(0)}` : ''}`);
+    console.log(`${c.name.padEnd(80)} ${f(c.ours).padStart(10)} ${f(c.c).padStart(10)}  ${c.unit.padEnd(7)} ${f(c.target).padStart(7)} ${(c.ratio === null ? '-' : c.ratio.toFixed(2)).padStart(7)}  ${c.bytesPerIo === undefined ? '' : c.bytesPerIo.toFixed(0).padStart(4)}  ${c.gcShare === undefined ? '' : `${(100 * c.gcShare).toFixed(1)}%`.padStart(5)}${c.gcShareByMedianPause === undefined ? '' : ` (${(100 * c.gcShareByMedianPause).toFixed(1)}%)`.padStart(8)}${c.newSpaceMiB === undefined ? '' : `  ${c.newSpaceMiB.toFixed(0)} MiB, ${c.rssMiB === undefined ? '-' : c.rssMiB.toFixed(0)} MiB`}${c.rounds === undefined ? '' : `  ${c.counted}/${c.rounds} rounds${c.hostSlow ? ' (host slow in all: medians of all)' : ''}`}${c.youngGc === undefined ? '' : `  ${c.youngGc}`}${c.scavengePauseMs ? ` ${c.scavengePauseMs.toFixed(3)} ms, ${c.iosPerScavenge!.toFixed(0)}` : ''}`);
   }
   for (const f of failures) console.log(`NOT MEASURED: ${f}`);
   console.log(`ratio = target / ours (1.0 or more: the issue's target is met); NVMe targets are the issue's (QD32 callback/batch ${90} ns = 1.25x SPDK's ${SPDK_NS} ns, promise 150 ns; QD1 half of the issue's first figures).`);
   for (const c of cases) {
-    if (c.nvp) console.log(`${c.name}: per scavenge (ms, bytes; --trace-gc-nvp) ${Object.entries(c.nvp).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+    if (c.nvp) console.log(`${c.name}: per young-generation GC (ms, bytes; --trace-gc-nvp) ${Object.entries(c.nvp).map(([k, v]) => `${k}=${v}`).join(' ')}`);
   }
   const r = (v: number | null | undefined) => (v === null || v === undefined || Number.isNaN(v) ? null : Math.round(v * 1000) / 1000);
   console.log(`RESULT ${JSON.stringify({
@@ -875,6 +971,7 @@ async function main(): Promise<void> {
       ...(c.bytesPerIo !== undefined ? {
         bytesPerIo: r(c.bytesPerIo), gcShare: r(c.gcShare), gcShareByMedianPause: r(c.gcShareByMedianPause), newSpaceMiB: r(c.newSpaceMiB), config: c.config,
         scavenges: c.scavenges, scavengePauseMs: r(c.scavengePauseMs), iosPerScavenge: r(c.iosPerScavenge),
+        rssMiB: r(c.rssMiB), youngGc: c.youngGc,
       } : {}),
       ...(c.rounds !== undefined ? { rounds: c.rounds, counted: c.counted, hostSlow: c.hostSlow, oursAllRounds: r(c.oursAllRounds) } : {}),
       ...(c.gcShareRounds ? { gcShareRounds: c.gcShareRounds.map(r) } : {}),

@@ -22,6 +22,7 @@
  * space, parts a sparse-mmap capability leaves out) the same calls go through the backend's
  * pread/pwrite. Every access is bounds- and alignment-checked.
  */
+import { checkBytes, describeValue } from '../arguments';
 import { DeviceGoneError, InvalidArgumentError, RangeAccessError } from '../errors';
 import type { BackendRegionInfo, RegionBackend } from './backend';
 
@@ -207,6 +208,7 @@ export class Region {
       this.slowAccess(offset, 8, true);
       return;
     }
+    if (typeof value !== 'bigint') throw new InvalidArgumentError(`${this.label}: a 64-bit value must be a bigint or a number, got ${describeValue(value)}`);
     const v = BigInt.asUintN(64, value);
     const a = this.area(offset, 8, true);
     if (a) {
@@ -228,6 +230,7 @@ export class Region {
   }
 
   writeBytes(offset: number, bytes: Uint8Array): void {
+    checkBytes(bytes, `${this.label}: writeBytes' data`);
     this.checkRange(offset, bytes.length);
     if (!this.writable) throw new InvalidArgumentError(`${this.label} is not writable`);
     const a = bytes.length > 0 ? this.findArea(offset, bytes.length) : undefined;

@@ -7,6 +7,7 @@ import { randomInt } from 'node:crypto';
 import { inspect } from 'node:util';
 import { markAsUntransferable } from 'node:worker_threads';
 import { native, constants } from '../native/index';
+import { describeValue } from '../arguments';
 import { DeviceGoneError, InvalidArgumentError, UserpciError, isSystemError, wrapSystemError } from '../errors';
 import type { Backend } from '../device/backend';
 import { IovaAllocator } from './iova-allocator';
@@ -55,7 +56,7 @@ export class DmaBuffer implements Disposable {
 
   /** IOVA of a byte offset inside the buffer. */
   iovaAt(offset: number): number {
-    if (offset < 0 || offset > this.size) throw new InvalidArgumentError(`offset ${offset} is outside the ${this.size}-byte DMA buffer`);
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset > this.size) throw new InvalidArgumentError(`offset ${offset} is outside the ${this.size}-byte DMA buffer`);
     return this.iova + offset;
   }
 
@@ -144,7 +145,7 @@ function toBytes(memory: DmaMappable): Uint8Array {
     offset = memory.byteOffset;
     length = memory.byteLength;
   } else {
-    throw new InvalidArgumentError(`DMA memory must be an ArrayBuffer, a SharedArrayBuffer or a typed array/DataView, got ${describe(memory)}`);
+    throw new InvalidArgumentError(`DMA memory must be an ArrayBuffer, a SharedArrayBuffer or a typed array/DataView, got ${describeValue(memory)}`);
   }
   const b = buffer as ArrayBufferLike & { resizable?: boolean; growable?: boolean };
   if (b.resizable === true || b.growable === true) {
@@ -156,12 +157,6 @@ function toBytes(memory: DmaMappable): Uint8Array {
     // The only way constructing a view over a valid buffer fails: it was detached (transferred).
     throw new InvalidArgumentError('cannot map a detached ArrayBuffer for DMA: its memory was transferred away', { cause: err });
   }
-}
-
-function describe(value: unknown): string {
-  if (value === null) return 'null';
-  if (typeof value === 'object') return value.constructor?.name ?? 'an object';
-  return typeof value;
 }
 
 /**
@@ -293,10 +288,15 @@ export class DmaSpace {
     return this.mappings.length;
   }
 
+  /** Whether this space allocated the buffer (and has not freed it). */
+  owns(buffer: DmaBuffer): boolean {
+    return this.buffers.has(buffer);
+  }
+
   allocate(size: number, options: DmaAllocOptions = {}): DmaBuffer {
     this.checkOpen();
     if (!Number.isSafeInteger(size) || size <= 0) throw new InvalidArgumentError(`DMA buffer size must be a positive integer, got ${size}`);
-    if (options === null || typeof options !== 'object') throw new InvalidArgumentError(`allocDma options must be an object, got ${describe(options)}`);
+    if (options === null || typeof options !== 'object') throw new InvalidArgumentError(`allocDma options must be an object, got ${describeValue(options)}`);
     const hugePages = checkHugePagePolicy(options.hugePages);
     const pins = this.pins;
     checkDmaMemoryFits(size, !pins);

@@ -15,6 +15,7 @@ import { EventEmitter } from 'node:events';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { native, constants, type WatchHandle } from '../native/index';
+import { checkTimeoutMs, describeValue, optionsObject } from '../arguments';
 import { DeviceGoneError, InvalidArgumentError, UserpciError } from '../errors';
 import { STOP_TOKEN, type ThreadWorkerData } from './thread-protocol';
 
@@ -64,6 +65,9 @@ function stopThreadsAtExit(): void {
 }
 
 export type InterruptKind = 'intx' | 'msi' | 'msix' | 'err' | 'req';
+
+/** wait()'s default: no timeout, no signal (nothing to check). */
+const NO_WAIT_OPTIONS: WaitOptions = Object.freeze({});
 
 export interface WaitOptions {
   timeoutMs?: number;
@@ -269,7 +273,18 @@ export class InterruptVector extends EventEmitter<InterruptVectorEvents> impleme
    * Resolves with the number of interrupts taken (pending ones first). Rejects with ETIMEDOUT,
    * with the signal's reason when aborted, or with ENODEV when the device goes away.
    */
-  wait(options: WaitOptions = {}): Promise<number> {
+  wait(options: WaitOptions = NO_WAIT_OPTIONS): Promise<number> {
+    if (options !== NO_WAIT_OPTIONS) {
+      // A bad timeout would fire at once (negative, NaN) or after 1 ms (above 2^31 - 1), a bad
+      // signal throw from the timer that cleans up: refuse both here.
+      try {
+        optionsObject(options, 'wait() options');
+        checkTimeoutMs(options.timeoutMs, 'wait() timeoutMs');
+        if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) throw new InvalidArgumentError(`wait() signal must be an AbortSignal, got ${describeValue(options.signal)}`);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
     if (this.closedBy) return Promise.reject(this.closedBy);
     if (this.deliveryMode === 'thread') return Promise.reject(new UserpciError('EBUSY', `${this.kind} vector ${this.vector} delivers on a thread: its handler takes the interrupts`));
     if (this.pending > 0) {

@@ -7,6 +7,7 @@
  * reset), and only then let it master the bus. While bus mastering is off, such a leftover DMA
  * goes nowhere; once on, only this driver's own transfers can follow.
  */
+import { checkBytes, checkInteger, checkTimeoutMs, describeValue, optionsObject } from '../../arguments';
 import { InvalidArgumentError, UserpciError } from '../../errors';
 import type { PciDevice } from '../../device/device';
 import type { Region } from '../../device/region';
@@ -80,6 +81,7 @@ export class EduDriver {
 
   /** The device inverts what we write: proves it decodes full-width writes and reads. */
   checkLiveness(value = 0x5a5aa5a5): boolean {
+    checkInteger(value, 0, 0xffffffff, 'edu liveness value');
     this.regs.write32(R.REG_LIVENESS, value >>> 0);
     return this.regs.read32(R.REG_LIVENESS) === (~value >>> 0);
   }
@@ -102,6 +104,7 @@ export class EduDriver {
   /** n! modulo 2^32: polled, or by interrupt after useInterrupts(). */
   async factorial(n: number, options: PollOptions = {}): Promise<number> {
     if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new InvalidArgumentError(`factorial input must be a 32-bit unsigned integer, got ${n}`);
+    checkPollOptions(options);
     await this.ready();
     if (this.vector) {
       // A completion bit left by an earlier user (or a polled run) must not end this wait early.
@@ -123,6 +126,8 @@ export class EduDriver {
    * offset into the device's 4 KiB buffer. Resolves when the engine reports completion.
    */
   async dma(direction: 'to-device' | 'from-device', ramIova: number, deviceOffset: number, length: number, options: PollOptions = {}): Promise<void> {
+    checkDmaArguments(direction, ramIova, deviceOffset, length);
+    checkPollOptions(options);
     if (this.dmaInFlight) throw new UserpciError('EBUSY', `${this.device.name}: a DMA of this driver is already running`);
     this.dmaInFlight = true;
     try {
@@ -139,11 +144,7 @@ export class EduDriver {
 
   /** Program and start a DMA without waiting (for interrupt-driven completion). */
   startDma(direction: 'to-device' | 'from-device', ramIova: number, deviceOffset: number, length: number, raiseIrq: boolean): void {
-    if (!Number.isInteger(length) || length <= 0 || !Number.isInteger(deviceOffset) || deviceOffset < 0 || deviceOffset + length > R.DMA_BUFFER_USABLE) {
-      throw new InvalidArgumentError(`edu DMA must stay inside the first ${R.DMA_BUFFER_USABLE} bytes of its buffer (offset ${deviceOffset}, length ${length})`);
-    }
-    if (!Number.isSafeInteger(ramIova) || ramIova < 0) throw new InvalidArgumentError(`bad IOVA ${ramIova}`);
-    if (ramIova + length - 1 > R.EDU_DEFAULT_DMA_MASK) throw new InvalidArgumentError(`IOVA 0x${ramIova.toString(16)} + ${length} is beyond the 28 bits edu drives`);
+    checkDmaArguments(direction, ramIova, deviceOffset, length);
     if (this.regs.read32(R.REG_DMA_CMD) & R.DMA_CMD_START) throw new UserpciError('EBUSY', `${this.device.name}: a DMA is already running`);
     if (this.quiescing) throw new UserpciError('EBUSY', `${this.device.name}: a previous owner's DMA is still running; await driver.ready() first`);
     const deviceAddress = R.DMA_BUFFER_ADDRESS + deviceOffset;
@@ -156,6 +157,8 @@ export class EduDriver {
 
   /** Copy bytes into the device's buffer through a coherent DMA buffer. */
   async copyToDevice(bytes: Uint8Array, deviceOffset = 0, options: PollOptions = {}): Promise<void> {
+    checkBytes(bytes, 'copyToDevice bytes');
+    checkDmaArguments('to-device', 0, deviceOffset, bytes.length);
     const staging = this.stagingBuffer();
     new Uint8Array(staging.buffer).set(bytes);
     await this.dma('to-device', staging.iova, deviceOffset, bytes.length, options);
@@ -163,6 +166,7 @@ export class EduDriver {
 
   /** Copy bytes out of the device's buffer through a coherent DMA buffer. */
   async copyFromDevice(deviceOffset: number, length: number, options: PollOptions = {}): Promise<Uint8Array> {
+    checkDmaArguments('from-device', 0, deviceOffset, length);
     const staging = this.stagingBuffer();
     await this.dma('from-device', staging.iova, deviceOffset, length, options);
     return new Uint8Array(staging.buffer, 0, length).slice();
@@ -170,6 +174,7 @@ export class EduDriver {
 
   /** Raise an interrupt with the given status bits (the device's self-test; MSI needs ready()). */
   raiseInterrupt(bits: number): void {
+    checkInteger(bits, 0, 0xffffffff, 'edu interrupt status bits');
     this.regs.write32(R.REG_IRQ_RAISE, bits >>> 0);
   }
 
@@ -227,6 +232,20 @@ export class EduDriver {
       }
     }
   }
+}
+
+/** What startDma programs, checked before anything is written: a wrong direction would DMA the other way. */
+function checkDmaArguments(direction: unknown, ramIova: number, deviceOffset: number, length: number): void {
+  if (direction !== 'to-device' && direction !== 'from-device') throw new InvalidArgumentError(`edu DMA direction must be 'to-device' or 'from-device', got ${describeValue(direction)}`);
+  if (!Number.isInteger(length) || length <= 0 || !Number.isInteger(deviceOffset) || deviceOffset < 0 || deviceOffset + length > R.DMA_BUFFER_USABLE) {
+    throw new InvalidArgumentError(`edu DMA must stay inside the first ${R.DMA_BUFFER_USABLE} bytes of its buffer (offset ${String(deviceOffset)}, length ${String(length)})`);
+  }
+  if (!Number.isSafeInteger(ramIova) || ramIova < 0) throw new InvalidArgumentError(`bad IOVA ${String(ramIova)}`);
+  if (ramIova + length - 1 > R.EDU_DEFAULT_DMA_MASK) throw new InvalidArgumentError(`IOVA 0x${ramIova.toString(16)} + ${length} is beyond the 28 bits edu drives`);
+}
+
+function checkPollOptions(options: PollOptions): void {
+  checkTimeoutMs(optionsObject(options, 'edu poll options').timeoutMs, 'edu timeoutMs');
 }
 
 function hex(value: number, digits: number): string {

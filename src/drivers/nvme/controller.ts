@@ -12,11 +12,12 @@
  *   await ctrl.close();                // CC.SHN, then the device is released
  */
 import { EventEmitter } from 'node:events';
+import { checkInteger, checkTimeoutMs, describeValue, optionsObject } from '../../arguments';
 import { InvalidArgumentError, UserpciError, DeviceGoneError } from '../../errors';
 import { openDevice } from '../../device/open';
-import type { PciDevice } from '../../device/device';
+import { PciDevice } from '../../device/device';
 import type { Region } from '../../device/region';
-import type { DmaBuffer } from '../../dma/dma-space';
+import { DmaBuffer } from '../../dma/dma-space';
 import type { InterruptVector } from '../../irq/interrupt-vector';
 import * as R from './registers';
 import { NvmeQueue, type QueueHost, type QueueRef, type QueueTuning } from './queue';
@@ -65,6 +66,20 @@ export interface ControllerCapabilities {
   maxPageSize: number;
   /** VS register, e.g. "1.4.0". */
   version: string;
+}
+
+/**
+ * Queue tuning a caller gave, checked before the queue exists (a NaN or negative timeout would
+ * time every command out, a NaN doorbell batch never ring).
+ */
+function checkQueueTuning(t: QueueTuning): void {
+  checkTimeoutMs(t.timeoutMs, 'queue timeoutMs');
+  if (t.timeoutMs !== undefined && t.timeoutMs < 1) throw new InvalidArgumentError(`queue timeoutMs must be at least 1 ms, got ${t.timeoutMs}`);
+  if (t.pollSpinUs !== undefined && !(typeof t.pollSpinUs === 'number' && t.pollSpinUs >= 0 && t.pollSpinUs <= 1_000_000)) throw new InvalidArgumentError(`pollSpinUs must be 0..1000000 µs, got ${describeValue(t.pollSpinUs)}`);
+  if (t.pollBurst !== undefined) checkInteger(t.pollBurst, 0, 1 << 20, 'pollBurst');
+  if (t.doorbellEvery !== undefined) checkInteger(t.doorbellEvery, 1, 65536, 'doorbellEvery');
+  if (t.bounceChunk !== undefined) checkInteger(t.bounceChunk, 1, 1 << 30, 'bounceChunk');
+  if (t.cqAckBatch !== undefined && typeof t.cqAckBatch !== 'boolean') throw new InvalidArgumentError(`cqAckBatch must be true or false, got ${describeValue(t.cqAckBatch)}`);
 }
 
 /** A queue pair whose rings and memory another thread owns and drives (see reserveQueuePair). */
@@ -129,6 +144,8 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
 
   /** Opens the device at a PCI address or vfio-user socket (or takes an open one) and brings the controller up. */
   static async open(target: string | PciDevice, options: NvmeControllerOptions = {}): Promise<NvmeController> {
+    options = optionsObject(options, 'NvmeController.open options');
+    if (typeof target !== 'string' && !(target instanceof PciDevice)) throw new InvalidArgumentError(`NvmeController.open takes a PCI address, a vfio-user socket path or an open PciDevice, got ${describeValue(target)}`);
     const owns = typeof target === 'string';
     const device = owns ? await openDevice(target, { dmaMask: options.dmaMask }) : target;
     let ctrl: NvmeController | undefined;
@@ -182,6 +199,8 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
     this.doorbellStride = this.capabilities.doorbellStride;
     // Until Identify tells us MDTS, admin transfers are at most two pages (no PRP list).
     this.maxTransfer = 2 * this.pageSize;
+    checkTimeoutMs(options.adminTimeoutMs, 'adminTimeoutMs');
+    if (options.defaultQueue !== undefined && options.defaultQueue !== false) optionsObject(options.defaultQueue, 'defaultQueue');
     this.requestedQueuePairs = options.queuePairs ?? 16;
     if (!Number.isInteger(this.requestedQueuePairs) || this.requestedQueuePairs < 1 || this.requestedQueuePairs > 65535) {
       throw new InvalidArgumentError(`queuePairs must be 1..65535, got ${String(options.queuePairs)}`);
@@ -272,12 +291,26 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
   /** One admin command; resolves with completion dword 0. */
   adminCommand(opcode: number, nsid: number, cdw10 = 0, cdw11 = 0, cdw12 = 0, cdw13 = 0, cdw14 = 0, cdw15 = 0, dataIova = 0, dataLength = 0): Promise<number> {
     if (this.closed) return Promise.reject(this.closed);
+    // A value the queue cannot store (a bigint, a fraction) would fault the admin queue, and with it the controller.
+    try {
+      checkInteger(opcode, 0, 0xff, 'admin opcode');
+      // Dwords are 32-bit patterns: signed (`a | b`) or unsigned (`>>> 0`) alike.
+      checkInteger(nsid, -0x8000_0000, 0xffffffff, 'nsid');
+      const dwords = [cdw10, cdw11, cdw12, cdw13, cdw14, cdw15];
+      for (let i = 0; i < dwords.length; i++) checkInteger(dwords[i], -0x8000_0000, 0xffffffff, `cdw${10 + i}`);
+      checkInteger(dataIova, 0, Number.MAX_SAFE_INTEGER, 'data IOVA');
+      checkInteger(dataLength, 0, this.maxTransfer, 'data length');
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return this.admin.command(opcode, nsid, cdw10, cdw11, cdw12, cdw13, cdw14, cdw15, dataIova, dataLength)!;
   }
 
   /** Identify with CNS `cns` into a 4096-byte copy. */
   async identify(cns: number, nsid = 0): Promise<Uint8Array> {
     this.checkOpen();
+    checkInteger(cns, 0, 0xff, 'identify CNS');
+    checkInteger(nsid, 0, 0xffffffff, 'nsid');
     const prev = this.identifyLock;
     let release!: () => void;
     this.identifyLock = new Promise<void>((r) => (release = r));
@@ -345,11 +378,15 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
   /** Create one I/O queue pair (a CQ, then its SQ). */
   async createQueuePair(options: QueuePairOptions = {}): Promise<NvmeQueue> {
     this.checkOpen();
+    options = optionsObject(options, 'queue pair options');
     const maxDepth = Math.min(this.capabilities.maxQueueEntries - 1, 65535);
     const depth = options.depth ?? Math.min(64, maxDepth);
     if (!Number.isInteger(depth) || depth < 1 || depth > maxDepth) {
       throw new InvalidArgumentError(`queue depth must be 1..${maxDepth} (a queue holds one command fewer than its ${maxDepth + 1} entries, CAP.MQES + 1), got ${String(options.depth)}`);
     }
+    checkQueueTuning(options);
+    if (options.interrupts !== undefined && typeof options.interrupts !== 'boolean') throw new InvalidArgumentError(`interrupts must be true or false, got ${describeValue(options.interrupts)}`);
+    if (options.vector !== undefined) checkInteger(options.vector, 0, 2047, 'MSI-X vector');
     const qid = this.freeQueueId();
     let vector = -1;
     if (options.interrupts) vector = this.prepareVector(qid, options.vector);
@@ -423,6 +460,7 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
 
   /** Create up to `count` queue pairs (fewer when the controller granted fewer). */
   async createQueuePairs(count: number, options: QueuePairOptions = {}): Promise<NvmeQueue[]> {
+    checkInteger(count, 1, 65535, 'queue pair count');
     const out: NvmeQueue[] = [];
     const free = this.grantedQueuePairs - this.entries.size;
     for (let i = 0; i < Math.min(count, free); i++) out.push(await this.createQueuePair(options));
@@ -431,6 +469,7 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
 
   /** Delete a queue pair (SQ, then CQ); its outstanding commands are aborted by the controller. */
   async deleteQueuePair(queue: NvmeQueue): Promise<void> {
+    if (!(queue instanceof NvmeQueue)) throw new InvalidArgumentError(`deleteQueuePair takes an NvmeQueue, got ${describeValue(queue)}`);
     const entry = this.entries.get(queue.qid);
     if (!entry || entry.queue !== queue) throw new InvalidArgumentError(`queue ${queue.qid} does not belong to ${this.name}`);
     try {
@@ -511,6 +550,9 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
 
   /** Let views over an existing DMA buffer of this device go zero copy too. */
   registerBuffer(buf: DmaBuffer): void {
+    // Another device's IOVA means nothing (or something else) to this controller: its DMA would go astray.
+    if (!(buf instanceof DmaBuffer) || !this.device.dma.owns(buf)) throw new InvalidArgumentError(`registerBuffer takes a DmaBuffer allocated on ${this.name}, got ${buf instanceof DmaBuffer ? "another device's" : describeValue(buf)}`);
+    if (buf.freed) throw new DeviceGoneError('the DMA buffer was freed', 'EBADF');
     this.registered.set(buf.buffer, buf);
   }
 

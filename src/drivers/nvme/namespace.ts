@@ -14,7 +14,8 @@ import { InvalidArgumentError, RangeAccessError, UserpciError } from '../../erro
 import type { DmaBuffer } from '../../dma/dma-space';
 import type { NamespaceIdentity, LbaFormat } from './identify';
 import type { NvmeController } from './controller';
-import type { CompletionCallback, NvmeQueue } from './queue';
+import { NvmeQueue, type CompletionCallback } from './queue';
+import { describeValue } from '../../arguments';
 import { NVM_FLUSH, NVM_READ, NVM_WRITE, RW_FUA } from './registers';
 
 export interface WriteOptions {
@@ -95,6 +96,7 @@ export class NvmeNamespace {
   flush(queue?: NvmeQueue): Promise<void> {
     const q = queue ?? this.controller.defaultQueue;
     if (!q) return Promise.reject(noQueue(this));
+    if (q.host !== this.controller) return Promise.reject(this.foreignQueue(q));
     return q.command(NVM_FLUSH, this.nsid, 0, 0, 0, 0, 0, 0, 0, 0) as Promise<unknown> as Promise<void>;
   }
 
@@ -105,6 +107,7 @@ export class NvmeNamespace {
     if (err) return Promise.reject(err);
     const q = queue ?? this.controller.defaultQueue;
     if (!q) return Promise.reject(noQueue(this));
+    if (q.host !== this.controller) return Promise.reject(this.foreignQueue(q));
     return q.deallocate(this.nsid, lba, blocks, null) as Promise<unknown> as Promise<void>;
   }
 
@@ -115,6 +118,7 @@ export class NvmeNamespace {
     if (err) return Promise.reject(err);
     const q = queue ?? this.controller.defaultQueue;
     if (!q) return Promise.reject(noQueue(this));
+    if (q.host !== this.controller) return Promise.reject(this.foreignQueue(q));
     return q.writeZeroes(this.nsid, this.blockSize, lba, blocks, null) as Promise<unknown> as Promise<void>;
   }
 
@@ -127,13 +131,14 @@ export class NvmeNamespace {
   submit(write: boolean, lba: number, iova: number, length: number, queue: NvmeQueue, callback: CompletionCallback): void {
     // The check that passes is inlined with this call into the caller, the error is built out of
     // line: an IOVA above 2^30 then reaches the queue's request without being boxed on the way.
-    if (!this.validIo(lba, iova, length)) throw this.checkIova(lba, iova, length)!;
+    if (!this.validIo(lba, iova, length) || queue?.host !== this.controller || typeof callback !== 'function') throw this.checkSubmit(lba, iova, length, queue, callback);
     queue.rw(write ? NVM_WRITE : NVM_READ, this.nsid, this.blockSize, lba, iova, null, length, 0, callback);
   }
 
   // ---------------------------------------------------------------- internals
 
   private transfer(opcode: number, lba: number, data: Uint8Array | DmaBuffer, flags: number, queue: NvmeQueue | undefined): Promise<void> {
+    if (queue != null && queue.host !== this.controller) return Promise.reject(this.foreignQueue(queue));
     if (!(data instanceof Uint8Array)) {
       if (data && typeof (data as DmaBuffer).iova === 'number' && typeof (data as DmaBuffer).size === 'number') {
         return this.submitIova(opcode, lba, (data as DmaBuffer).iova, (data as DmaBuffer).size, flags, queue, null) as Promise<void>;
@@ -156,6 +161,7 @@ export class NvmeNamespace {
   private submitIova(opcode: number, lba: number, iova: number, length: number, flags: number, queue: NvmeQueue | undefined, callback: CompletionCallback | null): Promise<unknown> | undefined {
     const q = queue ?? this.controller.defaultQueue;
     if (!q) return Promise.reject(noQueue(this));
+    if (q.host !== this.controller) return Promise.reject(this.foreignQueue(q));
     if (!this.validIo(lba, iova, length)) return Promise.reject(this.checkIova(lba, iova, length)!);
     return q.rw(opcode, this.nsid, this.blockSize, lba, iova, null, length, flags, callback);
   }
@@ -165,6 +171,19 @@ export class NvmeNamespace {
     const bs = this.blockSize;
     return Number.isSafeInteger(iova) && iova >= 0 && (iova & 3) === 0 && Number.isSafeInteger(length) && length > 0 && length % bs === 0 &&
       Number.isSafeInteger(lba) && lba >= 0 && lba + length / bs <= this.blocks;
+  }
+
+  /** Why submit() refused (built out of line: the passing check stays one expression). */
+  private checkSubmit(lba: number, iova: number, length: number, queue: NvmeQueue, callback: unknown): Error {
+    if (queue?.host !== this.controller) return this.foreignQueue(queue);
+    if (typeof callback !== 'function') return new InvalidArgumentError(`${this.controller.name} namespace ${this.nsid}: submit's callback must be a function, got ${describeValue(callback)}`);
+    return this.checkIova(lba, iova, length)!;
+  }
+
+  /** A queue of another controller would take this namespace's I/O to another device. */
+  private foreignQueue(queue: unknown): Error {
+    if (!(queue instanceof NvmeQueue)) return new InvalidArgumentError(`${this.controller.name} namespace ${this.nsid}: queue must be an NvmeQueue of this controller, got ${describeValue(queue)}`);
+    return new InvalidArgumentError(`${this.controller.name} namespace ${this.nsid}: queue ${queue.qid} belongs to ${queue.host.name}, not to this controller`);
   }
 
   private checkIova(lba: number, iova: number, length: number): Error | null {

@@ -295,7 +295,8 @@ export class NvmeQueue {
   spinMs = 0;
 
   constructor(
-    private readonly host: QueueHost,
+    /** The controller the queue belongs to (a namespace refuses another's queue). */
+    readonly host: QueueHost,
     /** Queue identifier: 0 is the admin queue. */
     readonly qid: number,
     depth: number,

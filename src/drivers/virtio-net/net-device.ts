@@ -18,9 +18,10 @@
  * configuration change, 'removed' when the device was unplugged (every later call: ENODEV).
  */
 import { EventEmitter } from 'node:events';
+import { checkFunction, describeValue, optionsObject } from '../../arguments';
 import { DeviceGoneError, InvalidArgumentError, UserpciError } from '../../errors';
 import { openDevice } from '../../device/open';
-import type { PciDevice } from '../../device/device';
+import { PciDevice } from '../../device/device';
 import type { DmaBuffer } from '../../dma/dma-space';
 import type { InterruptVector } from '../../irq/interrupt-vector';
 import { VirtioPciTransport } from '../virtio/transport';
@@ -124,6 +125,8 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
 
   /** Opens the NIC at a PCI address (or takes an open device) and brings it up. */
   static async open(target: string | PciDevice, options: VirtioNetOptions = {}): Promise<VirtioNet> {
+    options = optionsObject(options, 'VirtioNet.open options');
+    if (typeof target !== 'string' && !(target instanceof PciDevice)) throw new InvalidArgumentError(`VirtioNet.open takes a PCI address or an open PciDevice, got ${describeValue(target)}`);
     const owns = typeof target === 'string';
     const device = owns ? await openDevice(target, { dmaMask: options.dmaMask }) : target;
     let net: VirtioNet | undefined;
@@ -385,6 +388,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
   /** Receives up to batch.capacity frames into batch slots 0..n-1; returns n (0: nothing yet). */
   rxBurst(queue: number, batch: PacketBatch): number {
     this.checkQueue(queue);
+    if (!(batch instanceof PacketBatch)) throw new InvalidArgumentError(`rxBurst takes a PacketBatch, got ${describeValue(batch)}`);
     if (this.listening) throw new UserpciError('EBUSY', `${this.name}: the receive queues are being read by listen()`);
     return this.rx[queue]!.burst(batch);
   }
@@ -394,8 +398,10 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
    * ring took (fewer when it is full: call again). Every frame is checked before any is sent:
    * 14..maxFrameSize bytes (EMSGSIZE above, EINVAL below), checksum requests only with CSUM.
    */
-  txBurst(queue: number, batch: PacketBatch, start = 0, count = batch.count - start): number {
+  txBurst(queue: number, batch: PacketBatch, start = 0, count?: number): number {
     this.checkQueue(queue);
+    if (!(batch instanceof PacketBatch)) throw new InvalidArgumentError(`txBurst takes a PacketBatch, got ${describeValue(batch)}`);
+    count ??= batch.count - start;
     if (!Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count < 0 || start + count > batch.count) {
       throw new InvalidArgumentError(`packets ${start}..${start + count - 1} are not in the batch (count ${batch.count})`);
     }
@@ -446,6 +452,7 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
    */
   onReceive(queue: number, ready: () => void): () => void {
     this.checkQueue(queue);
+    checkFunction(ready, 'onReceive ready');
     const q = this.rx[queue]!;
     let stopped = false;
     const live = () => !stopped && !this.closedReason;
@@ -478,7 +485,8 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
       let timer: NodeJS.Timeout | undefined;
       const poll = () => {
         call();
-        if (!stopped) timer = setTimeout(poll, q.ready > 0 ? 0 : 1);
+        // Not once closed: the ring q.ready reads is freed then.
+        if (live()) timer = setTimeout(poll, q.ready > 0 ? 0 : 1);
       };
       timer = setTimeout(poll, 1);
       stop = () => clearTimeout(timer);

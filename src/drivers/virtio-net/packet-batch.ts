@@ -55,6 +55,7 @@ export class PacketBatch {
 
   /** Copy a packet into the next slot; returns its index. */
   add(frame: Uint8Array, flags = 0, csumStart = 0, csumOffset = 0): number {
+    if (!(frame instanceof Uint8Array)) throw new InvalidArgumentError('a packet must be a Uint8Array (or Buffer)');
     if (this.count >= this.capacity) throw new UserpciError('ENOSPC', `the packet batch is full (${this.capacity} packets)`);
     if (frame.length > this.slotSize) throw new UserpciError('EMSGSIZE', `a ${frame.length}-byte packet does not fit a ${this.slotSize}-byte slot`);
     const i = this.count++;

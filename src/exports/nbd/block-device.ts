@@ -3,6 +3,9 @@
  * checked against its size; alignment is its own business (see NvmeBlockDevice, which does
  * read-modify-write for unaligned writes).
  */
+import { checkInteger } from '../../arguments';
+import { InvalidArgumentError, UserpciError } from '../../errors';
+
 export interface BlockDevice {
   /** Bytes. */
   readonly size: number;
@@ -42,7 +45,13 @@ export class MemoryBlockDevice implements BlockDevice {
     readonly blockSize = 512,
     readonly readOnly = false,
   ) {
-    this.data = new Uint8Array(size);
+    checkInteger(size, 0, Number.MAX_SAFE_INTEGER, 'MemoryBlockDevice size');
+    if (!Number.isInteger(blockSize) || blockSize < 1 || (blockSize & (blockSize - 1)) !== 0 || blockSize > 65536) throw new InvalidArgumentError(`block size must be a power of two up to 65536, got ${String(blockSize)}`);
+    try {
+      this.data = new Uint8Array(size);
+    } catch (err) {
+      throw new UserpciError('ENOMEM', `cannot hold a ${size}-byte block device in memory: ${(err as Error).message}`, { cause: err });
+    }
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {

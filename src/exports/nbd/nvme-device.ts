@@ -8,7 +8,9 @@
  * Trim deallocates only the whole blocks inside its range (it is advisory), and needs Dataset
  * Management; Write Zeroes uses the NVMe command when the controller has it.
  */
-import type { NvmeNamespace } from '../../drivers/nvme/namespace';
+import { describeValue, optionsObject } from '../../arguments';
+import { InvalidArgumentError } from '../../errors';
+import { NvmeNamespace } from '../../drivers/nvme/namespace';
 import type { NvmeQueue } from '../../drivers/nvme/queue';
 import type { BlockDevice } from './block-device';
 
@@ -44,6 +46,8 @@ export class NvmeBlockDevice implements BlockDevice {
     readonly namespace: NvmeNamespace,
     options: NvmeBlockDeviceOptions = {},
   ) {
+    if (!(namespace instanceof NvmeNamespace)) throw new InvalidArgumentError(`NvmeBlockDevice takes an NvmeNamespace, got ${describeValue(namespace)}`);
+    options = optionsObject(options, 'NvmeBlockDevice options');
     this.size = namespace.size;
     this.blockSize = namespace.blockSize;
     this.readOnly = options.readOnly ?? false;

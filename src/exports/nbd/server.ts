@@ -17,6 +17,8 @@
  * is in flight, so the kernel's client marks its socket dead instead of waiting. New clients
  * asking for the export get NBD_REP_ERR_SHUTDOWN.
  */
+import { checkFunction, checkInteger, checkString, describeValue, optionsObject } from '../../arguments';
+import { InvalidArgumentError } from '../../errors';
 import * as net from 'node:net';
 import * as fs from 'node:fs';
 import { EventEmitter } from 'node:events';
@@ -134,10 +136,19 @@ export class NbdServer extends EventEmitter {
 
   constructor(exports: NbdExport[] | BlockDevice, options: NbdServerOptions = {}) {
     super();
+    options = optionsObject(options, 'NbdServer options');
     this.exports = Array.isArray(exports) ? exports : [{ name: '', device: exports }];
-    if (this.exports.length === 0) throw new Error('NBD server needs at least one export');
+    if (this.exports.length === 0) throw new InvalidArgumentError('NBD server needs at least one export');
+    for (const exp of this.exports) {
+      if (exp === null || typeof exp !== 'object' || typeof exp.name !== 'string' || exp.device === null || typeof exp.device !== 'object') {
+        throw new InvalidArgumentError(`an NBD export is a BlockDevice, or { name, device } with a BlockDevice, got ${describeValue(exp?.device ?? exp)}`);
+      }
+    }
     this.maxInflight = options.maxInflight ?? 64;
+    checkInteger(this.maxInflight, 1, 65536, 'maxInflight');
     this.maxOptionLength = options.maxOptionLength ?? 4096;
+    checkInteger(this.maxOptionLength, 0, 16 << 20, 'maxOptionLength');
+    if (options.log !== undefined) checkFunction(options.log, 'log');
     this.log = options.log ?? (() => undefined);
     for (const exp of this.exports) {
       void exp.device.whenLost?.().then((error) => this.exportLost(exp, error));
@@ -159,6 +170,12 @@ export class NbdServer extends EventEmitter {
 
   /** Listen on a UNIX socket (a stale one is replaced) or a TCP port. Resolves with the bound address. */
   async listen(target: ListenTarget): Promise<string | net.AddressInfo> {
+    if (target === null || typeof target !== 'object') throw new InvalidArgumentError(`listen takes { path } or { port, host }, got ${describeValue(target)}`);
+    if ('path' in target) checkString(target.path, 'listen path');
+    else {
+      checkInteger((target as { port?: unknown }).port, 0, 65535, 'listen port');
+      if (target.host !== undefined) checkString(target.host, 'listen host');
+    }
     const server = net.createServer((socket) => {
       socket.setNoDelay?.(true);
       void this.serve(socket);

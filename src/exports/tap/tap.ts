@@ -21,8 +21,9 @@
  */
 import { EventEmitter } from 'node:events';
 import { native, constants, type WatchHandle } from '../../native/index';
+import { checkString, describeValue, optionsObject } from '../../arguments';
 import { InvalidArgumentError, UserpciError, wrapSystemError } from '../../errors';
-import type { VirtioNet } from '../../drivers/virtio-net/net-device';
+import { VirtioNet } from '../../drivers/virtio-net/net-device';
 import { PacketBatch } from '../../drivers/virtio-net/packet-batch';
 import { ETH_HEADER } from '../../drivers/virtio-net/constants';
 import * as T from '../../uapi/tun';
@@ -62,6 +63,9 @@ export class NetTap extends EventEmitter {
 
   /** Creates the TAP interface and starts moving frames between it and `net`'s queue pair. */
   static attach(net: VirtioNet, options: NetTapOptions = {}): NetTap {
+    if (!(net instanceof VirtioNet)) throw new InvalidArgumentError(`NetTap.attach takes an open VirtioNet, got ${describeValue(net)}`);
+    options = optionsObject(options, 'NetTap.attach options');
+    if (options.name !== undefined) checkString(options.name, 'the interface name');
     return new NetTap(net, options);
   }
 

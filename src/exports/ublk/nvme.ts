@@ -7,13 +7,14 @@ import { MessageChannel } from 'node:worker_threads';
 import * as os from 'node:os';
 import type { NvmeController } from '../../drivers/nvme/controller';
 import { VfioBackend } from '../../backends/vfio/vfio-backend';
+import { checkInteger, optionsObject } from '../../arguments';
 import { DeviceGoneError, UserpciError } from '../../errors';
 import type { NvmeNamespace } from '../../drivers/nvme/namespace';
 import type { NvmeQueue } from '../../drivers/nvme/queue';
 import type { DmaBuffer } from '../../dma/dma-space';
 import type { MessagePort } from 'node:worker_threads';
 import { NvmeBlockDevice } from '../nbd/nvme-device';
-import { UBLK_IO_OP_READ, UBLK_IO_OP_WRITE } from '../../uapi/ublk';
+import { UBLK_IO_OP_READ, UBLK_IO_OP_WRITE, UBLK_MAX_NR_QUEUES } from '../../uapi/ublk';
 import type { UblkBlockDevice, UblkIoDone } from './block-device';
 import { UblkServer, type UblkServerOptions } from './server';
 import { UblkThreadServer, type UblkThreadServerOptions } from './thread-server';
@@ -103,7 +104,9 @@ export async function serveNamespaceOverUblk(
   namespace: NvmeNamespace,
   options: UblkServerOptions & { queues?: number; readOnly?: boolean; interrupts?: boolean } = {},
 ): Promise<UblkServer> {
+  options = optionsObject(options, 'ublk options');
   const want = options.queues ?? 1;
+  checkInteger(want, 1, UBLK_MAX_NR_QUEUES, 'ublk queues');
   const depth = options.depth ?? 64;
   const queues = [...controller.queues];
   while (queues.length < want) queues.push(await controller.createQueuePair({ depth, interrupts: options.interrupts }));

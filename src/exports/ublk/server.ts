@@ -15,6 +15,7 @@
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { EventEmitter } from 'node:events';
+import { describeValue, optionsObject } from '../../arguments';
 import { InvalidArgumentError, UserpciError } from '../../errors';
 import { constants as C, native } from '../../native';
 import * as U from '../../uapi/ublk';
@@ -86,7 +87,9 @@ export class UblkServer extends EventEmitter {
    * The driver may grant fewer queues than asked (at most one per CPU): the extra devices go unused.
    */
   static async start(devices: UblkBlockDevice | UblkBlockDevice[], options: UblkServerOptions = {}): Promise<UblkServer> {
+    options = optionsObject(options, 'ublk options');
     const devs = Array.isArray(devices) ? devices : [devices];
+    if (devs.some((d) => d === null || typeof d !== 'object')) throw new InvalidArgumentError(`ublk: a queue's device must be a block device object, got ${describeValue(devs.find((d) => d === null || typeof d !== 'object'))}`);
     if (devs.length === 0 || devs.length > U.UBLK_MAX_NR_QUEUES) throw new InvalidArgumentError(`ublk: 1..${U.UBLK_MAX_NR_QUEUES} queues, got ${devs.length}`);
     const first = devs[0]!;
     for (const d of devs) {

@@ -16,6 +16,7 @@ import { EventEmitter } from 'node:events';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker, type Transferable } from 'node:worker_threads';
+import { optionsObject } from '../../arguments';
 import { InvalidArgumentError, UserpciError, type UserpciErrorCode } from '../../errors';
 import { constants as C, native } from '../../native';
 import * as U from '../../uapi/ublk';
@@ -104,11 +105,12 @@ export class UblkThreadServer extends EventEmitter {
   }
 
   static async start(spec: UblkThreadDeviceSpec, options: UblkThreadServerOptions = {}): Promise<UblkThreadServer> {
+    options = optionsObject(options, 'ublk options');
     const want = options.queues ?? os.cpus().length;
     if (!Number.isInteger(want) || want < 1 || want > U.UBLK_MAX_NR_QUEUES) throw new InvalidArgumentError(`ublk: 1..${U.UBLK_MAX_NR_QUEUES} queues, got ${want}`);
     const depth = options.depth ?? 64;
     if (!Number.isInteger(depth) || depth < 1 || depth > U.UBLK_MAX_QUEUE_DEPTH) throw new InvalidArgumentError(`ublk: depth must be 1..${U.UBLK_MAX_QUEUE_DEPTH}, got ${depth}`);
-    if (typeof spec.module !== 'string' || !path.isAbsolute(spec.module)) throw new InvalidArgumentError('ublk: a thread device spec needs the absolute path of its module');
+    if (typeof spec?.module !== 'string' || !path.isAbsolute(spec.module)) throw new InvalidArgumentError('ublk: a thread device spec needs the absolute path of its module');
     const threads: QueueThread[] = [];
     const control = UblkControl.open();
     let info: UblkDeviceInfo | null = null;

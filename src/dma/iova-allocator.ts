@@ -25,7 +25,11 @@ export class IovaAllocator {
    *   number: it is folded into the space); absent: first fit
    */
   constructor(ranges: { start: number; end: number }[], readonly granule = 4096, options: { cursor?: number } = {}) {
-    if (!isPowerOfTwo(granule)) throw new InvalidArgumentError(`IOVA granule ${granule} must be a power of two`);
+    if (!isPowerOfTwo(granule)) throw new InvalidArgumentError(`IOVA granule ${String(granule)} must be a power of two`);
+    if (!Array.isArray(ranges) || !ranges.every((r) => r !== null && typeof r === 'object' && Number.isSafeInteger(r.start) && Number.isSafeInteger(r.end) && r.start >= 0 && r.start <= r.end)) {
+      throw new InvalidArgumentError('IOVA ranges must be an array of { start, end } with integers 0 <= start <= end');
+    }
+    if (options.cursor !== undefined && !Number.isFinite(options.cursor)) throw new InvalidArgumentError(`IOVA cursor must be a finite number, got ${String(options.cursor)}`);
     this.perGranule = 1 / granule;
     const sorted = [...ranges].sort((a, b) => a.start - b.start);
     for (const r of sorted) {
@@ -71,7 +75,7 @@ export class IovaAllocator {
    * streaming map): nothing is recorded here; give the range back with giveBack(start, size).
    */
   take(size: number, align = this.granule, limit = Number.MAX_SAFE_INTEGER): number {
-    return this.takeLength(this.checkRequest(size, align), align, limit);
+    return this.takeLength(this.checkRequest(size, align, limit), align, limit);
   }
 
   /**
@@ -114,12 +118,13 @@ export class IovaAllocator {
 
   /** Throws what allocate would throw when no such range is free; allocates nothing. */
   check(size: number, align = this.granule, limit = Number.MAX_SAFE_INTEGER): void {
-    const length = this.checkRequest(size, align);
+    const length = this.checkRequest(size, align, limit);
     if (this.find(length, align, limit, this.bottom) < 0) throw this.exhausted(length, align, limit);
   }
 
-  private checkRequest(size: number, align: number): number {
-    if (!Number.isSafeInteger(size) || size <= 0) throw new InvalidArgumentError(`IOVA size must be a positive integer, got ${size}`);
+  private checkRequest(size: number, align: number, limit: number): number {
+    if (!Number.isSafeInteger(size) || size <= 0) throw new InvalidArgumentError(`IOVA size must be a positive integer, got ${String(size)}`);
+    if (typeof limit !== 'number' || !(limit >= 0)) throw new InvalidArgumentError(`IOVA limit must be a non-negative number, got ${String(limit)}`);
     if (align !== this.granule && (align < this.granule || !isPowerOfTwo(align))) throw new InvalidArgumentError(`IOVA alignment ${align} must be a power of two >= ${this.granule}`);
     return alignUp(size, this.granule);
   }
@@ -201,7 +206,7 @@ export class IovaAllocator {
   }
 
   private notAllocated(iova: number): InvalidArgumentError {
-    return new InvalidArgumentError(`IOVA 0x${iova.toString(16)} was not allocated here`);
+    return new InvalidArgumentError(typeof iova === 'number' ? `IOVA 0x${iova.toString(16)} was not allocated here` : `an IOVA is a number, got ${String(iova)}`);
   }
 
   private insertSpan(i: number, start: number, end: number): void {
@@ -236,5 +241,5 @@ export function alignUp(value: number, align: number): number {
 }
 
 export function isPowerOfTwo(value: number): boolean {
-  return value > 0 && Number.isInteger(Math.log2(value));
+  return typeof value === 'number' && value > 0 && Number.isInteger(Math.log2(value));
 }

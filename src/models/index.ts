@@ -25,7 +25,8 @@ export function modelNames(): string[] {
 }
 
 export function createModel(name: string, options: ModelOptions = {}): DeviceModel {
-  const factory = factories[name];
+  // Own keys only: 'toString' or 'constructor' name no model.
+  const factory = typeof name === 'string' && Object.hasOwn(factories, name) ? factories[name] : undefined;
   if (!factory) throw new InvalidArgumentError(`unknown device model "${name}"; known: ${modelNames().join(', ')}`);
   return factory(options);
 }

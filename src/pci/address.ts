@@ -1,3 +1,4 @@
+import { describeValue } from '../arguments.js';
 import { InvalidArgumentError } from '../errors.js';
 
 /**
@@ -36,15 +37,17 @@ export function parsePciAddress(text: string): PciAddress {
 /** Accept either form callers hold: a string to parse or an address object (validated). */
 export function toPciAddress(address: string | PciAddress): PciAddress {
   if (typeof address === 'string') return parsePciAddress(address);
+  if (address === null || typeof address !== 'object') throw new InvalidArgumentError(`invalid PCI address ${describeValue(address)}: ${EXPECTED_FORM}`);
   const { domain, bus, device, function: fn } = address;
   const valid =
     isIntegerIn(domain, 0xffffffff) && isIntegerIn(bus, 0xff) && isIntegerIn(device, 0x1f) && isIntegerIn(fn, 7);
-  if (!valid) throw new InvalidArgumentError(`invalid PCI address ${JSON.stringify(address)}: ${EXPECTED_FORM}`);
+  if (!valid) throw new InvalidArgumentError(`invalid PCI address { domain: ${String(domain)}, bus: ${String(bus)}, device: ${String(device)}, function: ${String(fn)} }: ${EXPECTED_FORM}`);
   return { domain, bus, device, function: fn };
 }
 
 /** The long form the kernel uses for sysfs names: `0000:00:03.0`. */
 export function formatPciAddress(address: PciAddress): string {
+  address = toPciAddress(address);
   return (
     `${hex(address.domain, 4)}:${hex(address.bus, 2)}:${hex(address.device, 2)}.${address.function}`
   );

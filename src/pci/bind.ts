@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
+import { optionsObject } from '../arguments';
 import { UserpciError, toErrorCode } from '../errors';
 import { parsePciAddress, formatPciAddress } from './address';
 import { type DeviceUse, findDeviceUses } from './in-use';
@@ -25,6 +26,7 @@ export interface BindOptions {
 }
 
 function roots(options: BindOptions): { sysfs: string; state: string } {
+  options = optionsObject(options, 'options');
   return { sysfs: options.sysfsRoot ?? '/sys', state: options.stateDir ?? '/run/userpci' };
 }
 
@@ -122,6 +124,7 @@ export interface BindResult {
 
 /** The host uses of `address` and of every other member of its IOMMU group. */
 export function deviceUses(address: string, options: BindOptions = {}): DeviceUse[] {
+  parsePciAddress(address);
   const group = iommuGroupOf(address, options);
   let members = [address];
   try {

@@ -9,7 +9,8 @@
  * a MalformedConfigError instead, for code that must not act on a half-read list. Either way every
  * walk is bounded (a visited set per list), so no input can make it loop.
  */
-import { MalformedConfigError } from '../errors.js';
+import { checkBytes, describeValue, optionsObject } from '../arguments.js';
+import { InvalidArgumentError, MalformedConfigError } from '../errors.js';
 import * as regs from '../uapi/pci-regs.js';
 import {
   type CapabilityFields,
@@ -138,6 +139,8 @@ export interface ConfigSpace {
 
 /** Parse config-space bytes. Fewer than the 64-byte header is a MalformedConfigError. */
 export function parseConfigSpace(bytes: Uint8Array, options: ParseConfigOptions = {}): ConfigSpace {
+  checkBytes(bytes, 'config space');
+  options = optionsObject(options, 'parseConfigSpace options');
   if (bytes.length < regs.PCI_CFG_SIZE_UNPRIVILEGED) {
     throw new MalformedConfigError(
       `config space is ${bytes.length} bytes; the header alone needs ${regs.PCI_CFG_SIZE_UNPRIVILEGED}`,
@@ -225,10 +228,12 @@ export function parseConfigSpace(bytes: Uint8Array, options: ParseConfigOptions 
 }
 
 export function findCapability(config: ConfigSpace, id: number): Capability | undefined {
+  checkParsed(config);
   return config.capabilities.find((capability) => capability.id === id);
 }
 
 export function findExtendedCapability(config: ConfigSpace, id: number): ExtendedCapability | undefined {
+  checkParsed(config);
   return config.extendedCapabilities.find((capability) => capability.id === id);
 }
 
@@ -444,4 +449,10 @@ function walkExtendedCapabilities(bytes: Uint8Array, problem: ProblemSink): Exte
     pointer = next;
   }
   return capabilities;
+}
+
+function checkParsed(config: ConfigSpace): void {
+  if (config === null || typeof config !== 'object' || !Array.isArray(config.capabilities) || !Array.isArray(config.extendedCapabilities)) {
+    throw new InvalidArgumentError(`expected a parsed config space (parseConfigSpace's result), got ${describeValue(config)}`);
+  }
 }

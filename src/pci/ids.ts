@@ -6,6 +6,8 @@
  * When no pci.ids is installed every lookup returns undefined and callers print bare IDs.
  */
 import { readFile } from 'node:fs/promises';
+import { describeValue } from '../arguments.js';
+import { InvalidArgumentError } from '../errors.js';
 
 export const DEFAULT_PCI_IDS_PATHS: readonly string[] = ['/usr/share/misc/pci.ids', '/usr/share/hwdata/pci.ids'];
 
@@ -169,6 +171,7 @@ const loaded = new Map<string, Promise<PciIds>>();
  * read once per process; an empty database when none is readable.
  */
 export function loadPciIds(paths: readonly string[] = DEFAULT_PCI_IDS_PATHS): Promise<PciIds> {
+  if (!Array.isArray(paths) || !paths.every((p) => typeof p === 'string')) return Promise.reject(new InvalidArgumentError(`loadPciIds takes an array of file paths, got ${describeValue(paths)}`));
   const key = paths.join('\0');
   let promise = loaded.get(key);
   if (!promise) {

@@ -4,6 +4,7 @@
  */
 import { open, readFile, readdir, readlink, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
+import { optionsObject } from '../arguments.js';
 import { InvalidArgumentError, RangeAccessError, UserpciError, isSystemError, toErrorCode } from '../errors.js';
 import { PCI_CFG_SIZE_UNPRIVILEGED, PCI_REVISION_ID } from '../uapi/pci-regs.js';
 import { type PciAddress, comparePciAddresses, formatPciAddress, parsePciAddress, toPciAddress } from './address.js';
@@ -64,6 +65,7 @@ export interface ConfigBytes {
 }
 
 export function pciDevicesDirectory(options: SysfsOptions = {}): string {
+  options = optionsObject(options, 'sysfs options');
   return join(options.sysfsRoot ?? DEFAULT_SYSFS_ROOT, 'bus', 'pci', 'devices');
 }
 

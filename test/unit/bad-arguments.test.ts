@@ -251,3 +251,49 @@ describe('virtio-net (simulated function)', () => {
     assert.deepEqual(uncaught, []);
   });
 });
+
+describe('discovery, parsing and the IOVA allocator', () => {
+  it('addresses, sysfs and bind options: objects of the wrong shape are EINVAL', async () => {
+    for (const address of [undefined, null, 5, 4n, {}, { domain: 0, bus: 0, device: 40, function: 0 }]) {
+      assert.throws(() => userpci.formatPciAddress(address as Any), einval, String(address));
+      await assert.rejects(userpci.readPciDevice(address as Any), einval, String(address));
+      await assert.rejects(userpci.readConfigBytes(address as Any), einval, String(address));
+      await assert.rejects(userpci.inspectPciDevice(address as Any), einval, String(address));
+      assert.throws(() => userpci.deviceUses(address as Any), einval, String(address));
+    }
+    assert.equal(userpci.formatPciAddress({ domain: 0, bus: 1, device: 2, function: 3 }), '0000:01:02.3');
+    await assert.rejects(userpci.findPciDevices({}, null as Any), einval);
+    assert.throws(() => userpci.bindToVfio('0000:00:03.0', null as Any), einval);
+    assert.throws(() => userpci.boundDriver('0000:00:03.0', 5 as Any), einval);
+  });
+
+  it('parseConfigSpace and findCapability take bytes and a parsed space', () => {
+    for (const bytes of [undefined, null, 5, 'abc', [1, 2, 3], new ArrayBuffer(64)]) assert.throws(() => userpci.parseConfigSpace(bytes as Any), einval, String(bytes));
+    assert.throws(() => userpci.parseConfigSpace(new Uint8Array(10)), typed('EILSEQ', userpci.MalformedConfigError));
+    for (const config of [undefined, null, 5, {}]) {
+      assert.throws(() => userpci.findCapability(config as Any, 5), einval, String(config));
+      assert.throws(() => userpci.findExtendedCapability(config as Any, 1), einval, String(config));
+    }
+  });
+
+  it('loadPciIds takes an array of paths', async () => {
+    for (const paths of [null, 5, '/usr/share/misc/pci.ids', [5]]) await assert.rejects(userpci.loadPciIds(paths as Any), einval, String(paths));
+  });
+
+  it('IovaAllocator: ranges, granule, limit and release', () => {
+    for (const ranges of [undefined, null, 5, {}, [null], [{ start: 0, end: 4n }], [{ start: 10, end: 5 }]]) {
+      assert.throws(() => new userpci.IovaAllocator(ranges as Any), einval, JSON.stringify(ranges, (_k, v) => (typeof v === 'bigint' ? `${v}n` : v)));
+    }
+    for (const granule of [0, 3, 4096n, NaN]) assert.throws(() => new userpci.IovaAllocator([{ start: 0, end: 1 << 30 }], granule as Any), einval, String(granule));
+    const allocator = new userpci.IovaAllocator([{ start: 0, end: 2 ** 40 }]);
+    for (const limit of [null, '5', -1, NaN]) assert.throws(() => allocator.allocate(4096, 4096, limit as Any), einval, String(limit));
+    for (const iova of [undefined, null, '4096']) assert.throws(() => allocator.release(iova as Any), einval, String(iova));
+    allocator.release(allocator.allocate(4096));
+  });
+
+  it('models and the vfio-user server: unknown names, objects that are not models, bad options', async () => {
+    for (const name of ['toString', 'constructor', '__proto__', undefined, 5]) assert.throws(() => userpci.createModel(name as Any), einval, String(name));
+    for (const model of [undefined, null, 5, {}]) await assert.rejects(userpci.serveVfioUser(model as Any, { socketPath: '/nonexistent/x.sock' }), einval, String(model));
+    for (const options of [undefined, null, 5, { socketPath: 5 }]) await assert.rejects(userpci.serveVfioUser(userpci.createModel('edu'), options as Any), einval, String(options));
+  });
+});

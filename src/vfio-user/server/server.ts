@@ -6,6 +6,7 @@
  */
 import * as fs from 'node:fs';
 import { native, type WatchHandle } from '../../native/index';
+import { checkString, describeValue, optionsObject } from '../../arguments';
 import { InvalidArgumentError, UserpciError, wrapSystemError } from '../../errors';
 import { DeviceHost } from './device-host';
 import { Session, type SessionHost } from './session';
@@ -168,6 +169,11 @@ export class VfioUserServer<H extends ServedHost = DeviceHost> {
 
 /** Start serving `model`; resolves once the socket is listening. */
 export async function serveVfioUser(model: DeviceModel, options: ServeOptions): Promise<VfioUserServer> {
+  if (model === null || typeof model !== 'object' || model.config === null || typeof model.config !== 'object' || typeof model.bars?.get !== 'function' || typeof model.attach !== 'function') {
+    throw new InvalidArgumentError(`serveVfioUser takes a device model (a DeviceModel, e.g. createModel('edu')), got ${describeValue(model)}`);
+  }
+  options = optionsObject(options, 'serveVfioUser options') as ServeOptions;
+  if (options.socketPath !== undefined) checkString(options.socketPath, 'socketPath');
   if ((options.socketPath === undefined) === (options.connectedFd === undefined)) {
     throw new InvalidArgumentError('serveVfioUser needs exactly one of socketPath and connectedFd');
   }

@@ -3,15 +3,14 @@
  * structures. Checked against a fake sysfs so results are exact.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { inspect } from 'node:util';
-import { startServerThread, type ServerThread } from '../../src/vfio-user/server/thread.js';
 import * as userpci from '../../src/index.js';
 import { makeFakeSysfs } from '../fixtures/config/fake-sysfs.js';
 import { NIC_WITH_SRIOV_RESOURCE, conventionalDevice, nicWithSriov, rootPort } from '../fixtures/config/synthetic.js';
+import { serveEduForSuite } from '../support/edu-server.js';
 
 const REPO = resolve(__dirname, '..', '..', '..');
 
@@ -103,16 +102,7 @@ describe('errors from the root module', () => {
 });
 
 describe('resources a driver holds: using, inspect, typed events (edu over vfio-user)', () => {
-  let thread: ServerThread;
-  const directory = mkdtempSync(join(tmpdir(), 'userpci-api-'));
-  const socketPath = join(directory, 'edu.sock');
-  before(async () => {
-    thread = await startServerThread({ model: 'edu', socketPath });
-  });
-  after(async () => {
-    await thread.stop();
-    rmSync(directory, { recursive: true, force: true });
-  });
+  const socketPath = serveEduForSuite('userpci-api-');
 
   it('frees buffers, unmaps mappings and closes vectors at the end of a using scope', async () => {
     await using device = await userpci.openDevice(socketPath, { dmaMask: 0xfffffff });

@@ -5,14 +5,11 @@
  * options, bigints, strings) come from JavaScript callers and `as any` alike.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import { startServerThread, type ServerThread } from '../../src/vfio-user/server/thread.js';
+import { describe, it } from 'node:test';
 import * as userpci from '../../src/index.js';
 import { NvmeSimulator } from '../support/nvme-simulator';
 import { VirtioNetSimulator } from '../support/virtio-net-simulator';
+import { serveEduForSuite } from '../support/edu-server';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Any = any;
@@ -33,16 +30,7 @@ async function rejectsEinval(make: () => unknown, what: string): Promise<void> {
 }
 
 describe('device, regions, DMA and interrupts (edu over vfio-user)', () => {
-  let thread: ServerThread;
-  const directory = mkdtempSync(join(tmpdir(), 'userpci-badargs-'));
-  const socketPath = join(directory, 'edu.sock');
-  before(async () => {
-    thread = await startServerThread({ model: 'edu', socketPath });
-  });
-  after(async () => {
-    await thread.stop();
-    rmSync(directory, { recursive: true, force: true });
-  });
+  const socketPath = serveEduForSuite('userpci-badargs-');
 
   it('Region: data that is not bytes, a 64-bit value of neither type', async () => {
     await using device = await userpci.openDevice(socketPath, { dmaMask: 0xfffffff });
@@ -221,6 +209,9 @@ describe('virtio-net (simulated function)', () => {
         assert.throws(() => batch.add(bad as Any), einval, String(bad));
         assert.throws(() => net.onReceive(0, bad as Any), einval, String(bad));
       }
+      batch.add(new Uint8Array(60));
+      for (const start of [1n, 1.5, '0']) assert.throws(() => net.txBurst(0, batch, start as Any), einval, String(start));
+      for (const count of [1n, 1.5, -1]) assert.throws(() => net.txBurst(0, batch, 0, count as Any), einval, String(count));
       for (const net2 of [undefined, null, {}]) assert.throws(() => userpci.tap.NetTap.attach(net2 as Any), einval, String(net2));
       assert.throws(() => userpci.tap.NetTap.attach(net, null as Any), einval);
       assert.throws(() => userpci.tap.NetTap.attach(net, { name: 5 as Any }), einval);

@@ -401,9 +401,10 @@ export class VirtioNet extends EventEmitter implements AsyncDisposable {
   txBurst(queue: number, batch: PacketBatch, start = 0, count?: number): number {
     this.checkQueue(queue);
     if (!(batch instanceof PacketBatch)) throw new InvalidArgumentError(`txBurst takes a PacketBatch, got ${describeValue(batch)}`);
+    if (!Number.isInteger(start)) throw new InvalidArgumentError(`txBurst start must be an integer, got ${describeValue(start)}`);
     count ??= batch.count - start;
     if (!Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count < 0 || start + count > batch.count) {
-      throw new InvalidArgumentError(`packets ${start}..${start + count - 1} are not in the batch (count ${batch.count})`);
+      throw new InvalidArgumentError(typeof count === 'number' ? `packets ${start}..${start + count - 1} are not in the batch (count ${batch.count})` : `txBurst count must be an integer, got ${describeValue(count)}`);
     }
     if (count === 0) throw new InvalidArgumentError(`${this.name}: an empty batch was given to send`);
     const max = this.maxFrameSize;

@@ -12,6 +12,7 @@ import { native, constants } from '../../src/native/index';
 import { InvalidArgumentError } from '../../src/errors';
 import type { Backend, BackendDeviceInfo, BackendDmaMapRequest, BackendIrqInfo, BackendRegionInfo, IommuAperture } from '../../src/device/backend';
 import { PciDevice } from '../../src/device/device';
+import { DmaMapTable } from '../../test/support/dma-map-table';
 import * as R from '../../src/drivers/nvme/registers';
 
 const BAR0_SIZE = 0x4000;
@@ -40,7 +41,7 @@ export class InstantNvme implements Backend {
   private readonly regs: Uint32Array;
   private readonly regsBuffer: ArrayBuffer;
   private readonly config = new Uint8Array(256);
-  private readonly maps: { iova: number; memory: Uint8Array }[] = [];
+  private readonly maps = new DmaMapTable();
   private sqs: (Queue | null)[] = [];
   private cqs: (Queue | null)[] = [];
   private ready = false;
@@ -133,9 +134,8 @@ export class InstantNvme implements Backend {
 
   /** Uint32 view of DMA memory at an IOVA (the driver's own pages: nothing is copied). */
   private view(iova: number, length: number): Uint32Array {
-    for (const m of this.maps) {
-      if (iova >= m.iova && iova + length <= m.iova + m.memory.byteLength) return new Uint32Array(m.memory.buffer, m.memory.byteOffset + iova - m.iova, length / 4);
-    }
+    const bytes = this.maps.bytes(iova, length);
+    if (bytes) return new Uint32Array(bytes.buffer, bytes.byteOffset, length / 4);
     throw new InvalidArgumentError(`instant-nvme: IOVA 0x${iova.toString(16)} (+${length}) is not mapped`);
   }
 
@@ -232,12 +232,11 @@ export class InstantNvme implements Backend {
   }
 
   dmaMap(request: BackendDmaMapRequest): void {
-    this.maps.push({ iova: request.memoryIova, memory: request.memory });
+    this.maps.add(request);
   }
 
   dmaUnmap(iova: number, size: number): void {
-    const i = this.maps.findIndex((m) => m.iova >= iova && m.iova < iova + size);
-    if (i >= 0) this.maps.splice(i, 1);
+    this.maps.remove(iova, size);
   }
 
   irqInfo(index: number): BackendIrqInfo {

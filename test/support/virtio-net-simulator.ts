@@ -11,6 +11,7 @@
 import { InvalidArgumentError, RangeAccessError } from '../../src/errors';
 import type { Backend, BackendDeviceInfo, BackendDmaMapRequest, BackendIrqInfo, BackendRegionInfo, IommuAperture } from '../../src/device/backend';
 import { PciDevice } from '../../src/device/device';
+import { DmaMapTable } from './dma-map-table';
 import * as V from '../../src/drivers/virtio/constants';
 import * as N from '../../src/drivers/virtio-net/constants';
 
@@ -67,7 +68,7 @@ export class VirtioNetSimulator implements Backend {
   readonly offered: bigint;
   readonly maxPairs: number;
   private readonly queues: SimQueue[];
-  private readonly maps: { iova: number; memory: Uint8Array }[] = [];
+  private readonly maps = new DmaMapTable();
   private status = 0;
   private deviceFeatureSelect = 0;
   private driverFeatureSelect = 0;
@@ -180,12 +181,11 @@ export class VirtioNetSimulator implements Backend {
   }
 
   dmaMap(request: BackendDmaMapRequest): void {
-    this.maps.push({ iova: request.memoryIova, memory: request.memory });
+    this.maps.add(request);
   }
 
   dmaUnmap(iova: number, size: number): void {
-    const i = this.maps.findIndex((m) => m.iova >= iova && m.iova < iova + size);
-    if (i >= 0) this.maps.splice(i, 1);
+    this.maps.remove(iova, size);
   }
 
   irqInfo(index: number): BackendIrqInfo {
@@ -273,9 +273,8 @@ export class VirtioNetSimulator implements Backend {
 
   /** `length` bytes at an IOVA, inside one DMA map (a device faults on anything else). */
   private at(iova: number, length: number): Uint8Array {
-    for (const m of this.maps) {
-      if (iova >= m.iova && iova + length <= m.iova + m.memory.length) return m.memory.subarray(iova - m.iova, iova - m.iova + length);
-    }
+    const bytes = this.maps.bytes(iova, length);
+    if (bytes) return bytes;
     throw new RangeAccessError(`${this.name}: DMA to unmapped IOVA 0x${iova.toString(16)}`);
   }
 

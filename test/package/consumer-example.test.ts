@@ -110,8 +110,9 @@ describe('examples/edu-driver against the packed package', () => {
   const socket = join(work, 'edu.sock');
 
   before(async () => {
-    // The server is this checkout's CLI, as a separate process the way a user would run it.
-    server = spawn(process.execPath, [join(REPO, 'bin', 'userpci.js'), 'serve', 'edu', '--socket', socket], { stdio: ['ignore', 'ignore', 'pipe'] });
+    // The server is the installed package's CLI, as the README's quick start runs it
+    // (`npx userpci serve edu --socket ...`), in a process of its own.
+    server = spawn(join(project, 'node_modules', '.bin', 'userpci'), ['serve', 'edu', '--socket', socket], { stdio: ['ignore', 'ignore', 'pipe'] });
     await new Promise<void>((resolve, reject) => {
       let stderr = '';
       server!.stderr!.on('data', (chunk: Buffer) => {
@@ -137,6 +138,21 @@ describe('examples/edu-driver against the packed package', () => {
     const tsc = join(project, 'node_modules', 'typescript', 'bin', 'tsc');
     const result = spawnSync(process.execPath, [tsc, '-p', '.', '--strict'], { cwd: project, encoding: 'utf8' });
     assert.equal(result.status, 0, `tsc --strict failed:\n${result.stdout}${result.stderr}`);
+  });
+
+  it("the quick start's commands for the emulated device run from the installed package", { timeout: 120_000 }, () => {
+    const bin = join(project, 'node_modules', '.bin', 'userpci');
+    // `npx userpci demo --socket /tmp/edu.sock --json`: every step passes against the served device.
+    const demo = spawnSync(bin, ['demo', '--socket', socket, '--json'], { cwd: project, encoding: 'utf8', timeout: 100_000 });
+    assert.equal(demo.status, 0, `userpci demo failed (${demo.status ?? demo.signal}):\n${demo.stdout}${demo.stderr}`);
+    const report = JSON.parse(demo.stdout) as { ok: boolean; steps: { name: string; ok: boolean }[] };
+    assert.equal(report.ok, true);
+    assert.deepEqual(report.steps.filter((step) => !step.ok).map((step) => step.name), []);
+    assert.ok(report.steps.some((step) => step.name === 'msi'), 'the demo took an MSI');
+    // `npx userpci list`: whatever this machine has, the listing runs and is lspci-like.
+    const list = spawnSync(bin, ['list', '--json'], { cwd: project, encoding: 'utf8' });
+    assert.equal(list.status, 0, `userpci list failed:\n${list.stdout}${list.stderr}`);
+    assert.ok(Array.isArray(JSON.parse(list.stdout)), 'list --json is an array');
   });
 
   it('runs against `userpci serve edu`', { timeout: 120_000 }, () => {

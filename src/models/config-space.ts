@@ -3,6 +3,7 @@
  * answer sizing writes, a capability list, and per-bit write rules (read-only, read-write,
  * write-1-to-clear) so a client sees what real hardware would show it.
  */
+import { checkInteger, describeValue, optionsObject } from '../arguments';
 import { InvalidArgumentError, RangeAccessError } from '../errors';
 
 export const PCI_CONFIG_SIZE = 256;
@@ -78,6 +79,11 @@ export class ConfigSpace {
   readonly bars: (BarLayout | undefined)[] = [undefined, undefined, undefined, undefined, undefined, undefined];
 
   constructor(header: HeaderFields) {
+    if (header === null || typeof header !== 'object') throw new InvalidArgumentError(`a config space needs its header fields ({ vendorId, deviceId, classCode }), got ${describeValue(header)}`);
+    for (const field of ['vendorId', 'deviceId', 'classCode', 'revision', 'subsystemVendorId', 'subsystemId'] as const) {
+      const value = (header as unknown as Record<string, unknown>)[field];
+      if (value !== undefined) checkInteger(value, 0, field === 'classCode' ? 0xffffff : field === 'revision' ? 0xff : 0xffff, field);
+    }
     const size = header.size ?? PCI_CONFIG_SIZE;
     if (size !== PCI_CONFIG_SIZE && size !== PCIE_CONFIG_SIZE) throw new InvalidArgumentError(`config space is 256 or 4096 bytes, not ${size}`);
     this.size = size;
@@ -259,6 +265,7 @@ export interface MsiLayout {
 
 /** Add an MSI capability (1, 2, 4, 8, 16 or 32 vectors). */
 export function addMsiCapability(config: ConfigSpace, options: { vectors?: number; is64?: boolean; perVectorMask?: boolean } = {}): MsiLayout {
+  options = optionsObject(options, 'MSI capability options');
   const vectors = options.vectors ?? 1;
   const log2 = Math.log2(vectors);
   if (!Number.isInteger(log2) || log2 < 0 || log2 > 5) throw new InvalidArgumentError(`MSI vector count ${vectors} must be a power of two up to 32`);
@@ -305,7 +312,10 @@ export interface MsixLayout {
 
 /** Add an MSI-X capability; the table (16 bytes a vector) and PBA live in the BARs named. */
 export function addMsixCapability(config: ConfigSpace, options: { vectors: number; tableBar: number; tableOffset: number; pbaBar: number; pbaOffset: number }): MsixLayout {
+  if (options === null || typeof options !== 'object') throw new InvalidArgumentError(`MSI-X capability options must be an object, got ${describeValue(options)}`);
   const { vectors, tableBar, tableOffset, pbaBar, pbaOffset } = options;
+  for (const [name, value] of Object.entries({ tableBar, pbaBar })) checkInteger(value, 0, 5, name);
+  for (const [name, value] of Object.entries({ tableOffset, pbaOffset })) checkInteger(value, 0, 0xfffffff8, name);
   if (!Number.isInteger(vectors) || vectors < 1 || vectors > 2048) throw new InvalidArgumentError(`MSI-X vector count ${vectors} must be 1..2048`);
   if ((tableOffset & 7) !== 0 || (pbaOffset & 7) !== 0) throw new InvalidArgumentError('MSI-X table and PBA offsets must be 8-byte aligned');
   const mask = new Uint8Array(12);

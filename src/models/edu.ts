@@ -9,6 +9,8 @@
  * Where QEMU would overrun its own buffer (a DMA range outside the 4 KiB buffer, which QEMU only
  * logs), this model logs and skips the copy instead.
  */
+import { checkTimeoutMs, describeValue, optionsObject } from '../arguments';
+import { InvalidArgumentError } from '../errors';
 import { ConfigSpace, addMsiCapability } from './config-space';
 import type { BarDefinition, DeviceContext, DeviceModel } from './device-model';
 
@@ -74,8 +76,12 @@ export class EduModel implements DeviceModel {
   private disposed = false;
 
   constructor(options: EduOptions = {}) {
-    this.dmaMask = BigInt(options.dmaMask ?? EDU_DEFAULT_DMA_MASK) & U64;
+    options = optionsObject(options, 'edu model options');
+    const mask = options.dmaMask ?? EDU_DEFAULT_DMA_MASK;
+    if (!(typeof mask === 'bigint' ? mask >= 0n : Number.isSafeInteger(mask) && mask >= 0)) throw new InvalidArgumentError(`edu dmaMask must be a non-negative integer, got ${describeValue(mask)}`);
+    this.dmaMask = BigInt(mask) & U64;
     this.dmaDelayMs = options.dmaDelayMs ?? 0;
+    checkTimeoutMs(this.dmaDelayMs, 'edu dmaDelayMs');
     this.config = new ConfigSpace({
       vendorId: EDU_VENDOR_ID,
       deviceId: EDU_DEVICE_ID,

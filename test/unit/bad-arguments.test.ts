@@ -286,5 +286,27 @@ describe('discovery, parsing and the IOVA allocator', () => {
     for (const name of ['toString', 'constructor', '__proto__', undefined, 5]) assert.throws(() => userpci.createModel(name as Any), einval, String(name));
     for (const model of [undefined, null, 5, {}]) await assert.rejects(userpci.serveVfioUser(model as Any, { socketPath: '/nonexistent/x.sock' }), einval, String(model));
     for (const options of [undefined, null, 5, { socketPath: 5 }]) await assert.rejects(userpci.serveVfioUser(userpci.createModel('edu'), options as Any), einval, String(options));
+    for (const options of [undefined, null, { model: 'edu' }, { socketPath: '/tmp/x.sock' }]) await assert.rejects(userpci.server.startServerThread(options as Any), einval, JSON.stringify(options));
+  });
+
+  it('the device-model API: model options, header fields, MSI/MSI-X capability options', () => {
+    const S = userpci.server;
+    for (const dmaMask of [NaN, 1.5, Infinity, -1, {}, 'lots']) {
+      assert.throws(() => new S.EduModel({ dmaMask: dmaMask as Any }), einval, String(dmaMask));
+      assert.throws(() => userpci.createModel('edu', { dmaMask }), einval, String(dmaMask));
+    }
+    assert.equal(new S.EduModel({ dmaMask: 0xffffffn }).dmaMask, 0xffffffn);
+    assert.equal((userpci.createModel('edu', { dmaMask: '0xffffff' }) as InstanceType<typeof S.EduModel>).dmaMask, 0xffffffn);
+    assert.throws(() => new S.EduModel(null as Any), einval);
+    assert.throws(() => new S.EduModel({ dmaDelayMs: -1 }), einval);
+    assert.throws(() => userpci.createModel('edu', null as Any), einval);
+    for (const header of [undefined, null, { vendorId: 1n, deviceId: 1, classCode: 0 }, { vendorId: 0x10000, deviceId: 1, classCode: 0 }]) {
+      assert.throws(() => new S.ConfigSpace(header as Any), einval, String(header));
+    }
+    const config = new S.ConfigSpace({ vendorId: 0x1234, deviceId: 0x5678, classCode: 0xff0000 });
+    assert.throws(() => S.addMsiCapability(config, null as Any), einval);
+    for (const options of [undefined, null, { vectors: 4, tableBar: 9, tableOffset: 0, pbaBar: 0, pbaOffset: 0x800 }, { vectors: 4, tableBar: 0, tableOffset: 1n, pbaBar: 0, pbaOffset: 0x800 }]) {
+      assert.throws(() => S.addMsixCapability(config, options as Any), einval, String(options));
+    }
   });
 });

@@ -5,7 +5,8 @@
  */
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { UserpciError, toErrorCode } from '../../errors';
+import { describeValue } from '../../arguments';
+import { InvalidArgumentError, UserpciError, toErrorCode } from '../../errors';
 import type { ModelOptions } from '../../models/index';
 
 export interface ServerThreadOptions {
@@ -33,6 +34,9 @@ export interface ServerThread {
 }
 
 export function startServerThread(options: ServerThreadOptions): Promise<ServerThread> {
+  if (options === null || typeof options !== 'object' || typeof options.model !== 'string' || typeof options.socketPath !== 'string') {
+    return Promise.reject(new InvalidArgumentError(`startServerThread takes { model, socketPath } (strings), got ${describeValue(options)}`));
+  }
   const worker = new Worker(path.join(__dirname, 'worker.js'), {
     workerData: {
       model: options.model,

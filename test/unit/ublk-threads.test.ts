@@ -2,9 +2,9 @@
  * What ublk's per-queue threads rely on, on the host: the DMA buffer a queue thread gets holds
  * everything its NvmeQueue and its tags take (nvmeThreadPoolBytes), and the controller's reserved
  * queue pairs (an NvmeQueue built elsewhere over the controller's DMA memory, created on the
- * controller by IOVA, its id kept from createQueuePair, told when the controller is reset or
- * closed, deleted on the controller). The threads themselves need a 6.0+ kernel with ublk:
- * test/guest/ublk-threads.test.ts.
+ * controller by IOVA, its id kept from createQueuePair, following a controller reset when its
+ * owner can (else told, as when the controller is closed), deleted on the controller). The
+ * threads themselves need a 6.0+ kernel with ublk: test/guest/ublk-threads.test.ts.
  */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -72,6 +72,97 @@ test('reserved queue pair: built over the controller\'s memory, created by IOVA,
     q2.destroy(new Error('deleted'));
     const again = ctrl.reserveQueuePair(() => undefined);
     assert.equal(again, 1, 'the id is free again');
+  } finally {
+    await ctrl.close();
+    device.close();
+  }
+});
+
+test('reserved queue pair whose owner follows resets: suspended, reset once the controller stopped, re-created over the same rings, resumed; in-flight fails EIO, waiting goes out', async () => {
+  const { device, sim } = NvmeSimulator.open({ blockSize: 512, blocks: 8192 });
+  const ctrl = await NvmeController.open(device, { defaultQueue: { depth: 8 } });
+  try {
+    const steps: string[] = [];
+    const lost: Error[] = [];
+    let q: NvmeQueue | null = null;
+    const qid = ctrl.reserveQueuePair({
+      lost: (e) => lost.push(e),
+      suspend: () => {
+        steps.push('suspend');
+        q!.suspend();
+      },
+      // As a queue thread does it (nvme-thread.ts), here on the same thread.
+      reset: async (e) => {
+        steps.push(`reset ready=${ctrl.status().ready}`);
+        q!.abortAll(e, false);
+        q!.resetRings();
+      },
+      resume: () => {
+        steps.push('resume');
+        q!.resume();
+      },
+    });
+    q = new NvmeQueue(ctrl, qid, 8, {});
+    await ctrl.createReservedQueuePair(qid, q);
+    const buf = ctrl.allocBuffer(3 * 4096);
+    const a = new Uint8Array(buf.buffer, 0, 4096).fill(0xa1);
+    await q.rw(R.NVM_WRITE, 1, 512, 16, buf.iova, null, 4096, 0, null);
+    // One write the controller never answers (in flight at the reset), one submitted during it.
+    sim.dropNext(1);
+    const inflight = q.rw(R.NVM_WRITE, 1, 512, 64, buf.iova, null, 4096, 0, null)!.then(() => 'ok', (e: { code: string }) => e.code);
+    while (sim.dropped === 0) await new Promise((r) => setImmediate(r));
+    const mark = sim.log.length;
+    const recovering = ctrl.recover('test');
+    new Uint8Array(buf.buffer, 4096, 4096).fill(0xb2);
+    const waited = q.rw(R.NVM_WRITE, 1, 512, 32, buf.iova + 4096, null, 4096, 0, null);
+    await recovering;
+    assert.equal(await inflight, 'EIO', 'the command the controller held failed with EIO');
+    await waited;
+    assert.deepEqual(steps, ['suspend', 'reset ready=false', 'resume'], 'suspended, reset only once the controller stopped, resumed once re-created');
+    assert.equal(lost.length, 0, 'not lost');
+    const created = sim.log.slice(mark).filter((r) => r.qid === 0 && (r.opcode === R.ADMIN_CREATE_IO_CQ || r.opcode === R.ADMIN_CREATE_IO_SQ) && (r.cdw10 & 0xffff) === qid);
+    assert.deepEqual(created.map((r) => r.prp1), [q.cqIova, q.sqIova], 're-created over the same rings');
+    assert.deepEqual(sim.disk.subarray(16 * 512, 16 * 512 + 4096), a, 'written before the reset');
+    assert.deepEqual(sim.disk.subarray(32 * 512, 32 * 512 + 4096), new Uint8Array(4096).fill(0xb2), 'submitted during the reset, written after it');
+    const back = new Uint8Array(buf.buffer, 8192, 4096);
+    await q.rw(R.NVM_READ, 1, 512, 16, buf.iova + 8192, null, 4096, 0, null);
+    assert.deepEqual(back, a, 'the re-created pair reads');
+    assert.equal(sim.log.at(-1)!.qid, qid);
+    // A second reset works the same (its rings started over once already).
+    await ctrl.recover('again');
+    await q.rw(R.NVM_READ, 1, 512, 32, buf.iova + 8192, null, 4096, 0, null);
+    assert.deepEqual(back, new Uint8Array(4096).fill(0xb2));
+    await ctrl.deleteReservedQueuePair(qid);
+    q.destroy(new Error('deleted'));
+  } finally {
+    await ctrl.close();
+    device.close();
+  }
+});
+
+test('reserved queue pair: an owner that cannot follow a reset (its reset rejects) is told it is lost; the controller\'s own queues come back', async () => {
+  const { device, sim } = NvmeSimulator.open({ blockSize: 512, blocks: 8192 });
+  const ctrl = await NvmeController.open(device, { defaultQueue: { depth: 8 } });
+  try {
+    const lost: Error[] = [];
+    let q: NvmeQueue | null = null;
+    const qid = ctrl.reserveQueuePair({
+      lost: (e) => lost.push(e),
+      suspend: () => q!.suspend(),
+      reset: () => Promise.reject(new Error('thread gone')),
+      resume: () => assert.fail('not resumed'),
+    });
+    q = new NvmeQueue(ctrl, qid, 8, {});
+    await ctrl.createReservedQueuePair(qid, q);
+    const mark = sim.log.length;
+    await ctrl.recover('test');
+    assert.equal(lost.length, 1);
+    assert.match(lost[0]!.message, /could not follow a controller reset/);
+    assert.ok(!sim.log.slice(mark).some((r) => r.qid === 0 && r.opcode === R.ADMIN_CREATE_IO_CQ && (r.cdw10 & 0xffff) === qid), 'not re-created');
+    const ns = await ctrl.namespace(1);
+    await ns.write(0, new Uint8Array(512).fill(7));
+    q.destroy(lost[0]!);
+    await ctrl.deleteReservedQueuePair(qid);
   } finally {
     await ctrl.close();
     device.close();

@@ -91,10 +91,33 @@ export interface ExternalQueueRings {
   cqEntries: number;
 }
 
+/**
+ * Who drives a reserved queue pair (see reserveQueuePair). A controller reset starts the pair's
+ * rings over, which only the owner can follow: with suspend, reset and resume it rides through
+ * the reset as the controller's own queues do (commands the controller held fail with EIO,
+ * requests not yet sent wait and go out afterwards); without them a reset loses the pair.
+ */
+export interface ReservedQueueOwner {
+  /** Called once when the controller cannot keep the pair (lost, closed, or not re-created after a reset): fail everything, stop. */
+  lost(error: Error): void;
+  /** A reset begins: send nothing more (NvmeQueue.suspend); completions may still come until the controller stops. */
+  suspend?(): void;
+  /**
+   * The controller has stopped (CSTS.RDY 0: no more DMA, no completions): fail the commands it
+   * held with `error`, keep the rest waiting, start the rings over (NvmeQueue.abortAll(error,
+   * false), resetRings) and touch neither rings nor doorbells until resume(). Resolve once done:
+   * the controller is enabled again only then. Rejecting gives the pair up.
+   */
+  reset?(error: Error): Promise<void>;
+  /** The pair is on the controller again, over the same rings: go on (NvmeQueue.resume). */
+  resume?(): void;
+}
+
 interface ReservedQueue {
   rings: ExternalQueueRings | null;
-  /** Told once the controller cannot keep the queue (lost, closed, or reset: its rings start over). */
-  lost: (error: Error) => void;
+  owner: ReservedQueueOwner;
+  /** lost() was called (once only). */
+  gone: boolean;
 }
 
 interface QueueEntry {
@@ -416,14 +439,15 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
   /**
    * A queue id for a queue pair another thread drives (its own NvmeQueue over memory it shares
    * with this process's DMA space: ublk's per-queue threads). The thread builds its rings for
-   * this id, then createReservedQueuePair() makes them known to the controller. `lost` is called
-   * once if the controller is lost, closed or reset (a reset starts every ring over, which only
-   * the owning thread could follow: its queue is to fail what it holds and stop).
+   * this id, then createReservedQueuePair() makes them known to the controller. The owner hears
+   * of resets (suspend, reset once the controller stopped, resume once the pair is re-created
+   * over the same rings) and of the controller's loss or close (lost); an owner that is a bare
+   * `lost` function loses the pair at a reset.
    */
-  reserveQueuePair(lost: (error: Error) => void): number {
+  reserveQueuePair(owner: ReservedQueueOwner | ((error: Error) => void)): number {
     this.checkOpen();
     const qid = this.freeQueueId();
-    this.reserved.set(qid, { rings: null, lost });
+    this.reserved.set(qid, { rings: null, owner: typeof owner === 'function' ? { lost: owner } : owner, gone: false });
     return qid;
   }
 
@@ -433,6 +457,7 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
     if (!r || r.rings) throw new InvalidArgumentError(`${this.name}: queue ${qid} is not reserved, or already created`);
     await this.createRings(qid, rings, -1);
     r.rings = rings;
+    r.gone = false;
   }
 
   /** Delete a reserved queue pair from the controller (when created) and give its id back. */
@@ -449,9 +474,67 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
   private dropReserved(error: Error): void {
     const all = [...this.reserved.values()];
     for (const r of all) r.rings = null;
-    for (const r of all) {
+    for (const r of all) tellLost(r, error);
+  }
+
+  /**
+   * A reset begins: each created reserved pair's owner stops sending (or, if it cannot follow a
+   * reset, loses the pair). The pairs are off the controller until recreateReserved (rings null
+   * meanwhile, so a deleteReservedQueuePair in between sends nothing).
+   */
+  private suspendReserved(reason: string): { qid: number; r: ReservedQueue; rings: ExternalQueueRings; ready: boolean }[] {
+    const out = [];
+    for (const [qid, r] of this.reserved) {
+      const rings = r.rings;
+      if (!rings) continue; // not on the controller yet: its creation goes out after the reset
+      r.rings = null;
+      const { suspend, reset, resume } = r.owner;
+      if (!suspend || !reset || !resume) {
+        tellLost(r, new UserpciError('EIO', `${this.name}: a controller reset (${reason}) ended queue ${qid}, which another thread drives`));
+        continue;
+      }
       try {
-        r.lost(error);
+        suspend.call(r.owner);
+      } catch {
+        // its reset() below decides
+      }
+      out.push({ qid, r, rings, ready: false });
+    }
+    return out;
+  }
+
+  /** The controller has stopped: each suspended pair's owner fails what it held and starts its rings over. */
+  private async resetReserved(pairs: ReturnType<NvmeController['suspendReserved']>, aborted: Error, reason: string): Promise<void> {
+    await Promise.all(pairs.map(async (p) => {
+      try {
+        await p.r.owner.reset!(aborted);
+        p.ready = true;
+      } catch {
+        tellLost(p.r, new UserpciError('EIO', `${this.name}: queue ${p.qid} could not follow a controller reset (${reason}): its owner is gone`));
+      }
+    }));
+  }
+
+  /** After the reset: each pair again on the controller over its rings, then its owner resumes. */
+  private async recreateReserved(pairs: ReturnType<NvmeController['suspendReserved']>, reason: string): Promise<void> {
+    for (const { qid, r, rings, ready } of pairs) {
+      if (!ready || this.reserved.get(qid) !== r) continue; // given up, or deleted meanwhile
+      try {
+        await this.createRings(qid, rings, -1);
+      } catch (err) {
+        if (this.closed) throw this.closed;
+        tellLost(r, new UserpciError('EIO', `${this.name}: queue ${qid} could not be re-created after a controller reset (${reason}): ${(err as Error).message}`));
+        continue;
+      }
+      if (this.reserved.get(qid) !== r) {
+        // Deleted while it was being re-created: take it off the controller again.
+        await this.adminCommand(R.ADMIN_DELETE_IO_SQ, 0, qid).catch(() => undefined);
+        await this.adminCommand(R.ADMIN_DELETE_IO_CQ, 0, qid).catch(() => undefined);
+        continue;
+      }
+      r.rings = rings;
+      try {
+        r.owner.resume!();
       } catch {
         // the owner's business
       }
@@ -628,7 +711,8 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
 
   /**
    * Reset the controller and bring it back with the same queues: commands in flight fail
-   * (EIO), requests not yet sent wait and go out afterwards. Used after CSTS.CFS and command
+   * (EIO) once the controller has stopped, requests not yet sent wait and go out afterwards;
+   * reserved queue pairs whose owners follow resets likewise (ReservedQueueOwner). Used after CSTS.CFS and command
    * timeouts, and after `device.reset()` (a function-level reset leaves the controller disabled
    * but keeps the DMA mappings and MSI-X routing, so the same memory is used again).
    */
@@ -656,11 +740,16 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
       throw this.closed!;
     }
     const aborted = new UserpciError('EIO', `${this.name}: command aborted by a controller reset (${reason})`);
-    for (const q of all) q.abortAll(aborted, false);
-    this.dropReserved(new UserpciError('EIO', `${this.name}: a controller reset (${reason}) ended the queues other threads drive`));
+    const reserved = this.suspendReserved(reason);
     try {
       this.device.enable(); // a function-level reset clears decoding and bus mastering
       await this.disable();
+      // Stopped (CSTS.RDY 0): no more DMA nor completions. Only now do the commands it held fail,
+      // as the kernel's driver cancels them after disabling: a caller told earlier could reuse a
+      // buffer the controller was still writing. Queues other threads drive do the same first.
+      for (const q of all) q.abortAll(aborted, false);
+      await this.resetReserved(reserved, aborted, reason);
+      if (this.closed) throw this.closed;
       this.admin.resetRings();
       await this.enableWithAdminQueue();
       this.admin.resume();
@@ -671,6 +760,7 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
         e.queue.resume();
         e.queue.poll();
       }
+      await this.recreateReserved(reserved, reason);
     } catch (err) {
       if (this.closed) throw this.closed;
       this.lose(`${this.name}: controller reset failed (${reason}): ${(err as Error).message}`);
@@ -765,6 +855,16 @@ export class NvmeController extends EventEmitter implements QueueHost, AsyncDisp
 
   private checkOpen(): void {
     if (this.closed) throw this.closed;
+  }
+}
+
+function tellLost(r: ReservedQueue, error: Error): void {
+  if (r.gone) return;
+  r.gone = true;
+  try {
+    r.owner.lost(error);
+  } catch {
+    // the owner's business
   }
 }
 

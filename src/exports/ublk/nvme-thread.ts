@@ -8,8 +8,12 @@
  * holds the queue's rings, PRP lists and the ublk tags' buffers; and the VFIO device fd, from
  * which it maps BAR0 for its doorbells. The thread builds the NvmeQueue (the driver's own queue
  * code) over them; the main thread creates the queue pair on the controller with the rings'
- * IOVAs (an admin command) and tells the thread if the controller is lost or reset, whereupon
- * the queue fails everything and the thread's BAR mapping goes (a PCI removal waits for it).
+ * IOVAs (an admin command). A controller reset is followed as the controller follows it for its
+ * own queues: 'suspend' (send nothing more), 'reset' once the controller stopped (what it held
+ * fails with EIO, the rest waits, the rings start over; answered, and only then is the controller
+ * enabled again), 'resume' once the pair is re-created over the same rings. When the controller is
+ * lost or closed ('lost'), the queue fails everything and the thread's BAR mapping goes (a PCI
+ * removal waits for it).
  */
 import type { MessagePort } from 'node:worker_threads';
 import { DeviceGoneError, InvalidArgumentError, RangeAccessError, UserpciError, type UserpciErrorCode } from '../../errors';
@@ -54,11 +58,15 @@ export interface NvmeThreadQueueData {
 export type FromNvmeThread =
   | { kind: 'rings'; sqIova: number; cqIova: number; entries: number; cqEntries: number }
   | { kind: 'stalled' | 'timedOut' }
-  | { kind: 'fault'; message: string; gone: boolean };
+  | { kind: 'fault'; message: string; gone: boolean }
+  /** Answer to 'reset': done, the queue touches nothing until 'resume' (ok), or it is gone (not ok). */
+  | { kind: 'reset'; ok: boolean };
 
 export type ToNvmeThread =
   | { kind: 'created' }
-  | { kind: 'error' | 'lost'; message: string; code: string };
+  /** A controller reset: 'suspend' (send nothing more), 'reset' once it stopped (fail what it held with this error, rings start over), 'resume' once the pair is re-created. */
+  | { kind: 'suspend' | 'resume' }
+  | { kind: 'error' | 'lost' | 'reset'; message: string; code: string };
 
 /** Bytes of the DMA buffer a queue thread needs: rings, PRP lists, DSM ranges, the tags' buffers. */
 export function nvmeThreadPoolBytes(depth: number, pageSize: number, maxTransfer: number, maxQueueEntries: number, tagBytes: number): number {
@@ -243,7 +251,30 @@ class NvmeThreadDevice implements UblkThreadDevice {
     if (fua) await this.flush();
   }
 
-  /** The controller is gone or reset: fail everything, let the BAR go. */
+  /** A controller reset begins: send nothing more (requests wait); completions still count until the controller stops. */
+  suspend(): void {
+    if (!this.queue.destroyed) this.queue.suspend();
+  }
+
+  /**
+   * The controller has stopped (what it does to its own queues in recover()): the commands it
+   * held fail with `error`, requests not yet sent keep waiting, the rings start over. False when
+   * the queue is gone already.
+   */
+  reset(error: Error): boolean {
+    if (this.queue.destroyed) return false;
+    this.queue.suspend();
+    this.queue.abortAll(error, false);
+    this.queue.resetRings();
+    return true;
+  }
+
+  /** The pair is on the controller again, over the same rings: send what waited. */
+  resume(): void {
+    if (!this.queue.destroyed) this.queue.resume();
+  }
+
+  /** The controller is gone or closed: fail everything, let the BAR go. */
   lose(error: Error): void {
     this.queue.destroy(error);
     this.regs.revoke(error.message);
@@ -290,7 +321,8 @@ export async function createUblkDevice(data: unknown): Promise<UblkThreadDevice>
     const created = new Promise<void>((resolve, reject) => {
       d.port.once('message', (m: ToNvmeThread) => {
         if (m.kind === 'created') resolve();
-        else reject(new UserpciError(m.code as UserpciErrorCode, m.message));
+        else if (m.kind === 'error' || m.kind === 'lost' || m.kind === 'reset') reject(new UserpciError(m.code as UserpciErrorCode, m.message));
+        else reject(new UserpciError('EIO', `${d.name} queue ${d.qid} thread: '${m.kind}' before the queue pair was created`));
       });
     });
     d.port.postMessage({ kind: 'rings', sqIova: q.sqIova, cqIova: q.cqIova, entries: q.entries, cqEntries: q.cqEntries } satisfies FromNvmeThread);
@@ -298,6 +330,9 @@ export async function createUblkDevice(data: unknown): Promise<UblkThreadDevice>
     const device = new NvmeThreadDevice(d, q, pool, regs);
     d.port.on('message', (m: ToNvmeThread) => {
       if (m.kind === 'lost') device.lose(m.code === 'ENODEV' ? new DeviceGoneError(m.message) : new UserpciError(m.code as UserpciErrorCode, m.message));
+      else if (m.kind === 'suspend') device.suspend();
+      else if (m.kind === 'reset') d.port.postMessage({ kind: 'reset', ok: device.reset(new UserpciError(m.code as UserpciErrorCode, m.message)) } satisfies FromNvmeThread);
+      else if (m.kind === 'resume') device.resume();
     });
     // The port must not keep the thread alive by itself.
     d.port.unref();

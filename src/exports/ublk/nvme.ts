@@ -5,7 +5,7 @@
  */
 import { MessageChannel } from 'node:worker_threads';
 import * as os from 'node:os';
-import type { NvmeController } from '../../drivers/nvme/controller';
+import type { NvmeController, ReservedQueueOwner } from '../../drivers/nvme/controller';
 import { VfioBackend } from '../../backends/vfio/vfio-backend';
 import { checkInteger, optionsObject } from '../../arguments';
 import { DeviceGoneError, UserpciError } from '../../errors';
@@ -118,8 +118,10 @@ export async function serveNamespaceOverUblk(
  * Serves `namespace` as /dev/ublkbN with each ublk queue on a thread of its own (UblkThreadServer:
  * pinned to the CPUs blk-mq maps to the queue; one queue per CPU by default), each thread driving
  * an NVMe I/O queue pair of its own, polled (see nvme-thread.ts). Kernel VFIO only (the thread
- * maps BAR0 from the VFIO device fd). A lost or reset controller fails the threads' I/O: the
- * disk answers EIO until the server is closed.
+ * maps BAR0 from the VFIO device fd). A controller reset (controller.recover() or reinitialize())
+ * is followed as by the one-loop server: the NVMe commands in flight fail (EIO to the kernel),
+ * requests not yet sent wait and go out once each thread's queue pair is re-created over its
+ * rings. A lost or closed controller fails the threads' I/O (EIO) until the server is closed.
  */
 export async function serveNamespaceOverUblkThreads(
   controller: NvmeController,
@@ -154,9 +156,29 @@ export async function serveNamespaceOverUblkThreads(
     const channel = new MessageChannel();
     const mine = channel.port1;
     ports.push(mine);
-    const nqid = controller.reserveQueuePair((error) => {
-      mine.postMessage({ kind: 'lost', message: error.message, code: (error as { code?: string }).code ?? 'EIO' } satisfies ToNvmeThread);
+    // A controller reset: the thread's queue follows it as the controller's own queues do (see nvme-thread.ts).
+    let portClosed = false;
+    let resetWaiter: { resolve: () => void; reject: (e: Error) => void } | null = null;
+    const threadGone = () => new UserpciError('EIO', `${controller.name}: the ublk queue thread of an NVMe queue pair is gone`);
+    mine.once('close', () => {
+      portClosed = true;
+      resetWaiter?.reject(threadGone());
+      resetWaiter = null;
     });
+    const owner: ReservedQueueOwner = {
+      lost: (error) => mine.postMessage({ kind: 'lost', message: error.message, code: codeOf(error) } satisfies ToNvmeThread),
+      suspend: () => mine.postMessage({ kind: 'suspend' } satisfies ToNvmeThread),
+      reset: (error) => new Promise<void>((resolve, reject) => {
+        if (portClosed) {
+          reject(threadGone());
+          return;
+        }
+        resetWaiter = { resolve, reject };
+        mine.postMessage({ kind: 'reset', message: error.message, code: codeOf(error) } satisfies ToNvmeThread);
+      }),
+      resume: () => mine.postMessage({ kind: 'resume' } satisfies ToNvmeThread),
+    };
+    const nqid = controller.reserveQueuePair(owner);
     qids.push(nqid);
     const poolBytes = nvmeThreadPoolBytes(depth, controller.pageSize, maxIo, controller.maxQueueEntries, maxIo);
     const pool = controller.allocBuffer(poolBytes, 'never');
@@ -166,8 +188,13 @@ export async function serveNamespaceOverUblkThreads(
       if (m.kind === 'rings') {
         controller.createReservedQueuePair(nqid, m).then(
           () => mine.postMessage({ kind: 'created' } satisfies ToNvmeThread),
-          (e: Error) => mine.postMessage({ kind: 'error', message: e.message, code: (e as { code?: string }).code ?? 'EIO' } satisfies ToNvmeThread),
+          (e: Error) => mine.postMessage({ kind: 'error', message: e.message, code: codeOf(e) } satisfies ToNvmeThread),
         );
+      } else if (m.kind === 'reset') {
+        const w = resetWaiter;
+        resetWaiter = null;
+        if (m.ok) w?.resolve();
+        else w?.reject(threadGone());
       } else if (m.kind === 'stalled') controller.queueStalled(ref);
       else if (m.kind === 'timedOut') controller.queueTimedOut(ref);
       else if (m.kind === 'fault') controller.queueFault(ref, m.gone ? new DeviceGoneError(m.message) : new Error(m.message));
@@ -191,4 +218,8 @@ export async function serveNamespaceOverUblkThreads(
     await cleanup();
     throw e;
   }
+}
+
+function codeOf(error: Error): string {
+  return (error as { code?: string }).code ?? 'EIO';
 }

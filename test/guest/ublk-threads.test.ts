@@ -3,9 +3,11 @@
  * ublk queue per CPU, each served by a thread pinned to the CPUs the kernel maps to it, driving
  * an NVMe queue pair of its own. Data written from both CPUs at once reads back the same from
  * the other CPU (both queues served); a server killed at a random point (starting up, or under
- * writes) leaves a disk that fails I/O and the next start with the same id works; removing the
- * NVMe function ends the server and the removal completes. And UblkThreadServer with a device
- * of the caller's own built on each thread (a disk in shared memory).
+ * writes) leaves a disk that fails I/O and the next start with the same id works; a controller
+ * reset (FLR, reinitialize) under I/O from both CPUs is ridden through: I/O after it works, data
+ * written before and after reads back; removing the NVMe function ends the server and the
+ * removal completes. And UblkThreadServer with a device of the caller's own built on each
+ * thread (a disk in shared memory).
  */
 import { test, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -16,6 +18,8 @@ import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { bindToVfio, boundDriver, unbindFromVfio } from '../../src/pci/bind';
 import { fillPattern } from '../../src/drivers/nvme/workload';
 import { UblkThreadServer } from '../../src/exports/ublk/thread-server';
+import { NvmeController } from '../../src/drivers/nvme/controller';
+import { serveNamespaceOverUblkThreads } from '../../src/exports/ublk/nvme';
 import { UblkServer } from '../../src/exports/ublk/server';
 import { MemoryBlockDevice } from '../../src/exports/nbd/block-device';
 import { requireGuest } from './guest-env';
@@ -38,7 +42,7 @@ function ddOn(cpu: number, args: string[]): Promise<{ status: number | null; std
     const child = spawn('taskset', ['-c', String(cpu), 'dd', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    child.once('exit', (status) => resolve({ status, stderr: err }));
+    child.once('close', (status) => resolve({ status, stderr: err })); // 'close', not 'exit': stderr read to its end
   });
 }
 
@@ -162,6 +166,94 @@ test('ublk --threads: killed at a random point (starting, or under writes from b
     assert.ok(!fs.existsSync('/dev/ublkc0'), `round ${round}: device deleted`);
   }
 });
+
+/** dd reading on one CPU into memory (async: the test process's event loop keeps serving the controller meanwhile). */
+function readOn(cpu: number, offsetMiB: number, lengthMiB: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('taskset', ['-c', String(cpu), 'dd', `if=${DISK}`, 'bs=1M', `skip=${offsetMiB}`, `count=${lengthMiB}`, 'iflag=direct', 'status=none'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    let err = '';
+    child.stdout!.on('data', (d: Buffer) => out.push(d));
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    child.once('close', (status) => (status === 0 ? resolve(Buffer.concat(out)) : reject(new Error(`dd read on CPU ${cpu} exited ${status}: ${err}`))));
+  });
+}
+
+test('ublk --threads rides through a controller reset (function-level reset, reinitialize) under I/O from both CPUs: I/O after it works, data written before and after reads back', { timeout: 600_000 }, async () => {
+  const ctrl = await NvmeController.open(dev, { defaultQueue: false, queuePairs: 4 });
+  let server: UblkThreadServer | undefined;
+  try {
+    const ns = await ctrl.namespace(1);
+    server = await serveNamespaceOverUblkThreads(ctrl, ns, { id: 0, depth: 64 });
+    assert.equal(server.diskPath, DISK);
+    assert.equal(server.queueCpus.length, 2, 'a queue (and thread) per CPU');
+    const pattern = (seed: number) => Buffer.from(fillPattern(new Uint8Array(4 * MiB), seed));
+    const [a, b, c, d] = [51, 52, 53, 54].map(pattern) as [Buffer, Buffer, Buffer, Buffer];
+    for (const [name, data] of [['a', a], ['b', b], ['c', c], ['d', d]] as const) fs.writeFileSync(`/tmp/ublk-reset-${name}.bin`, data);
+    const writeOn = (cpu: number, name: string, atMiB: number, bs: string) =>
+      ddOn(cpu, [`if=/tmp/ublk-reset-${name}.bin`, `of=${DISK}`, `bs=${bs}`, `seek=${(atMiB * MiB) / parseSize(bs)}`, 'oflag=direct', 'conv=notrunc,fsync', 'status=none']);
+    // Before: A from CPU 0 (4 KiB requests), B from CPU 1 (64 KiB), at once.
+    for (const w of await Promise.all([writeOn(0, 'a', 0, '4k'), writeOn(1, 'b', 8, '64k')])) assert.equal(w.status, 0, w.stderr);
+
+    // I/O under way through the reset: CPU 0 writes a scratch area, CPU 1 reads A, each in a loop
+    // of 1 MiB dd runs. Runs that overlap the reset may fail (the NVMe commands in flight fail
+    // with EIO, as in the one-loop server); each loop, once the reset is over, goes on until a
+    // run started after it succeeds (at most 3 tries).
+    let resetDone = false;
+    const loop = async (cpu: number, args: string[]) => {
+      const runs: { status: number | null; stderr: string; afterReset: boolean }[] = [];
+      let firstRun!: () => void;
+      const started = new Promise<void>((r) => (firstRun = r));
+      const done = (async () => {
+        for (let after = 0; after < 3;) {
+          const afterReset = resetDone;
+          const r = await ddOn(cpu, args);
+          runs.push({ ...r, afterReset });
+          firstRun();
+          if (afterReset && r.status === 0) break;
+          if (afterReset) after++;
+        }
+      })();
+      return { runs, started, done };
+    };
+    const writer = await loop(0, ['if=/tmp/ublk-reset-c.bin', `of=${DISK}`, 'bs=4k', 'count=256', `seek=${(24 * MiB) / 4096}`, 'oflag=direct', 'conv=notrunc', 'status=none']);
+    const reader = await loop(1, [`if=${DISK}`, 'of=/dev/null', 'bs=4k', 'count=256', 'iflag=direct', 'status=none']);
+    await Promise.all([writer.started, reader.started]);
+    // The reset: a function-level reset through VFIO, then the controller brought back (recover).
+    ctrl.device.reset();
+    await ctrl.reinitialize();
+    resetDone = true;
+    assert.equal(ctrl.resets, 1);
+    await Promise.all([writer.done, reader.done]);
+    for (const [name, l] of [['writer (CPU 0)', writer], ['reader (CPU 1)', reader]] as const) {
+      const last = l.runs.at(-1)!;
+      assert.ok(last.afterReset && last.status === 0, `${name}: a run started after the reset succeeded: ${JSON.stringify(l.runs)}`);
+      for (const r of l.runs) assert.ok(r.status === 0 || /Input\/output error/.test(r.stderr), `${name}: a run ended by success or EIO: ${JSON.stringify(r)}`);
+    }
+    assert.equal(server.isClosed, false, 'the server still serves');
+    assert.equal(server.firstError, null, 'no queue thread reported an error');
+
+    // After: C from CPU 1, D from CPU 0; then everything read back on the other CPU.
+    for (const w of await Promise.all([writeOn(1, 'c', 32, '64k'), writeOn(0, 'd', 40, '4k')])) assert.equal(w.status, 0, w.stderr);
+    assert.equal(digest(await readOn(1, 0, 4)), digest(a), 'A (written before the reset) reads back');
+    assert.equal(digest(await readOn(0, 8, 4)), digest(b), 'B (written before the reset) reads back');
+    assert.equal(digest(await readOn(0, 32, 4)), digest(c), 'C (written after the reset) reads back');
+    assert.equal(digest(await readOn(1, 40, 4)), digest(d), 'D (written after the reset) reads back');
+    assert.equal(digest(await readOn(0, 24, 1)), digest(c.subarray(0, MiB)), 'the writer\'s last run (after the reset) landed');
+  } finally {
+    await server?.close();
+    await ctrl.close();
+  }
+  assert.ok(!fs.existsSync(DISK) && !fs.existsSync('/dev/ublkc0'), 'disk and device deleted');
+  // The kernel's view after our server: a one-loop server reads the same bytes.
+  const plain = await startServer(['--queues', '1']);
+  assert.equal(digest(readBack(0, 40, 4)), digest(fillPattern(new Uint8Array(4 * MiB), 54)));
+  await stopServer(plain);
+});
+
+function parseSize(bs: string): number {
+  return Number.parseInt(bs, 10) * (bs.endsWith('k') ? 1024 : bs.endsWith('M') ? MiB : 1);
+}
 
 test('ublk --threads: removing the NVMe function ends the server cleanly and the removal completes', { timeout: 240_000 }, async () => {
   await removeUnderServer(await startServer(), dev, 'the removal completed (no thread kept the BAR mapped)');

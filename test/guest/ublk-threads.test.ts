@@ -179,7 +179,7 @@ function readOn(cpu: number, offsetMiB: number, lengthMiB: number): Promise<Buff
   });
 }
 
-test('ublk --threads rides through a controller reset (function-level reset, reinitialize) under I/O from both CPUs: I/O after it works, data written before and after reads back', { timeout: 600_000 }, async () => {
+test('ublk --threads rides through a controller reset (function-level reset, reinitialize) under I/O from both CPUs: I/O after it works, data written before and after reads back; and through recover()', { timeout: 600_000 }, async () => {
   const ctrl = await NvmeController.open(dev, { defaultQueue: false, queuePairs: 4 });
   let server: UblkThreadServer | undefined;
   try {
@@ -240,6 +240,10 @@ test('ublk --threads rides through a controller reset (function-level reset, rei
     assert.equal(digest(await readOn(0, 32, 4)), digest(c), 'C (written after the reset) reads back');
     assert.equal(digest(await readOn(1, 40, 4)), digest(d), 'D (written after the reset) reads back');
     assert.equal(digest(await readOn(0, 24, 1)), digest(c.subarray(0, MiB)), 'the writer\'s last run (after the reset) landed');
+    // A reset of the controller alone (CC.EN, as after a fatal status or a timeout), the function untouched.
+    await ctrl.recover('asked by the test');
+    assert.equal(ctrl.resets, 2);
+    assert.equal(digest(await readOn(1, 0, 4)), digest(a), 'A reads back after a second reset');
   } finally {
     await server?.close();
     await ctrl.close();

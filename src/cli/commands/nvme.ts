@@ -52,7 +52,9 @@ that first and leaves it bound: \`userpci unbind ADDRESS\` gives it back to the 
       before sleeping (default 0); --defer-taskrun: rings that take new requests only when the
       server enters them, not by interrupting it (IORING_SETUP_DEFER_TASKRUN); --threads: each
       queue on a thread of its own pinned to the CPUs the kernel maps to it, with its own polled
-      NVMe queue pair (--queues defaults to one per CPU then; kernel VFIO only)
+      NVMe queue pair (--queues defaults to one per CPU then; kernel VFIO only). Either mode
+      rides through a controller reset (after a fatal status or a timeout): the requests in
+      flight fail with EIO, later ones are served
   export and ublk scavenge V8's young generation on the main thread only (useSerialScavenge):
   their garbage is short-lived, and parallel scavenges cost them more than they save
 

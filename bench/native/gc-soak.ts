@@ -27,12 +27,18 @@ if (!(seconds > 0)) throw new Error('usage: gc-soak.js [SECONDS]');
 
 /** perf_hooks gc kinds (V8 GCType bits): 1 scavenge, 2 minor mark-compact, 4 mark-sweep-compact, 8 incremental marking, 16 weak callbacks. */
 const gcs = new Map<number, number>();
+/** Per kind: the longest pause and all pauses, ms (wall time: a preempted pause counts whole). */
+const maxPause = new Map<number, number>();
+const totalPause = new Map<number, number>();
 new PerformanceObserver((list) => {
   for (const e of list.getEntries()) {
     const kind = (e as unknown as { detail?: { kind?: number } }).detail?.kind ?? 0;
     gcs.set(kind, (gcs.get(kind) ?? 0) + 1);
+    maxPause.set(kind, Math.max(maxPause.get(kind) ?? 0, e.duration));
+    totalPause.set(kind, (totalPause.get(kind) ?? 0) + e.duration);
   }
 }).observe({ entryTypes: ['gc'] });
+const ms = (m: Map<number, number>) => Object.fromEntries([...m].map(([k, v]) => [k, Math.round(v * 10) / 10]));
 
 /** Long-lived state: a table whose entries are replaced at random (promotion, old-to-young pointers). */
 const table: { id: number; payload: number[]; next: unknown }[] = [];
@@ -113,7 +119,7 @@ async function main(): Promise<void> {
   let nextReport = start + 30_000;
   const report = (what: string) => {
     const h = v8.getHeapStatistics();
-    console.log(`${what} ${((Date.now() - start) / 1000).toFixed(0)} s: reads ${reads}, verified writes ${writes} (${(verifiedBytes / 2 ** 20).toFixed(0)} MiB), GCs by kind ${JSON.stringify(Object.fromEntries(gcs))}, RSS ${(process.memoryUsage.rss() / 2 ** 20).toFixed(0)} MiB, heap used ${(h.used_heap_size / 2 ** 20).toFixed(0)} MiB`);
+    console.log(`${what} ${((Date.now() - start) / 1000).toFixed(0)} s: reads ${reads}, verified writes ${writes} (${(verifiedBytes / 2 ** 20).toFixed(0)} MiB), GCs by kind ${JSON.stringify(Object.fromEntries(gcs))}, longest pause ms ${JSON.stringify(ms(maxPause))}, RSS ${(process.memoryUsage.rss() / 2 ** 20).toFixed(0)} MiB, heap used ${(h.used_heap_size / 2 ** 20).toFixed(0)} MiB`);
   };
   try {
     while (Date.now() < until) {
@@ -139,7 +145,7 @@ async function main(): Promise<void> {
     let snapshotBytes = 0;
     for await (const chunk of v8.getHeapSnapshot()) snapshotBytes += (chunk as Buffer).length;
     report('end');
-    console.log(`SOAK OK ${JSON.stringify({ seconds: Math.round((Date.now() - start) / 1000), execArgv: process.execArgv, reads, writes, verifiedMiB: Math.round(verifiedBytes / 2 ** 20), gcs: Object.fromEntries(gcs), snapshotMiB: Math.round(snapshotBytes / 2 ** 20) })}`);
+    console.log(`SOAK OK ${JSON.stringify({ seconds: Math.round((Date.now() - start) / 1000), execArgv: process.execArgv, reads, writes, verifiedMiB: Math.round(verifiedBytes / 2 ** 20), gcs: Object.fromEntries(gcs), longestPauseMs: ms(maxPause), totalPauseMs: ms(totalPause), snapshotMiB: Math.round(snapshotBytes / 2 ** 20) })}`);
   } finally {
     buf.free();
     up = true;

@@ -2,6 +2,26 @@
  * Process-wide V8 garbage-collector choices a driver application may opt into. userpci never
  * calls these on import: they change the GC for every module of the process, which is the
  * application's decision (our own long-running servers, `userpci nvme export|ublk`, opt in).
+ *
+ * The young generation's collector and size are chosen when V8 starts, so they are node launch
+ * flags, not calls. For a promise-heavy process (the NVMe promise API: a few hundred bytes of
+ * garbage per I/O), bench:native measured (docs/ARCHITECTURE.md, GC bullets):
+ *
+ *   node --minor-mc --single-threaded-gc --min-semi-space-size=128 --max-semi-space-size=128 app.js
+ *
+ * V8's young-generation mark-compact (paged new space) instead of its scavenger, every GC task on
+ * the main thread, and 128 MiB of new space: the promise cases spent 1.3-2.5% of wall time in GC
+ * where V8's defaults spent 2.6-13% and useSerialScavenge() 2.1-4.4% (two runs on a busy host),
+ * for ~100 MiB more resident memory (new space 128 MiB against 32). That gain is the promise
+ * API's, whose young survivors are tiny: a mix with megabytes surviving each young GC
+ * (bench/native/gc-soak.ts) spent as long in GC either way and took 2.5x the memory, so measure
+ * the application's own workload. `--single-threaded-gc` also takes the old generation's
+ * concurrent marking and sweeping off helper threads: its collections pause longer.
+ * `--minor-mc` is marked experimental in V8 11.3 (Node 20): opt in knowingly, never by default.
+ * Our own servers run under it when started so: `node FLAGS node_modules/userpci/bin/userpci.js
+ * nvme export ...`. It cannot be switched on later: `v8.setFlagsFromString('--minor-mc')` in a
+ * running process aborted it at the next young-generation GC (V8 fatal error, Node 20.20).
+ * Under --minor-mc there are no scavenges and useSerialScavenge() changes nothing.
  */
 import * as v8 from 'node:v8';
 

@@ -12,10 +12,12 @@
  * V8's young-generation mark-compact (paged new space) instead of its scavenger, every GC task on
  * the main thread, and 128 MiB of new space: the promise cases spent 1.3-2.5% of wall time in GC
  * where V8's defaults spent 2.6-13% and useSerialScavenge() 2.1-4.4% (two runs on a busy host),
- * for ~100 MiB more resident memory (new space 128 MiB against 32). That gain is the promise
- * API's, whose young survivors are tiny: a mix with megabytes surviving each young GC
- * (bench/native/gc-soak.ts) spent as long in GC either way and took 2.5x the memory, so measure
- * the application's own workload. `--single-threaded-gc` also takes the old generation's
+ * for ~100 MiB more resident memory (new space 128 MiB against 32). The collector is most of it:
+ * `node --minor-mc --single-threaded-gc` at V8's default size got 1.8-2.4% with no more memory in
+ * a run where 128 MiB got 1.9% (load 2-5). The gain is the promise API's, whose young survivors
+ * are tiny: a mix with megabytes surviving each young GC (bench/native/gc-soak.ts, 128 MiB)
+ * spent as long in GC either way and took 2.5x the memory, so measure the application's own
+ * workload. `--single-threaded-gc` also takes the old generation's
  * concurrent marking and sweeping off helper threads: its collections pause longer.
  * `--minor-mc` is marked experimental in V8 11.3 (Node 20): opt in knowingly, never by default.
  * Our own servers run under it when started so: `node FLAGS node_modules/userpci/bin/userpci.js

@@ -4,6 +4,17 @@
  *   threadpool thread); consume it with 'interrupt' events, wait() promises with timeout and
  *   AbortSignal, or async iteration. Interrupts that arrive while nobody listens are counted in
  *   `pending`, never lost.
+ *
+ * Two traps of the event-loop delivery (both by design):
+ * - `pending` is taken only by wait() (and async iteration). It is never replayed as
+ *   'interrupt' events: a listener added while `pending > 0` hears only later interrupts.
+ *   Waiting for one interrupt? Use wait(): it takes what is pending first.
+ * - The vector keeps the process alive only while a wait() is pending, or after ref(). An
+ *   'interrupt' listener alone does not (the library's own drivers keep standing listeners that
+ *   must not hold the process). A script whose last handle is `once(vector, 'interrupt')` ends
+ *   before the interrupt is read, the listener never called (CommonJS exits 0; an unsettled
+ *   top-level await exits 13). Use wait(), or ref() the vector while listening (unref() or
+ *   close() when done). test/unit/edu-msi-sequence.test.ts shows both.
  * - 'polled': no watcher; the driver calls poll() when it wants (one read of the eventfd), and
  *   what it finds is delivered there and then, to the same waits, listeners and counters.
  * - 'thread': a handler runs on a dedicated thread blocked in the kernel on the eventfd (a worker
@@ -80,7 +91,11 @@ interface Waiter {
   cleanup(): void;
 }
 
-/** Events of an InterruptVector: 'interrupt' with the count taken, 'close' once it stops, 'handler-error' from a thread handler. */
+/**
+ * Events of an InterruptVector: 'interrupt' with the count taken, 'close' once it stops,
+ * 'handler-error' from a thread handler. 'interrupt' reports interrupts read after the listener
+ * was added (not `pending` ones), and a listener does not keep the process alive (ref() does).
+ */
 export interface InterruptVectorEvents {
   interrupt: [count: number];
   close: [];
@@ -90,7 +105,10 @@ export interface InterruptVectorEvents {
 export class InterruptVector extends EventEmitter<InterruptVectorEvents> implements Disposable {
   /** Interrupts taken on this thread (event-loop and polled delivery) since the vector was set up. */
   private taken = 0;
-  /** Interrupts that arrived with no waiter; the next wait() takes them. */
+  /**
+   * Interrupts that arrived with no waiter and no 'interrupt' listener; the next wait() takes
+   * them. A listener added later is not told of them (it hears the next interrupt only).
+   */
   pending = 0;
   readonly fd: number;
   private watch: WatchHandle | null;
@@ -353,7 +371,10 @@ export class InterruptVector extends EventEmitter<InterruptVectorEvents> impleme
     this.unmaskLine?.();
   }
 
-  /** Keep the process alive while this vector is armed (by default only waits do). */
+  /**
+   * Keep the process alive while this vector is armed (by default only pending waits do; an
+   * 'interrupt' listener alone does not: a script that only listens needs this).
+   */
   ref(): this {
     this.keepAlive = true;
     this.updateRef();

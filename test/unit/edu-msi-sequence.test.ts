@@ -14,7 +14,8 @@ import * as R from '../../src/drivers/edu/registers';
 import { serveEduForSuite } from '../support/edu-server';
 
 const SEQUENCES = 600;
-type Operation = 'raise' | 'factorial' | 'dma';
+/** 'raise-unacked': the second raise comes while the first status bit is still set (edu.c notifies on every raise). */
+type Operation = 'raise' | 'raise-unacked' | 'factorial' | 'dma';
 
 describe('MSI over vfio-user edu: wait, acknowledge, then listen and interrupt again', () => {
   const socketPath = serveEduForSuite('userpci-msi-seq-');
@@ -30,10 +31,12 @@ describe('MSI over vfio-user edu: wait, acknowledge, then listen and interrupt a
     edu.regs.write32(R.REG_STATUS, R.STATUS_IRQ_ON_FACTORIAL);
     edu.raiseInterrupt(0x10);
     edu.startDma('to-device', 0, 0, 16, true);
-    assert.ok(msi.total >= 2);
+    // factorial() and dma() may end on the status register before their MSI is read: that MSI
+    // is not lost, it comes in after (into `pending` here, nobody listening).
+    while (msi.total < 2) await msi.wait();
   });
 
-  for (const operation of ['raise', 'factorial', 'dma'] as Operation[]) {
+  for (const operation of ['raise', 'raise-unacked', 'factorial', 'dma'] as Operation[]) {
     it(`${SEQUENCES} sequences, the second interrupt by ${operation}: every listener fires, no MSI lost or doubled`, { timeout: 180_000 }, async () => {
       await using device = await openDevice(socketPath, { dmaMask: R.EDU_DEFAULT_DMA_MASK });
       const edu = new EduDriver(device);
@@ -45,15 +48,16 @@ describe('MSI over vfio-user edu: wait, acknowledge, then listen and interrupt a
         edu.raiseInterrupt(R.IRQ_FACTORIAL);
         const taken = await msi.wait();
         assert.equal(taken, 1, `sequence ${i}: the wait took ${taken} interrupts`);
-        assert.equal(edu.acknowledgeInterrupt(), R.IRQ_FACTORIAL, `sequence ${i}: interrupt status`);
+        if (operation !== 'raise-unacked') assert.equal(edu.acknowledgeInterrupt(), R.IRQ_FACTORIAL, `sequence ${i}: interrupt status`);
         const heard = once(msi, 'interrupt');
-        if (operation === 'raise') edu.raiseInterrupt(R.IRQ_DMA);
+        if (operation === 'raise' || operation === 'raise-unacked') edu.raiseInterrupt(R.IRQ_DMA);
         else if (operation === 'factorial') assert.equal(await edu.factorial(5), 120);
         else await edu.dma('to-device', staging.iova, 0, 64);
         const [count] = (await heard) as [number];
         assert.equal(count, 1, `sequence ${i}: the listener saw ${count}`);
         fired++;
         if (operation === 'raise') assert.equal(edu.acknowledgeInterrupt(), R.IRQ_DMA, `sequence ${i}: interrupt status after the raise`);
+        if (operation === 'raise-unacked') assert.equal(edu.acknowledgeInterrupt(), R.IRQ_FACTORIAL | R.IRQ_DMA, `sequence ${i}: both bits`);
       }
       assert.equal(fired, SEQUENCES);
       assert.equal(msi.total, 2 * SEQUENCES, 'interrupts seen: two per sequence');

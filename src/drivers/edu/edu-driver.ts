@@ -89,6 +89,11 @@ export class EduDriver {
   /**
    * Take completions by interrupt from now on (INTx or MSI), or go back to polling with
    * undefined. Returns the vector, whose events the caller may watch too.
+   *
+   * factorial() and dma() end as soon as the interrupt status shows their bit, which can be
+   * before the vector has read the MSI (the status is read first): that MSI arrives afterwards,
+   * to 'interrupt' listeners, or into `pending` with none, where it ends the next wait() at once.
+   * A listener for it keeps the process alive only if something else does (InterruptVector).
    */
   useInterrupts(mode: 'intx' | 'msi' | undefined): InterruptVector | undefined {
     if (mode === undefined) {

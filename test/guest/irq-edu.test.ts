@@ -140,6 +140,35 @@ test('10,000-interrupt soak: no lost or duplicated completion, stable fds and me
   assert.ok(growth < 16 << 20, `RSS grew ${growth} bytes over 9,000 interrupts`);
 });
 
+test('msi: wait, acknowledge, then listen and interrupt again (raise, raise with the status still set, factorial, DMA): every listener fires, two MSIs per sequence', { timeout: 300_000 }, async () => {
+  await using device = await openDevice(edu0);
+  const edu = new EduDriver(device);
+  await edu.ready();
+  const v = edu.useInterrupts('msi')!;
+  const staging = device.allocDma(4096);
+  v.ref(); // a listener alone does not keep the process alive
+  const perOperation = 100;
+  for (const operation of ['raise', 'raise-unacked', 'factorial', 'dma'] as const) {
+    for (let i = 0; i < perOperation; i++) {
+      edu.raiseInterrupt(0x1);
+      assert.equal(await v.wait(), 1, `${operation} ${i}: the wait`);
+      if (operation !== 'raise-unacked') assert.equal(edu.acknowledgeInterrupt(), 0x1);
+      const heard = new Promise<number>((resolve) => v.once('interrupt', resolve));
+      if (operation === 'raise' || operation === 'raise-unacked') edu.raiseInterrupt(0x100);
+      else if (operation === 'factorial') assert.equal(await edu.factorial(5), 120);
+      else await edu.dma('to-device', staging.iova, 0, 64);
+      assert.equal(await heard, 1, `${operation} ${i}: the listener`);
+      const status = edu.acknowledgeInterrupt();
+      if (operation === 'raise') assert.equal(status, 0x100);
+      if (operation === 'raise-unacked') assert.equal(status, 0x101, 'edu raises again while its status is set');
+    }
+  }
+  v.unref();
+  assert.equal(v.total, 2 * 4 * perOperation, 'two MSIs per sequence, none lost or doubled');
+  assert.equal(v.pending, 0);
+  staging.free();
+});
+
 test('msi on a dedicated thread (time-shared, then SCHED_FIFO) and polled: each interrupt reaches the handler once while the main thread blocks; the thread runs on the CPUs the kernel takes the IRQ on', { timeout: 300_000 }, async () => {
   await using device = await openDevice(edu0);
   const edu = new EduDriver(device);

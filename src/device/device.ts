@@ -22,6 +22,11 @@ const PCI_COMMAND_MEMORY = 0x2;
 const PCI_COMMAND_MASTER = 0x4;
 const PCI_COMMAND_INTX_DISABLE = 0x400;
 
+/** A PCI_COMMAND value with the INTx pin enabled (Interrupt Disable clear) or disabled. */
+function withIntxPin(cmd: number, on: boolean): number {
+  return on ? cmd & ~PCI_COMMAND_INTX_DISABLE : cmd | PCI_COMMAND_INTX_DISABLE;
+}
+
 export interface OpenOptions {
   /**
    * The device's DMA mask: every IOVA handed out lies at or below it. A number or bigint of the
@@ -135,7 +140,7 @@ export class PciDevice extends EventEmitter<PciDeviceEvents> implements AsyncDis
       const low = this.config.read32(0x10 + 4 * i);
       if (low & 1) cmd |= PCI_COMMAND_IO;
     }
-    this.config.write16(PCI_COMMAND, this.interrupts.mode === 'intx' ? cmd & ~PCI_COMMAND_INTX_DISABLE : cmd | PCI_COMMAND_INTX_DISABLE);
+    this.config.write16(PCI_COMMAND, withIntxPin(cmd, this.interrupts.mode === 'intx'));
   }
 
   /**
@@ -148,7 +153,7 @@ export class PciDevice extends EventEmitter<PciDeviceEvents> implements AsyncDis
    */
   private intxLine(on: boolean): void {
     const cmd = this.config.read16(PCI_COMMAND);
-    const want = on ? cmd & ~PCI_COMMAND_INTX_DISABLE : cmd | PCI_COMMAND_INTX_DISABLE;
+    const want = withIntxPin(cmd, on);
     if (want !== cmd) this.config.write16(PCI_COMMAND, want);
   }
 

@@ -16,11 +16,10 @@
 import * as v8 from 'node:v8';
 import { PerformanceObserver } from 'node:perf_hooks';
 import { NvmeController } from '../../src/drivers/nvme/controller';
-import type { NvmeQueue } from '../../src/drivers/nvme/queue';
-import type { NvmeNamespace } from '../../src/drivers/nvme/namespace';
 import { planWrites, runWorkload } from '../../src/drivers/nvme/workload';
 import { NvmeSimulator } from '../../test/support/nvme-simulator';
 import { InstantNvme } from './instant-nvme';
+import { promiseDriver, unitMaskOf } from './promise-drive';
 
 const seconds = Number(process.argv[2] ?? 600);
 if (!(seconds > 0)) throw new Error('usage: gc-soak.js [SECONDS]');
@@ -57,56 +56,19 @@ function checkTable(): void {
   }
 }
 
-async function promiseDrive(ns: NvmeNamespace, q: NvmeQueue, dev: InstantNvme, iova: number, qd: number, ios: number): Promise<void> {
-  let issued = 0;
-  let done = 0;
-  const settled = Promise.resolve();
-  let failure: Error | null = null;
-  const worker = async (slot: number) => {
-    const slotIova = iova + slot * 4096;
-    while (issued < ios) {
-      issued++;
-      await ns.readIova(((issued * 2654435761) >>> 0) % 1_000_000 * 8, slotIova, 4096, q);
-      done++;
-    }
-  };
-  const workers = Array.from({ length: Math.min(qd, ios) }, (_, i) => worker(i).catch((err: Error) => void (failure ??= err)));
-  await new Promise<void>((resolve, reject) => {
-    const pass = (): void => {
-      try {
-        dev.run();
-        q.poll();
-      } catch (err) {
-        reject(err as Error);
-        return;
-      }
-      if (failure) reject(failure);
-      else if (done < ios) void settled.then(pass);
-      else resolve();
-    };
-    void settled.then(pass);
-  });
-  await Promise.all(workers);
-  if (done !== ios || issued !== ios) throw new Error(`QD${qd}: ${done} of ${ios} reads completed (${issued} issued)`);
-}
-
 async function main(): Promise<void> {
   const start = Date.now();
   const until = start + seconds * 1000;
   // The instant device: three queue pairs at QD 1, 32, 256.
   const { device, nvme } = InstantNvme.open();
-  let up = true;
-  const tick = () => {
-    nvme.run();
-    if (up) setImmediate(tick);
-  };
-  tick();
-  const ctrl = await NvmeController.open(device, { defaultQueue: false });
-  const ns = await ctrl.namespace(1);
-  const queues = [];
-  for (const qd of [1, 32, 256]) queues.push({ qd, q: await ctrl.createQueuePair({ depth: qd, pollSpinUs: 0, pollBurst: 0 }) });
-  up = false;
+  const ctrl = await nvme.answering(() => NvmeController.open(device, { defaultQueue: false }));
+  const ns = await nvme.answering(() => ctrl.namespace(1));
   const buf = ctrl.allocBuffer(4096 * 256);
+  const queues = [];
+  for (const qd of [1, 32, 256]) {
+    const q = await nvme.answering(() => ctrl.createQueuePair({ depth: qd, pollSpinUs: 0, pollBurst: 0 }));
+    queues.push({ qd, drive: promiseDriver(ns, q, nvme, buf.iova, qd, unitMaskOf(ns)) });
+  }
   // The simulator: data that must read back as written.
   const simOpen = NvmeSimulator.open({ blocks: 1 << 16, mdts: 8 });
   const simCtrl = await NvmeController.open(simOpen.device, { defaultQueue: { depth: 32 } });
@@ -123,9 +85,9 @@ async function main(): Promise<void> {
   };
   try {
     while (Date.now() < until) {
-      for (const { qd, q } of queues) {
+      for (const { qd, drive } of queues) {
         const ios = qd === 1 ? 100_000 : 400_000;
-        await promiseDrive(ns, q, nvme, buf.iova, qd, ios);
+        await drive(ios);
         reads += ios;
         churnTable(20_000);
       }
@@ -148,10 +110,7 @@ async function main(): Promise<void> {
     console.log(`SOAK OK ${JSON.stringify({ seconds: Math.round((Date.now() - start) / 1000), execArgv: process.execArgv, reads, writes, verifiedMiB: Math.round(verifiedBytes / 2 ** 20), gcs: Object.fromEntries(gcs), longestPauseMs: ms(maxPause), totalPauseMs: ms(totalPause), snapshotMiB: Math.round(snapshotBytes / 2 ** 20) })}`);
   } finally {
     buf.free();
-    up = true;
-    tick();
-    await ctrl.close().catch(() => undefined);
-    up = false;
+    await nvme.answering(() => ctrl.close()).catch(() => undefined);
     if (!device.closed) device.close();
     await simCtrl.close().catch(() => undefined);
     simOpen.device.close();

@@ -69,6 +69,24 @@ export class InstantNvme implements Backend {
     return { device, nvme };
   }
 
+  /**
+   * Runs `work` with the device answering on the event loop meanwhile: for bring-up and close,
+   * where the driver polls on its own and waits between polls. Measured loops call run() themselves.
+   */
+  async answering<T>(work: () => Promise<T>): Promise<T> {
+    let on = true;
+    const tick = () => {
+      this.run();
+      if (on) setImmediate(tick);
+    };
+    tick();
+    try {
+      return await work();
+    } finally {
+      on = false;
+    }
+  }
+
   /** Do what the device has been asked: controller enable/disable, then every SQ's new commands. */
   run(): void {
     const regs = this.regs;

@@ -57,6 +57,7 @@ import type { NvmeQueue } from '../../src/drivers/nvme/queue';
 import type { NvmeNamespace } from '../../src/drivers/nvme/namespace';
 import { useSerialScavenge } from '../../src/gc-tuning';
 import { InstantNvme } from './instant-nvme';
+import { nextUnit, promiseDriver, unitMaskOf } from './promise-drive';
 
 v8.setFlagsFromString('--expose-gc');
 const gc = vm.runInNewContext('gc') as () => void;
@@ -633,30 +634,21 @@ async function benchNvme(bin: string): Promise<void> {
   for (const qd of process.env.NVME_QD ? process.env.NVME_QD.split(',').map(Number) : [1, 32, 256]) {
     // A fresh device and controller per depth, so a failure at one depth leaves the others alone.
     const { device, nvme } = InstantNvme.open();
-    // Bring-up: the driver polls on its own; the device answers on the event loop meanwhile.
-    let up = true;
-    const tickDevice = () => {
-      nvme.run();
-      if (up) setImmediate(tickDevice);
-    };
-    tickDevice();
-    const ctrl = await NvmeController.open(device, { defaultQueue: false });
+    // Bring-up and close: the driver polls on its own; the device answers on the event loop meanwhile.
+    const ctrl = await nvme.answering(() => NvmeController.open(device, { defaultQueue: false }));
     try {
-      const ns = await ctrl.namespace(1);
+      const ns = await nvme.answering(() => ctrl.namespace(1));
       // The measured loops drive polling themselves (q.poll(), the public polled API), the device
       // right before each poll: the driver's own poll scheduling stays off the measured path.
       let q: NvmeQueue;
       try {
-        q = await ctrl.createQueuePair({ depth: qd, pollSpinUs: 0, pollBurst: 0 });
+        q = await nvme.answering(() => ctrl.createQueuePair({ depth: qd, pollSpinUs: 0, pollBurst: 0 }));
       } catch (err) {
         failures.push(`NVMe QD${qd}: the driver could not create the queue: ${(err as Error).message}`);
         continue;
       }
-      up = false;
       const buf = ctrl.allocBuffer(Math.max(2 << 20, 4096 * qd));
-      // LBAs in 4 KiB units below a power of two, as C's `% (1u << 21)` (a mask): `%` by a variable
-      // on a uint32 above 2^31 (a double) is an fprem loop, which cost every JS case several ns.
-      const unitMask = 2 ** Math.floor(Math.log2(ns.blocks / 8)) - 1;
+      const unitMask = unitMaskOf(ns);
       const cRound = (cpu: number) => runC(bin, ['nvme', String(qd), '2000000', String(cpu)]).nsPerIo!;
       // A young generation above V8's default collects less often: a round then spans about as
       // many young-generation GCs as at the default (a child of benchYoungConfigs started with
@@ -691,10 +683,7 @@ async function benchNvme(bin: string): Promise<void> {
       }
       buf.free();
     } finally {
-      up = true;
-      tickDevice();
-      await ctrl.close().catch(() => undefined);
-      up = false;
+      await nvme.answering(() => ctrl.close()).catch(() => undefined);
       if (!device.closed) device.close();
     }
   }
@@ -856,17 +845,6 @@ const NVP_SCAVENGE_PHASES = ['scavenge.roots', 'scavenge.parallel', 'scavenge.we
 /** --trace-gc-nvp's top-level phases of a minor mark-compact (V8 11.3). */
 const NVP_MINOR_MC_PHASES = ['mark', 'clear', 'sweep', 'finish'];
 
-/** xorshift32 state in a typed array: an int32 kept in a variable is a heap number whenever it leaves the Smi range. */
-const lbaState = new Int32Array([0x2545f491]);
-function nextUnit(mask: number): number {
-  let x = lbaState[0]!;
-  x ^= x << 13;
-  x ^= x >>> 17;
-  x ^= x << 5;
-  lbaState[0] = x;
-  return x & mask;
-}
-
 /** Callback API: each completion submits the next read of its slot (batch: resubmissions of one poll in one q.batch). */
 function callbackDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova: number, qd: number, unitMask: number, batched: boolean): (ios: number) => void {
   let done = 0;
@@ -904,39 +882,6 @@ function callbackDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova
       if (batched && pending > 0) q.batch(resubmitAll);
       if (failure) throw failure;
     }
-  };
-}
-
-/**
- * Promise API: qd async workers awaiting each read; polling passes chained as microtasks, each
- * queued with then() on a settled promise, as the driver queues its own passes (an `await null`
- * loop cost 248 B and ~20 ns per pass, a then() 96 B: at QD1 a pass per I/O).
- */
-function promiseDriver(ns: NvmeNamespace, q: NvmeQueue, nvme: InstantNvme, iova: number, qd: number, unitMask: number): (ios: number) => Promise<void> {
-  const settled = Promise.resolve();
-  return async (ios: number) => {
-    let issued = 0;
-    let done = 0;
-    const worker = async (slot: number) => {
-      const slotIova = iova + slot * 4096; // computed once, as for the callback API
-      while (issued < ios) {
-        issued++;
-        await ns.readIova(nextUnit(unitMask) * 8, slotIova, 4096, q);
-        done++;
-      }
-    };
-    const workers: Promise<void>[] = [];
-    for (let i = 0; i < Math.min(qd, ios); i++) workers.push(worker(i));
-    await new Promise<void>((resolve) => {
-      const pass = (): void => {
-        nvme.run();
-        q.poll();
-        if (done < ios) void settled.then(pass);
-        else resolve();
-      };
-      void settled.then(pass);
-    });
-    await Promise.all(workers);
   };
 }
 

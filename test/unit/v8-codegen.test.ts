@@ -114,13 +114,9 @@ test('NVMe driver on a device: the CQ status word is read full width, each SQ en
     const { NvmeController } = require(${JSON.stringify(path.join(dist, 'src/drivers/nvme/controller.js'))});
     (async () => {
       const { device, nvme } = InstantNvme.open();
-      let up = true;
-      const tick = () => { nvme.run(); if (up) setImmediate(tick); };
-      tick();
-      const ctrl = await NvmeController.open(device, { defaultQueue: false });
-      const ns = await ctrl.namespace(1);
-      const q = await ctrl.createQueuePair({ depth: 32, pollSpinUs: 0, pollBurst: 0 });
-      up = false;
+      const ctrl = await nvme.answering(() => NvmeController.open(device, { defaultQueue: false }));
+      const ns = await nvme.answering(() => ctrl.namespace(1));
+      const q = await nvme.answering(() => ctrl.createQueuePair({ depth: 32, pollSpinUs: 0, pollBurst: 0 }));
       const buf = ctrl.allocBuffer(2 << 20);
       let done = 0;
       const cbs = Array.from({ length: 32 }, (_, slot) => () => { done++; if (done + q.outstanding < 300000) ns.submit(false, (done % 1000) * 8, buf.iova + slot * 4096, 4096, q, cbs[slot]); });

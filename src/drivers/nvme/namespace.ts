@@ -94,9 +94,8 @@ export class NvmeNamespace {
 
   /** Make every write completed so far durable (a no-op for controllers without a volatile cache, but always sent). */
   flush(queue?: NvmeQueue): Promise<void> {
-    const q = queue ?? this.controller.defaultQueue;
-    if (!q) return Promise.reject(noQueue(this));
-    if (q.host !== this.controller) return Promise.reject(this.foreignQueue(q));
+    const q = this.queueFor(queue);
+    if (q === undefined) return Promise.reject(this.queueError(queue));
     return q.command(NVM_FLUSH, this.nsid, 0, 0, 0, 0, 0, 0, 0, 0) as Promise<unknown> as Promise<void>;
   }
 
@@ -105,9 +104,8 @@ export class NvmeNamespace {
     if (!this.supportsTrim) return Promise.reject(new UserpciError('ENOTSUP', `${this.controller.name}: the controller does not support Dataset Management (trim)`));
     const err = this.checkBlocks(lba, blocks);
     if (err) return Promise.reject(err);
-    const q = queue ?? this.controller.defaultQueue;
-    if (!q) return Promise.reject(noQueue(this));
-    if (q.host !== this.controller) return Promise.reject(this.foreignQueue(q));
+    const q = this.queueFor(queue);
+    if (q === undefined) return Promise.reject(this.queueError(queue));
     return q.deallocate(this.nsid, lba, blocks, null) as Promise<unknown> as Promise<void>;
   }
 
@@ -116,9 +114,8 @@ export class NvmeNamespace {
     if (!this.controller.identity.supportsWriteZeroes) return Promise.reject(new UserpciError('ENOTSUP', `${this.controller.name}: the controller does not support Write Zeroes`));
     const err = this.checkBlocks(lba, blocks);
     if (err) return Promise.reject(err);
-    const q = queue ?? this.controller.defaultQueue;
-    if (!q) return Promise.reject(noQueue(this));
-    if (q.host !== this.controller) return Promise.reject(this.foreignQueue(q));
+    const q = this.queueFor(queue);
+    if (q === undefined) return Promise.reject(this.queueError(queue));
     return q.writeZeroes(this.nsid, this.blockSize, lba, blocks, null) as Promise<unknown> as Promise<void>;
   }
 
@@ -138,15 +135,14 @@ export class NvmeNamespace {
   // ---------------------------------------------------------------- internals
 
   private transfer(opcode: number, lba: number, data: Uint8Array | DmaBuffer, flags: number, queue: NvmeQueue | undefined): Promise<void> {
-    if (queue != null && queue.host !== this.controller) return Promise.reject(this.foreignQueue(queue));
     if (!(data instanceof Uint8Array)) {
       if (data && typeof (data as DmaBuffer).iova === 'number' && typeof (data as DmaBuffer).size === 'number') {
         return this.submitIova(opcode, lba, (data as DmaBuffer).iova, (data as DmaBuffer).size, flags, queue, null) as Promise<void>;
       }
       return Promise.reject(new InvalidArgumentError('data must be a Uint8Array (or Buffer) or a DmaBuffer'));
     }
-    const q = queue ?? this.controller.defaultQueue;
-    if (!q) return Promise.reject(noQueue(this));
+    const q = this.queueFor(queue);
+    if (q === undefined) return Promise.reject(this.queueError(queue));
     const length = data.byteLength;
     const dma = this.controller.registeredBuffer(data.buffer);
     if (dma !== undefined && !dma.freed) {
@@ -159,9 +155,8 @@ export class NvmeNamespace {
   }
 
   private submitIova(opcode: number, lba: number, iova: number, length: number, flags: number, queue: NvmeQueue | undefined, callback: CompletionCallback | null): Promise<unknown> | undefined {
-    const q = queue ?? this.controller.defaultQueue;
-    if (!q) return Promise.reject(noQueue(this));
-    if (q.host !== this.controller) return Promise.reject(this.foreignQueue(q));
+    const q = this.queueFor(queue);
+    if (q === undefined) return Promise.reject(this.queueError(queue));
     if (!this.validIo(lba, iova, length)) return Promise.reject(this.checkIova(lba, iova, length)!);
     return q.rw(opcode, this.nsid, this.blockSize, lba, iova, null, length, flags, callback);
   }
@@ -171,6 +166,17 @@ export class NvmeNamespace {
     const bs = this.blockSize;
     return Number.isSafeInteger(iova) && iova >= 0 && (iova & 3) === 0 && Number.isSafeInteger(length) && length > 0 && length % bs === 0 &&
       Number.isSafeInteger(lba) && lba >= 0 && lba + length / bs <= this.blocks;
+  }
+
+  /** The queue an I/O goes to (`queue`, else the default one) when it is this controller's; undefined otherwise (queueError says why). */
+  private queueFor(queue: NvmeQueue | undefined): NvmeQueue | undefined {
+    const q = queue ?? this.controller.defaultQueue;
+    return q !== undefined && q.host === this.controller ? q : undefined;
+  }
+
+  private queueError(queue: NvmeQueue | undefined): Error {
+    const q = queue ?? this.controller.defaultQueue;
+    return q ? this.foreignQueue(q) : noQueue(this);
   }
 
   /** Why submit() refused (built out of line: the passing check stays one expression). */

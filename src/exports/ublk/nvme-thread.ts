@@ -66,7 +66,7 @@ export type ToNvmeThread =
   | { kind: 'created' }
   /** A controller reset: 'suspend' (send nothing more), 'reset' once it stopped (fail what it held with this error, rings start over), 'resume' once the pair is re-created. */
   | { kind: 'suspend' | 'resume' }
-  | { kind: 'error' | 'lost' | 'reset'; message: string; code: string };
+  | { kind: 'error' | 'lost' | 'reset'; message: string; code: UserpciErrorCode };
 
 /** Bytes of the DMA buffer a queue thread needs: rings, PRP lists, DSM ranges, the tags' buffers. */
 export function nvmeThreadPoolBytes(depth: number, pageSize: number, maxTransfer: number, maxQueueEntries: number, tagBytes: number): number {
@@ -321,7 +321,7 @@ export async function createUblkDevice(data: unknown): Promise<UblkThreadDevice>
     const created = new Promise<void>((resolve, reject) => {
       d.port.once('message', (m: ToNvmeThread) => {
         if (m.kind === 'created') resolve();
-        else if (m.kind === 'error' || m.kind === 'lost' || m.kind === 'reset') reject(new UserpciError(m.code as UserpciErrorCode, m.message));
+        else if (m.kind === 'error' || m.kind === 'lost' || m.kind === 'reset') reject(new UserpciError(m.code, m.message));
         else reject(new UserpciError('EIO', `${d.name} queue ${d.qid} thread: '${m.kind}' before the queue pair was created`));
       });
     });
@@ -329,9 +329,9 @@ export async function createUblkDevice(data: unknown): Promise<UblkThreadDevice>
     await created;
     const device = new NvmeThreadDevice(d, q, pool, regs);
     d.port.on('message', (m: ToNvmeThread) => {
-      if (m.kind === 'lost') device.lose(m.code === 'ENODEV' ? new DeviceGoneError(m.message) : new UserpciError(m.code as UserpciErrorCode, m.message));
+      if (m.kind === 'lost') device.lose(m.code === 'ENODEV' ? new DeviceGoneError(m.message) : new UserpciError(m.code, m.message));
       else if (m.kind === 'suspend') device.suspend();
-      else if (m.kind === 'reset') d.port.postMessage({ kind: 'reset', ok: device.reset(new UserpciError(m.code as UserpciErrorCode, m.message)) } satisfies FromNvmeThread);
+      else if (m.kind === 'reset') d.port.postMessage({ kind: 'reset', ok: device.reset(new UserpciError(m.code, m.message)) } satisfies FromNvmeThread);
       else if (m.kind === 'resume') device.resume();
     });
     // The port must not keep the thread alive by itself.

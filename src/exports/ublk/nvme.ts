@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import type { NvmeController, ReservedQueueOwner } from '../../drivers/nvme/controller';
 import { VfioBackend } from '../../backends/vfio/vfio-backend';
 import { checkInteger, optionsObject } from '../../arguments';
-import { DeviceGoneError, UserpciError } from '../../errors';
+import { DeviceGoneError, UserpciError, toErrorCode, type UserpciErrorCode } from '../../errors';
 import type { NvmeNamespace } from '../../drivers/nvme/namespace';
 import type { NvmeQueue } from '../../drivers/nvme/queue';
 import type { DmaBuffer } from '../../dma/dma-space';
@@ -220,6 +220,7 @@ export async function serveNamespaceOverUblkThreads(
   }
 }
 
-function codeOf(error: Error): string {
-  return (error as { code?: string }).code ?? 'EIO';
+/** The error's code as the thread's UserpciError takes it (another code, or none: EIO). */
+function codeOf(error: Error): UserpciErrorCode {
+  return toErrorCode((error as { code?: string }).code);
 }
